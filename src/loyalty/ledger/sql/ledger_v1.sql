@@ -1,0 +1,1161 @@
+-- The posting engine of the points ledger, version 1.
+--
+-- Every write of the ledger is one call of one of these functions, so that an operation is a
+-- single round trip and a single database transaction. The rules they keep:
+--   * each transaction's entries sum to zero; each entry changes exactly one balance row;
+--   * locks are taken in one global order: per-member budget usage rows, budget shards
+--     (ascending), member balance rows (ascending account id), sink shards, holds are locked
+--     before their member;
+--   * a member's lots are only read or written while that member's balance row is locked;
+--   * business failures raise SQLSTATE 'LY000' with MESSAGE = a code and DETAIL = JSON, and
+--     so roll back everything the call did (the idempotency claim included).
+-- docs/ledger.md explains the chart of accounts and the buckets (0 available, 1 pending, 2 held).
+
+CREATE OR REPLACE FUNCTION loyalty_fail(p_code text, p_detail jsonb DEFAULT '{}'::jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = 'LY000', MESSAGE = p_code, DETAIL = p_detail::text;
+END $$;
+
+-- Claims an idempotency key. NULL: the caller goes on and must store its response with
+-- ledger_store_key. Otherwise the stored response of the first call with that key. A
+-- concurrent first call holds the key's index entry until it ends, so a duplicate waits here
+-- and then sees its committed response (or claims the key itself if the first call failed).
+CREATE OR REPLACE FUNCTION ledger_claim_key(p_programme bigint, p_key text, p_fingerprint bytea)
+RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    v_fingerprint bytea;
+    v_response jsonb;
+BEGIN
+    IF p_key IS NULL THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO idempotency_keys (programme_id, key, fingerprint)
+    VALUES (p_programme, p_key, p_fingerprint)
+    ON CONFLICT DO NOTHING;
+    IF FOUND THEN
+        RETURN NULL;
+    END IF;
+    SELECT fingerprint, response INTO v_fingerprint, v_response
+    FROM idempotency_keys WHERE programme_id = p_programme AND key = p_key;
+    IF v_fingerprint <> p_fingerprint THEN
+        PERFORM loyalty_fail('idempotency_key_reused', jsonb_build_object('key', p_key));
+    END IF;
+    RETURN v_response;
+END $$;
+
+CREATE OR REPLACE FUNCTION ledger_store_key(p_programme bigint, p_key text, p_status int, p_response jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF p_key IS NOT NULL THEN
+        UPDATE idempotency_keys SET response = p_response, status_code = p_status
+        WHERE programme_id = p_programme AND key = p_key;
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION ledger_entry(
+    p_programme bigint, p_txn bigint, p_seq int, p_account bigint, p_shard int, p_bucket int, p_amount bigint
+) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO entries (programme_id, txn_id, seq, account_id, shard, bucket, amount)
+    SELECT p_programme, p_txn, p_seq, p_account, p_shard, p_bucket, p_amount WHERE p_amount <> 0;
+$$;
+
+CREATE OR REPLACE FUNCTION ledger_balance_json(p_programme bigint, p_account bigint)
+RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('available', available, 'pending', pending, 'held', held)
+    FROM account_balances WHERE programme_id = p_programme AND account_id = p_account AND shard = 0;
+$$;
+
+CREATE OR REPLACE FUNCTION ledger_member(p_programme bigint, p_external_id text, OUT member_id bigint, OUT account_id bigint)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    SELECT m.id, m.account_id INTO member_id, account_id
+    FROM members m WHERE m.programme_id = p_programme AND m.external_id = p_external_id;
+    IF NOT FOUND THEN
+        PERFORM loyalty_fail('member_not_found', jsonb_build_object('member_id', p_external_id));
+    END IF;
+END $$;
+
+CREATE OR REPLACE FUNCTION ledger_system_account(p_programme bigint, p_kind text)
+RETURNS TABLE (account_id bigint, shards int) LANGUAGE sql STABLE AS $$
+    SELECT id, shards FROM accounts WHERE programme_id = p_programme AND kind = p_kind;
+$$;
+
+-- Credits a sink (redemption, breakage, adjustments, funding) on a random shard: sinks have no
+-- floor, so any shard will do and concurrent writers rarely meet.
+CREATE OR REPLACE FUNCTION ledger_credit_sink(p_programme bigint, p_txn bigint, p_seq int, p_kind text, p_amount bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_account bigint;
+    v_shards int;
+    v_shard int;
+BEGIN
+    IF p_amount = 0 THEN
+        RETURN;
+    END IF;
+    SELECT a.account_id, a.shards INTO v_account, v_shards FROM ledger_system_account(p_programme, p_kind) a;
+    v_shard := floor(random() * v_shards)::int;
+    UPDATE account_balances SET available = available + p_amount
+    WHERE programme_id = p_programme AND account_id = v_account AND shard = v_shard;
+    PERFORM ledger_entry(p_programme, p_txn, p_seq, v_account, v_shard, 0, p_amount);
+END $$;
+
+-- Takes up to p_amount points from a budget (a sharded account with floor 0) and writes the
+-- budget's legs of transaction p_txn from entry p_seq on. Fast path: one random shard that
+-- covers the amount. Slow path: lock every shard in order, take what is asked (or what is left,
+-- when p_partial), and spread the rest evenly again so that the fast path works afterwards.
+-- Returns the points taken and the next free entry number.
+CREATE OR REPLACE FUNCTION ledger_take_from_budget(
+    p_programme bigint, p_account bigint, p_shards int, p_amount bigint, p_partial boolean,
+    p_txn bigint, p_seq int, OUT taken bigint, OUT next_seq int
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_shard int := floor(random() * p_shards)::int;
+    v_total bigint;
+    v_after bigint;
+    v_target bigint;
+    r record;
+BEGIN
+    next_seq := p_seq;
+    UPDATE account_balances SET available = available - p_amount
+    WHERE programme_id = p_programme AND account_id = p_account AND shard = v_shard AND available >= p_amount;
+    IF FOUND THEN
+        taken := p_amount;
+        PERFORM ledger_entry(p_programme, p_txn, next_seq, p_account, v_shard, 0, -p_amount);
+        next_seq := next_seq + 1;
+        RETURN;
+    END IF;
+
+    PERFORM 1 FROM account_balances
+    WHERE programme_id = p_programme AND account_id = p_account ORDER BY shard FOR UPDATE;
+    SELECT coalesce(sum(available), 0) INTO v_total
+    FROM account_balances WHERE programme_id = p_programme AND account_id = p_account;
+    IF v_total < p_amount AND NOT (p_partial AND v_total > 0) THEN
+        PERFORM loyalty_fail('budget_exhausted', jsonb_build_object('remaining', v_total, 'requested', p_amount));
+    END IF;
+    taken := least(v_total, p_amount);
+    v_after := v_total - taken;
+    FOR r IN SELECT shard, available FROM account_balances
+             WHERE programme_id = p_programme AND account_id = p_account ORDER BY shard LOOP
+        v_target := v_after / p_shards + CASE WHEN r.shard < v_after % p_shards THEN 1 ELSE 0 END;
+        IF v_target <> r.available THEN
+            UPDATE account_balances SET available = v_target
+            WHERE programme_id = p_programme AND account_id = p_account AND shard = r.shard;
+            PERFORM ledger_entry(p_programme, p_txn, next_seq, p_account, r.shard, 0, v_target - r.available);
+            next_seq := next_seq + 1;
+        END IF;
+    END LOOP;
+END $$;
+
+-- Adds points to a sharded account (a budget), spread evenly over its shards.
+CREATE OR REPLACE FUNCTION ledger_spread_into(
+    p_programme bigint, p_account bigint, p_shards int, p_amount bigint, p_txn bigint, p_seq int
+) RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+    v_part bigint;
+    v_seq int := p_seq;
+BEGIN
+    FOR i IN 0 .. p_shards - 1 LOOP
+        v_part := p_amount / p_shards + CASE WHEN i < p_amount % p_shards THEN 1 ELSE 0 END;
+        IF v_part <> 0 THEN
+            UPDATE account_balances SET available = available + v_part
+            WHERE programme_id = p_programme AND account_id = p_account AND shard = i;
+            PERFORM ledger_entry(p_programme, p_txn, v_seq, p_account, i, 0, v_part);
+            v_seq := v_seq + 1;
+        END IF;
+    END LOOP;
+    RETURN v_seq;
+END $$;
+
+-- Consumes p_amount points of a member's vested lots, soonest-expiring first (lots that never
+-- expire last), recording each take in lot_movements. The caller holds the member's balance
+-- row. Returns the money cost of the points taken.
+CREATE OR REPLACE FUNCTION ledger_take_lots(
+    p_programme bigint, p_member bigint, p_amount bigint, p_txn bigint, p_hold bigint DEFAULT NULL
+) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_left bigint := p_amount;
+    v_take bigint;
+    v_cost bigint := 0;
+    r record;
+BEGIN
+    IF p_amount <= 0 THEN
+        RETURN 0;
+    END IF;
+    FOR r IN SELECT id, remaining, unit_cost_micros FROM lots
+             WHERE programme_id = p_programme AND member_id = p_member AND remaining > 0 AND vested
+             ORDER BY expires_at NULLS LAST, id LOOP
+        v_take := least(r.remaining, v_left);
+        UPDATE lots SET remaining = remaining - v_take
+        WHERE programme_id = p_programme AND member_id = p_member AND id = r.id;
+        INSERT INTO lot_movements (programme_id, member_id, txn_id, lot_id, amount, hold_id)
+        VALUES (p_programme, p_member, p_txn, r.id, v_take, p_hold);
+        v_cost := v_cost + v_take * r.unit_cost_micros;
+        v_left := v_left - v_take;
+        EXIT WHEN v_left = 0;
+    END LOOP;
+    IF v_left > 0 THEN
+        PERFORM loyalty_fail('ledger_inconsistent', jsonb_build_object(
+            'member', p_member, 'reason', 'lots do not cover the available balance', 'missing', v_left));
+    END IF;
+    RETURN v_cost;
+END $$;
+
+-- Gives p_amount points of an open hold back to the lots it took them from, latest-expiring
+-- first, so that what stays captured is what would have expired soonest. Returns their cost.
+CREATE OR REPLACE FUNCTION ledger_release_hold_lots(
+    p_programme bigint, p_member bigint, p_hold bigint, p_amount bigint, p_txn bigint
+) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_left bigint := p_amount;
+    v_give bigint;
+    v_cost bigint := 0;
+    r record;
+BEGIN
+    IF p_amount <= 0 THEN
+        RETURN 0;
+    END IF;
+    FOR r IN SELECT l.id, l.unit_cost_micros, sum(mv.amount) AS held
+             FROM lot_movements mv
+             JOIN lots l ON l.programme_id = mv.programme_id AND l.member_id = mv.member_id AND l.id = mv.lot_id
+             WHERE mv.programme_id = p_programme AND mv.hold_id = p_hold
+             GROUP BY l.id, l.unit_cost_micros, l.expires_at
+             HAVING sum(mv.amount) > 0
+             ORDER BY l.expires_at DESC NULLS FIRST, l.id DESC LOOP
+        v_give := least(r.held, v_left);
+        UPDATE lots SET remaining = remaining + v_give
+        WHERE programme_id = p_programme AND member_id = p_member AND id = r.id;
+        INSERT INTO lot_movements (programme_id, member_id, txn_id, lot_id, amount, hold_id)
+        VALUES (p_programme, p_member, p_txn, r.id, -v_give, p_hold);
+        v_cost := v_cost + v_give * r.unit_cost_micros;
+        v_left := v_left - v_give;
+        EXIT WHEN v_left = 0;
+    END LOOP;
+    IF v_left > 0 THEN
+        PERFORM loyalty_fail('ledger_inconsistent', jsonb_build_object('hold', p_hold, 'missing', v_left));
+    END IF;
+    RETURN v_cost;
+END $$;
+
+-- Cost of the points an open hold took, as recorded in its lot movements.
+CREATE OR REPLACE FUNCTION ledger_hold_cost(p_programme bigint, p_hold bigint)
+RETURNS bigint LANGUAGE sql STABLE AS $$
+    SELECT coalesce(sum(mv.amount * l.unit_cost_micros), 0)::bigint
+    FROM lot_movements mv
+    JOIN lots l ON l.programme_id = mv.programme_id AND l.member_id = mv.member_id AND l.id = mv.lot_id
+    WHERE mv.programme_id = p_programme AND mv.hold_id = p_hold;
+$$;
+
+CREATE OR REPLACE FUNCTION ledger_txn_json(p_programme bigint, p_txn bigint)
+RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'id', t.id, 'kind', t.kind, 'member_id', m.external_id, 'amount', t.amount,
+        'cost_micros', t.cost_micros, 'reference', t.reference, 'reason', t.reason,
+        'budget', b.code, 'hold_id', t.hold_id, 'reverses_id', t.reverses_id,
+        'counterparty_id', cp.external_id, 'metadata', t.metadata, 'created_at', t.created_at)
+    FROM transactions t
+    LEFT JOIN members m ON m.programme_id = t.programme_id AND m.id = t.member_id
+    LEFT JOIN members cp ON cp.programme_id = t.programme_id AND cp.id = t.counterparty_id
+    LEFT JOIN budgets b ON b.programme_id = t.programme_id AND b.id = t.budget_id
+    WHERE t.programme_id = p_programme AND t.id = p_txn;
+$$;
+
+-- Credits a member's available bucket with points that become a lot (earn, transfer in,
+-- adjustment, vesting). A member in debt (negative balance, 'negative' clawback policy) pays it
+-- off first: the new lot keeps only what is left after the debt. Returns the lot's remaining.
+CREATE OR REPLACE FUNCTION ledger_credit_member_available(
+    p_programme bigint, p_account bigint, p_amount bigint
+) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_new bigint;
+    v_old bigint;
+BEGIN
+    UPDATE account_balances SET available = available + p_amount
+    WHERE programme_id = p_programme AND account_id = p_account AND shard = 0
+    RETURNING available INTO v_new;
+    v_old := v_new - p_amount;
+    RETURN p_amount - least(p_amount, greatest(-v_old, 0));
+END $$;
+
+---------------------------------------------------------------------------------------------
+-- Earn: a budget pays a member.
+---------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION ledger_earn(
+    p_programme bigint, p_key text, p_fingerprint bytea, p_member text, p_budget text,
+    p_amount bigint, p_partial boolean, p_reference text, p_reason text,
+    p_vests_at timestamptz, p_expires_at timestamptz, p_metadata jsonb, p_actor text,
+    OUT replayed boolean, OUT body jsonb
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_member bigint;
+    v_account bigint;
+    b budgets%ROWTYPE;
+    v_shards int;
+    v_amount bigint := p_amount;
+    v_issued bigint;
+    v_txn bigint;
+    v_seq int;
+    v_remaining bigint;
+    v_pending boolean := p_vests_at IS NOT NULL AND p_vests_at > now();
+BEGIN
+    body := ledger_claim_key(p_programme, p_key, p_fingerprint);
+    IF body IS NOT NULL THEN
+        replayed := true;
+        RETURN;
+    END IF;
+    replayed := false;
+    SELECT * INTO v_member, v_account FROM ledger_member(p_programme, p_member);
+    SELECT * INTO b FROM budgets WHERE programme_id = p_programme AND code = p_budget;
+    IF NOT FOUND THEN
+        PERFORM loyalty_fail('budget_not_found', jsonb_build_object('budget', p_budget));
+    END IF;
+    IF b.status <> 'active' THEN
+        PERFORM loyalty_fail('budget_closed', jsonb_build_object('budget', p_budget));
+    END IF;
+    IF (b.starts_at IS NOT NULL AND now() < b.starts_at) OR (b.ends_at IS NOT NULL AND now() >= b.ends_at) THEN
+        PERFORM loyalty_fail('budget_not_active', jsonb_build_object(
+            'budget', p_budget, 'starts_at', b.starts_at, 'ends_at', b.ends_at));
+    END IF;
+
+    IF b.per_member_cap IS NOT NULL THEN
+        INSERT INTO budget_member_usage (programme_id, budget_id, member_id, issued)
+        VALUES (p_programme, b.id, v_member, 0) ON CONFLICT DO NOTHING;
+        SELECT issued INTO v_issued FROM budget_member_usage
+        WHERE programme_id = p_programme AND budget_id = b.id AND member_id = v_member FOR UPDATE;
+        IF v_issued + v_amount > b.per_member_cap THEN
+            IF NOT p_partial OR v_issued >= b.per_member_cap THEN
+                PERFORM loyalty_fail('member_cap_reached', jsonb_build_object(
+                    'budget', p_budget, 'per_member_cap', b.per_member_cap, 'issued', v_issued,
+                    'requested', p_amount));
+            END IF;
+            v_amount := b.per_member_cap - v_issued;
+        END IF;
+    END IF;
+
+    INSERT INTO transactions (programme_id, kind, member_id, budget_id, reference, amount, reason, metadata, actor)
+    VALUES (p_programme, 'earn', v_member, b.id, p_reference, v_amount, p_reason, coalesce(p_metadata, '{}'), p_actor)
+    RETURNING id INTO v_txn;
+
+    SELECT a.shards INTO v_shards FROM accounts a WHERE a.programme_id = p_programme AND a.id = b.account_id;
+    SELECT t.taken, t.next_seq INTO v_amount, v_seq
+    FROM ledger_take_from_budget(p_programme, b.account_id, v_shards, v_amount, p_partial, v_txn, 0) t;
+
+    IF b.per_member_cap IS NOT NULL THEN
+        UPDATE budget_member_usage SET issued = issued + v_amount
+        WHERE programme_id = p_programme AND budget_id = b.id AND member_id = v_member;
+    END IF;
+
+    IF v_pending THEN
+        UPDATE account_balances SET pending = pending + v_amount
+        WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
+        v_remaining := v_amount;
+    ELSE
+        v_remaining := ledger_credit_member_available(p_programme, v_account, v_amount);
+    END IF;
+    PERFORM ledger_entry(p_programme, v_txn, v_seq, v_account, 0, CASE WHEN v_pending THEN 1 ELSE 0 END, v_amount);
+
+    INSERT INTO lots (programme_id, member_id, txn_id, budget_id, amount, remaining, unit_cost_micros,
+                      vested, vests_at, expires_at)
+    VALUES (p_programme, v_member, v_txn, b.id, v_amount, v_remaining, b.unit_cost_micros,
+            NOT v_pending, CASE WHEN v_pending THEN p_vests_at END, p_expires_at);
+
+    UPDATE transactions SET amount = v_amount, cost_micros = v_amount * b.unit_cost_micros
+    WHERE programme_id = p_programme AND id = v_txn;
+
+    body := jsonb_build_object(
+        'transaction_id', v_txn, 'kind', 'earn', 'member_id', p_member, 'budget', p_budget,
+        'amount', v_amount, 'requested', p_amount, 'status', CASE WHEN v_pending THEN 'pending' ELSE 'available' END,
+        'vests_at', CASE WHEN v_pending THEN p_vests_at END, 'expires_at', p_expires_at,
+        'reference', p_reference, 'cost_micros', v_amount * b.unit_cost_micros,
+        'balance', ledger_balance_json(p_programme, v_account));
+    PERFORM ledger_store_key(p_programme, p_key, 201, body);
+END $$;
+
+---------------------------------------------------------------------------------------------
+-- Spend: points leave the member's available balance for the redemption sink.
+---------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION ledger_spend(
+    p_programme bigint, p_key text, p_fingerprint bytea, p_member text, p_amount bigint,
+    p_reference text, p_reason text, p_metadata jsonb, p_actor text,
+    OUT replayed boolean, OUT body jsonb
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_member bigint;
+    v_account bigint;
+    v_txn bigint;
+    v_cost bigint;
+    v_available bigint;
+BEGIN
+    body := ledger_claim_key(p_programme, p_key, p_fingerprint);
+    IF body IS NOT NULL THEN
+        replayed := true;
+        RETURN;
+    END IF;
+    replayed := false;
+    SELECT * INTO v_member, v_account FROM ledger_member(p_programme, p_member);
+    UPDATE account_balances SET available = available - p_amount
+    WHERE programme_id = p_programme AND account_id = v_account AND shard = 0 AND available >= p_amount;
+    IF NOT FOUND THEN
+        SELECT available INTO v_available FROM account_balances
+        WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
+        PERFORM loyalty_fail('insufficient_points', jsonb_build_object(
+            'member_id', p_member, 'available', v_available, 'requested', p_amount));
+    END IF;
+    INSERT INTO transactions (programme_id, kind, member_id, reference, amount, reason, metadata, actor)
+    VALUES (p_programme, 'spend', v_member, p_reference, -p_amount, p_reason, coalesce(p_metadata, '{}'), p_actor)
+    RETURNING id INTO v_txn;
+    v_cost := ledger_take_lots(p_programme, v_member, p_amount, v_txn);
+    UPDATE transactions SET cost_micros = v_cost WHERE programme_id = p_programme AND id = v_txn;
+    PERFORM ledger_entry(p_programme, v_txn, 0, v_account, 0, 0, -p_amount);
+    PERFORM ledger_credit_sink(p_programme, v_txn, 1, 'redemption', p_amount);
+    body := jsonb_build_object(
+        'transaction_id', v_txn, 'kind', 'spend', 'member_id', p_member, 'amount', p_amount,
+        'reference', p_reference, 'cost_micros', v_cost,
+        'balance', ledger_balance_json(p_programme, v_account));
+    PERFORM ledger_store_key(p_programme, p_key, 201, body);
+END $$;
+
+---------------------------------------------------------------------------------------------
+-- Holds: reserve (available -> held), capture (held -> redemption, rest back), void.
+---------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION ledger_hold_json(p_programme bigint, p_hold bigint)
+RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'hold_id', h.id, 'member_id', m.external_id, 'amount', h.amount, 'captured', h.captured,
+        'status', h.status, 'reference', h.reference, 'expires_at', h.expires_at,
+        'created_at', h.created_at, 'closed_at', h.closed_at,
+        'balance', ledger_balance_json(h.programme_id, m.account_id))
+    FROM holds h JOIN members m ON m.programme_id = h.programme_id AND m.id = h.member_id
+    WHERE h.programme_id = p_programme AND h.id = p_hold;
+$$;
+
+CREATE OR REPLACE FUNCTION ledger_hold(
+    p_programme bigint, p_key text, p_fingerprint bytea, p_member text, p_amount bigint,
+    p_expires_at timestamptz, p_reference text, p_actor text,
+    OUT replayed boolean, OUT body jsonb
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_member bigint;
+    v_account bigint;
+    v_txn bigint;
+    v_hold bigint;
+    v_available bigint;
+BEGIN
+    body := ledger_claim_key(p_programme, p_key, p_fingerprint);
+    IF body IS NOT NULL THEN
+        replayed := true;
+        RETURN;
+    END IF;
+    replayed := false;
+    SELECT * INTO v_member, v_account FROM ledger_member(p_programme, p_member);
+    UPDATE account_balances SET available = available - p_amount, held = held + p_amount
+    WHERE programme_id = p_programme AND account_id = v_account AND shard = 0 AND available >= p_amount;
+    IF NOT FOUND THEN
+        SELECT available INTO v_available FROM account_balances
+        WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
+        PERFORM loyalty_fail('insufficient_points', jsonb_build_object(
+            'member_id', p_member, 'available', v_available, 'requested', p_amount));
+    END IF;
+    INSERT INTO transactions (programme_id, kind, member_id, reference, amount, actor)
+    VALUES (p_programme, 'hold', v_member, p_reference, 0, p_actor) RETURNING id INTO v_txn;
+    INSERT INTO holds (programme_id, member_id, txn_id, amount, reference, expires_at)
+    VALUES (p_programme, v_member, v_txn, p_amount, p_reference, p_expires_at) RETURNING id INTO v_hold;
+    UPDATE transactions SET hold_id = v_hold WHERE programme_id = p_programme AND id = v_txn;
+    PERFORM ledger_take_lots(p_programme, v_member, p_amount, v_txn, v_hold);
+    PERFORM ledger_entry(p_programme, v_txn, 0, v_account, 0, 0, -p_amount);
+    PERFORM ledger_entry(p_programme, v_txn, 1, v_account, 0, 2, p_amount);
+    body := ledger_hold_json(p_programme, v_hold);
+    PERFORM ledger_store_key(p_programme, p_key, 201, body);
+END $$;
+
+-- Settles an open hold: p_capture points go to the redemption sink, the rest back to the
+-- member's lots. p_status is 'captured', 'voided' (p_capture = 0) or 'expired' (the timeout).
+CREATE OR REPLACE FUNCTION ledger_settle_hold(
+    p_programme bigint, p_hold bigint, p_capture bigint, p_status text, p_actor text
+) RETURNS jsonb LANGUAGE plpgsql AS $$
+DECLARE
+    h holds%ROWTYPE;
+    v_account bigint;
+    v_txn bigint;
+    v_back bigint;
+    v_cost bigint;
+BEGIN
+    SELECT * INTO h FROM holds WHERE programme_id = p_programme AND id = p_hold FOR UPDATE;
+    IF NOT FOUND THEN
+        PERFORM loyalty_fail('hold_not_found', jsonb_build_object('hold_id', p_hold));
+    END IF;
+    IF h.status <> 'open' THEN
+        PERFORM loyalty_fail('hold_not_open', jsonb_build_object('hold_id', p_hold, 'status', h.status));
+    END IF;
+    IF p_capture IS NULL THEN
+        p_capture := h.amount;
+    END IF;
+    IF p_capture < 0 OR p_capture > h.amount THEN
+        PERFORM loyalty_fail('capture_exceeds_hold', jsonb_build_object(
+            'hold_id', p_hold, 'amount', h.amount, 'requested', p_capture));
+    END IF;
+    SELECT account_id INTO v_account FROM members WHERE programme_id = p_programme AND id = h.member_id;
+    v_back := h.amount - p_capture;
+    UPDATE account_balances SET held = held - h.amount, available = available + v_back
+    WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
+    INSERT INTO transactions (programme_id, kind, member_id, hold_id, reference, amount, actor)
+    VALUES (p_programme, CASE p_status WHEN 'captured' THEN 'capture' WHEN 'voided' THEN 'void' ELSE 'hold_expiry' END,
+            h.member_id, h.id, h.reference, -p_capture, p_actor)
+    RETURNING id INTO v_txn;
+    -- Cost of what stays captured: what the hold took, less what goes back to the lots.
+    v_cost := ledger_hold_cost(p_programme, h.id);
+    v_cost := v_cost - ledger_release_hold_lots(p_programme, h.member_id, h.id, v_back, v_txn);
+    UPDATE transactions SET cost_micros = v_cost WHERE programme_id = p_programme AND id = v_txn;
+    PERFORM ledger_entry(p_programme, v_txn, 0, v_account, 0, 2, -h.amount);
+    PERFORM ledger_entry(p_programme, v_txn, 1, v_account, 0, 0, v_back);
+    PERFORM ledger_credit_sink(p_programme, v_txn, 2, 'redemption', p_capture);
+    UPDATE holds SET status = p_status, captured = p_capture, closed_at = now()
+    WHERE programme_id = p_programme AND id = h.id;
+    RETURN ledger_hold_json(p_programme, h.id) || jsonb_build_object('transaction_id', v_txn, 'cost_micros', v_cost);
+END $$;
+
+CREATE OR REPLACE FUNCTION ledger_capture(
+    p_programme bigint, p_key text, p_fingerprint bytea, p_hold bigint, p_amount bigint, p_actor text,
+    OUT replayed boolean, OUT body jsonb
+) LANGUAGE plpgsql AS $$
+BEGIN
+    body := ledger_claim_key(p_programme, p_key, p_fingerprint);
+    IF body IS NOT NULL THEN
+        replayed := true;
+        RETURN;
+    END IF;
+    replayed := false;
+    body := ledger_settle_hold(p_programme, p_hold, p_amount, 'captured', p_actor);
+    PERFORM ledger_store_key(p_programme, p_key, 200, body);
+END $$;
+
+CREATE OR REPLACE FUNCTION ledger_void(
+    p_programme bigint, p_key text, p_fingerprint bytea, p_hold bigint, p_actor text,
+    OUT replayed boolean, OUT body jsonb
+) LANGUAGE plpgsql AS $$
+BEGIN
+    body := ledger_claim_key(p_programme, p_key, p_fingerprint);
+    IF body IS NOT NULL THEN
+        replayed := true;
+        RETURN;
+    END IF;
+    replayed := false;
+    body := ledger_settle_hold(p_programme, p_hold, 0, 'voided', p_actor);
+    PERFORM ledger_store_key(p_programme, p_key, 200, body);
+END $$;
+
+-- Voids holds whose timeout has passed; a worker calls it until it returns 0.
+CREATE OR REPLACE FUNCTION ledger_expire_holds(p_limit int DEFAULT 500)
+RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    v_count int := 0;
+BEGIN
+    FOR r IN SELECT programme_id, id FROM holds
+             WHERE status = 'open' AND expires_at <= now()
+             ORDER BY expires_at LIMIT p_limit FOR UPDATE SKIP LOCKED LOOP
+        PERFORM ledger_settle_hold(r.programme_id, r.id, 0, 'expired', 'system:hold-timeout');
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END $$;
+
+---------------------------------------------------------------------------------------------
+-- Clawback: reverse an earn (all or part) by its reference.
+---------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION ledger_clawback(
+    p_programme bigint, p_key text, p_fingerprint bytea, p_member text, p_reference text,
+    p_amount bigint, p_reason text, p_actor text,
+    OUT replayed boolean, OUT body jsonb
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_member bigint;
+    v_account bigint;
+    v_policy text;
+    v_clawable bigint;
+    v_want bigint;
+    v_left bigint;
+    v_portion bigint;
+    v_from_lot bigint;
+    v_txn bigint;
+    v_seq int := 0;
+    v_shortfall bigint := 0;
+    v_from_other bigint := 0;
+    v_debt bigint := 0;
+    v_forgiven bigint := 0;
+    v_available bigint;
+    v_pending_taken bigint := 0;
+    v_avail_taken bigint := 0;
+    v_cost bigint := 0;
+    v_first_txn bigint;
+    r record;
+    bud record;
+BEGIN
+    body := ledger_claim_key(p_programme, p_key, p_fingerprint);
+    IF body IS NOT NULL THEN
+        replayed := true;
+        RETURN;
+    END IF;
+    replayed := false;
+    SELECT * INTO v_member, v_account FROM ledger_member(p_programme, p_member);
+    SELECT clawback_policy INTO v_policy FROM programmes WHERE id = p_programme;
+
+    SELECT coalesce(sum(l.amount - l.clawed), 0), min(t.id) INTO v_clawable, v_first_txn
+    FROM transactions t JOIN lots l ON l.programme_id = t.programme_id AND l.member_id = t.member_id AND l.txn_id = t.id
+    WHERE t.programme_id = p_programme AND t.reference = p_reference AND t.kind = 'earn' AND t.member_id = v_member;
+    IF v_first_txn IS NULL THEN
+        PERFORM loyalty_fail('reference_not_found', jsonb_build_object('reference', p_reference, 'member_id', p_member));
+    END IF;
+    v_want := coalesce(p_amount, v_clawable);
+    IF v_want > v_clawable OR v_want <= 0 THEN
+        PERFORM loyalty_fail('clawback_exceeds_earned', jsonb_build_object(
+            'reference', p_reference, 'clawable', v_clawable, 'requested', v_want));
+    END IF;
+
+    -- Lock order: usage rows and budget shards first (as earns do), then the member.
+    CREATE TEMP TABLE IF NOT EXISTS pg_temp.claw_plan (
+        lot_id bigint, budget_id bigint, vested boolean, portion bigint, from_lot bigint, cost bigint
+    ) ON COMMIT DROP;
+    DELETE FROM pg_temp.claw_plan;
+    v_left := v_want;
+    FOR r IN SELECT l.id, l.budget_id, l.amount - l.clawed AS open FROM transactions t
+             JOIN lots l ON l.programme_id = t.programme_id AND l.member_id = t.member_id AND l.txn_id = t.id
+             WHERE t.programme_id = p_programme AND t.reference = p_reference AND t.kind = 'earn'
+               AND t.member_id = v_member AND l.amount > l.clawed
+             ORDER BY t.id DESC LOOP
+        v_portion := least(r.open, v_left);
+        INSERT INTO pg_temp.claw_plan VALUES (r.id, r.budget_id, NULL, v_portion, 0, 0);
+        v_left := v_left - v_portion;
+        EXIT WHEN v_left = 0;
+    END LOOP;
+    PERFORM 1 FROM budget_member_usage u
+    WHERE u.programme_id = p_programme AND u.member_id = v_member
+      AND u.budget_id IN (SELECT budget_id FROM pg_temp.claw_plan) ORDER BY u.budget_id FOR UPDATE;
+    PERFORM 1 FROM account_balances ab JOIN budgets b ON b.programme_id = ab.programme_id AND b.account_id = ab.account_id
+    WHERE ab.programme_id = p_programme AND b.id IN (SELECT budget_id FROM pg_temp.claw_plan)
+    ORDER BY ab.account_id, ab.shard FOR UPDATE OF ab;
+    SELECT available INTO v_available FROM account_balances
+    WHERE programme_id = p_programme AND account_id = v_account AND shard = 0 FOR UPDATE;
+
+    INSERT INTO transactions (programme_id, kind, member_id, reference, reverses_id, amount, reason, actor)
+    VALUES (p_programme, 'clawback', v_member, p_reference, v_first_txn, 0, p_reason, p_actor)
+    RETURNING id INTO v_txn;
+
+    -- Points still in the earned lots come back from there first.
+    FOR r IN SELECT p.lot_id, p.portion, l.remaining, l.vested, l.unit_cost_micros
+             FROM pg_temp.claw_plan p JOIN lots l ON l.programme_id = p_programme AND l.member_id = v_member AND l.id = p.lot_id LOOP
+        v_from_lot := least(r.remaining, r.portion);
+        UPDATE lots SET remaining = remaining - v_from_lot, clawed = clawed + r.portion
+        WHERE programme_id = p_programme AND member_id = v_member AND id = r.lot_id;
+        IF v_from_lot > 0 THEN
+            INSERT INTO lot_movements (programme_id, member_id, txn_id, lot_id, amount)
+            VALUES (p_programme, v_member, v_txn, r.lot_id, v_from_lot);
+        END IF;
+        IF r.vested THEN
+            v_avail_taken := v_avail_taken + v_from_lot;
+        ELSE
+            v_pending_taken := v_pending_taken + v_from_lot;
+        END IF;
+        v_shortfall := v_shortfall + r.portion - v_from_lot;
+        UPDATE pg_temp.claw_plan SET vested = r.vested, from_lot = v_from_lot, cost = v_from_lot * r.unit_cost_micros
+        WHERE lot_id = r.lot_id;
+    END LOOP;
+
+    -- What was already spent: out of the member's other points, then debt or write-off.
+    IF v_shortfall > 0 THEN
+        v_from_other := least(v_shortfall, greatest(v_available - v_avail_taken, 0));
+        v_cost := v_cost + ledger_take_lots(p_programme, v_member, v_from_other, v_txn);
+        IF v_policy = 'negative' THEN
+            v_debt := v_shortfall - v_from_other;
+        ELSE
+            v_forgiven := v_shortfall - v_from_other;
+        END IF;
+    END IF;
+    v_avail_taken := v_avail_taken + v_from_other + v_debt;
+
+    UPDATE account_balances SET available = available - v_avail_taken, pending = pending - v_pending_taken
+    WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
+    PERFORM ledger_entry(p_programme, v_txn, v_seq, v_account, 0, 0, -v_avail_taken);
+    v_seq := v_seq + 1;
+    PERFORM ledger_entry(p_programme, v_txn, v_seq, v_account, 0, 1, -v_pending_taken);
+    v_seq := v_seq + 1;
+
+    -- Budgets get back what was collected; a written-off shortfall stays issued. The
+    -- collected amount beyond the earned lots is attributed to the lots in plan order.
+    v_left := v_from_other + v_debt;
+    FOR bud IN SELECT p.budget_id, sum(p.from_lot) AS from_lot, sum(p.portion - p.from_lot) AS short, sum(p.cost) AS cost
+               FROM pg_temp.claw_plan p GROUP BY p.budget_id ORDER BY p.budget_id LOOP
+        v_portion := bud.from_lot + least(bud.short, v_left);
+        v_left := v_left - least(bud.short, v_left);
+        v_cost := v_cost + bud.cost;
+        IF v_portion > 0 THEN
+            v_seq := ledger_spread_into(
+                p_programme, (SELECT account_id FROM budgets WHERE programme_id = p_programme AND id = bud.budget_id),
+                (SELECT a.shards FROM accounts a JOIN budgets b ON b.programme_id = a.programme_id AND b.account_id = a.id
+                 WHERE b.programme_id = p_programme AND b.id = bud.budget_id)::int,
+                v_portion, v_txn, v_seq);
+            UPDATE budget_member_usage SET issued = greatest(issued - v_portion, 0)
+            WHERE programme_id = p_programme AND budget_id = bud.budget_id AND member_id = v_member;
+        END IF;
+    END LOOP;
+
+    UPDATE transactions SET amount = -(v_avail_taken + v_pending_taken), cost_micros = v_cost,
+        metadata = jsonb_build_object('requested', v_want, 'from_earned_lots', v_want - v_shortfall,
+                                      'from_other_points', v_from_other, 'debt', v_debt, 'written_off', v_forgiven)
+    WHERE programme_id = p_programme AND id = v_txn;
+    body := jsonb_build_object(
+        'transaction_id', v_txn, 'kind', 'clawback', 'member_id', p_member, 'reference', p_reference,
+        'requested', v_want, 'clawed_back', v_avail_taken + v_pending_taken,
+        'from_earned_lots', v_want - v_shortfall, 'from_other_points', v_from_other,
+        'debt', v_debt, 'written_off', v_forgiven, 'policy', v_policy, 'cost_micros', v_cost,
+        'balance', ledger_balance_json(p_programme, v_account));
+    PERFORM ledger_store_key(p_programme, p_key, 201, body);
+END $$;
+
+---------------------------------------------------------------------------------------------
+-- Adjust: an operator's manual credit (adjustments -> member) or debit (member -> adjustments).
+---------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION ledger_adjust(
+    p_programme bigint, p_key text, p_fingerprint bytea, p_member text, p_amount bigint,
+    p_reason text, p_expires_at timestamptz, p_unit_cost_micros bigint, p_actor text,
+    OUT replayed boolean, OUT body jsonb
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_member bigint;
+    v_account bigint;
+    v_txn bigint;
+    v_cost bigint;
+    v_remaining bigint;
+    v_available bigint;
+    v_adj bigint;
+BEGIN
+    body := ledger_claim_key(p_programme, p_key, p_fingerprint);
+    IF body IS NOT NULL THEN
+        replayed := true;
+        RETURN;
+    END IF;
+    replayed := false;
+    SELECT * INTO v_member, v_account FROM ledger_member(p_programme, p_member);
+    SELECT a.account_id INTO v_adj FROM ledger_system_account(p_programme, 'adjustments') a;
+    -- The adjustments account is a single cold row: lock it after the member, like a sink.
+    INSERT INTO transactions (programme_id, kind, member_id, amount, reason, actor)
+    VALUES (p_programme, 'adjust', v_member, p_amount, p_reason, p_actor) RETURNING id INTO v_txn;
+    IF p_amount > 0 THEN
+        v_remaining := ledger_credit_member_available(p_programme, v_account, p_amount);
+        INSERT INTO lots (programme_id, member_id, txn_id, amount, remaining, unit_cost_micros, vested, expires_at)
+        VALUES (p_programme, v_member, v_txn, p_amount, v_remaining, coalesce(p_unit_cost_micros, 0), true, p_expires_at);
+        v_cost := p_amount * coalesce(p_unit_cost_micros, 0);
+    ELSE
+        UPDATE account_balances SET available = available + p_amount
+        WHERE programme_id = p_programme AND account_id = v_account AND shard = 0 AND available >= -p_amount;
+        IF NOT FOUND THEN
+            SELECT available INTO v_available FROM account_balances
+            WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
+            PERFORM loyalty_fail('insufficient_points', jsonb_build_object(
+                'member_id', p_member, 'available', v_available, 'requested', -p_amount));
+        END IF;
+        v_cost := -ledger_take_lots(p_programme, v_member, -p_amount, v_txn);
+    END IF;
+    UPDATE account_balances SET available = available - p_amount
+    WHERE programme_id = p_programme AND account_id = v_adj AND shard = 0;
+    PERFORM ledger_entry(p_programme, v_txn, 0, v_account, 0, 0, p_amount);
+    PERFORM ledger_entry(p_programme, v_txn, 1, v_adj, 0, 0, -p_amount);
+    UPDATE transactions SET cost_micros = v_cost WHERE programme_id = p_programme AND id = v_txn;
+    body := jsonb_build_object(
+        'transaction_id', v_txn, 'kind', 'adjust', 'member_id', p_member, 'amount', p_amount,
+        'reason', p_reason, 'expires_at', p_expires_at, 'cost_micros', v_cost,
+        'balance', ledger_balance_json(p_programme, v_account));
+    PERFORM ledger_store_key(p_programme, p_key, 201, body);
+END $$;
+
+---------------------------------------------------------------------------------------------
+-- Transfer between two members: the receiver gets lots with the sender's expiry and cost.
+---------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION ledger_transfer(
+    p_programme bigint, p_key text, p_fingerprint bytea, p_from text, p_to text, p_amount bigint,
+    p_reason text, p_actor text,
+    OUT replayed boolean, OUT body jsonb
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_from bigint;
+    v_from_account bigint;
+    v_to bigint;
+    v_to_account bigint;
+    v_txn bigint;
+    v_available bigint;
+    v_cost bigint := 0;
+    v_credit bigint;
+    v_debt_left bigint;
+    r record;
+BEGIN
+    body := ledger_claim_key(p_programme, p_key, p_fingerprint);
+    IF body IS NOT NULL THEN
+        replayed := true;
+        RETURN;
+    END IF;
+    replayed := false;
+    IF NOT (SELECT allow_transfers FROM programmes WHERE id = p_programme) THEN
+        PERFORM loyalty_fail('transfers_disabled', '{}'::jsonb);
+    END IF;
+    SELECT * INTO v_from, v_from_account FROM ledger_member(p_programme, p_from);
+    SELECT * INTO v_to, v_to_account FROM ledger_member(p_programme, p_to);
+    IF v_from = v_to THEN
+        PERFORM loyalty_fail('same_member', jsonb_build_object('member_id', p_from));
+    END IF;
+    PERFORM 1 FROM account_balances
+    WHERE programme_id = p_programme AND account_id IN (v_from_account, v_to_account) AND shard = 0
+    ORDER BY account_id FOR UPDATE;
+    SELECT available INTO v_available FROM account_balances
+    WHERE programme_id = p_programme AND account_id = v_from_account AND shard = 0;
+    IF v_available < p_amount THEN
+        PERFORM loyalty_fail('insufficient_points', jsonb_build_object(
+            'member_id', p_from, 'available', v_available, 'requested', p_amount));
+    END IF;
+    INSERT INTO transactions (programme_id, kind, member_id, counterparty_id, amount, reason, actor)
+    VALUES (p_programme, 'transfer', v_from, v_to, -p_amount, p_reason, p_actor) RETURNING id INTO v_txn;
+    UPDATE account_balances SET available = available - p_amount
+    WHERE programme_id = p_programme AND account_id = v_from_account AND shard = 0;
+    PERFORM ledger_take_lots(p_programme, v_from, p_amount, v_txn);
+    -- The receiver's debt, if any, is paid off first, out of the lots that expire soonest.
+    v_debt_left := p_amount - ledger_credit_member_available(p_programme, v_to_account, p_amount);
+    FOR r IN SELECT l.id, l.budget_id, l.unit_cost_micros, l.expires_at, mv.amount
+             FROM lot_movements mv JOIN lots l ON l.programme_id = mv.programme_id AND l.member_id = mv.member_id AND l.id = mv.lot_id
+             WHERE mv.programme_id = p_programme AND mv.member_id = v_from AND mv.txn_id = v_txn
+             ORDER BY l.expires_at NULLS LAST, l.id LOOP
+        v_credit := r.amount - least(r.amount, v_debt_left);
+        v_debt_left := v_debt_left - least(r.amount, v_debt_left);
+        v_cost := v_cost + r.amount * r.unit_cost_micros;
+        INSERT INTO lots (programme_id, member_id, txn_id, budget_id, amount, remaining, unit_cost_micros, vested, expires_at)
+        VALUES (p_programme, v_to, v_txn, r.budget_id, r.amount, v_credit, r.unit_cost_micros, true, r.expires_at);
+    END LOOP;
+    UPDATE transactions SET cost_micros = v_cost WHERE programme_id = p_programme AND id = v_txn;
+    PERFORM ledger_entry(p_programme, v_txn, 0, v_from_account, 0, 0, -p_amount);
+    PERFORM ledger_entry(p_programme, v_txn, 1, v_to_account, 0, 0, p_amount);
+    body := jsonb_build_object(
+        'transaction_id', v_txn, 'kind', 'transfer', 'from_member_id', p_from, 'to_member_id', p_to,
+        'amount', p_amount, 'cost_micros', v_cost, 'balance', ledger_balance_json(p_programme, v_from_account));
+    PERFORM ledger_store_key(p_programme, p_key, 201, body);
+END $$;
+
+---------------------------------------------------------------------------------------------
+-- Worker jobs: vesting of pending lots and expiry of lots into breakage.
+---------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION ledger_vest_due(p_limit int DEFAULT 500)
+RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+    m record;
+    l record;
+    v_txn bigint;
+    v_total bigint;
+    v_count int := 0;
+    v_remaining bigint;
+BEGIN
+    FOR m IN SELECT DISTINCT lo.programme_id, lo.member_id, mb.account_id FROM (
+                 SELECT programme_id, member_id FROM lots WHERE NOT vested AND vests_at <= now()
+                 ORDER BY vests_at LIMIT p_limit) lo
+             JOIN members mb ON mb.programme_id = lo.programme_id AND mb.id = lo.member_id
+             ORDER BY mb.account_id LOOP
+        PERFORM 1 FROM account_balances
+        WHERE programme_id = m.programme_id AND account_id = m.account_id AND shard = 0 FOR UPDATE;
+        SELECT sum(remaining) INTO v_total FROM lots
+        WHERE programme_id = m.programme_id AND member_id = m.member_id AND NOT vested AND vests_at <= now();
+        IF v_total IS NULL THEN
+            CONTINUE;
+        ELSIF v_total = 0 THEN
+            -- Wholly clawed back while pending: nothing left to vest.
+            UPDATE lots SET vested = true
+            WHERE programme_id = m.programme_id AND member_id = m.member_id AND NOT vested AND vests_at <= now();
+            CONTINUE;
+        END IF;
+        INSERT INTO transactions (programme_id, kind, member_id, amount, actor)
+        VALUES (m.programme_id, 'vest', m.member_id, v_total, 'system:vesting') RETURNING id INTO v_txn;
+        UPDATE account_balances SET pending = pending - v_total
+        WHERE programme_id = m.programme_id AND account_id = m.account_id AND shard = 0;
+        FOR l IN SELECT id, remaining FROM lots
+                 WHERE programme_id = m.programme_id AND member_id = m.member_id AND NOT vested AND vests_at <= now()
+                 ORDER BY id LOOP
+            v_remaining := CASE WHEN l.remaining > 0
+                THEN ledger_credit_member_available(m.programme_id, m.account_id, l.remaining) ELSE 0 END;
+            UPDATE lots SET vested = true, remaining = v_remaining
+            WHERE programme_id = m.programme_id AND member_id = m.member_id AND id = l.id;
+        END LOOP;
+        PERFORM ledger_entry(m.programme_id, v_txn, 0, m.account_id, 0, 1, -v_total);
+        PERFORM ledger_entry(m.programme_id, v_txn, 1, m.account_id, 0, 0, v_total);
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END $$;
+
+CREATE OR REPLACE FUNCTION ledger_expire_due(p_limit int DEFAULT 500)
+RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+    m record;
+    v_txn bigint;
+    v_avail bigint;
+    v_pending bigint;
+    v_cost bigint;
+    v_count int := 0;
+BEGIN
+    FOR m IN SELECT DISTINCT lo.programme_id, lo.member_id, mb.account_id FROM (
+                 SELECT programme_id, member_id FROM lots WHERE remaining > 0 AND expires_at <= now()
+                 ORDER BY expires_at LIMIT p_limit) lo
+             JOIN members mb ON mb.programme_id = lo.programme_id AND mb.id = lo.member_id
+             ORDER BY mb.account_id LOOP
+        PERFORM 1 FROM account_balances
+        WHERE programme_id = m.programme_id AND account_id = m.account_id AND shard = 0 FOR UPDATE;
+        SELECT coalesce(sum(remaining) FILTER (WHERE vested), 0), coalesce(sum(remaining) FILTER (WHERE NOT vested), 0),
+               coalesce(sum(remaining * unit_cost_micros), 0)
+        INTO v_avail, v_pending, v_cost
+        FROM lots WHERE programme_id = m.programme_id AND member_id = m.member_id AND remaining > 0 AND expires_at <= now();
+        IF v_avail + v_pending = 0 THEN
+            CONTINUE;
+        END IF;
+        INSERT INTO transactions (programme_id, kind, member_id, amount, cost_micros, actor)
+        VALUES (m.programme_id, 'expire', m.member_id, -(v_avail + v_pending), v_cost, 'system:expiry')
+        RETURNING id INTO v_txn;
+        INSERT INTO lot_movements (programme_id, member_id, txn_id, lot_id, amount)
+        SELECT programme_id, member_id, v_txn, id, remaining FROM lots
+        WHERE programme_id = m.programme_id AND member_id = m.member_id AND remaining > 0 AND expires_at <= now();
+        UPDATE lots SET remaining = 0
+        WHERE programme_id = m.programme_id AND member_id = m.member_id AND remaining > 0 AND expires_at <= now();
+        UPDATE account_balances SET available = available - v_avail, pending = pending - v_pending
+        WHERE programme_id = m.programme_id AND account_id = m.account_id AND shard = 0;
+        PERFORM ledger_entry(m.programme_id, v_txn, 0, m.account_id, 0, 0, -v_avail);
+        PERFORM ledger_entry(m.programme_id, v_txn, 1, m.account_id, 0, 1, -v_pending);
+        PERFORM ledger_credit_sink(m.programme_id, v_txn, 2, 'breakage', v_avail + v_pending);
+        v_count := v_count + 1;
+    END LOOP;
+    RETURN v_count;
+END $$;
+
+---------------------------------------------------------------------------------------------
+-- Budgets: create (funding -> budget), top up, move between budgets, close (budget -> funding).
+---------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION ledger_budget_json(p_programme bigint, p_budget bigint)
+RETURNS jsonb LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'code', b.code, 'name', b.name, 'status', b.status, 'cap', b.cap,
+        'remaining', r.remaining, 'issued', b.cap - r.remaining,
+        'unit_cost_micros', b.unit_cost_micros, 'starts_at', b.starts_at, 'ends_at', b.ends_at,
+        'per_member_cap', b.per_member_cap, 'alert_thresholds', to_jsonb(b.alert_thresholds),
+        'alerts_sent', to_jsonb(b.alerts_sent), 'created_at', b.created_at, 'closed_at', b.closed_at)
+    FROM budgets b,
+         LATERAL (SELECT coalesce(sum(available), 0) AS remaining FROM account_balances ab
+                  WHERE ab.programme_id = b.programme_id AND ab.account_id = b.account_id) r
+    WHERE b.programme_id = p_programme AND b.id = p_budget;
+$$;
+
+CREATE OR REPLACE FUNCTION ledger_fund_budget(
+    p_programme bigint, p_budget bigint, p_amount bigint, p_kind text, p_reason text, p_actor text
+) RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    b budgets%ROWTYPE;
+    v_shards int;
+    v_seq int;
+    v_txn bigint;
+    v_funding bigint;
+BEGIN
+    SELECT * INTO b FROM budgets WHERE programme_id = p_programme AND id = p_budget;
+    SELECT shards INTO v_shards FROM accounts WHERE programme_id = p_programme AND id = b.account_id;
+    SELECT a.account_id INTO v_funding FROM ledger_system_account(p_programme, 'funding') a;
+    INSERT INTO transactions (programme_id, kind, budget_id, amount, reason, actor)
+    VALUES (p_programme, p_kind, p_budget, p_amount, p_reason, p_actor) RETURNING id INTO v_txn;
+    v_seq := ledger_spread_into(p_programme, b.account_id, v_shards, p_amount, v_txn, 0);
+    UPDATE account_balances SET available = available - p_amount
+    WHERE programme_id = p_programme AND account_id = v_funding AND shard = 0;
+    PERFORM ledger_entry(p_programme, v_txn, v_seq, v_funding, 0, 0, -p_amount);
+    UPDATE budgets SET cap = cap + p_amount WHERE programme_id = p_programme AND id = p_budget;
+    RETURN v_txn;
+END $$;
+
+CREATE OR REPLACE FUNCTION ledger_create_budget(
+    p_programme bigint, p_key text, p_fingerprint bytea, p_code text, p_name text, p_cap bigint,
+    p_unit_cost_micros bigint, p_starts_at timestamptz, p_ends_at timestamptz, p_per_member_cap bigint,
+    p_alert_thresholds int[], p_shards int, p_actor text,
+    OUT replayed boolean, OUT body jsonb
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_account bigint;
+    v_budget bigint;
+BEGIN
+    body := ledger_claim_key(p_programme, p_key, p_fingerprint);
+    IF body IS NOT NULL THEN
+        replayed := true;
+        RETURN;
+    END IF;
+    replayed := false;
+    IF EXISTS (SELECT 1 FROM budgets WHERE programme_id = p_programme AND code = p_code) THEN
+        PERFORM loyalty_fail('budget_exists', jsonb_build_object('budget', p_code));
+    END IF;
+    INSERT INTO accounts (programme_id, kind, shards) VALUES (p_programme, 'budget', p_shards) RETURNING id INTO v_account;
+    INSERT INTO account_balances (programme_id, account_id, shard, floor)
+    SELECT p_programme, v_account, s, 0 FROM generate_series(0, p_shards - 1) s;
+    INSERT INTO budgets (programme_id, code, name, account_id, cap, unit_cost_micros, starts_at, ends_at,
+                         per_member_cap, alert_thresholds)
+    VALUES (p_programme, p_code, coalesce(p_name, ''), v_account, 0, p_unit_cost_micros, p_starts_at, p_ends_at,
+            p_per_member_cap, coalesce(p_alert_thresholds, '{}'))
+    RETURNING id INTO v_budget;
+    IF p_cap > 0 THEN
+        PERFORM ledger_fund_budget(p_programme, v_budget, p_cap, 'budget_allocation', 'budget created', p_actor);
+    END IF;
+    body := ledger_budget_json(p_programme, v_budget);
+    PERFORM ledger_store_key(p_programme, p_key, 201, body);
+END $$;
+
+CREATE OR REPLACE FUNCTION ledger_lock_budget(p_programme bigint, p_code text, p_for_write boolean DEFAULT true)
+RETURNS budgets LANGUAGE plpgsql AS $$
+DECLARE
+    b budgets%ROWTYPE;
+BEGIN
+    SELECT * INTO b FROM budgets WHERE programme_id = p_programme AND code = p_code;
+    IF NOT FOUND THEN
+        PERFORM loyalty_fail('budget_not_found', jsonb_build_object('budget', p_code));
+    END IF;
+    IF p_for_write AND b.status <> 'active' THEN
+        PERFORM loyalty_fail('budget_closed', jsonb_build_object('budget', p_code));
+    END IF;
+    RETURN b;
+END $$;
+
+CREATE OR REPLACE FUNCTION ledger_top_up_budget(
+    p_programme bigint, p_key text, p_fingerprint bytea, p_code text, p_amount bigint, p_reason text, p_actor text,
+    OUT replayed boolean, OUT body jsonb
+) LANGUAGE plpgsql AS $$
+DECLARE
+    b budgets%ROWTYPE;
+BEGIN
+    body := ledger_claim_key(p_programme, p_key, p_fingerprint);
+    IF body IS NOT NULL THEN
+        replayed := true;
+        RETURN;
+    END IF;
+    replayed := false;
+    b := ledger_lock_budget(p_programme, p_code);
+    PERFORM ledger_fund_budget(p_programme, b.id, p_amount, 'budget_top_up', p_reason, p_actor);
+    body := ledger_budget_json(p_programme, b.id);
+    PERFORM ledger_store_key(p_programme, p_key, 201, body);
+END $$;
+
+CREATE OR REPLACE FUNCTION ledger_move_budget(
+    p_programme bigint, p_key text, p_fingerprint bytea, p_from text, p_to text, p_amount bigint,
+    p_reason text, p_actor text,
+    OUT replayed boolean, OUT body jsonb
+) LANGUAGE plpgsql AS $$
+DECLARE
+    bf budgets%ROWTYPE;
+    bt budgets%ROWTYPE;
+    v_from_shards int;
+    v_to_shards int;
+    v_txn bigint;
+    v_taken bigint;
+    v_seq int;
+BEGIN
+    body := ledger_claim_key(p_programme, p_key, p_fingerprint);
+    IF body IS NOT NULL THEN
+        replayed := true;
+        RETURN;
+    END IF;
+    replayed := false;
+    bf := ledger_lock_budget(p_programme, p_from);
+    bt := ledger_lock_budget(p_programme, p_to);
+    IF bf.id = bt.id THEN
+        PERFORM loyalty_fail('same_budget', jsonb_build_object('budget', p_from));
+    END IF;
+    SELECT shards INTO v_from_shards FROM accounts WHERE programme_id = p_programme AND id = bf.account_id;
+    SELECT shards INTO v_to_shards FROM accounts WHERE programme_id = p_programme AND id = bt.account_id;
+    PERFORM 1 FROM account_balances WHERE programme_id = p_programme AND account_id IN (bf.account_id, bt.account_id)
+    ORDER BY account_id, shard FOR UPDATE;
+    INSERT INTO transactions (programme_id, kind, budget_id, amount, reason, actor, metadata)
+    VALUES (p_programme, 'budget_move', bf.id, p_amount, p_reason, p_actor, jsonb_build_object('from', p_from, 'to', p_to))
+    RETURNING id INTO v_txn;
+    SELECT t.taken, t.next_seq INTO v_taken, v_seq
+    FROM ledger_take_from_budget(p_programme, bf.account_id, v_from_shards, p_amount, false, v_txn, 0) t;
+    v_seq := ledger_spread_into(p_programme, bt.account_id, v_to_shards, p_amount, v_txn, v_seq);
+    UPDATE budgets SET cap = cap - p_amount WHERE programme_id = p_programme AND id = bf.id;
+    UPDATE budgets SET cap = cap + p_amount WHERE programme_id = p_programme AND id = bt.id;
+    body := jsonb_build_object('transaction_id', v_txn, 'from', ledger_budget_json(p_programme, bf.id),
+                               'to', ledger_budget_json(p_programme, bt.id));
+    PERFORM ledger_store_key(p_programme, p_key, 201, body);
+END $$;
+
+CREATE OR REPLACE FUNCTION ledger_close_budget(
+    p_programme bigint, p_key text, p_fingerprint bytea, p_code text, p_actor text,
+    OUT replayed boolean, OUT body jsonb
+) LANGUAGE plpgsql AS $$
+DECLARE
+    b budgets%ROWTYPE;
+    v_shards int;
+    v_total bigint;
+    v_txn bigint;
+    v_seq int := 0;
+    v_funding bigint;
+    r record;
+BEGIN
+    body := ledger_claim_key(p_programme, p_key, p_fingerprint);
+    IF body IS NOT NULL THEN
+        replayed := true;
+        RETURN;
+    END IF;
+    replayed := false;
+    b := ledger_lock_budget(p_programme, p_code);
+    UPDATE budgets SET status = 'closed', closed_at = now() WHERE programme_id = p_programme AND id = b.id;
+    PERFORM 1 FROM account_balances WHERE programme_id = p_programme AND account_id = b.account_id ORDER BY shard FOR UPDATE;
+    SELECT coalesce(sum(available), 0) INTO v_total FROM account_balances
+    WHERE programme_id = p_programme AND account_id = b.account_id;
+    IF v_total > 0 THEN
+        SELECT a.account_id INTO v_funding FROM ledger_system_account(p_programme, 'funding') a;
+        INSERT INTO transactions (programme_id, kind, budget_id, amount, reason, actor)
+        VALUES (p_programme, 'budget_close', b.id, -v_total, 'budget closed', p_actor) RETURNING id INTO v_txn;
+        FOR r IN SELECT shard, available FROM account_balances
+                 WHERE programme_id = p_programme AND account_id = b.account_id AND available <> 0 ORDER BY shard LOOP
+            UPDATE account_balances SET available = 0
+            WHERE programme_id = p_programme AND account_id = b.account_id AND shard = r.shard;
+            PERFORM ledger_entry(p_programme, v_txn, v_seq, b.account_id, r.shard, 0, -r.available);
+            v_seq := v_seq + 1;
+        END LOOP;
+        UPDATE account_balances SET available = available + v_total
+        WHERE programme_id = p_programme AND account_id = v_funding AND shard = 0;
+        PERFORM ledger_entry(p_programme, v_txn, v_seq, v_funding, 0, 0, v_total);
+        UPDATE budgets SET cap = cap - v_total WHERE programme_id = p_programme AND id = b.id;
+    END IF;
+    body := ledger_budget_json(p_programme, b.id);
+    PERFORM ledger_store_key(p_programme, p_key, 200, body);
+END $$;
+
+---------------------------------------------------------------------------------------------
+-- Opening accounts: a programme's system accounts, a member's points account.
+---------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION ledger_open_programme(p_programme bigint, p_sink_shards int DEFAULT 16)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_kind text;
+    v_shards int;
+    v_account bigint;
+BEGIN
+    FOREACH v_kind IN ARRAY ARRAY['funding', 'redemption', 'breakage', 'adjustments'] LOOP
+        -- Sinks are credited by every spend and expiry, so they are sharded like budgets.
+        v_shards := CASE WHEN v_kind IN ('redemption', 'breakage') THEN p_sink_shards ELSE 1 END;
+        INSERT INTO accounts (programme_id, kind, shards) VALUES (p_programme, v_kind, v_shards)
+        RETURNING id INTO v_account;
+        INSERT INTO account_balances (programme_id, account_id, shard, floor)
+        SELECT p_programme, v_account, s, NULL FROM generate_series(0, v_shards - 1) s;
+    END LOOP;
+END $$;
+
+-- Enrols a member: the member row, its account and its balance row, in one statement's worth.
+-- The floor is 0 unless the programme lets clawbacks take members below zero.
+CREATE OR REPLACE FUNCTION ledger_open_member(p_programme bigint, p_external_id text, p_attributes jsonb)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    v_account bigint;
+    v_member bigint;
+BEGIN
+    INSERT INTO accounts (programme_id, kind, shards) VALUES (p_programme, 'member', 1) RETURNING id INTO v_account;
+    INSERT INTO account_balances (programme_id, account_id, shard, floor)
+    SELECT p_programme, v_account, 0, CASE WHEN clawback_policy = 'clamp' THEN 0 END
+    FROM programmes WHERE id = p_programme;
+    INSERT INTO members (programme_id, external_id, account_id, attributes)
+    VALUES (p_programme, p_external_id, v_account, coalesce(p_attributes, '{}'))
+    RETURNING id INTO v_member;
+    RETURN v_member;
+END $$;
