@@ -40,8 +40,13 @@ class Account(Base):
     __table_args__ = (
         CheckConstraint(f"kind IN {ACCOUNT_KINDS!r}", name="kind"),
         CheckConstraint("shards BETWEEN 1 AND 256", name="shards"),
-        Index("uq_accounts_system", "programme_id", "kind", unique=True,
-              postgresql_where=text("kind IN ('funding', 'redemption', 'breakage', 'adjustments')")),
+        Index(
+            "uq_accounts_system",
+            "programme_id",
+            "kind",
+            unique=True,
+            postgresql_where=text("kind IN ('funding', 'redemption', 'breakage', 'adjustments')"),
+        ),
     )
 
     programme_id: Mapped[int] = mapped_column(
@@ -119,12 +124,25 @@ class BudgetMemberUsage(Base):
 class LedgerTransaction(Base):
     __tablename__ = "transactions"
     __table_args__ = (
-        Index("ix_transactions_member", "programme_id", "member_id", "id",
-              postgresql_where=text("member_id IS NOT NULL")),
-        Index("ix_transactions_reference", "programme_id", "reference",
-              postgresql_where=text("reference IS NOT NULL")),
-        Index("ix_transactions_budget", "programme_id", "budget_id",
-              postgresql_where=text("budget_id IS NOT NULL")),
+        Index(
+            "ix_transactions_member",
+            "programme_id",
+            "member_id",
+            "id",
+            postgresql_where=text("member_id IS NOT NULL"),
+        ),
+        Index(
+            "ix_transactions_reference",
+            "programme_id",
+            "reference",
+            postgresql_where=text("reference IS NOT NULL"),
+        ),
+        Index(
+            "ix_transactions_budget",
+            "programme_id",
+            "budget_id",
+            postgresql_where=text("budget_id IS NOT NULL"),
+        ),
     )
 
     programme_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -172,8 +190,14 @@ class Lot(Base):
         CheckConstraint("amount > 0", name="amount_pos"),
         CheckConstraint("remaining >= 0 AND remaining <= amount", name="remaining_range"),
         CheckConstraint("clawed >= 0 AND clawed <= amount", name="clawed_range"),
-        Index("ix_lots_spend_order", "programme_id", "member_id", "expires_at", "id",
-              postgresql_where=text("remaining > 0 AND vested")),
+        Index(
+            "ix_lots_spend_order",
+            "programme_id",
+            "member_id",
+            "expires_at",
+            "id",
+            postgresql_where=text("remaining > 0 AND vested"),
+        ),
         Index("ix_lots_expiry", "expires_at", postgresql_where=text("remaining > 0")),
         Index("ix_lots_vesting", "vests_at", postgresql_where=text("NOT vested")),
         Index("ix_lots_txn", "programme_id", "txn_id"),
@@ -200,7 +224,9 @@ class LotMovement(Base):
     __tablename__ = "lot_movements"
     __table_args__ = (
         CheckConstraint("amount <> 0", name="amount_nonzero"),
-        Index("ix_lot_movements_hold", "programme_id", "hold_id", postgresql_where=text("hold_id IS NOT NULL")),
+        Index(
+            "ix_lot_movements_hold", "programme_id", "hold_id", postgresql_where=text("hold_id IS NOT NULL")
+        ),
     )
 
     programme_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)

@@ -1,0 +1,58 @@
+# Everything bootstraps itself: the first target that needs .venv creates it and installs the
+# project; it is re-installed only when pyproject.toml changes (the stamp file below).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TEST_WORKERS ?= 2
+PYTEST_ARGS ?=
+BENCH_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help serve test stress bench lint typecheck fmt clean
+
+help:
+	@echo "make serve     run the API and the worker (embedded PostgreSQL/Redis unless LOYALTY_*_URL are set)"
+	@echo "make test      run the tests on $(TEST_WORKERS) xdist workers (PYTEST_ARGS=... to pass options)"
+	@echo "make stress    run the long concurrency tests (-m stress)"
+	@echo "make bench     run the benchmarks"
+	@echo "make lint      ruff check + ruff format --check"
+	@echo "make typecheck mypy"
+	@echo "make fmt       ruff format + ruff check --fix"
+	@echo "make clean     remove .venv, caches and the test servers' data (keeps .loyalty/ data)"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "loyalty needs Python 3.11+; set PYTHON=python3.x" >&2; exit 1; }
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check --quiet -e '.[dev]'
+	@touch $@
+
+serve: $(STAMP)
+	$(BIN)/loyalty serve
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+# The last -m wins over the "not stress" in pyproject's addopts. Exit 5 = none collected yet.
+stress: $(STAMP)
+	$(BIN)/python -m pytest -m stress -n 0 $(PYTEST_ARGS); rc=$$?; \
+		if [ $$rc -eq 5 ]; then echo "no stress tests collected"; exit 0; fi; exit $$rc
+
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+fmt: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .loyalty/test
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,80 @@
+"""The Litestar application. ``create_app(settings)`` builds it; nothing happens at import time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.config.compression import CompressionConfig
+from litestar.di import Provide
+from litestar.middleware.base import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+from redis.asyncio import Redis
+
+import loyalty
+from loyalty import health, problems
+from loyalty.auth.service import Authenticator
+from loyalty.db import create_engine
+from loyalty.ledger.routes import ROUTES as LEDGER_ROUTES
+from loyalty.members.routes import ROUTES as MEMBER_ROUTES
+from loyalty.programmes.routes import ROUTES as PROGRAMME_ROUTES
+from loyalty.settings import Settings, ensure_secret_key
+from loyalty.web import PUBLIC_PATHS, AuthMiddleware, provide_principal
+
+
+def create_app(settings: Settings) -> Litestar:
+    if not settings.database_url or not settings.redis_url:
+        raise ValueError("create_app needs settings with database_url and redis_url")
+    if not settings.secret_key:
+        raise ValueError("create_app needs a secret_key (see settings.ensure_secret_key)")
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        engine = create_engine(settings.database_url or "", pool_size=settings.db_pool_size)
+        redis = Redis.from_url(settings.redis_url or "")
+        app.state.settings = settings
+        app.state.engine = engine
+        app.state.redis = redis
+        app.state.authenticator = Authenticator(
+            engine=engine, secret=settings.secret_key or "", cache_ttl=settings.key_cache_ttl_seconds
+        )
+        try:
+            yield
+        finally:
+            await redis.aclose()
+            await engine.dispose()
+
+    openapi = OpenAPIConfig(
+        title="loyalty",
+        version=loyalty.__version__,
+        description="Points ledger, tiers and benefits of a loyalty programme.",
+        path="/schema",
+        render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+        components=Components(
+            security_schemes={
+                "bearer": SecurityScheme(
+                    type="http", scheme="bearer", description="An API key (lk_...) or a member token."
+                )
+            }
+        ),
+        security=[{"bearer": []}],
+    )
+    auth = DefineMiddleware(AuthMiddleware, exclude=["^/schema", *(f"^{p}$" for p in PUBLIC_PATHS)])
+    return Litestar(
+        route_handlers=[health.live, health.ready, *PROGRAMME_ROUTES, *MEMBER_ROUTES, *LEDGER_ROUTES],
+        lifespan=[lifespan],
+        middleware=[auth],
+        dependencies={"who": Provide(provide_principal)},
+        exception_handlers=problems.EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        openapi_config=openapi,
+        compression_config=CompressionConfig(backend="gzip", minimum_size=4096),
+        debug=False,
+    )
+
+
+def app_from_env() -> Litestar:
+    """Factory for granian/uvicorn: settings are read here, once per process."""
+    return create_app(ensure_secret_key(Settings.from_env()))

@@ -1,0 +1,294 @@
+"""All SQL of the ledger. Writes are single calls of the posting engine (ledger/sql/)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from loyalty.ledger.errors import ledger_error
+
+DOMAIN_SQLSTATE = "LY000"
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    """What a posting function answered: its JSON body, and whether it was a replay."""
+
+    replayed: bool
+    body: bytes
+
+
+def _domain_error(exc: DBAPIError) -> Exception | None:
+    if getattr(exc.orig, "sqlstate", None) != DOMAIN_SQLSTATE:
+        return None
+    cause = exc.orig.__cause__ if exc.orig is not None else None
+    return ledger_error(getattr(cause, "message", str(cause)), getattr(cause, "detail", None))
+
+
+_POSTING_SQL: dict[str, Any] = {}
+
+
+def _posting_statement(function: str, params: tuple[str, ...]) -> Any:
+    key = (function, params)
+    stmt = _POSTING_SQL.get(key)
+    if stmt is None:
+        args = ", ".join(f":{p}" for p in params)
+        stmt = text(f"SELECT replayed, body::text FROM {function}({args})")
+        _POSTING_SQL[key] = stmt
+    return stmt
+
+
+async def post(conn: AsyncConnection, function: str, **params: Any) -> Posted:
+    """Calls one posting function; a business failure comes back as a domain error."""
+    stmt = _posting_statement(function, tuple(params))
+    try:
+        row = (await conn.execute(stmt, params)).one()
+    except DBAPIError as exc:
+        error = _domain_error(exc)
+        if error is not None:
+            raise error from None
+        raise
+    return Posted(replayed=row[0], body=row[1].encode())
+
+
+async def claim_key(conn: AsyncConnection, programme_id: int, key: str | None, fingerprint: bytes) -> Any:
+    if key is None:
+        return None
+    try:
+        return (
+            await conn.execute(
+                text("SELECT ledger_claim_key(:p, :k, :f)::text"),
+                {"p": programme_id, "k": key, "f": fingerprint},
+            )
+        ).scalar_one()
+    except DBAPIError as exc:
+        error = _domain_error(exc)
+        if error is not None:
+            raise error from None
+        raise
+
+
+async def store_key(
+    conn: AsyncConnection, programme_id: int, key: str | None, status: int, body: bytes
+) -> None:
+    if key is not None:
+        await conn.execute(
+            text("SELECT ledger_store_key(:p, :k, :s, CAST(:b AS jsonb))"),
+            {"p": programme_id, "k": key, "s": status, "b": body.decode()},
+        )
+
+
+async def open_programme(conn: AsyncConnection, programme_id: int) -> None:
+    await conn.execute(text("SELECT ledger_open_programme(:p)"), {"p": programme_id})
+
+
+async def member_ids(conn: AsyncConnection, programme_id: int, external_id: str) -> tuple[int, int] | None:
+    row = (
+        await conn.execute(
+            text("SELECT id, account_id FROM members WHERE programme_id = :p AND external_id = :e"),
+            {"p": programme_id, "e": external_id},
+        )
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+async def balance(
+    conn: AsyncConnection, programme_id: int, account_id: int, soon: datetime
+) -> dict[str, int]:
+    row = (
+        await conn.execute(
+            text(
+                """
+                SELECT ab.available, ab.pending, ab.held,
+                       (SELECT coalesce(sum(l.remaining), 0) FROM lots l
+                        WHERE l.programme_id = m.programme_id AND l.member_id = m.id
+                          AND l.remaining > 0 AND l.expires_at <= :soon) AS expiring_soon
+                FROM members m JOIN account_balances ab
+                  ON ab.programme_id = m.programme_id AND ab.account_id = m.account_id AND ab.shard = 0
+                WHERE m.programme_id = :p AND m.account_id = :a
+                """
+            ),
+            {"p": programme_id, "a": account_id, "soon": soon},
+        )
+    ).one()
+    return {"available": row[0], "pending": row[1], "held": row[2], "expiring_soon": int(row[3])}
+
+
+async def expiring(
+    conn: AsyncConnection, programme_id: int, member_id: int, until: datetime
+) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        text(
+            """
+            SELECT expires_at, sum(remaining) AS points FROM lots
+            WHERE programme_id = :p AND member_id = :m AND remaining > 0 AND expires_at <= :until
+            GROUP BY expires_at ORDER BY expires_at
+            """
+        ),
+        {"p": programme_id, "m": member_id, "until": until},
+    )
+    return [{"expires_at": r[0], "points": int(r[1])} for r in rows]
+
+
+_HISTORY_COLUMNS = """
+    t.id, t.kind,
+    CASE WHEN t.member_id = :m THEN t.amount ELSE -t.amount END AS amount,
+    t.reference, t.reason, b.code AS budget, t.hold_id, t.reverses_id, t.cost_micros,
+    t.metadata, t.created_at, m.external_id AS member_id, cp.external_id AS counterparty_id
+"""
+
+
+async def history(
+    conn: AsyncConnection,
+    programme_id: int,
+    member_id: int,
+    *,
+    before_id: int | None,
+    limit: int,
+    kinds: list[str] | None,
+    reference: str | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> list[dict[str, Any]]:
+    clauses = ["t.programme_id = :p", "(t.member_id = :m OR t.counterparty_id = :m)"]
+    params: dict[str, Any] = {"p": programme_id, "m": member_id, "limit": limit}
+    if before_id is not None:
+        clauses.append("t.id < :before")
+        params["before"] = before_id
+    if kinds:
+        clauses.append("t.kind = ANY(:kinds)")
+        params["kinds"] = kinds
+    if reference is not None:
+        clauses.append("t.reference = :ref")
+        params["ref"] = reference
+    if since is not None:
+        clauses.append("t.created_at >= :since")
+        params["since"] = since
+    if until is not None:
+        clauses.append("t.created_at < :until")
+        params["until"] = until
+    sql = f"""
+        SELECT {_HISTORY_COLUMNS}
+        FROM transactions t
+        LEFT JOIN budgets b ON b.programme_id = t.programme_id AND b.id = t.budget_id
+        LEFT JOIN members m ON m.programme_id = t.programme_id AND m.id = t.member_id
+        LEFT JOIN members cp ON cp.programme_id = t.programme_id AND cp.id = t.counterparty_id
+        WHERE {" AND ".join(clauses)} AND t.kind <> 'hold_marker'
+        ORDER BY t.id DESC LIMIT :limit
+    """
+    return [dict(r._mapping) for r in await conn.execute(text(sql), params)]
+
+
+async def transaction(conn: AsyncConnection, programme_id: int, txn_id: int) -> dict[str, Any] | None:
+    row = (
+        await conn.execute(text("SELECT ledger_txn_json(:p, :t)::text"), {"p": programme_id, "t": txn_id})
+    ).scalar_one_or_none()
+    return row
+
+
+async def transactions_by_reference(conn: AsyncConnection, programme_id: int, reference: str) -> list[str]:
+    rows = await conn.execute(
+        text(
+            "SELECT ledger_txn_json(programme_id, id)::text FROM transactions "
+            "WHERE programme_id = :p AND reference = :r ORDER BY id LIMIT 1000"
+        ),
+        {"p": programme_id, "r": reference},
+    )
+    return [r[0] for r in rows]
+
+
+async def entries(conn: AsyncConnection, programme_id: int, txn_id: int) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        text(
+            """
+            SELECT e.seq, a.kind AS account_kind, coalesce(m.external_id, b.code) AS account,
+                   e.shard, CASE e.bucket WHEN 0 THEN 'available' WHEN 1 THEN 'pending' ELSE 'held' END AS bucket,
+                   e.amount
+            FROM entries e JOIN accounts a ON a.programme_id = e.programme_id AND a.id = e.account_id
+            LEFT JOIN members m ON m.programme_id = e.programme_id AND m.account_id = e.account_id AND a.kind = 'member'
+            LEFT JOIN budgets b ON b.programme_id = e.programme_id AND b.account_id = e.account_id AND a.kind = 'budget'
+            WHERE e.programme_id = :p AND e.txn_id = :t ORDER BY e.seq
+            """
+        ),
+        {"p": programme_id, "t": txn_id},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def hold(conn: AsyncConnection, programme_id: int, hold_id: int) -> str | None:
+    return (
+        await conn.execute(text("SELECT ledger_hold_json(:p, :h)::text"), {"p": programme_id, "h": hold_id})
+    ).scalar_one_or_none()
+
+
+async def budget(conn: AsyncConnection, programme_id: int, code: str) -> str | None:
+    return (
+        await conn.execute(
+            text(
+                "SELECT ledger_budget_json(programme_id, id)::text FROM budgets WHERE programme_id = :p AND code = :c"
+            ),
+            {"p": programme_id, "c": code},
+        )
+    ).scalar_one_or_none()
+
+
+async def budgets(conn: AsyncConnection, programme_id: int) -> list[str]:
+    rows = await conn.execute(
+        text(
+            "SELECT ledger_budget_json(programme_id, id)::text FROM budgets WHERE programme_id = :p ORDER BY code"
+        ),
+        {"p": programme_id},
+    )
+    return [r[0] for r in rows]
+
+
+async def liability(conn: AsyncConnection, programme_id: int) -> list[dict[str, Any]]:
+    """Outstanding points and their money value, redemptions and breakage, per budget."""
+    rows = await conn.execute(
+        text(
+            """
+            WITH held AS (
+                SELECT mv.lot_id, mv.member_id, sum(mv.amount) AS points
+                FROM lot_movements mv JOIN holds h ON h.programme_id = mv.programme_id AND h.id = mv.hold_id
+                WHERE mv.programme_id = :p AND h.status = 'open'
+                GROUP BY mv.lot_id, mv.member_id
+            ), outstanding AS (
+                SELECT l.budget_id,
+                       sum(l.remaining) FILTER (WHERE l.vested) AS available,
+                       sum(l.remaining) FILTER (WHERE NOT l.vested) AS pending,
+                       sum(coalesce(h.points, 0)) AS held,
+                       sum((l.remaining + coalesce(h.points, 0)) * l.unit_cost_micros) AS value_micros
+                FROM lots l LEFT JOIN held h ON h.member_id = l.member_id AND h.lot_id = l.id
+                WHERE l.programme_id = :p
+                GROUP BY l.budget_id
+            ), flows AS (
+                SELECT l.budget_id, t.kind, sum(mv.amount) AS points, sum(mv.amount * l.unit_cost_micros) AS micros
+                FROM lot_movements mv
+                JOIN transactions t ON t.programme_id = mv.programme_id AND t.id = mv.txn_id
+                JOIN lots l ON l.programme_id = mv.programme_id AND l.member_id = mv.member_id AND l.id = mv.lot_id
+                WHERE mv.programme_id = :p AND t.kind IN ('expire', 'spend', 'capture', 'hold', 'void', 'hold_expiry')
+                GROUP BY l.budget_id, t.kind
+            )
+            SELECT b.code AS budget, b.unit_cost_micros,
+                   coalesce(o.available, 0) AS available, coalesce(o.pending, 0) AS pending,
+                   coalesce(o.held, 0) AS held, coalesce(o.value_micros, 0) AS liability_micros,
+                   coalesce((SELECT sum(points) FROM flows f WHERE f.budget_id IS NOT DISTINCT FROM o.budget_id
+                             AND f.kind = 'expire'), 0) AS breakage_points,
+                   coalesce((SELECT sum(micros) FROM flows f WHERE f.budget_id IS NOT DISTINCT FROM o.budget_id
+                             AND f.kind = 'expire'), 0) AS breakage_micros
+            FROM outstanding o LEFT JOIN budgets b ON b.programme_id = :p AND b.id = o.budget_id
+            ORDER BY b.code NULLS LAST
+            """
+        ),
+        {"p": programme_id},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def run_job(conn: AsyncConnection, function: str, limit: int) -> int:
+    return int((await conn.execute(text(f"SELECT {function}(:n)"), {"n": limit})).scalar_one())

@@ -1,0 +1,49 @@
+"""Ledger jobs for the arq worker. Each works in bounded batches, one transaction per batch, and
+is safe to run twice or on several workers at once (the SQL skips or re-checks what is done)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from loyalty.ledger import repository
+
+log = logging.getLogger("loyalty.ledger.tasks")
+BATCH = 500
+
+
+async def _drain(engine: AsyncEngine, function: str, max_batches: int = 200) -> int:
+    total = 0
+    for _ in range(max_batches):
+        async with engine.begin() as conn:
+            done = await repository.run_job(conn, function, BATCH)
+        total += done
+        if done < BATCH:
+            break
+    return total
+
+
+async def expire_holds(ctx: dict[str, Any]) -> int:
+    """Void holds whose timeout has passed: their points go back to the members."""
+    n = await _drain(ctx["engine"], "ledger_expire_holds")
+    if n:
+        log.info("voided %d timed-out holds", n)
+    return n
+
+
+async def vest_points(ctx: dict[str, Any]) -> int:
+    """Pending points whose return window has closed become available."""
+    n = await _drain(ctx["engine"], "ledger_vest_due")
+    if n:
+        log.info("vested pending points of %d members", n)
+    return n
+
+
+async def expire_points(ctx: dict[str, Any]) -> int:
+    """Lots past their expiry go to the breakage account."""
+    n = await _drain(ctx["engine"], "ledger_expire_due")
+    if n:
+        log.info("expired points of %d members", n)
+    return n

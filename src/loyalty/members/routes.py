@@ -1,0 +1,116 @@
+"""Member routes for brand systems, and the customer's own view (member tokens)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from litestar import Controller, Request, Response, get, patch, post
+from litestar.params import Parameter
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from loyalty.auth.core import Principal
+from loyalty.ledger import schemas as ls
+from loyalty.ledger import service as ledger
+from loyalty.ledger.repository import Posted
+from loyalty.ledger.routes import READ, STAFF_READ, WRITE
+from loyalty.members import schemas as s
+from loyalty.members import service
+from loyalty.web import IdempotencyKey, allow, posted
+
+MEMBER_WRITE = allow("crm", "ecommerce", "operator")
+
+
+class MemberController(Controller):
+    path = "/v1/members"
+    tags = ["members"]
+
+    @post("/", dependencies=WRITE, guards=[MEMBER_WRITE], status_code=201)
+    async def enrol(
+        self, tx: AsyncConnection, who: Principal, data: s.MemberCreate, idempotency_key: IdempotencyKey
+    ) -> Response[bytes]:
+        """Enrol a member by the brand's customer id; this opens the member's points account."""
+        replayed, body = await service.enrol(tx, who, data, idempotency_key)
+        return posted(Posted(replayed=replayed, body=body))
+
+    @get("/", dependencies=READ, guards=[STAFF_READ])
+    async def list(
+        self,
+        tx: AsyncConnection,
+        who: Principal,
+        cursor: Annotated[str | None, Parameter(max_length=200)] = None,
+        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+    ) -> s.MemberPage:
+        return await service.page(tx, who, cursor, limit)
+
+    @get("/{member_id:str}", dependencies=READ, guards=[STAFF_READ])
+    async def get(self, tx: AsyncConnection, who: Principal, member_id: str) -> s.MemberView:
+        return await service.get(tx, who, member_id)
+
+    @patch("/{member_id:str}", dependencies=WRITE, guards=[MEMBER_WRITE])
+    async def update(
+        self, tx: AsyncConnection, who: Principal, member_id: str, data: s.MemberUpdate
+    ) -> s.MemberView:
+        """Merge attributes (a null value removes a key) or change the status."""
+        return await service.update(tx, who, member_id, data)
+
+
+class MemberTokenController(Controller):
+    path = "/v1/member-tokens"
+    tags = ["members"]
+
+    @post("/", dependencies=READ, guards=[allow("ecommerce", "crm")], status_code=201)
+    async def issue(
+        self, request: Request, tx: AsyncConnection, who: Principal, data: s.TokenRequest
+    ) -> s.TokenView:
+        """A short-lived token with which a customer app reads that one member's points."""
+        return await service.issue_token(tx, who, data, request.app.state.settings.secret_key)
+
+
+class MeController(Controller):
+    """What a customer's app reads with a member token: only that member's own data."""
+
+    path = "/v1/me"
+    tags = ["customer"]
+    guards = [allow("member")]
+    dependencies = READ
+
+    @get("/")
+    async def me(self, tx: AsyncConnection, who: Principal) -> s.MemberView:
+        return await service.get(tx, who, who.member_external_id or "")
+
+    @get("/balance")
+    async def balance(self, tx: AsyncConnection, who: Principal) -> ls.Balance:
+        return await ledger.balance(tx, who, who.member_external_id or "")
+
+    @get("/expiring")
+    async def expiring(
+        self, tx: AsyncConnection, who: Principal, days: Annotated[int, Parameter(ge=1, le=366)] = 30
+    ) -> ls.Expiring:
+        return await ledger.expiring(tx, who, who.member_external_id or "", days)
+
+    @get("/transactions")
+    async def history(
+        self,
+        tx: AsyncConnection,
+        who: Principal,
+        cursor: Annotated[str | None, Parameter(max_length=100)] = None,
+        limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
+        kind: list[str] | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> ls.HistoryPage:
+        return await ledger.history(
+            tx,
+            who,
+            who.member_external_id or "",
+            cursor=cursor,
+            limit=limit,
+            kinds=kind,
+            reference=None,
+            since=since,
+            until=until,
+        )
+
+
+ROUTES = [MemberController, MemberTokenController, MeController]

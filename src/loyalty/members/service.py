@@ -1,0 +1,99 @@
+"""Members: enrolment by the brand's customer id, CRM attributes, member tokens for apps."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from loyalty.auth import core as auth
+from loyalty.auth.core import Principal
+from loyalty.errors import InvalidInput, NotFound
+from loyalty.ledger import core as ledger_core
+from loyalty.ledger import repository as ledger
+from loyalty.members import repository
+from loyalty.members import schemas as s
+
+MAX_ATTRIBUTES = 64
+
+
+def _attributes_json(attributes: dict | None) -> str | None:
+    if attributes is None:
+        return None
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise InvalidInput("attributes", f"at most {MAX_ATTRIBUTES} keys")
+    raw = msgspec.json.encode(attributes)
+    if len(raw) > 16_384:
+        raise InvalidInput("attributes", "at most 16 KiB of JSON")
+    return raw.decode()
+
+
+def _not_found(member_id: str) -> NotFound:
+    return NotFound(
+        "No member with this id in the programme.", code="member_not_found", extra={"member_id": member_id}
+    )
+
+
+async def enrol(
+    conn: AsyncConnection, who: Principal, req: s.MemberCreate, key: str | None
+) -> tuple[bool, bytes]:
+    fingerprint = ledger_core.fingerprint("enrol", req)
+    stored = await ledger.claim_key(conn, who.programme_id, key, fingerprint)
+    if stored is not None:
+        return True, stored.encode()
+    await repository.enrol(conn, who.programme_id, req.member_id, _attributes_json(req.attributes) or "{}")
+    view = await get(conn, who, req.member_id)
+    body = msgspec.json.encode(view)
+    await ledger.store_key(conn, who.programme_id, key, 201, body)
+    return False, body
+
+
+async def get(conn: AsyncConnection, who: Principal, member_id: str) -> s.MemberView:
+    row = await repository.get(conn, who.programme_id, member_id)
+    if row is None:
+        raise _not_found(member_id)
+    return s.MemberView(**row)
+
+
+async def update(conn: AsyncConnection, who: Principal, member_id: str, req: s.MemberUpdate) -> s.MemberView:
+    row = await repository.update(
+        conn, who.programme_id, member_id, _attributes_json(req.attributes), req.status
+    )
+    if row is None:
+        raise _not_found(member_id)
+    return s.MemberView(**row)
+
+
+async def page(conn: AsyncConnection, who: Principal, cursor: str | None, limit: int) -> s.MemberPage:
+    after = None
+    if cursor:
+        try:
+            after = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidInput("cursor", "is not a cursor this API returned") from None
+    rows = await repository.page(conn, who.programme_id, after, limit + 1)
+    more = len(rows) > limit
+    items = [s.MemberView(**r) for r in rows[:limit]]
+    next_cursor = (
+        base64.urlsafe_b64encode(items[-1].member_id.encode()).decode().rstrip("=")
+        if more and items
+        else None
+    )
+    return s.MemberPage(items=items, next_cursor=next_cursor)
+
+
+async def issue_token(conn: AsyncConnection, who: Principal, req: s.TokenRequest, secret: str) -> s.TokenView:
+    if await repository.get(conn, who.programme_id, req.member_id) is None:
+        raise _not_found(req.member_id)
+    token, expires = auth.issue_member_token(
+        secret=secret,
+        programme_id=who.programme_id,
+        programme_code=who.programme_code,
+        member_external_id=req.member_id,
+        ttl_seconds=req.ttl_seconds,
+    )
+    return s.TokenView(
+        token=token, member_id=req.member_id, expires_at=datetime.fromtimestamp(expires, tz=UTC)
+    )

@@ -1,0 +1,129 @@
+"""The one map from errors to RFC 9457 problem responses (application/problem+json)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import msgspec
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
+
+from loyalty.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    Unauthorized,
+    Unprocessable,
+)
+
+log = logging.getLogger("loyalty.problems")
+MEDIA_TYPE = "application/problem+json"
+TYPE_BASE = "https://loyalty.invalid/problems/"
+
+STATUS: list[tuple[type[DomainError], int]] = [
+    (InvalidInput, 400),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (NotFound, 404),
+    (Conflict, 409),
+    (Unprocessable, 422),
+]
+TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    409: "Conflict",
+    413: "Request too large",
+    422: "Unprocessable",
+    429: "Too many requests",
+    500: "Internal error",
+    503: "Unavailable",
+}
+
+
+def problem(
+    status: int, code: str, detail: str, request: Request | None = None, **extra: Any
+) -> Response[bytes]:
+    body: dict[str, Any] = {
+        "type": TYPE_BASE + code,
+        "title": TITLES.get(status, "Error"),
+        "status": status,
+        "code": code,
+        "detail": detail,
+    }
+    if request is not None:
+        body["instance"] = request.url.path
+    body.update(extra)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return Response(
+        content=msgspec.json.encode(body), status_code=status, media_type=MEDIA_TYPE, headers=headers
+    )
+
+
+def domain_error_to_problem(request: Request, exc: DomainError) -> Response[bytes]:
+    status = next((code for cls, code in STATUS if isinstance(exc, cls)), HTTP_500_INTERNAL_SERVER_ERROR)
+    if status >= 500:
+        log.error("domain error without a status: %s %s", exc.code, exc.extra)
+    return problem(status, exc.code, exc.detail, request, **exc.extra)
+
+
+_AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+
+
+def _field_errors(exc: ValidationException) -> list[dict[str, str]]:
+    errors: list[dict[str, str]] = []
+    for item in exc.extra if isinstance(exc.extra, list) else []:
+        if not isinstance(item, dict):
+            continue
+        message = str(item.get("message", ""))
+        key = item.get("key")
+        match = _AT.search(message)
+        if match:
+            field = match.group("path") or str(key or "body")
+            message = message[: match.start()]
+        else:
+            field = str(key or item.get("source") or "body")
+        errors.append({"field": field, "reason": message, "source": str(item.get("source", "body"))})
+    return errors
+
+
+def validation_to_problem(request: Request, exc: ValidationException) -> Response[bytes]:
+    errors = _field_errors(exc)
+    if errors:
+        first = errors[0]
+        detail = f"{first['field']}: {first['reason']}"
+    else:
+        detail = exc.detail or "The request is not valid."
+    return problem(400, "invalid_request", detail, request, errors=errors)
+
+
+def http_to_problem(request: Request, exc: HTTPException) -> Response[bytes]:
+    code = {
+        401: "unauthorized",
+        403: "forbidden",
+        404: "not_found",
+        405: "method_not_allowed",
+        413: "request_too_large",
+        429: "too_many_requests",
+    }.get(exc.status_code, "http_error")
+    return problem(exc.status_code, code, exc.detail, request)
+
+
+def internal_to_problem(request: Request, exc: Exception) -> Response[bytes]:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return problem(500, "internal_error", "The request failed and nothing was committed.", request)
+
+
+EXCEPTION_HANDLERS = {
+    DomainError: domain_error_to_problem,
+    ValidationException: validation_to_problem,
+    HTTPException: http_to_problem,
+    Exception: internal_to_problem,
+}

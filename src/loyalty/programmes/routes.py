@@ -1,0 +1,43 @@
+"""The caller's programme: read by every key, tuned by operators."""
+
+from __future__ import annotations
+
+from litestar import Controller, get, patch
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from loyalty.auth.core import Principal
+from loyalty.ledger.routes import READ, STAFF_READ, WRITE
+from loyalty.programmes import repository, service
+from loyalty.programmes import schemas as s
+from loyalty.web import allow
+
+
+def _view(row: dict) -> s.ProgrammeView:
+    return s.ProgrammeView(**{k: v for k, v in row.items() if k != "id"})
+
+
+class ProgrammeController(Controller):
+    path = "/v1/programme"
+    tags = ["programme"]
+
+    @get("/", dependencies=READ, guards=[STAFF_READ])
+    async def get(self, tx: AsyncConnection, who: Principal) -> s.ProgrammeView:
+        return _view(await repository.by_id(tx, who.programme_id))
+
+    @patch("/", dependencies=WRITE, guards=[allow("operator")])
+    async def update(self, tx: AsyncConnection, who: Principal, data: s.ProgrammeUpdate) -> s.ProgrammeView:
+        """Change the clawback policy, transfers, time zone or name."""
+        changes = {
+            k: v
+            for k, v in (
+                ("name", data.name),
+                ("timezone", data.timezone),
+                ("clawback_policy", data.clawback_policy),
+                ("allow_transfers", data.allow_transfers),
+            )
+            if v is not None
+        }
+        return _view(await service.update_programme(tx, who.programme_id, changes))
+
+
+ROUTES = [ProgrammeController]

@@ -1,0 +1,132 @@
+"""One frozen, typed settings object read from ``LOYALTY_*`` variables, only when asked."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_PREFIX = "LOYALTY_"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    database_url: str | None = None
+    redis_url: str | None = None
+    data_dir: Path = Path(".loyalty")
+    # Signs member tokens; `ensure_secret_key` fills it from data_dir when unset.
+    secret_key: str | None = None
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_workers: int = 2
+    worker_enabled: bool = True
+    log_level: str = "INFO"
+    db_pool_size: int = 10
+    member_token_ttl_seconds: int = 3600
+    key_cache_ttl_seconds: int = 10
+    # Seed a demo programme when the database holds none.
+    demo: bool = True
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
+        env = _Env(environ)
+        return cls(
+            database_url=env.str_or_none("DATABASE_URL"),
+            redis_url=env.str_or_none("REDIS_URL"),
+            data_dir=Path(env.text("DATA_DIR", ".loyalty")),
+            secret_key=env.str_or_none("SECRET_KEY"),
+            api_host=env.text("API_HOST", "127.0.0.1"),
+            api_port=env.integer("API_PORT", 8000),
+            api_workers=env.integer("API_WORKERS", 2),
+            worker_enabled=env.boolean("WORKER_ENABLED", True),
+            log_level=env.text("LOG_LEVEL", "INFO").upper(),
+            db_pool_size=env.integer("DB_POOL_SIZE", 10),
+            member_token_ttl_seconds=env.integer("MEMBER_TOKEN_TTL_SECONDS", 3600),
+            key_cache_ttl_seconds=env.integer("KEY_CACHE_TTL_SECONDS", 10),
+            demo=env.boolean("DEMO", True),
+        )
+
+    def with_urls(self, database_url: str | None, redis_url: str | None) -> Settings:
+        return dataclasses.replace(self, database_url=database_url, redis_url=redis_url)
+
+    def to_env(self) -> dict[str, str]:
+        """The ``LOYALTY_*`` variables that rebuild these settings in a child process."""
+        values = {
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "DATA_DIR": str(self.data_dir),
+            "SECRET_KEY": self.secret_key,
+            "API_HOST": self.api_host,
+            "API_PORT": str(self.api_port),
+            "API_WORKERS": str(self.api_workers),
+            "WORKER_ENABLED": str(self.worker_enabled).lower(),
+            "LOG_LEVEL": self.log_level,
+            "DB_POOL_SIZE": str(self.db_pool_size),
+            "MEMBER_TOKEN_TTL_SECONDS": str(self.member_token_ttl_seconds),
+            "KEY_CACHE_TTL_SECONDS": str(self.key_cache_ttl_seconds),
+            "DEMO": str(self.demo).lower(),
+        }
+        return {ENV_PREFIX + key: value for key, value in values.items() if value is not None}
+
+
+def ensure_secret_key(settings: Settings) -> Settings:
+    """Fill ``secret_key`` from ``data_dir/secret_key``, creating it (mode 0600) on first use.
+
+    Keeping it on disk means member tokens survive a restart of ``make serve``.
+    """
+    if settings.secret_key is not None:
+        return settings
+    path = settings.data_dir / "secret_key"
+    if not path.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        _write_private(path, secrets.token_urlsafe(32))
+    return dataclasses.replace(settings, secret_key=path.read_text().strip())
+
+
+def _write_private(path: Path, text: str) -> None:
+    # O_EXCL: if two processes race, the loser keeps the winner's key instead of overwriting it.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text + "\n")
+
+
+class _Env:
+    """Typed reads of prefixed variables; a bad value names the variable in the error."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+
+    def str_or_none(self, name: str) -> str | None:
+        value = self._environ.get(ENV_PREFIX + name, "").strip()
+        return value or None
+
+    def text(self, name: str, default: str) -> str:
+        return self.str_or_none(name) or default
+
+    def integer(self, name: str, default: int) -> int:
+        raw = self.str_or_none(name)
+        if raw is None:
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"{ENV_PREFIX}{name} must be an integer, got {raw!r}") from None
+
+    def boolean(self, name: str, default: bool) -> bool:
+        raw = self.str_or_none(name)
+        if raw is None:
+            return default
+        lowered = raw.lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ValueError(f"{ENV_PREFIX}{name} must be a boolean (true/false), got {raw!r}")

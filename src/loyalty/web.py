@@ -1,0 +1,79 @@
+"""What every route shares: the caller, the request's transaction, idempotency keys, guards."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated
+
+from litestar import Request, Response
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
+from litestar.params import Parameter
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from loyalty.auth.core import Principal
+from loyalty.auth.service import Authenticator
+from loyalty.errors import Forbidden
+from loyalty.ledger.repository import Posted
+
+PUBLIC_PATHS = {"/health/live", "/health/ready", "/metrics"}
+JSON = "application/json"
+
+
+class AuthMiddleware(AbstractAuthenticationMiddleware):
+    async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
+        authenticator: Authenticator = connection.app.state.authenticator
+        principal = await authenticator.authenticate(connection.headers.get("authorization"))
+        return AuthenticationResult(user=principal, auth=None)
+
+
+def allow(*roles: str) -> Callable[[ASGIConnection, BaseRouteHandler], None]:
+    """A guard: only these roles may call the route. 'member' is a customer's own token."""
+
+    def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+        principal: Principal = connection.user
+        if principal.role not in roles:
+            raise Forbidden(
+                f"The {principal.role} role may not do this.",
+                code="role_not_allowed",
+                extra={"role": principal.role, "allowed": list(roles)},
+            )
+
+    return guard
+
+
+async def provide_principal(request: Request) -> Principal:
+    return request.user
+
+
+async def provide_tx(request: Request) -> AsyncIterator[AsyncConnection]:
+    """The request's transaction: committed after the handler returns and before the response
+    is sent; rolled back if anything raised. A failed commit becomes a 5xx, never a 2xx."""
+    engine: AsyncEngine = request.app.state.engine
+    async with engine.connect() as conn, conn.begin():
+        yield conn
+
+
+async def provide_read(request: Request) -> AsyncIterator[AsyncConnection]:
+    engine: AsyncEngine = request.app.state.engine
+    async with engine.connect() as conn:
+        yield conn
+
+
+IdempotencyKey = Annotated[
+    str,
+    Parameter(
+        header="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description="The client's id for this write: a retry with the same key and body returns the first "
+        "answer and has no second effect; the same key with another body is a 409.",
+    ),
+]
+
+
+def posted(result: Posted, status: int = 201) -> Response[bytes]:
+    """The posting engine's JSON goes out as it came: no decode and encode on the hot path."""
+    headers = {"Idempotent-Replayed": "true"} if result.replayed else None
+    return Response(content=result.body, status_code=status, media_type=JSON, headers=headers)

@@ -1,0 +1,46 @@
+"""The arq worker: every domain's jobs and cron schedules, on the configured Redis."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from arq import cron
+from arq.connections import RedisSettings
+from arq.worker import run_worker as arq_run_worker
+
+from loyalty.db import create_engine
+from loyalty.ledger import tasks as ledger_tasks
+from loyalty.settings import Settings
+
+EVERY_10_SECONDS = set(range(0, 60, 10))
+
+
+def build_worker_settings(settings: Settings) -> dict[str, Any]:
+    async def startup(ctx: dict[str, Any]) -> None:
+        ctx["settings"] = settings
+        ctx["engine"] = create_engine(settings.database_url or "", pool_size=4)
+
+    async def shutdown(ctx: dict[str, Any]) -> None:
+        await ctx["engine"].dispose()
+
+    return {
+        "functions": [ledger_tasks.expire_holds, ledger_tasks.vest_points, ledger_tasks.expire_points],
+        "cron_jobs": [
+            cron(ledger_tasks.expire_holds, second=EVERY_10_SECONDS, unique=True, run_at_startup=True),
+            cron(ledger_tasks.vest_points, second={5, 35}, unique=True, run_at_startup=True),
+            cron(ledger_tasks.expire_points, second={15, 45}, unique=True, run_at_startup=True),
+        ],
+        "on_startup": startup,
+        "on_shutdown": shutdown,
+        "redis_settings": RedisSettings.from_dsn(settings.redis_url or "redis://localhost"),
+        "queue_name": "loyalty:queue",
+        "max_jobs": 10,
+        "job_timeout": 300,
+        "handle_signals": True,
+    }
+
+
+def run_worker(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    arq_run_worker(build_worker_settings(settings))  # type: ignore[arg-type]

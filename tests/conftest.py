@@ -1,0 +1,191 @@
+"""Shared fixtures: real PostgreSQL and Redis, one migrated database per xdist worker.
+
+Servers come from LOYALTY_DATABASE_URL / LOYALTY_REDIS_URL when set, else embedded ones in
+.loyalty/test/ that every worker joins (the last worker out stops them). Each worker builds
+its own database `loyalty_test_<worker>` with the real Alembic migrations, never create_all,
+and uses Redis database number <worker index + 1>. Tests isolate themselves by creating their
+own programme, so nothing is truncated between tests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import redis.asyncio
+from hypothesis import settings as hypothesis_settings
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from loyalty.db import async_url, create_engine, create_sessionmaker, plain_url
+from loyalty.embedded import EmbeddedServers
+from loyalty.migrate import upgrade_async
+from loyalty.settings import Settings
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+    from litestar.testing import AsyncTestClient
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TEST_DATA_DIR = PROJECT_ROOT / ".loyalty" / "test"
+TEST_SECRET_KEY = "test-secret-key-not-for-production-0123456789"
+
+# Database-backed examples have uneven latency; a per-example deadline would only flake.
+hypothesis_settings.register_profile("loyalty", deadline=None)
+hypothesis_settings.register_profile(
+    "ci",
+    parent=hypothesis_settings.get_profile("loyalty"),
+    derandomize=True,
+    print_blob=True,
+)
+hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "loyalty")
+
+
+@dataclass(frozen=True)
+class ServerURLs:
+    database_url: str  # the server's maintenance database (tests never write to it)
+    redis_url: str
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[ServerURLs]:
+    """PostgreSQL and Redis URLs: from the environment, else embedded servers shared by the workers."""
+    database_url = os.environ.get("LOYALTY_DATABASE_URL") or None
+    redis_url = os.environ.get("LOYALTY_REDIS_URL") or None
+    embedded = None
+    if database_url is None or redis_url is None:
+        embedded = EmbeddedServers(
+            TEST_DATA_DIR, postgres=database_url is None, redis=redis_url is None
+        ).start()
+        database_url = database_url or embedded.database_url
+        redis_url = redis_url or embedded.redis_url
+    try:
+        yield ServerURLs(database_url=database_url, redis_url=redis_url)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+@pytest.fixture(scope="session")
+def worker_index(worker_id: str) -> int:
+    """0 for gw0 (or a run without xdist), 1 for gw1, ..."""
+    return int(worker_id[2:]) if worker_id.startswith("gw") else 0
+
+
+@pytest.fixture(scope="session")
+async def database_url(servers: ServerURLs, worker_id: str) -> str:
+    """A fresh database for this worker, built by `alembic upgrade head`."""
+    name = f"loyalty_test_{worker_id}"
+    admin = await asyncpg.connect(plain_url(servers.database_url))
+    try:
+        # FORCE: a killed earlier run may have left connections open on it.
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = _with_database(servers.database_url, name)
+    await upgrade_async(url)
+    return url
+
+
+@pytest.fixture(scope="session")
+async def redis_url(servers: ServerURLs, worker_index: int) -> str:
+    """This worker's own Redis database, emptied at the start of the session."""
+    url = _with_redis_db(servers.redis_url, worker_index + 1)
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+    return url
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, redis_url: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        data_dir=TEST_DATA_DIR,
+        secret_key=TEST_SECRET_KEY,
+        worker_enabled=False,
+        demo=False,
+        db_pool_size=5,
+        log_level="WARNING",
+    )
+
+
+@pytest.fixture(scope="session")
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    assert settings.database_url is not None
+    engine = create_engine(settings.database_url, pool_size=settings.db_pool_size)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions that really commit: for concurrency tests that need several transactions."""
+    return create_sessionmaker(engine)
+
+
+@pytest.fixture
+async def db_session(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """A session inside an outer transaction that is rolled back after the test.
+
+    session.commit() inside the test releases a SAVEPOINT, so code that commits still leaves
+    nothing behind.
+    """
+    async with engine.connect() as connection:
+        outer = await connection.begin()
+        session = AsyncSession(
+            bind=connection,
+            join_transaction_mode="create_savepoint",
+            expire_on_commit=False,
+            autoflush=False,
+        )
+        try:
+            yield session
+        finally:
+            await session.close()
+            if outer.is_active:
+                await outer.rollback()
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings) -> Litestar:
+    from loyalty.app import create_app
+
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(app: Litestar) -> AsyncIterator[AsyncTestClient[Any]]:
+    from litestar.testing import AsyncTestClient
+
+    async with AsyncTestClient(app=app) as client:
+        yield client
+
+
+# --- URL helpers ------------------------------------------------------------------------------
+
+
+def _with_database(url: str, database: str) -> str:
+    rendered = make_url(async_url(url)).set(database=database).render_as_string(hide_password=False)
+    return plain_url(rendered)
+
+
+def _with_redis_db(url: str, db: int) -> str:
+    parts = urlsplit(url)
+    query = [(key, value) for key, value in parse_qsl(parts.query) if key != "db"]
+    if parts.scheme == "unix":
+        # redis-py and arq read the database of a unix-socket URL from ?db=.
+        return urlunsplit(parts._replace(query=urlencode([*query, ("db", str(db))])))
+    return urlunsplit(parts._replace(path=f"/{db}", query=urlencode(query)))
