@@ -79,19 +79,42 @@ def worker_index(worker_id: str) -> int:
 
 
 @pytest.fixture(scope="session")
-async def database_url(servers: ServerURLs, worker_id: str) -> str:
-    """A fresh database for this worker, built by `alembic upgrade head`."""
-    name = f"loyalty_test_{worker_id}"
+async def database_url(servers: ServerURLs, worker_id: str) -> AsyncIterator[str]:
+    """A fresh database for this worker, built by `alembic upgrade head`, dropped at the end.
+
+    The name carries the process id, so that several test runs can share the embedded server.
+    """
+    name = f"loyalty_test_{worker_id}_{os.getpid()}"
     admin = await asyncpg.connect(plain_url(servers.database_url))
     try:
-        # FORCE: a killed earlier run may have left connections open on it.
+        # Databases of earlier runs that were killed before they could drop their own.
+        stale = await admin.fetch("SELECT datname FROM pg_database WHERE datname LIKE 'loyalty_test_%'")
+        for row in stale:
+            pid = row["datname"].rsplit("_", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                await admin.execute(f'DROP DATABASE IF EXISTS "{row["datname"]}" WITH (FORCE)')
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.execute(f'CREATE DATABASE "{name}"')
     finally:
         await admin.close()
     url = _with_database(servers.database_url, name)
     await upgrade_async(url)
-    return url
+    yield url
+    admin = await asyncpg.connect(plain_url(servers.database_url))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @pytest.fixture(scope="session")
