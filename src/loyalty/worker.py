@@ -25,11 +25,17 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
         await ctx["engine"].dispose()
 
     return {
-        "functions": [ledger_tasks.expire_holds, ledger_tasks.vest_points, ledger_tasks.expire_points],
+        "functions": [
+            ledger_tasks.expire_holds,
+            ledger_tasks.vest_points,
+            ledger_tasks.expire_points,
+            ledger_tasks.budget_alerts,
+        ],
         "cron_jobs": [
             cron(ledger_tasks.expire_holds, second=EVERY_10_SECONDS, unique=True, run_at_startup=True),
             cron(ledger_tasks.vest_points, second={5, 35}, unique=True, run_at_startup=True),
             cron(ledger_tasks.expire_points, second={15, 45}, unique=True, run_at_startup=True),
+            cron(ledger_tasks.budget_alerts, second={25, 55}, unique=True, run_at_startup=True),
         ],
         "on_startup": startup,
         "on_shutdown": shutdown,

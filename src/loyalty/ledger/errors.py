@@ -32,6 +32,7 @@ _CODES: dict[str, tuple[type[DomainError], str]] = {
     "transfers_disabled": (Unprocessable, "The programme does not allow transfers between members."),
     "same_member": (Unprocessable, "A transfer needs two different members."),
     "same_budget": (Unprocessable, "A move needs two different budgets."),
+    "batch_rejected": (Unprocessable, "Some items cannot be earned; nothing was written (all_or_nothing)."),
     "ledger_inconsistent": (DomainError, "The ledger found an inconsistency and refused the write."),
 }
 

@@ -291,4 +291,7 @@ async def liability(conn: AsyncConnection, programme_id: int) -> list[dict[str, 
 
 
 async def run_job(conn: AsyncConnection, function: str, limit: int) -> int:
+    """Runs one of the engine's job functions; ``limit`` 0 means the function takes none."""
+    if limit == 0:
+        return int((await conn.execute(text(f"SELECT {function}()"))).scalar_one())
     return int((await conn.execute(text(f"SELECT {function}(:n)"), {"n": limit})).scalar_one())

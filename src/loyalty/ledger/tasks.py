@@ -47,3 +47,12 @@ async def expire_points(ctx: dict[str, Any]) -> int:
     if n:
         log.info("expired points of %d members", n)
     return n
+
+
+async def budget_alerts(ctx: dict[str, Any]) -> int:
+    """Record budget.threshold_reached for each alert threshold a budget has newly crossed."""
+    async with ctx["engine"].begin() as conn:
+        n = await repository.run_job(conn, "ledger_budget_alerts", 0)
+    if n:
+        log.info("recorded %d budget threshold alerts", n)
+    return n

@@ -965,6 +965,12 @@ BEGIN
     WHERE programme_id = p_programme AND account_id = v_funding AND shard = 0;
     PERFORM ledger_entry(p_programme, v_txn, v_seq, v_funding, 0, 0, -p_amount);
     UPDATE budgets SET cap = cap + p_amount WHERE programme_id = p_programme AND id = p_budget;
+    -- A top-up re-arms the alerts whose threshold the budget is now below.
+    UPDATE budgets bu SET alerts_sent = ARRAY(
+        SELECT x FROM unnest(bu.alerts_sent) x
+        WHERE (bu.cap - (SELECT coalesce(sum(available), 0) FROM account_balances
+                         WHERE programme_id = p_programme AND account_id = bu.account_id)) * 100 >= x::bigint * bu.cap)
+    WHERE bu.programme_id = p_programme AND bu.id = p_budget AND cardinality(bu.alerts_sent) > 0;
     RETURN v_txn;
 END $$;
 
@@ -1158,4 +1164,224 @@ BEGIN
     VALUES (p_programme, p_external_id, v_account, coalesce(p_attributes, '{}'))
     RETURNING id INTO v_member;
     RETURN v_member;
+END $$;
+
+---------------------------------------------------------------------------------------------
+-- Batch earn: many earns in one call, set-based (imports, campaign grants). Every item is its
+-- own earn transaction with its own lot, exactly as ledger_earn would write it; the statements
+-- below each handle all items at once. Items are served in order: an item fails when what the
+-- items before it took leaves its budget (or the member's cap) short. 'all or nothing' raises
+-- batch_rejected on any failure, so nothing is written.
+---------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION ledger_earn_batch(
+    p_programme bigint, p_key text, p_fingerprint bytea,
+    p_members text[], p_budgets text[], p_amounts bigint[], p_references text[], p_reasons text[],
+    p_vests_at timestamptz[], p_expires_at timestamptz[], p_all_or_nothing boolean, p_actor text,
+    OUT replayed boolean, OUT body jsonb
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_failures jsonb;
+BEGIN
+    body := ledger_claim_key(p_programme, p_key, p_fingerprint);
+    IF body IS NOT NULL THEN
+        replayed := true;
+        RETURN;
+    END IF;
+    replayed := false;
+
+    CREATE TEMP TABLE IF NOT EXISTS pg_temp.batch_items (
+        idx bigint PRIMARY KEY, member_ext text, budget_code text, amount bigint, reference text, reason text,
+        vests_at timestamptz, expires_at timestamptz, pending boolean,
+        member_id bigint, account_id bigint, budget_id bigint, budget_account bigint, unit_cost bigint,
+        per_member_cap bigint, error text, detail jsonb, txn_id bigint, lot_remaining bigint
+    ) ON COMMIT DROP;
+    CREATE TEMP TABLE IF NOT EXISTS pg_temp.batch_legs (
+        idx bigint, account_id bigint, shard int, amount bigint
+    ) ON COMMIT DROP;
+    DELETE FROM pg_temp.batch_items;
+    DELETE FROM pg_temp.batch_legs;
+
+    INSERT INTO pg_temp.batch_items (idx, member_ext, budget_code, amount, reference, reason, vests_at, expires_at, pending)
+    SELECT u.i, u.m, u.b, u.a, u.r, u.rs, u.v, u.e, u.v IS NOT NULL AND u.v > now()
+    FROM unnest(p_members, p_budgets, p_amounts, p_references, p_reasons, p_vests_at, p_expires_at)
+         WITH ORDINALITY AS u(m, b, a, r, rs, v, e, i);
+
+    UPDATE pg_temp.batch_items bi SET member_id = m.id, account_id = m.account_id
+    FROM members m WHERE m.programme_id = p_programme AND m.external_id = bi.member_ext;
+    UPDATE pg_temp.batch_items SET error = 'member_not_found' WHERE member_id IS NULL;
+    UPDATE pg_temp.batch_items bi SET budget_id = b.id, budget_account = b.account_id, unit_cost = b.unit_cost_micros,
+        per_member_cap = b.per_member_cap,
+        error = CASE WHEN b.status <> 'active' THEN 'budget_closed'
+                     WHEN (b.starts_at IS NOT NULL AND now() < b.starts_at)
+                       OR (b.ends_at IS NOT NULL AND now() >= b.ends_at) THEN 'budget_not_active' END
+    FROM budgets b WHERE b.programme_id = p_programme AND b.code = bi.budget_code AND bi.error IS NULL;
+    UPDATE pg_temp.batch_items SET error = 'budget_not_found' WHERE budget_id IS NULL AND error IS NULL;
+
+    -- Lock order as in ledger_earn: usage rows, budget shards, member balances.
+    INSERT INTO budget_member_usage (programme_id, budget_id, member_id, issued)
+    SELECT DISTINCT p_programme, budget_id, member_id, 0 FROM pg_temp.batch_items
+    WHERE error IS NULL AND per_member_cap IS NOT NULL ORDER BY 2, 3
+    ON CONFLICT DO NOTHING;
+    PERFORM 1 FROM budget_member_usage u
+    WHERE u.programme_id = p_programme AND (u.budget_id, u.member_id) IN (
+        SELECT budget_id, member_id FROM pg_temp.batch_items WHERE error IS NULL AND per_member_cap IS NOT NULL)
+    ORDER BY u.budget_id, u.member_id FOR UPDATE;
+    WITH c AS (
+        SELECT bi.idx, bi.per_member_cap, u.issued,
+               u.issued + sum(bi.amount) OVER (PARTITION BY bi.budget_id, bi.member_id ORDER BY bi.idx) AS cum
+        FROM pg_temp.batch_items bi
+        JOIN budget_member_usage u ON u.programme_id = p_programme AND u.budget_id = bi.budget_id AND u.member_id = bi.member_id
+        WHERE bi.error IS NULL AND bi.per_member_cap IS NOT NULL)
+    UPDATE pg_temp.batch_items bi SET error = 'member_cap_reached',
+        detail = jsonb_build_object('per_member_cap', c.per_member_cap, 'issued', c.issued)
+    FROM c WHERE c.idx = bi.idx AND c.cum > c.per_member_cap;
+
+    PERFORM 1 FROM account_balances ab
+    WHERE ab.programme_id = p_programme
+      AND ab.account_id IN (SELECT budget_account FROM pg_temp.batch_items WHERE error IS NULL)
+    ORDER BY ab.account_id, ab.shard FOR UPDATE;
+    WITH rem AS (
+        SELECT account_id, sum(available) AS remaining FROM account_balances
+        WHERE programme_id = p_programme
+          AND account_id IN (SELECT budget_account FROM pg_temp.batch_items WHERE error IS NULL)
+        GROUP BY account_id
+    ), c AS (
+        SELECT bi.idx, r.remaining, sum(bi.amount) OVER (PARTITION BY bi.budget_account ORDER BY bi.idx) AS cum
+        FROM pg_temp.batch_items bi JOIN rem r ON r.account_id = bi.budget_account WHERE bi.error IS NULL)
+    UPDATE pg_temp.batch_items bi SET error = 'budget_exhausted', detail = jsonb_build_object('remaining', c.remaining)
+    FROM c WHERE c.idx = bi.idx AND c.cum > c.remaining;
+
+    IF p_all_or_nothing THEN
+        SELECT jsonb_agg(jsonb_build_object('index', idx - 1, 'error', error, 'member_id', member_ext,
+                                            'budget', budget_code) ORDER BY idx)
+        INTO v_failures
+        FROM (SELECT * FROM pg_temp.batch_items WHERE error IS NOT NULL ORDER BY idx LIMIT 100) f;
+        IF v_failures IS NOT NULL THEN
+            PERFORM loyalty_fail('batch_rejected', jsonb_build_object(
+                'failed', (SELECT count(*) FROM pg_temp.batch_items WHERE error IS NOT NULL), 'failures', v_failures));
+        END IF;
+    END IF;
+
+    UPDATE pg_temp.batch_items bi SET txn_id = s.id
+    FROM (SELECT idx, nextval(pg_get_serial_sequence('transactions', 'id')) AS id
+          FROM pg_temp.batch_items WHERE error IS NULL ORDER BY idx) s
+    WHERE s.idx = bi.idx;
+
+    -- Each item's budget legs: the item's slice of its budget's running total, cut where the
+    -- shards' balances (laid end to end) begin and end. An item may span two shards.
+    WITH pos AS (
+        SELECT idx, budget_account,
+               sum(amount) OVER (PARTITION BY budget_account ORDER BY idx) - amount AS s,
+               sum(amount) OVER (PARTITION BY budget_account ORDER BY idx) AS e
+        FROM pg_temp.batch_items WHERE error IS NULL
+    ), sh AS (
+        SELECT account_id, shard,
+               sum(available) OVER (PARTITION BY account_id ORDER BY shard) - available AS s,
+               sum(available) OVER (PARTITION BY account_id ORDER BY shard) AS e
+        FROM account_balances
+        WHERE programme_id = p_programme AND available > 0
+          AND account_id IN (SELECT budget_account FROM pg_temp.batch_items WHERE error IS NULL)
+    )
+    INSERT INTO pg_temp.batch_legs (idx, account_id, shard, amount)
+    SELECT p.idx, sh.account_id, sh.shard, least(p.e, sh.e) - greatest(p.s, sh.s)
+    FROM pos p JOIN sh ON sh.account_id = p.budget_account AND sh.s < p.e AND p.s < sh.e;
+
+    UPDATE account_balances ab SET available = ab.available - l.total
+    FROM (SELECT account_id, shard, sum(amount) AS total FROM pg_temp.batch_legs GROUP BY account_id, shard) l
+    WHERE ab.programme_id = p_programme AND ab.account_id = l.account_id AND ab.shard = l.shard;
+
+    PERFORM 1 FROM account_balances
+    WHERE programme_id = p_programme AND shard = 0
+      AND account_id IN (SELECT account_id FROM pg_temp.batch_items WHERE error IS NULL)
+    ORDER BY account_id FOR UPDATE;
+    -- A member in debt pays it off first, out of the earliest items.
+    WITH c AS (
+        SELECT bi.idx, bi.amount, greatest(-ab.available, 0) AS debt,
+               sum(bi.amount) OVER (PARTITION BY bi.account_id ORDER BY bi.idx) AS cum
+        FROM pg_temp.batch_items bi
+        JOIN account_balances ab ON ab.programme_id = p_programme AND ab.account_id = bi.account_id AND ab.shard = 0
+        WHERE bi.error IS NULL AND NOT bi.pending)
+    UPDATE pg_temp.batch_items bi
+    SET lot_remaining = greatest(c.cum - c.debt, 0) - greatest(c.cum - c.amount - c.debt, 0)
+    FROM c WHERE c.idx = bi.idx;
+    UPDATE pg_temp.batch_items SET lot_remaining = amount WHERE error IS NULL AND pending;
+
+    UPDATE account_balances ab
+    SET available = ab.available + m.avail, pending = ab.pending + m.pend
+    FROM (SELECT account_id, coalesce(sum(amount) FILTER (WHERE NOT pending), 0) AS avail,
+                 coalesce(sum(amount) FILTER (WHERE pending), 0) AS pend
+          FROM pg_temp.batch_items WHERE error IS NULL GROUP BY account_id) m
+    WHERE ab.programme_id = p_programme AND ab.account_id = m.account_id AND ab.shard = 0;
+
+    UPDATE budget_member_usage u SET issued = u.issued + s.total
+    FROM (SELECT budget_id, member_id, sum(amount) AS total FROM pg_temp.batch_items
+          WHERE error IS NULL AND per_member_cap IS NOT NULL GROUP BY budget_id, member_id) s
+    WHERE u.programme_id = p_programme AND u.budget_id = s.budget_id AND u.member_id = s.member_id;
+
+    INSERT INTO transactions (programme_id, id, kind, member_id, budget_id, reference, amount, cost_micros, reason, actor)
+    SELECT p_programme, txn_id, 'earn', member_id, budget_id, reference, amount, amount * unit_cost, reason, p_actor
+    FROM pg_temp.batch_items WHERE error IS NULL ORDER BY idx;
+    INSERT INTO entries (programme_id, txn_id, seq, account_id, shard, bucket, amount)
+    SELECT p_programme, txn_id, 0, account_id, 0, CASE WHEN pending THEN 1 ELSE 0 END, amount
+    FROM pg_temp.batch_items WHERE error IS NULL
+    UNION ALL
+    SELECT p_programme, bi.txn_id, row_number() OVER (PARTITION BY l.idx ORDER BY l.shard), l.account_id, l.shard, 0, -l.amount
+    FROM pg_temp.batch_legs l JOIN pg_temp.batch_items bi ON bi.idx = l.idx;
+    INSERT INTO lots (programme_id, member_id, txn_id, budget_id, amount, remaining, unit_cost_micros,
+                      vested, vests_at, expires_at)
+    SELECT p_programme, member_id, txn_id, budget_id, amount, lot_remaining, unit_cost,
+           NOT pending, CASE WHEN pending THEN vests_at END, expires_at
+    FROM pg_temp.batch_items WHERE error IS NULL ORDER BY idx;
+
+    SELECT jsonb_build_object(
+        'mode', CASE WHEN p_all_or_nothing THEN 'all_or_nothing' ELSE 'per_item' END,
+        'earned', count(*) FILTER (WHERE error IS NULL),
+        'failed', count(*) FILTER (WHERE error IS NOT NULL),
+        'points', coalesce(sum(amount) FILTER (WHERE error IS NULL), 0),
+        'items', jsonb_agg(CASE WHEN error IS NULL
+            THEN jsonb_build_object('index', idx - 1, 'status', 'earned', 'transaction_id', txn_id, 'amount', amount)
+            ELSE jsonb_build_object('index', idx - 1, 'status', 'failed', 'error', error, 'detail', detail) END
+            ORDER BY idx))
+    INTO body FROM pg_temp.batch_items;
+    PERFORM ledger_store_key(p_programme, p_key, 201, body);
+END $$;
+
+---------------------------------------------------------------------------------------------
+-- Budget alerts: a worker job records budget.threshold_reached once per threshold crossed.
+-- An advisory lock keeps two workers from firing the same alert twice.
+---------------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION ledger_budget_alerts()
+RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+    v_count int;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtext('ledger_budget_alerts')) THEN
+        RETURN 0;
+    END IF;
+    WITH usage AS (
+        SELECT b.programme_id, b.id, b.code, b.cap, b.alert_thresholds, b.alerts_sent,
+               b.cap - coalesce(sum(ab.available), 0) AS issued
+        FROM budgets b
+        JOIN account_balances ab ON ab.programme_id = b.programme_id AND ab.account_id = b.account_id
+        WHERE b.status = 'active' AND cardinality(b.alert_thresholds) > cardinality(b.alerts_sent)
+        GROUP BY b.programme_id, b.id
+    ), crossed AS (
+        SELECT u.programme_id, u.id, u.code, u.cap, u.issued, t.pct
+        FROM usage u, unnest(u.alert_thresholds) AS t(pct)
+        WHERE u.cap > 0 AND u.issued * 100 >= t.pct::bigint * u.cap AND NOT (t.pct = ANY (u.alerts_sent))
+    ), marked AS (
+        UPDATE budgets b
+        SET alerts_sent = ARRAY(SELECT DISTINCT x FROM unnest(b.alerts_sent || c.pcts) x ORDER BY x)
+        FROM (SELECT programme_id, id, array_agg(pct) AS pcts FROM crossed GROUP BY programme_id, id) c
+        WHERE b.programme_id = c.programme_id AND b.id = c.id
+        RETURNING b.id
+    ), events AS (
+        INSERT INTO domain_events (programme_id, type, subject, payload)
+        SELECT programme_id, 'budget.threshold_reached', 'budget:' || code,
+               jsonb_build_object('budget', code, 'threshold_percent', pct, 'issued', issued, 'cap', cap)
+        FROM crossed ORDER BY programme_id, id, pct
+        RETURNING 1
+    )
+    SELECT count(*) INTO v_count FROM events;
+    RETURN v_count;
 END $$;
