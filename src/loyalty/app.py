@@ -37,6 +37,7 @@ def create_app(settings: Settings) -> Litestar:
         redis = Redis.from_url(settings.redis_url or "")
         app.state.settings = settings
         app.state.engine = engine
+        app.state.posting_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         app.state.redis = redis
         app.state.authenticator = Authenticator(
             engine=engine, secret=settings.secret_key or "", cache_ttl=settings.key_cache_ttl_seconds

@@ -55,6 +55,16 @@ async def provide_tx(request: Request) -> AsyncIterator[AsyncConnection]:
         yield conn
 
 
+async def provide_posting(request: Request) -> AsyncIterator[AsyncConnection]:
+    """For a write that is one call of a posting function: that single statement is its own
+    transaction (autocommit), so the write costs one round trip instead of BEGIN, call and
+    COMMIT. The statement commits before it returns; if the commit fails, the call raises and
+    the client gets a 5xx."""
+    engine: AsyncEngine = request.app.state.posting_engine
+    async with engine.connect() as conn:
+        yield conn
+
+
 async def provide_read(request: Request) -> AsyncIterator[AsyncConnection]:
     engine: AsyncEngine = request.app.state.engine
     async with engine.connect() as conn:

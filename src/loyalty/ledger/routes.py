@@ -15,9 +15,11 @@ from loyalty.auth.core import Principal
 from loyalty.ledger import schemas as s
 from loyalty.ledger import service
 from loyalty.programmes import repository as programmes
-from loyalty.web import IdempotencyKey, allow, posted, provide_read, provide_tx
+from loyalty.web import IdempotencyKey, allow, posted, provide_posting, provide_read, provide_tx
 
 WRITE = {"tx": Provide(provide_tx)}
+# Routes whose write is a single posting-function call (see web.provide_posting).
+POSTING = {"tx": Provide(provide_posting)}
 READ = {"tx": Provide(provide_read)}
 ECOMMERCE = allow("ecommerce", "operator")
 GRANTS = allow("ecommerce", "marketing", "operator")
@@ -34,7 +36,7 @@ class PointsController(Controller):
     path = "/v1"
     tags = ["ledger"]
 
-    @post("/earn", dependencies=WRITE, guards=[GRANTS], responses=_spec(s.EarnResult), status_code=201)
+    @post("/earn", dependencies=POSTING, guards=[GRANTS], responses=_spec(s.EarnResult), status_code=201)
     async def earn(
         self, tx: AsyncConnection, who: Principal, data: s.EarnRequest, idempotency_key: IdempotencyKey
     ) -> Response[bytes]:
@@ -43,7 +45,7 @@ class PointsController(Controller):
 
     @post(
         "/earn/batch",
-        dependencies=WRITE,
+        dependencies=POSTING,
         guards=[GRANTS],
         responses=_spec(s.BatchEarnResult),
         status_code=201,
@@ -55,14 +57,14 @@ class PointsController(Controller):
         """Many earns at once (imports, campaign grants): all or nothing, or a result per item."""
         return posted(await service.earn_batch(tx, who, data, idempotency_key))
 
-    @post("/spend", dependencies=WRITE, guards=[ECOMMERCE], responses=_spec(s.SpendResult), status_code=201)
+    @post("/spend", dependencies=POSTING, guards=[ECOMMERCE], responses=_spec(s.SpendResult), status_code=201)
     async def spend(
         self, tx: AsyncConnection, who: Principal, data: s.SpendRequest, idempotency_key: IdempotencyKey
     ) -> Response[bytes]:
         """Points leave the member's available balance, soonest-expiring first."""
         return posted(await service.spend(tx, who, data, idempotency_key))
 
-    @post("/holds", dependencies=WRITE, guards=[ECOMMERCE], responses=_spec(s.HoldResult), status_code=201)
+    @post("/holds", dependencies=POSTING, guards=[ECOMMERCE], responses=_spec(s.HoldResult), status_code=201)
     async def hold(
         self, tx: AsyncConnection, who: Principal, data: s.HoldRequest, idempotency_key: IdempotencyKey
     ) -> Response[bytes]:
@@ -71,7 +73,7 @@ class PointsController(Controller):
 
     @post(
         "/holds/{hold_id:int}/capture",
-        dependencies=WRITE,
+        dependencies=POSTING,
         guards=[ECOMMERCE],
         responses=_spec(s.HoldResult, 200),
         status_code=200,
@@ -89,7 +91,7 @@ class PointsController(Controller):
 
     @post(
         "/holds/{hold_id:int}/void",
-        dependencies=WRITE,
+        dependencies=POSTING,
         guards=[ECOMMERCE],
         responses=_spec(s.HoldResult, 200),
         status_code=200,
@@ -106,7 +108,7 @@ class PointsController(Controller):
 
     @post(
         "/clawbacks",
-        dependencies=WRITE,
+        dependencies=POSTING,
         guards=[ECOMMERCE],
         responses=_spec(s.ClawbackResult),
         status_code=201,
@@ -117,14 +119,14 @@ class PointsController(Controller):
         """A refund: reverse what an order's reference earned, all or part."""
         return posted(await service.clawback(tx, who, data, idempotency_key))
 
-    @post("/adjustments", dependencies=WRITE, guards=[allow("operator")], status_code=201)
+    @post("/adjustments", dependencies=POSTING, guards=[allow("operator")], status_code=201)
     async def adjust(
         self, tx: AsyncConnection, who: Principal, data: s.AdjustRequest, idempotency_key: IdempotencyKey
     ) -> Response[bytes]:
         """An operator's manual credit or debit, with a mandatory reason kept in the audit trail."""
         return posted(await service.adjust(tx, who, data, idempotency_key))
 
-    @post("/transfers", dependencies=WRITE, guards=[allow("ecommerce", "crm", "operator")], status_code=201)
+    @post("/transfers", dependencies=POSTING, guards=[allow("ecommerce", "crm", "operator")], status_code=201)
     async def transfer(
         self, tx: AsyncConnection, who: Principal, data: s.TransferRequest, idempotency_key: IdempotencyKey
     ) -> Response[bytes]:
@@ -205,7 +207,7 @@ class BudgetController(Controller):
     path = "/v1/budgets"
     tags = ["budgets"]
 
-    @post("/", dependencies=WRITE, guards=[allow("operator")], responses=_spec(s.BudgetView), status_code=201)
+    @post("/", dependencies=POSTING, guards=[allow("operator")], responses=_spec(s.BudgetView), status_code=201)
     async def create(
         self, tx: AsyncConnection, who: Principal, data: s.BudgetCreate, idempotency_key: IdempotencyKey
     ) -> Response[bytes]:
@@ -221,7 +223,7 @@ class BudgetController(Controller):
         """Allocated (cap), issued and remaining points, and the money cost issued."""
         return await service.get_budget(tx, who, code)
 
-    @post("/{code:str}/top-up", dependencies=WRITE, guards=[allow("operator")], status_code=201)
+    @post("/{code:str}/top-up", dependencies=POSTING, guards=[allow("operator")], status_code=201)
     async def top_up(
         self,
         tx: AsyncConnection,
@@ -232,14 +234,14 @@ class BudgetController(Controller):
     ) -> Response[bytes]:
         return posted(await service.top_up_budget(tx, who, code, data, idempotency_key))
 
-    @post("/moves", dependencies=WRITE, guards=[allow("operator")], status_code=201)
+    @post("/moves", dependencies=POSTING, guards=[allow("operator")], status_code=201)
     async def move(
         self, tx: AsyncConnection, who: Principal, data: s.BudgetMove, idempotency_key: IdempotencyKey
     ) -> Response[bytes]:
         """Move unissued points from one budget to another."""
         return posted(await service.move_budget(tx, who, data, idempotency_key))
 
-    @post("/{code:str}/close", dependencies=WRITE, guards=[allow("operator")], status_code=200)
+    @post("/{code:str}/close", dependencies=POSTING, guards=[allow("operator")], status_code=200)
     async def close(
         self, tx: AsyncConnection, who: Principal, code: str, idempotency_key: IdempotencyKey
     ) -> Response[bytes]:
