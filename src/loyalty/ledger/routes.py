@@ -6,9 +6,9 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from litestar import Controller, Response, get, post
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.auth.core import Principal
@@ -38,7 +38,11 @@ class PointsController(Controller):
 
     @post("/earn", dependencies=POSTING, guards=[GRANTS], responses=_spec(s.EarnResult), status_code=201)
     async def earn(
-        self, tx: AsyncConnection, who: Principal, data: s.EarnRequest, idempotency_key: IdempotencyKey
+        self,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        data: JSONBody[s.EarnRequest],
+        idempotency_key: IdempotencyKey,
     ) -> Response[bytes]:
         """A budget pays a member: points now, or pending until a return window closes."""
         return posted(await service.earn(tx, who, data, idempotency_key))
@@ -52,21 +56,33 @@ class PointsController(Controller):
         request_max_body_size=32 * 1024 * 1024,
     )
     async def earn_batch(
-        self, tx: AsyncConnection, who: Principal, data: s.BatchEarnRequest, idempotency_key: IdempotencyKey
+        self,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        data: JSONBody[s.BatchEarnRequest],
+        idempotency_key: IdempotencyKey,
     ) -> Response[bytes]:
         """Many earns at once (imports, campaign grants): all or nothing, or a result per item."""
         return posted(await service.earn_batch(tx, who, data, idempotency_key))
 
     @post("/spend", dependencies=POSTING, guards=[ECOMMERCE], responses=_spec(s.SpendResult), status_code=201)
     async def spend(
-        self, tx: AsyncConnection, who: Principal, data: s.SpendRequest, idempotency_key: IdempotencyKey
+        self,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        data: JSONBody[s.SpendRequest],
+        idempotency_key: IdempotencyKey,
     ) -> Response[bytes]:
         """Points leave the member's available balance, soonest-expiring first."""
         return posted(await service.spend(tx, who, data, idempotency_key))
 
     @post("/holds", dependencies=POSTING, guards=[ECOMMERCE], responses=_spec(s.HoldResult), status_code=201)
     async def hold(
-        self, tx: AsyncConnection, who: Principal, data: s.HoldRequest, idempotency_key: IdempotencyKey
+        self,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        data: JSONBody[s.HoldRequest],
+        idempotency_key: IdempotencyKey,
     ) -> Response[bytes]:
         """Reserve points for a checkout; capture or void them later, or they return at the timeout."""
         return posted(await service.hold(tx, who, data, idempotency_key))
@@ -80,10 +96,10 @@ class PointsController(Controller):
     )
     async def capture(
         self,
-        tx: AsyncConnection,
-        who: Principal,
-        hold_id: int,
-        data: s.CaptureRequest,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        hold_id: FromPath[int],
+        data: JSONBody[s.CaptureRequest],
         idempotency_key: IdempotencyKey,
     ) -> Response[bytes]:
         """Take all or part of a hold; the rest goes back to the member."""
@@ -97,13 +113,19 @@ class PointsController(Controller):
         status_code=200,
     )
     async def void(
-        self, tx: AsyncConnection, who: Principal, hold_id: int, idempotency_key: IdempotencyKey
+        self,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        hold_id: FromPath[int],
+        idempotency_key: IdempotencyKey,
     ) -> Response[bytes]:
         """Give a hold's points back to the member."""
         return posted(await service.void(tx, who, hold_id, idempotency_key), 200)
 
     @get("/holds/{hold_id:int}", dependencies=READ, guards=[STAFF_READ])
-    async def get_hold(self, tx: AsyncConnection, who: Principal, hold_id: int) -> s.HoldResult:
+    async def get_hold(
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], hold_id: FromPath[int]
+    ) -> s.HoldResult:
         return await service.get_hold(tx, who, hold_id)
 
     @post(
@@ -114,36 +136,50 @@ class PointsController(Controller):
         status_code=201,
     )
     async def clawback(
-        self, tx: AsyncConnection, who: Principal, data: s.ClawbackRequest, idempotency_key: IdempotencyKey
+        self,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        data: JSONBody[s.ClawbackRequest],
+        idempotency_key: IdempotencyKey,
     ) -> Response[bytes]:
         """A refund: reverse what an order's reference earned, all or part."""
         return posted(await service.clawback(tx, who, data, idempotency_key))
 
     @post("/adjustments", dependencies=POSTING, guards=[allow("operator")], status_code=201)
     async def adjust(
-        self, tx: AsyncConnection, who: Principal, data: s.AdjustRequest, idempotency_key: IdempotencyKey
+        self,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        data: JSONBody[s.AdjustRequest],
+        idempotency_key: IdempotencyKey,
     ) -> Response[bytes]:
         """An operator's manual credit or debit, with a mandatory reason kept in the audit trail."""
         return posted(await service.adjust(tx, who, data, idempotency_key))
 
     @post("/transfers", dependencies=POSTING, guards=[allow("ecommerce", "crm", "operator")], status_code=201)
     async def transfer(
-        self, tx: AsyncConnection, who: Principal, data: s.TransferRequest, idempotency_key: IdempotencyKey
+        self,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        data: JSONBody[s.TransferRequest],
+        idempotency_key: IdempotencyKey,
     ) -> Response[bytes]:
         """Points from one member to another, when the programme allows it."""
         return posted(await service.transfer(tx, who, data, idempotency_key))
 
     @get("/transactions/{txn_id:int}", dependencies=READ, guards=[STAFF_READ])
-    async def transaction(self, tx: AsyncConnection, who: Principal, txn_id: int) -> dict[str, Any]:
+    async def transaction(
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], txn_id: FromPath[int]
+    ) -> dict[str, Any]:
         """One transaction with its entries."""
         return await service.transaction(tx, who, txn_id)
 
     @get("/transactions", dependencies=READ, guards=[STAFF_READ])
     async def by_reference(
         self,
-        tx: AsyncConnection,
-        who: Principal,
-        reference: Annotated[str, Parameter(min_length=1, max_length=200)],
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        reference: Annotated[str, QueryParameter(min_length=1, max_length=200)],
     ) -> list[Any]:
         """Every transaction that carries an external reference (an order id, say)."""
         return await service.transactions_by_reference(tx, who, reference)
@@ -158,10 +194,10 @@ class MemberPointsController(Controller):
     @get("/balance")
     async def balance(
         self,
-        tx: AsyncConnection,
-        who: Principal,
-        member_id: str,
-        expiring_within_days: Annotated[int, Parameter(ge=1, le=366)] = 30,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        member_id: FromPath[str],
+        expiring_within_days: Annotated[int, QueryParameter(ge=1, le=366)] = 30,
     ) -> s.Balance:
         """Available, pending and held points, and how many expire within the given days."""
         return await service.balance(tx, who, member_id, expiring_within_days)
@@ -169,25 +205,25 @@ class MemberPointsController(Controller):
     @get("/expiring")
     async def expiring(
         self,
-        tx: AsyncConnection,
-        who: Principal,
-        member_id: str,
-        days: Annotated[int, Parameter(ge=1, le=366)] = 30,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        member_id: FromPath[str],
+        days: Annotated[int, QueryParameter(ge=1, le=366)] = 30,
     ) -> s.Expiring:
         return await service.expiring(tx, who, member_id, days)
 
     @get("/transactions")
     async def history(
         self,
-        tx: AsyncConnection,
-        who: Principal,
-        member_id: str,
-        cursor: Annotated[str | None, Parameter(max_length=100)] = None,
-        limit: Annotated[int, Parameter(ge=1, le=200)] = 50,
-        kind: list[str] | None = None,
-        reference: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        member_id: FromPath[str],
+        cursor: Annotated[str | None, QueryParameter(max_length=100)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
+        kind: FromQuery[list[str] | None] = None,
+        reference: FromQuery[str | None] = None,
+        since: FromQuery[datetime | None] = None,
+        until: FromQuery[datetime | None] = None,
     ) -> s.HistoryPage:
         """The member's transactions, newest first; pass next_cursor to read on."""
         return await service.history(
@@ -207,43 +243,61 @@ class BudgetController(Controller):
     path = "/v1/budgets"
     tags = ["budgets"]
 
-    @post("/", dependencies=POSTING, guards=[allow("operator")], responses=_spec(s.BudgetView), status_code=201)
+    @post(
+        "/", dependencies=POSTING, guards=[allow("operator")], responses=_spec(s.BudgetView), status_code=201
+    )
     async def create(
-        self, tx: AsyncConnection, who: Principal, data: s.BudgetCreate, idempotency_key: IdempotencyKey
+        self,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        data: JSONBody[s.BudgetCreate],
+        idempotency_key: IdempotencyKey,
     ) -> Response[bytes]:
         """A budget with a points cap, a unit cost, an active period and alert thresholds."""
         return posted(await service.create_budget(tx, who, data, idempotency_key))
 
     @get("/", dependencies=READ, guards=[allow("operator", "marketing")])
-    async def list(self, tx: AsyncConnection, who: Principal) -> list[s.BudgetView]:
+    async def list(
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal]
+    ) -> list[s.BudgetView]:
         return await service.list_budgets(tx, who)
 
     @get("/{code:str}", dependencies=READ, guards=[allow("operator", "marketing")])
-    async def get(self, tx: AsyncConnection, who: Principal, code: str) -> s.BudgetView:
+    async def get(
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], code: FromPath[str]
+    ) -> s.BudgetView:
         """Allocated (cap), issued and remaining points, and the money cost issued."""
         return await service.get_budget(tx, who, code)
 
     @post("/{code:str}/top-up", dependencies=POSTING, guards=[allow("operator")], status_code=201)
     async def top_up(
         self,
-        tx: AsyncConnection,
-        who: Principal,
-        code: str,
-        data: s.BudgetTopUp,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        code: FromPath[str],
+        data: JSONBody[s.BudgetTopUp],
         idempotency_key: IdempotencyKey,
     ) -> Response[bytes]:
         return posted(await service.top_up_budget(tx, who, code, data, idempotency_key))
 
     @post("/moves", dependencies=POSTING, guards=[allow("operator")], status_code=201)
     async def move(
-        self, tx: AsyncConnection, who: Principal, data: s.BudgetMove, idempotency_key: IdempotencyKey
+        self,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        data: JSONBody[s.BudgetMove],
+        idempotency_key: IdempotencyKey,
     ) -> Response[bytes]:
         """Move unissued points from one budget to another."""
         return posted(await service.move_budget(tx, who, data, idempotency_key))
 
     @post("/{code:str}/close", dependencies=POSTING, guards=[allow("operator")], status_code=200)
     async def close(
-        self, tx: AsyncConnection, who: Principal, code: str, idempotency_key: IdempotencyKey
+        self,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        code: FromPath[str],
+        idempotency_key: IdempotencyKey,
     ) -> Response[bytes]:
         """Close a budget: it issues no more, and what it did not issue goes back to funding."""
         return posted(await service.close_budget(tx, who, code, idempotency_key), 200)
@@ -254,7 +308,9 @@ class ReportController(Controller):
     tags = ["reports"]
 
     @get("/liability", dependencies=READ, guards=[allow("operator")])
-    async def liability(self, tx: AsyncConnection, who: Principal) -> s.LiabilityReport:
+    async def liability(
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal]
+    ) -> s.LiabilityReport:
         """Outstanding points and their money value, and breakage to date, by budget."""
         programme = await programmes.by_id(tx, who.programme_id)
         return await service.liability(tx, who, programme["currency"])

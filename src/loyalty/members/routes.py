@@ -6,7 +6,8 @@ from datetime import datetime
 from typing import Annotated
 
 from litestar import Controller, Request, Response, get, patch, post
-from litestar.params import Parameter
+from litestar.di import NamedDependency
+from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.auth.core import Principal
@@ -27,7 +28,11 @@ class MemberController(Controller):
 
     @post("/", dependencies=WRITE, guards=[MEMBER_WRITE], status_code=201)
     async def enrol(
-        self, tx: AsyncConnection, who: Principal, data: s.MemberCreate, idempotency_key: IdempotencyKey
+        self,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        data: JSONBody[s.MemberCreate],
+        idempotency_key: IdempotencyKey,
     ) -> Response[bytes]:
         """Enrol a member by the brand's customer id; this opens the member's points account."""
         replayed, body = await service.enrol(tx, who, data, idempotency_key)
@@ -36,20 +41,26 @@ class MemberController(Controller):
     @get("/", dependencies=READ, guards=[STAFF_READ])
     async def list(
         self,
-        tx: AsyncConnection,
-        who: Principal,
-        cursor: Annotated[str | None, Parameter(max_length=200)] = None,
-        limit: Annotated[int, Parameter(ge=1, le=1000)] = 100,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
     ) -> s.MemberPage:
         return await service.page(tx, who, cursor, limit)
 
     @get("/{member_id:str}", dependencies=READ, guards=[STAFF_READ])
-    async def get(self, tx: AsyncConnection, who: Principal, member_id: str) -> s.MemberView:
+    async def get(
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], member_id: FromPath[str]
+    ) -> s.MemberView:
         return await service.get(tx, who, member_id)
 
     @patch("/{member_id:str}", dependencies=WRITE, guards=[MEMBER_WRITE])
     async def update(
-        self, tx: AsyncConnection, who: Principal, member_id: str, data: s.MemberUpdate
+        self,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        member_id: FromPath[str],
+        data: JSONBody[s.MemberUpdate],
     ) -> s.MemberView:
         """Merge attributes (a null value removes a key) or change the status."""
         return await service.update(tx, who, member_id, data)
@@ -61,7 +72,11 @@ class MemberTokenController(Controller):
 
     @post("/", dependencies=READ, guards=[allow("ecommerce", "crm")], status_code=201)
     async def issue(
-        self, request: Request, tx: AsyncConnection, who: Principal, data: s.TokenRequest
+        self,
+        request: Request,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        data: JSONBody[s.TokenRequest],
     ) -> s.TokenView:
         """A short-lived token with which a customer app reads that one member's points."""
         return await service.issue_token(tx, who, data, request.app.state.settings.secret_key)
@@ -76,29 +91,34 @@ class MeController(Controller):
     dependencies = READ
 
     @get("/")
-    async def me(self, tx: AsyncConnection, who: Principal) -> s.MemberView:
+    async def me(self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal]) -> s.MemberView:
         return await service.get(tx, who, who.member_external_id or "")
 
     @get("/balance")
-    async def balance(self, tx: AsyncConnection, who: Principal) -> ls.Balance:
+    async def balance(
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal]
+    ) -> ls.Balance:
         return await ledger.balance(tx, who, who.member_external_id or "")
 
     @get("/expiring")
     async def expiring(
-        self, tx: AsyncConnection, who: Principal, days: Annotated[int, Parameter(ge=1, le=366)] = 30
+        self,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        days: Annotated[int, QueryParameter(ge=1, le=366)] = 30,
     ) -> ls.Expiring:
         return await ledger.expiring(tx, who, who.member_external_id or "", days)
 
     @get("/transactions")
     async def history(
         self,
-        tx: AsyncConnection,
-        who: Principal,
-        cursor: Annotated[str | None, Parameter(max_length=100)] = None,
-        limit: Annotated[int, Parameter(ge=1, le=100)] = 20,
-        kind: list[str] | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        cursor: Annotated[str | None, QueryParameter(max_length=100)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
+        kind: FromQuery[list[str] | None] = None,
+        since: FromQuery[datetime | None] = None,
+        until: FromQuery[datetime | None] = None,
     ) -> ls.HistoryPage:
         return await ledger.history(
             tx,

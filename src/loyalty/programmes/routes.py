@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from litestar import Controller, get, patch
+from litestar.di import NamedDependency
+from litestar.params import JSONBody
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.auth.core import Principal
@@ -21,11 +23,18 @@ class ProgrammeController(Controller):
     tags = ["programme"]
 
     @get("/", dependencies=READ, guards=[STAFF_READ])
-    async def get(self, tx: AsyncConnection, who: Principal) -> s.ProgrammeView:
+    async def get(
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal]
+    ) -> s.ProgrammeView:
         return _view(await repository.by_id(tx, who.programme_id))
 
     @patch("/", dependencies=WRITE, guards=[allow("operator")])
-    async def update(self, tx: AsyncConnection, who: Principal, data: s.ProgrammeUpdate) -> s.ProgrammeView:
+    async def update(
+        self,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        data: JSONBody[s.ProgrammeUpdate],
+    ) -> s.ProgrammeView:
         """Change the clawback policy, transfers, time zone or name."""
         changes = {
             k: v
