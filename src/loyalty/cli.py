@@ -61,6 +61,19 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default=None)
     create.set_defaults(handler=cmd_keys_create)
 
+    programmes = commands.add_parser("programmes", help="programmes").add_subparsers(
+        dest="programmes_command", required=True
+    )
+    programme_create = programmes.add_parser("create", help="create a programme and its system accounts")
+    programme_create.add_argument("code", help="lowercase code, e.g. 'acme'")
+    programme_create.add_argument("--name", required=True)
+    programme_create.add_argument("--currency", default="CNY", help="ISO 4217 code (default: CNY)")
+    programme_create.add_argument("--timezone", default="UTC", help="IANA name, e.g. Asia/Shanghai")
+    programme_create.add_argument("--clawback-policy", choices=("negative", "clamp"), default="negative")
+    programme_create.add_argument("--allow-transfers", action="store_true")
+    programme_create.set_defaults(handler=cmd_programmes_create)
+    programmes.add_parser("list", help="list every programme").set_defaults(handler=cmd_programmes_list)
+
     ledger = commands.add_parser("ledger", help="ledger maintenance").add_subparsers(
         dest="ledger_command", required=True
     )
@@ -130,6 +143,64 @@ def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
     with resolved(settings) as full:
         key = _run(create_api_key_cli(full, args.programme, args.role, args.name))
     print(key)
+    return 0
+
+
+def cmd_programmes_create(args: argparse.Namespace, settings: Settings) -> int:
+    from loyalty.db import create_engine
+    from loyalty.errors import DomainError
+    from loyalty.programmes.service import create_programme
+
+    async def run(full: Settings) -> int:
+        engine = create_engine(_database_url(full), pool_size=1)
+        try:
+            async with engine.begin() as conn:
+                return await create_programme(
+                    conn,
+                    code=args.code,
+                    name=args.name,
+                    currency=args.currency,
+                    timezone=args.timezone,
+                    clawback_policy=args.clawback_policy,
+                    allow_transfers=args.allow_transfers,
+                )
+        finally:
+            await engine.dispose()
+
+    with resolved(settings) as full:
+        try:
+            programme_id = asyncio.run(run(full))
+        except DomainError as exc:
+            print(f"error: {exc.detail}", file=sys.stderr)
+            return 1
+    print(
+        f"programme {args.code} created (id {programme_id}); add keys with: loyalty keys create --programme {args.code} --role operator"
+    )
+    return 0
+
+
+def cmd_programmes_list(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy import select
+
+    from loyalty.db import create_engine
+    from loyalty.programmes.models import Programme
+
+    async def run(full: Settings) -> list[Any]:
+        engine = create_engine(_database_url(full), pool_size=1)
+        try:
+            async with engine.connect() as conn:
+                return list((await conn.execute(select(Programme).order_by(Programme.code))).all())
+        finally:
+            await engine.dispose()
+
+    with resolved(settings) as full:
+        rows = asyncio.run(run(full))
+    print(f"{'CODE':<20} {'CURRENCY':<8} {'TIMEZONE':<20} {'CLAWBACK':<9} {'TRANSFERS':<9} NAME")
+    for row in rows:
+        transfers = "yes" if row.allow_transfers else "no"
+        print(
+            f"{row.code:<20} {row.currency:<8} {row.timezone:<20} {row.clawback_policy:<9} {transfers:<9} {row.name}"
+        )
     return 0
 
 

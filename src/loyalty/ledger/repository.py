@@ -259,28 +259,28 @@ async def liability(conn: AsyncConnection, programme_id: int) -> list[dict[str, 
                 GROUP BY mv.lot_id, mv.member_id
             ), outstanding AS (
                 SELECT l.budget_id,
-                       sum(l.remaining) FILTER (WHERE l.vested) AS available,
-                       sum(l.remaining) FILTER (WHERE NOT l.vested) AS pending,
-                       sum(coalesce(h.points, 0)) AS held,
-                       sum((l.remaining + coalesce(h.points, 0)) * l.unit_cost_micros) AS value_micros
+                       sum(l.remaining) FILTER (WHERE l.vested)::bigint AS available,
+                       sum(l.remaining) FILTER (WHERE NOT l.vested)::bigint AS pending,
+                       sum(coalesce(h.points, 0))::bigint AS held,
+                       sum((l.remaining + coalesce(h.points, 0)) * l.unit_cost_micros)::bigint AS value_micros
                 FROM lots l LEFT JOIN held h ON h.member_id = l.member_id AND h.lot_id = l.id
                 WHERE l.programme_id = :p
                 GROUP BY l.budget_id
             ), flows AS (
-                SELECT l.budget_id, t.kind, sum(mv.amount) AS points, sum(mv.amount * l.unit_cost_micros) AS micros
+                SELECT l.budget_id, t.kind, sum(mv.amount)::bigint AS points, sum(mv.amount * l.unit_cost_micros)::bigint AS micros
                 FROM lot_movements mv
                 JOIN transactions t ON t.programme_id = mv.programme_id AND t.id = mv.txn_id
                 JOIN lots l ON l.programme_id = mv.programme_id AND l.member_id = mv.member_id AND l.id = mv.lot_id
-                WHERE mv.programme_id = :p AND t.kind IN ('expire', 'spend', 'capture', 'hold', 'void', 'hold_expiry')
+                WHERE mv.programme_id = :p AND t.kind = 'expire'
                 GROUP BY l.budget_id, t.kind
             )
             SELECT b.code AS budget, b.unit_cost_micros,
                    coalesce(o.available, 0) AS available, coalesce(o.pending, 0) AS pending,
                    coalesce(o.held, 0) AS held, coalesce(o.value_micros, 0) AS liability_micros,
                    coalesce((SELECT sum(points) FROM flows f WHERE f.budget_id IS NOT DISTINCT FROM o.budget_id
-                             AND f.kind = 'expire'), 0) AS breakage_points,
+                             AND f.kind = 'expire'), 0)::bigint AS breakage_points,
                    coalesce((SELECT sum(micros) FROM flows f WHERE f.budget_id IS NOT DISTINCT FROM o.budget_id
-                             AND f.kind = 'expire'), 0) AS breakage_micros
+                             AND f.kind = 'expire'), 0)::bigint AS breakage_micros
             FROM outstanding o LEFT JOIN budgets b ON b.programme_id = :p AND b.id = o.budget_id
             ORDER BY b.code NULLS LAST
             """

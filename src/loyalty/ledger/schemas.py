@@ -205,7 +205,8 @@ class BudgetView(msgspec.Struct):
     alerts_sent: list[int]
     created_at: datetime
     closed_at: datetime | None
-    issued_cost_micros: int = 0
+    # Budgets have one unit cost, so the money issued is exact: issued x unit cost.
+    issued_cost_micros: int
 
 
 class HistoryItem(msgspec.Struct):

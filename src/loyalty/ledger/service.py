@@ -265,10 +265,7 @@ async def close_budget(conn: AsyncConnection, who: Principal, code: str, key: st
 
 
 def _budget_view(raw: str) -> s.BudgetView:
-    view = msgspec.json.decode(raw, type=s.BudgetView)
-    # Budgets have one unit cost, so the money issued is exact.
-    view.issued_cost_micros = view.issued * view.unit_cost_micros
-    return view
+    return msgspec.json.decode(raw, type=s.BudgetView)
 
 
 async def get_budget(conn: AsyncConnection, who: Principal, code: str) -> s.BudgetView:

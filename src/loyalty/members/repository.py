@@ -50,8 +50,11 @@ async def update(
             text(
                 f"""
                 UPDATE members SET
+                    -- Merge; a top-level null removes that key (nulls nested inside values stay).
                     attributes = CASE WHEN CAST(:a AS jsonb) IS NULL THEN attributes
-                                      ELSE jsonb_strip_nulls(attributes || CAST(:a AS jsonb)) END,
+                                      ELSE (attributes || CAST(:a AS jsonb)) - ARRAY(
+                                          SELECT key FROM jsonb_each(CAST(:a AS jsonb)) WHERE value = 'null')
+                                      END,
                     status = coalesce(:s, status), updated_at = now()
                 WHERE programme_id = :p AND external_id = :e
                 RETURNING {_COLUMNS}

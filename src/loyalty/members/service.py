@@ -67,21 +67,26 @@ async def update(conn: AsyncConnection, who: Principal, member_id: str, req: s.M
 
 
 async def page(conn: AsyncConnection, who: Principal, cursor: str | None, limit: int) -> s.MemberPage:
-    after = None
-    if cursor:
-        try:
-            after = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        except (ValueError, UnicodeDecodeError):
-            raise InvalidInput("cursor", "is not a cursor this API returned") from None
+    after = _decode_cursor(cursor) if cursor else None
     rows = await repository.page(conn, who.programme_id, after, limit + 1)
     more = len(rows) > limit
     items = [s.MemberView(**r) for r in rows[:limit]]
-    next_cursor = (
-        base64.urlsafe_b64encode(items[-1].member_id.encode()).decode().rstrip("=")
-        if more and items
-        else None
-    )
+    next_cursor = _encode_cursor(items[-1].member_id) if more and items else None
     return s.MemberPage(items=items, next_cursor=next_cursor)
+
+
+def _encode_cursor(member_id: str) -> str:
+    return base64.urlsafe_b64encode(b"m:" + member_id.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raw = ""
+    if not raw.startswith("m:") or len(raw) < 3:
+        raise InvalidInput("cursor", "is not a cursor this API returned")
+    return raw[2:]
 
 
 async def issue_token(conn: AsyncConnection, who: Principal, req: s.TokenRequest, secret: str) -> s.TokenView:

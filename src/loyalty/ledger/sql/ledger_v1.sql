@@ -11,6 +11,12 @@
 --     so roll back everything the call did (the idempotency claim included).
 -- docs/ledger.md explains the chart of accounts and the buckets (0 available, 1 pending, 2 held).
 
+CREATE OR REPLACE FUNCTION loyalty_ts(p_ts timestamptz)
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    -- RFC 3339 in UTC with a 'Z', as msgspec writes datetimes: one format across the API.
+    SELECT to_char(p_ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"');
+$$;
+
 CREATE OR REPLACE FUNCTION loyalty_fail(p_code text, p_detail jsonb DEFAULT '{}'::jsonb)
 RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
@@ -252,7 +258,7 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
         'id', t.id, 'kind', t.kind, 'member_id', m.external_id, 'amount', t.amount,
         'cost_micros', t.cost_micros, 'reference', t.reference, 'reason', t.reason,
         'budget', b.code, 'hold_id', t.hold_id, 'reverses_id', t.reverses_id,
-        'counterparty_id', cp.external_id, 'metadata', t.metadata, 'created_at', t.created_at)
+        'counterparty_id', cp.external_id, 'metadata', t.metadata, 'created_at', loyalty_ts(t.created_at))
     FROM transactions t
     LEFT JOIN members m ON m.programme_id = t.programme_id AND m.id = t.member_id
     LEFT JOIN members cp ON cp.programme_id = t.programme_id AND cp.id = t.counterparty_id
@@ -314,7 +320,7 @@ BEGIN
     END IF;
     IF (b.starts_at IS NOT NULL AND now() < b.starts_at) OR (b.ends_at IS NOT NULL AND now() >= b.ends_at) THEN
         PERFORM loyalty_fail('budget_not_active', jsonb_build_object(
-            'budget', p_budget, 'starts_at', b.starts_at, 'ends_at', b.ends_at));
+            'budget', p_budget, 'starts_at', loyalty_ts(b.starts_at), 'ends_at', loyalty_ts(b.ends_at)));
     END IF;
 
     IF b.per_member_cap IS NOT NULL THEN
@@ -365,7 +371,7 @@ BEGIN
     body := jsonb_build_object(
         'transaction_id', v_txn, 'kind', 'earn', 'member_id', p_member, 'budget', p_budget,
         'amount', v_amount, 'requested', p_amount, 'status', CASE WHEN v_pending THEN 'pending' ELSE 'available' END,
-        'vests_at', CASE WHEN v_pending THEN p_vests_at END, 'expires_at', p_expires_at,
+        'vests_at', CASE WHEN v_pending THEN loyalty_ts(p_vests_at) END, 'expires_at', loyalty_ts(p_expires_at),
         'reference', p_reference, 'cost_micros', v_amount * b.unit_cost_micros,
         'balance', ledger_balance_json(p_programme, v_account));
     PERFORM ledger_store_key(p_programme, p_key, 201, body);
@@ -422,8 +428,8 @@ CREATE OR REPLACE FUNCTION ledger_hold_json(p_programme bigint, p_hold bigint)
 RETURNS jsonb LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
         'hold_id', h.id, 'member_id', m.external_id, 'amount', h.amount, 'captured', h.captured,
-        'status', h.status, 'reference', h.reference, 'expires_at', h.expires_at,
-        'created_at', h.created_at, 'closed_at', h.closed_at,
+        'status', h.status, 'reference', h.reference, 'expires_at', loyalty_ts(h.expires_at),
+        'created_at', loyalty_ts(h.created_at), 'closed_at', loyalty_ts(h.closed_at),
         'balance', ledger_balance_json(h.programme_id, m.account_id))
     FROM holds h JOIN members m ON m.programme_id = h.programme_id AND m.id = h.member_id
     WHERE h.programme_id = p_programme AND h.id = p_hold;
@@ -763,7 +769,7 @@ BEGIN
     UPDATE transactions SET cost_micros = v_cost WHERE programme_id = p_programme AND id = v_txn;
     body := jsonb_build_object(
         'transaction_id', v_txn, 'kind', 'adjust', 'member_id', p_member, 'amount', p_amount,
-        'reason', p_reason, 'expires_at', p_expires_at, 'cost_micros', v_cost,
+        'reason', p_reason, 'expires_at', loyalty_ts(p_expires_at), 'cost_micros', v_cost,
         'balance', ledger_balance_json(p_programme, v_account));
     PERFORM ledger_store_key(p_programme, p_key, 201, body);
 END $$;
@@ -936,9 +942,10 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
         'code', b.code, 'name', b.name, 'status', b.status, 'cap', b.cap,
         'remaining', r.remaining, 'issued', b.cap - r.remaining,
-        'unit_cost_micros', b.unit_cost_micros, 'starts_at', b.starts_at, 'ends_at', b.ends_at,
+        'issued_cost_micros', (b.cap - r.remaining) * b.unit_cost_micros,
+        'unit_cost_micros', b.unit_cost_micros, 'starts_at', loyalty_ts(b.starts_at), 'ends_at', loyalty_ts(b.ends_at),
         'per_member_cap', b.per_member_cap, 'alert_thresholds', to_jsonb(b.alert_thresholds),
-        'alerts_sent', to_jsonb(b.alerts_sent), 'created_at', b.created_at, 'closed_at', b.closed_at)
+        'alerts_sent', to_jsonb(b.alerts_sent), 'created_at', loyalty_ts(b.created_at), 'closed_at', loyalty_ts(b.closed_at))
     FROM budgets b,
          LATERAL (SELECT coalesce(sum(available), 0) AS remaining FROM account_balances ab
                   WHERE ab.programme_id = b.programme_id AND ab.account_id = b.account_id) r
