@@ -34,4 +34,4 @@ async def ready(request: Request) -> Response:
         checks["redis"] = f"error: {type(exc).__name__}"
     if all(v == "ok" for v in checks.values()):
         return Response({"status": "ok", "checks": checks})
-    return problem(503, "not_ready", "A backing service does not answer.", request, checks=checks)
+    return problem(503, "not_ready", "A backing service does not answer.", request, {"checks": checks})

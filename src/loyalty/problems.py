@@ -49,7 +49,7 @@ TITLES = {
 
 
 def problem(
-    status: int, code: str, detail: str, request: Request | None = None, **extra: Any
+    status: int, code: str, detail: str, request: Request | None = None, extra: dict[str, Any] | None = None
 ) -> Response[bytes]:
     body: dict[str, Any] = {
         "type": TYPE_BASE + code,
@@ -60,7 +60,9 @@ def problem(
     }
     if request is not None:
         body["instance"] = request.url.path
-    body.update(extra)
+    for key, value in (extra or {}).items():
+        # Extension members never replace the standard ones (RFC 9457, section 3.2).
+        body.setdefault(key, value)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return Response(
         content=msgspec.json.encode(body), status_code=status, media_type=MEDIA_TYPE, headers=headers
@@ -71,7 +73,7 @@ def domain_error_to_problem(request: Request, exc: DomainError) -> Response[byte
     status = next((code for cls, code in STATUS if isinstance(exc, cls)), HTTP_500_INTERNAL_SERVER_ERROR)
     if status >= 500:
         log.error("domain error without a status: %s %s", exc.code, exc.extra)
-    return problem(status, exc.code, exc.detail, request, **exc.extra)
+    return problem(status, exc.code, exc.detail, request, exc.extra)
 
 
 _AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
@@ -101,7 +103,7 @@ def validation_to_problem(request: Request, exc: ValidationException) -> Respons
         detail = f"{first['field']}: {first['reason']}"
     else:
         detail = exc.detail or "The request is not valid."
-    return problem(400, "invalid_request", detail, request, errors=errors)
+    return problem(400, "invalid_request", detail, request, {"errors": errors})
 
 
 def http_to_problem(request: Request, exc: HTTPException) -> Response[bytes]:

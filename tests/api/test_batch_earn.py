@@ -124,3 +124,36 @@ async def test_budget_alerts_fire_once_per_threshold_and_rearm_on_top_up(
         headers=programme.headers("ecommerce"),
     )
     assert await alerts() == [50, 80, 50, 80, 100]
+
+
+async def test_suspended_member_cannot_earn_or_spend_but_can_be_refunded(
+    client, programme: Programme
+) -> None:
+    await _setup(client, programme, members=1, cap=1_000)
+    h = programme.headers
+    r = await client.post(
+        "/v1/earn",
+        json={"member_id": "m0", "budget": "grants", "points": 100, "reference": "o1"},
+        headers=h("ecommerce"),
+    )
+    assert r.status_code == 201
+    r = await client.patch("/v1/members/m0", json={"status": "suspended"}, headers=h("crm"))
+    assert r.status_code == 200, r.text
+    for path, body in (
+        ("/v1/earn", {"member_id": "m0", "budget": "grants", "points": 1}),
+        ("/v1/spend", {"member_id": "m0", "points": 1}),
+        ("/v1/holds", {"member_id": "m0", "points": 1}),
+    ):
+        r = await client.post(path, json=body, headers=h("ecommerce"))
+        assert r.status_code == 422 and r.json()["code"] == "member_not_active", (path, r.text)
+    r = await client.post(
+        "/v1/earn/batch",
+        json={"items": [{"member_id": "m0", "budget": "grants", "points": 1}], "mode": "per_item"},
+        headers=h("marketing"),
+    )
+    assert r.json()["items"][0]["error"] == "member_not_active"
+    r = await client.post(
+        "/v1/clawbacks", json={"member_id": "m0", "reference": "o1"}, headers=h("ecommerce")
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["balance"]["available"] == 0

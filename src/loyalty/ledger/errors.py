@@ -19,6 +19,7 @@ _CODES: dict[str, tuple[type[DomainError], str]] = {
         "This Idempotency-Key was already used with a different request.",
     ),
     "hold_not_open": (Conflict, "The hold is no longer open."),
+    "member_not_active": (Unprocessable, "The member is suspended or closed."),
     "budget_closed": (Unprocessable, "The budget is closed."),
     "budget_not_active": (Unprocessable, "The budget is outside its active period."),
     "budget_exhausted": (Unprocessable, "The budget has not enough points left."),

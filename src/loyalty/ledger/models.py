@@ -132,6 +132,12 @@ class LedgerTransaction(Base):
             postgresql_where=text("member_id IS NOT NULL"),
         ),
         Index(
+            "ix_transactions_counterparty",
+            "programme_id",
+            "counterparty_id",
+            postgresql_where=text("counterparty_id IS NOT NULL"),
+        ),
+        Index(
             "ix_transactions_reference",
             "programme_id",
             "reference",

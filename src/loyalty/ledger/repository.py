@@ -178,7 +178,7 @@ async def history(
         LEFT JOIN budgets b ON b.programme_id = t.programme_id AND b.id = t.budget_id
         LEFT JOIN members m ON m.programme_id = t.programme_id AND m.id = t.member_id
         LEFT JOIN members cp ON cp.programme_id = t.programme_id AND cp.id = t.counterparty_id
-        WHERE {" AND ".join(clauses)} AND t.kind <> 'hold_marker'
+        WHERE {" AND ".join(clauses)}
         ORDER BY t.id DESC LIMIT :limit
     """
     return [dict(r._mapping) for r in await conn.execute(text(sql), params)]

@@ -82,6 +82,23 @@ BEGIN
     END IF;
 END $$;
 
+-- The member, who must be active to earn, spend, hold or transfer; refunds, adjustments and
+-- the worker's jobs still reach suspended and closed members.
+CREATE OR REPLACE FUNCTION ledger_active_member(p_programme bigint, p_external_id text, OUT member_id bigint, OUT account_id bigint)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_status text;
+BEGIN
+    SELECT m.id, m.account_id, m.status INTO member_id, account_id, v_status
+    FROM members m WHERE m.programme_id = p_programme AND m.external_id = p_external_id;
+    IF NOT FOUND THEN
+        PERFORM loyalty_fail('member_not_found', jsonb_build_object('member_id', p_external_id));
+    END IF;
+    IF v_status <> 'active' THEN
+        PERFORM loyalty_fail('member_not_active', jsonb_build_object('member_id', p_external_id, 'member_status', v_status));
+    END IF;
+END $$;
+
 CREATE OR REPLACE FUNCTION ledger_system_account(p_programme bigint, p_kind text)
 RETURNS TABLE (account_id bigint, shards int) LANGUAGE sql STABLE AS $$
     SELECT id, shards FROM accounts WHERE programme_id = p_programme AND kind = p_kind;
@@ -310,7 +327,7 @@ BEGIN
         RETURN;
     END IF;
     replayed := false;
-    SELECT * INTO v_member, v_account FROM ledger_member(p_programme, p_member);
+    SELECT * INTO v_member, v_account FROM ledger_active_member(p_programme, p_member);
     SELECT * INTO b FROM budgets WHERE programme_id = p_programme AND code = p_budget;
     IF NOT FOUND THEN
         PERFORM loyalty_fail('budget_not_found', jsonb_build_object('budget', p_budget));
@@ -398,7 +415,7 @@ BEGIN
         RETURN;
     END IF;
     replayed := false;
-    SELECT * INTO v_member, v_account FROM ledger_member(p_programme, p_member);
+    SELECT * INTO v_member, v_account FROM ledger_active_member(p_programme, p_member);
     UPDATE account_balances SET available = available - p_amount
     WHERE programme_id = p_programme AND account_id = v_account AND shard = 0 AND available >= p_amount;
     IF NOT FOUND THEN
@@ -453,7 +470,7 @@ BEGIN
         RETURN;
     END IF;
     replayed := false;
-    SELECT * INTO v_member, v_account FROM ledger_member(p_programme, p_member);
+    SELECT * INTO v_member, v_account FROM ledger_active_member(p_programme, p_member);
     UPDATE account_balances SET available = available - p_amount, held = held + p_amount
     WHERE programme_id = p_programme AND account_id = v_account AND shard = 0 AND available >= p_amount;
     IF NOT FOUND THEN
@@ -803,8 +820,8 @@ BEGIN
     IF NOT (SELECT allow_transfers FROM programmes WHERE id = p_programme) THEN
         PERFORM loyalty_fail('transfers_disabled', '{}'::jsonb);
     END IF;
-    SELECT * INTO v_from, v_from_account FROM ledger_member(p_programme, p_from);
-    SELECT * INTO v_to, v_to_account FROM ledger_member(p_programme, p_to);
+    SELECT * INTO v_from, v_from_account FROM ledger_active_member(p_programme, p_from);
+    SELECT * INTO v_to, v_to_account FROM ledger_active_member(p_programme, p_to);
     IF v_from = v_to THEN
         PERFORM loyalty_fail('same_member', jsonb_build_object('member_id', p_from));
     END IF;
@@ -1216,6 +1233,8 @@ BEGIN
     UPDATE pg_temp.batch_items bi SET member_id = m.id, account_id = m.account_id
     FROM members m WHERE m.programme_id = p_programme AND m.external_id = bi.member_ext;
     UPDATE pg_temp.batch_items SET error = 'member_not_found' WHERE member_id IS NULL;
+    UPDATE pg_temp.batch_items bi SET error = 'member_not_active'
+    FROM members m WHERE m.programme_id = p_programme AND m.id = bi.member_id AND m.status <> 'active';
     UPDATE pg_temp.batch_items bi SET budget_id = b.id, budget_account = b.account_id, unit_cost = b.unit_cost_micros,
         per_member_cap = b.per_member_cap,
         error = CASE WHEN b.status <> 'active' THEN 'budget_closed'
