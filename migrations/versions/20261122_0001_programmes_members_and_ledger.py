@@ -98,13 +98,12 @@ def upgrade() -> None:
         sa.Column("programme_id", sa.BigInteger(), nullable=False),
         sa.Column("member_id", sa.BigInteger(), nullable=False),
         sa.Column("txn_id", sa.BigInteger(), nullable=False),
+        sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
         sa.Column("lot_id", sa.BigInteger(), nullable=False),
         sa.Column("amount", sa.BigInteger(), nullable=False),
         sa.Column("hold_id", sa.BigInteger(), nullable=True),
         sa.CheckConstraint("amount <> 0", name=op.f("ck_lot_movements_amount_nonzero")),
-        sa.PrimaryKeyConstraint(
-            "programme_id", "member_id", "txn_id", "lot_id", name=op.f("pk_lot_movements")
-        ),
+        sa.PrimaryKeyConstraint("programme_id", "member_id", "txn_id", "id", name=op.f("pk_lot_movements")),
     )
     op.create_index(
         "ix_lot_movements_hold",
@@ -196,6 +195,13 @@ def upgrade() -> None:
         ["programme_id", "member_id", "id"],
         unique=False,
         postgresql_where=sa.text("member_id IS NOT NULL"),
+    )
+    op.create_index(
+        "ix_transactions_counterparty",
+        "transactions",
+        ["programme_id", "counterparty_id"],
+        unique=False,
+        postgresql_where=sa.text("counterparty_id IS NOT NULL"),
     )
     op.create_index(
         "ix_transactions_reference",

@@ -238,7 +238,9 @@ class LotMovement(Base):
     programme_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     member_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     txn_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    lot_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # One transaction may touch a lot twice (a hold's release, then a debt paid off from it).
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    lot_id: Mapped[int] = mapped_column(BigInteger)
     amount: Mapped[int] = mapped_column(BigInteger)
     hold_id: Mapped[int | None] = mapped_column(BigInteger)
 

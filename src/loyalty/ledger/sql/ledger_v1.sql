@@ -416,6 +416,7 @@ BEGIN
     END IF;
     replayed := false;
     SELECT * INTO v_member, v_account FROM ledger_active_member(p_programme, p_member);
+    PERFORM ledger_expire_member_now(p_programme, v_member, v_account);
     UPDATE account_balances SET available = available - p_amount
     WHERE programme_id = p_programme AND account_id = v_account AND shard = 0 AND available >= p_amount;
     IF NOT FOUND THEN
@@ -471,6 +472,7 @@ BEGIN
     END IF;
     replayed := false;
     SELECT * INTO v_member, v_account FROM ledger_active_member(p_programme, p_member);
+    PERFORM ledger_expire_member_now(p_programme, v_member, v_account);
     UPDATE account_balances SET available = available - p_amount, held = held + p_amount
     WHERE programme_id = p_programme AND account_id = v_account AND shard = 0 AND available >= p_amount;
     IF NOT FOUND THEN
@@ -501,6 +503,7 @@ DECLARE
     v_account bigint;
     v_txn bigint;
     v_back bigint;
+    v_before bigint;
     v_cost bigint;
 BEGIN
     SELECT * INTO h FROM holds WHERE programme_id = p_programme AND id = p_hold FOR UPDATE;
@@ -520,7 +523,8 @@ BEGIN
     SELECT account_id INTO v_account FROM members WHERE programme_id = p_programme AND id = h.member_id;
     v_back := h.amount - p_capture;
     UPDATE account_balances SET held = held - h.amount, available = available + v_back
-    WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
+    WHERE programme_id = p_programme AND account_id = v_account AND shard = 0
+    RETURNING available - v_back INTO v_before;
     INSERT INTO transactions (programme_id, kind, member_id, hold_id, reference, amount, actor)
     VALUES (p_programme, CASE p_status WHEN 'captured' THEN 'capture' WHEN 'voided' THEN 'void' ELSE 'hold_expiry' END,
             h.member_id, h.id, h.reference, -p_capture, p_actor)
@@ -528,6 +532,9 @@ BEGIN
     -- Cost of what stays captured: what the hold took, less what goes back to the lots.
     v_cost := ledger_hold_cost(p_programme, h.id);
     v_cost := v_cost - ledger_release_hold_lots(p_programme, h.member_id, h.id, v_back, v_txn);
+    -- A member who went into debt while the hold was open (a refund of spent points) pays it
+    -- off first out of what comes back, as with any other credit.
+    PERFORM ledger_take_lots(p_programme, h.member_id, least(v_back, greatest(-v_before, 0)), v_txn);
     UPDATE transactions SET cost_micros = v_cost WHERE programme_id = p_programme AND id = v_txn;
     PERFORM ledger_entry(p_programme, v_txn, 0, v_account, 0, 2, -h.amount);
     PERFORM ledger_entry(p_programme, v_txn, 1, v_account, 0, 0, v_back);
@@ -611,6 +618,7 @@ DECLARE
     v_avail_taken bigint := 0;
     v_cost bigint := 0;
     v_first_txn bigint;
+    v_funding bigint;
     r record;
     bud record;
 BEGIN
@@ -623,19 +631,41 @@ BEGIN
     SELECT * INTO v_member, v_account FROM ledger_member(p_programme, p_member);
     SELECT clawback_policy INTO v_policy FROM programmes WHERE id = p_programme;
 
-    SELECT coalesce(sum(l.amount - l.clawed), 0), min(t.id) INTO v_clawable, v_first_txn
-    FROM transactions t JOIN lots l ON l.programme_id = t.programme_id AND l.member_id = t.member_id AND l.txn_id = t.id
+    SELECT min(t.id) INTO v_first_txn FROM transactions t
     WHERE t.programme_id = p_programme AND t.reference = p_reference AND t.kind = 'earn' AND t.member_id = v_member;
     IF v_first_txn IS NULL THEN
         PERFORM loyalty_fail('reference_not_found', jsonb_build_object('reference', p_reference, 'member_id', p_member));
     END IF;
+
+    -- Lock order: usage rows and budget shards first (as earns do), then the member. Every
+    -- budget the reference earned from is locked, so that what can still be clawed back is
+    -- read only under the member's lock: two refunds of one order cannot both take it.
+    PERFORM 1 FROM budget_member_usage u
+    WHERE u.programme_id = p_programme AND u.member_id = v_member
+      AND u.budget_id IN (SELECT l.budget_id FROM lots l WHERE l.programme_id = p_programme
+                          AND l.member_id = v_member AND l.txn_id IN (
+                              SELECT t.id FROM transactions t WHERE t.programme_id = p_programme
+                              AND t.reference = p_reference AND t.kind = 'earn' AND t.member_id = v_member))
+    ORDER BY u.budget_id FOR UPDATE;
+    PERFORM 1 FROM account_balances ab JOIN budgets b ON b.programme_id = ab.programme_id AND b.account_id = ab.account_id
+    WHERE ab.programme_id = p_programme
+      AND b.id IN (SELECT l.budget_id FROM lots l WHERE l.programme_id = p_programme
+                   AND l.member_id = v_member AND l.txn_id IN (
+                       SELECT t.id FROM transactions t WHERE t.programme_id = p_programme
+                       AND t.reference = p_reference AND t.kind = 'earn' AND t.member_id = v_member))
+    ORDER BY ab.account_id, ab.shard FOR UPDATE OF ab;
+    SELECT available INTO v_available FROM account_balances
+    WHERE programme_id = p_programme AND account_id = v_account AND shard = 0 FOR UPDATE;
+
+    SELECT coalesce(sum(l.amount - l.clawed), 0) INTO v_clawable
+    FROM transactions t JOIN lots l ON l.programme_id = t.programme_id AND l.member_id = t.member_id AND l.txn_id = t.id
+    WHERE t.programme_id = p_programme AND t.reference = p_reference AND t.kind = 'earn' AND t.member_id = v_member;
     v_want := coalesce(p_amount, v_clawable);
     IF v_want > v_clawable OR v_want <= 0 THEN
         PERFORM loyalty_fail('clawback_exceeds_earned', jsonb_build_object(
             'reference', p_reference, 'clawable', v_clawable, 'requested', v_want));
     END IF;
 
-    -- Lock order: usage rows and budget shards first (as earns do), then the member.
     CREATE TEMP TABLE IF NOT EXISTS pg_temp.claw_plan (
         lot_id bigint, budget_id bigint, vested boolean, portion bigint, from_lot bigint, cost bigint
     ) ON COMMIT DROP;
@@ -651,14 +681,6 @@ BEGIN
         v_left := v_left - v_portion;
         EXIT WHEN v_left = 0;
     END LOOP;
-    PERFORM 1 FROM budget_member_usage u
-    WHERE u.programme_id = p_programme AND u.member_id = v_member
-      AND u.budget_id IN (SELECT budget_id FROM pg_temp.claw_plan) ORDER BY u.budget_id FOR UPDATE;
-    PERFORM 1 FROM account_balances ab JOIN budgets b ON b.programme_id = ab.programme_id AND b.account_id = ab.account_id
-    WHERE ab.programme_id = p_programme AND b.id IN (SELECT budget_id FROM pg_temp.claw_plan)
-    ORDER BY ab.account_id, ab.shard FOR UPDATE OF ab;
-    SELECT available INTO v_available FROM account_balances
-    WHERE programme_id = p_programme AND account_id = v_account AND shard = 0 FOR UPDATE;
 
     INSERT INTO transactions (programme_id, kind, member_id, reference, reverses_id, amount, reason, actor)
     VALUES (p_programme, 'clawback', v_member, p_reference, v_first_txn, 0, p_reason, p_actor)
@@ -711,7 +733,17 @@ BEGIN
         v_portion := bud.from_lot + least(bud.short, v_left);
         v_left := v_left - least(bud.short, v_left);
         v_cost := v_cost + bud.cost;
-        IF v_portion > 0 THEN
+        IF v_portion > 0 AND (SELECT status FROM budgets WHERE programme_id = p_programme AND id = bud.budget_id) = 'closed' THEN
+            -- A closed budget issues nothing more: what comes back goes to funding, as at closing.
+            SELECT a.account_id INTO v_funding FROM ledger_system_account(p_programme, 'funding') a;
+            UPDATE account_balances SET available = available + v_portion
+            WHERE programme_id = p_programme AND account_id = v_funding AND shard = 0;
+            PERFORM ledger_entry(p_programme, v_txn, v_seq, v_funding, 0, 0, v_portion);
+            v_seq := v_seq + 1;
+            UPDATE budgets SET cap = cap - v_portion WHERE programme_id = p_programme AND id = bud.budget_id;
+            UPDATE budget_member_usage SET issued = greatest(issued - v_portion, 0)
+            WHERE programme_id = p_programme AND budget_id = bud.budget_id AND member_id = v_member;
+        ELSIF v_portion > 0 THEN
             v_seq := ledger_spread_into(
                 p_programme, (SELECT account_id FROM budgets WHERE programme_id = p_programme AND id = bud.budget_id),
                 (SELECT a.shards FROM accounts a JOIN budgets b ON b.programme_id = a.programme_id AND b.account_id = a.id
@@ -763,6 +795,9 @@ BEGIN
     -- The adjustments account is a single cold row: lock it after the member, like a sink.
     INSERT INTO transactions (programme_id, kind, member_id, amount, reason, actor)
     VALUES (p_programme, 'adjust', v_member, p_amount, p_reason, p_actor) RETURNING id INTO v_txn;
+    IF p_amount < 0 THEN
+        PERFORM ledger_expire_member_now(p_programme, v_member, v_account);
+    END IF;
     IF p_amount > 0 THEN
         v_remaining := ledger_credit_member_available(p_programme, v_account, p_amount);
         INSERT INTO lots (programme_id, member_id, txn_id, amount, remaining, unit_cost_micros, vested, expires_at)
@@ -828,6 +863,7 @@ BEGIN
     PERFORM 1 FROM account_balances
     WHERE programme_id = p_programme AND account_id IN (v_from_account, v_to_account) AND shard = 0
     ORDER BY account_id FOR UPDATE;
+    PERFORM ledger_expire_member_now(p_programme, v_from, v_from_account);
     SELECT available INTO v_available FROM account_balances
     WHERE programme_id = p_programme AND account_id = v_from_account AND shard = 0;
     IF v_available < p_amount THEN
@@ -909,16 +945,81 @@ BEGIN
     RETURN v_count;
 END $$;
 
-CREATE OR REPLACE FUNCTION ledger_expire_due(p_limit int DEFAULT 500)
-RETURNS int LANGUAGE plpgsql AS $$
+-- Expires a member's lots that are past their expiry: one 'expire' transaction, the lots'
+-- remaining to zero, the member's legs and the breakage leg on shard p_shard. The caller holds
+-- the member's balance row and adds the returned points to that breakage shard's balance.
+CREATE OR REPLACE FUNCTION ledger_expire_member(
+    p_programme bigint, p_member bigint, p_account bigint, p_breakage bigint, p_shard int
+) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
-    m record;
     v_txn bigint;
     v_avail bigint;
     v_pending bigint;
     v_cost bigint;
-    v_count int := 0;
 BEGIN
+    SELECT coalesce(sum(remaining) FILTER (WHERE vested), 0), coalesce(sum(remaining) FILTER (WHERE NOT vested), 0),
+           coalesce(sum(remaining * unit_cost_micros), 0)
+    INTO v_avail, v_pending, v_cost
+    FROM lots WHERE programme_id = p_programme AND member_id = p_member AND remaining > 0 AND expires_at <= now();
+    IF v_avail + v_pending = 0 THEN
+        RETURN 0;
+    END IF;
+    INSERT INTO transactions (programme_id, kind, member_id, amount, cost_micros, actor)
+    VALUES (p_programme, 'expire', p_member, -(v_avail + v_pending), v_cost, 'system:expiry')
+    RETURNING id INTO v_txn;
+    INSERT INTO lot_movements (programme_id, member_id, txn_id, lot_id, amount)
+    SELECT programme_id, member_id, v_txn, id, remaining FROM lots
+    WHERE programme_id = p_programme AND member_id = p_member AND remaining > 0 AND expires_at <= now();
+    UPDATE lots SET remaining = 0
+    WHERE programme_id = p_programme AND member_id = p_member AND remaining > 0 AND expires_at <= now();
+    UPDATE account_balances SET available = available - v_avail, pending = pending - v_pending
+    WHERE programme_id = p_programme AND account_id = p_account AND shard = 0;
+    PERFORM ledger_entry(p_programme, v_txn, 0, p_account, 0, 0, -v_avail);
+    PERFORM ledger_entry(p_programme, v_txn, 1, p_account, 0, 1, -v_pending);
+    PERFORM ledger_entry(p_programme, v_txn, 2, p_breakage, p_shard, 0, v_avail + v_pending);
+    RETURN v_avail + v_pending;
+END $$;
+
+-- Before a member's points are debited, lots already past their expiry go to breakage, so
+-- expired points are never spent even when the expiry job has not run yet.
+CREATE OR REPLACE FUNCTION ledger_expire_member_now(p_programme bigint, p_member bigint, p_account bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_breakage bigint;
+    v_shards int;
+    v_shard int;
+    v_expired bigint;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM lots WHERE programme_id = p_programme AND member_id = p_member
+                   AND remaining > 0 AND expires_at <= now()) THEN
+        RETURN;
+    END IF;
+    PERFORM 1 FROM account_balances
+    WHERE programme_id = p_programme AND account_id = p_account AND shard = 0 FOR UPDATE;
+    SELECT a.account_id, a.shards INTO v_breakage, v_shards FROM ledger_system_account(p_programme, 'breakage') a;
+    v_shard := floor(random() * v_shards)::int;
+    v_expired := ledger_expire_member(p_programme, p_member, p_account, v_breakage, v_shard);
+    UPDATE account_balances SET available = available + v_expired
+    WHERE programme_id = p_programme AND account_id = v_breakage AND shard = v_shard;
+END $$;
+
+-- The expiry job: members in account order, one transaction each, and the breakage shards'
+-- balances updated once at the end. Taking a sink row only after every member row keeps the
+-- global lock order (members before sinks), so the job cannot deadlock with API calls.
+CREATE OR REPLACE FUNCTION ledger_expire_due(p_limit int DEFAULT 500)
+RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+    m record;
+    v_count int := 0;
+    v_breakage bigint;
+    v_shards int;
+    v_shard int;
+    v_expired bigint;
+BEGIN
+    CREATE TEMP TABLE IF NOT EXISTS pg_temp.breakage_credits (
+        programme_id bigint, account_id bigint, shard int, amount bigint
+    ) ON COMMIT DROP;
+    DELETE FROM pg_temp.breakage_credits;
     FOR m IN SELECT DISTINCT lo.programme_id, lo.member_id, mb.account_id FROM (
                  SELECT programme_id, member_id FROM lots WHERE remaining > 0 AND expires_at <= now()
                  ORDER BY expires_at LIMIT p_limit) lo
@@ -926,28 +1027,18 @@ BEGIN
              ORDER BY mb.account_id LOOP
         PERFORM 1 FROM account_balances
         WHERE programme_id = m.programme_id AND account_id = m.account_id AND shard = 0 FOR UPDATE;
-        SELECT coalesce(sum(remaining) FILTER (WHERE vested), 0), coalesce(sum(remaining) FILTER (WHERE NOT vested), 0),
-               coalesce(sum(remaining * unit_cost_micros), 0)
-        INTO v_avail, v_pending, v_cost
-        FROM lots WHERE programme_id = m.programme_id AND member_id = m.member_id AND remaining > 0 AND expires_at <= now();
-        IF v_avail + v_pending = 0 THEN
-            CONTINUE;
+        SELECT a.account_id, a.shards INTO v_breakage, v_shards FROM ledger_system_account(m.programme_id, 'breakage') a;
+        v_shard := floor(random() * v_shards)::int;
+        v_expired := ledger_expire_member(m.programme_id, m.member_id, m.account_id, v_breakage, v_shard);
+        IF v_expired > 0 THEN
+            INSERT INTO pg_temp.breakage_credits VALUES (m.programme_id, v_breakage, v_shard, v_expired);
+            v_count := v_count + 1;
         END IF;
-        INSERT INTO transactions (programme_id, kind, member_id, amount, cost_micros, actor)
-        VALUES (m.programme_id, 'expire', m.member_id, -(v_avail + v_pending), v_cost, 'system:expiry')
-        RETURNING id INTO v_txn;
-        INSERT INTO lot_movements (programme_id, member_id, txn_id, lot_id, amount)
-        SELECT programme_id, member_id, v_txn, id, remaining FROM lots
-        WHERE programme_id = m.programme_id AND member_id = m.member_id AND remaining > 0 AND expires_at <= now();
-        UPDATE lots SET remaining = 0
-        WHERE programme_id = m.programme_id AND member_id = m.member_id AND remaining > 0 AND expires_at <= now();
-        UPDATE account_balances SET available = available - v_avail, pending = pending - v_pending
-        WHERE programme_id = m.programme_id AND account_id = m.account_id AND shard = 0;
-        PERFORM ledger_entry(m.programme_id, v_txn, 0, m.account_id, 0, 0, -v_avail);
-        PERFORM ledger_entry(m.programme_id, v_txn, 1, m.account_id, 0, 1, -v_pending);
-        PERFORM ledger_credit_sink(m.programme_id, v_txn, 2, 'breakage', v_avail + v_pending);
-        v_count := v_count + 1;
     END LOOP;
+    UPDATE account_balances ab SET available = ab.available + c.total
+    FROM (SELECT programme_id, account_id, shard, sum(amount) AS total FROM pg_temp.breakage_credits
+          GROUP BY programme_id, account_id, shard) c
+    WHERE ab.programme_id = c.programme_id AND ab.account_id = c.account_id AND ab.shard = c.shard;
     RETURN v_count;
 END $$;
 

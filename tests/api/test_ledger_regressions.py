@@ -1,0 +1,96 @@
+"""Cases that once broke the ledger; each must keep verify() clean."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import text
+
+from loyalty.ledger.verify import verify
+from tests.support import Programme
+
+
+async def _start(client, programme: Programme, cap: int = 10_000) -> None:
+    r = await client.post("/v1/budgets", json={"code": "b", "cap": cap, "unit_cost_micros": 10_000},
+                          headers=programme.headers("operator"))
+    assert r.status_code == 201, r.text
+    r = await client.post("/v1/members", json={"member_id": "a"}, headers=programme.headers("crm"))
+    assert r.status_code == 201, r.text
+
+
+async def _clean(engine, programme: Programme) -> None:
+    async with engine.connect() as conn:
+        assert await verify(conn, programme.id) == []
+
+
+async def test_void_after_a_refund_into_debt_pays_the_debt_first(client, programme: Programme, engine) -> None:
+    h = programme.headers
+    await _start(client, programme)
+    await client.post("/v1/earn", json={"member_id": "a", "budget": "b", "points": 100, "reference": "o1"},
+                      headers=h("ecommerce"))
+    hold = (await client.post("/v1/holds", json={"member_id": "a", "points": 100}, headers=h("ecommerce"))).json()
+    claw = (await client.post("/v1/clawbacks", json={"member_id": "a", "reference": "o1"},
+                              headers=h("ecommerce"))).json()
+    assert claw["debt"] == 100 and claw["balance"] == {"available": -100, "pending": 0, "held": 100}
+    r = await client.post(f"/v1/holds/{hold['hold_id']}/void", headers=h("ecommerce"))
+    assert r.status_code == 200, r.text
+    assert r.json()["balance"] == {"available": 0, "pending": 0, "held": 0}
+    await _clean(engine, programme)
+
+
+async def test_concurrent_refunds_of_one_order_take_it_back_once(programme: Programme, engine, client) -> None:
+    from loyalty.auth.core import Principal
+    from loyalty.errors import Unprocessable
+    from loyalty.ledger import schemas as s
+    from loyalty.ledger import service
+
+    await _start(client, programme)
+    await client.post("/v1/earn", json={"member_id": "a", "budget": "b", "points": 100, "reference": "o1"},
+                      headers=programme.headers("ecommerce"))
+    who = Principal(programme_id=programme.id, programme_code=programme.code, role="ecommerce", key_id=0)
+
+    async def refund(i: int) -> str:
+        try:
+            async with engine.begin() as conn:
+                await service.clawback(conn, who, s.ClawbackRequest(member_id="a", reference="o1"), f"k{i}")
+            return "ok"
+        except Unprocessable as exc:
+            return exc.code
+
+    results = await asyncio.gather(*(refund(i) for i in range(4)))
+    assert sorted(results) == ["clawback_exceeds_earned"] * 3 + ["ok"]
+    await _clean(engine, programme)
+
+
+async def test_refund_into_a_closed_budget_goes_back_to_funding(client, programme: Programme, engine) -> None:
+    h = programme.headers
+    await _start(client, programme, cap=1_000)
+    await client.post("/v1/earn", json={"member_id": "a", "budget": "b", "points": 100, "reference": "o1"},
+                      headers=h("ecommerce"))
+    r = await client.post("/v1/budgets/b/close", headers=h("operator"))
+    assert r.json()["cap"] == 100 and r.json()["remaining"] == 0
+    r = await client.post("/v1/clawbacks", json={"member_id": "a", "reference": "o1"}, headers=h("ecommerce"))
+    assert r.status_code == 201, r.text
+    budget = (await client.get("/v1/budgets/b", headers=h("operator"))).json()
+    assert (budget["cap"], budget["remaining"], budget["issued"]) == (0, 0, 0)
+    await _clean(engine, programme)
+
+
+async def test_expired_points_are_never_spent_even_before_the_expiry_job(client, programme: Programme,
+                                                                          engine) -> None:
+    h = programme.headers
+    await _start(client, programme)
+    await client.post("/v1/earn", json={"member_id": "a", "budget": "b", "points": 100, "expiry": {"days": 30}},
+                      headers=h("ecommerce"))
+    await client.post("/v1/earn", json={"member_id": "a", "budget": "b", "points": 50}, headers=h("ecommerce"))
+    async with engine.begin() as conn:
+        await conn.execute(text("UPDATE lots SET expires_at = now() - interval '1 second' "
+                                "WHERE programme_id = :p AND expires_at IS NOT NULL"), {"p": programme.id})
+    r = await client.post("/v1/spend", json={"member_id": "a", "points": 60}, headers=h("ecommerce"))
+    assert r.status_code == 422 and r.json()["available"] == 50, r.text
+    r = await client.post("/v1/spend", json={"member_id": "a", "points": 50}, headers=h("ecommerce"))
+    assert r.status_code == 201 and r.json()["balance"]["available"] == 0
+    history = (await client.get("/v1/members/a/transactions", params={"kind": "expire"},
+                                headers=h("operator"))).json()
+    assert [i["amount"] for i in history["items"]] == [-100]
+    await _clean(engine, programme)
