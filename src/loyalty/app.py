@@ -22,7 +22,7 @@ from loyalty.ledger.routes import ROUTES as LEDGER_ROUTES
 from loyalty.members.routes import ROUTES as MEMBER_ROUTES
 from loyalty.programmes.routes import ROUTES as PROGRAMME_ROUTES
 from loyalty.settings import Settings, ensure_secret_key
-from loyalty.web import PUBLIC_PATHS, AuthMiddleware, provide_principal
+from loyalty.web import PUBLIC_PATHS, AuthMiddleware, provide_principal, strict_body
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -69,6 +69,7 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan],
         middleware=[auth],
         dependencies={"who": Provide(provide_principal)},
+        before_request=strict_body,
         exception_handlers=problems.EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=openapi,
         compression_config=CompressionConfig(backend="gzip", minimum_size=4096),

@@ -38,7 +38,10 @@ class InvalidInput(DomainError):
     code = "invalid_input"
 
     def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}", extra={"field": field, "reason": reason})
+        super().__init__(
+            f"{field}: {reason}",
+            extra={"field": field, "reason": reason, "errors": [{"field": field, "reason": reason}]},
+        )
         self.field = field
         self.reason = reason
 

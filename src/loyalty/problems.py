@@ -92,6 +92,11 @@ def _field_errors(exc: ValidationException) -> list[dict[str, str]]:
             message = message[: match.start()]
         else:
             field = str(key or item.get("source") or "body")
+        if field == "data":
+            field = "body"
+        if item.get("source") == "header" and key:
+            # Name the header as the client sends it, not the Python parameter.
+            field = "-".join(part.capitalize() for part in str(key).split("_"))
         errors.append({"field": field, "reason": message, "source": str(item.get("source", "body"))})
     return errors
 

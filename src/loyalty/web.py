@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
+import msgspec
 from litestar import Request, Response
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
@@ -14,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from loyalty.auth.core import Principal
 from loyalty.auth.service import Authenticator
-from loyalty.errors import Forbidden
+from loyalty.errors import Forbidden, InvalidInput
 from loyalty.ledger.repository import Posted
 
 PUBLIC_PATHS = {"/health/live", "/health/ready", "/metrics"}
@@ -87,3 +89,43 @@ def posted(result: Posted, status: int = 201) -> Response[bytes]:
     """The posting engine's JSON goes out as it came: no decode and encode on the hot path."""
     headers = {"Idempotent-Replayed": "true"} if result.replayed else None
     return Response(content=result.body, status_code=status, media_type=JSON, headers=headers)
+
+
+_BODY_TYPES: dict[Any, Any] = {}
+_UNKNOWN_FIELD = re.compile(r"unknown field `(?P<name>[^`]+)`")
+_AT_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+
+
+class InvalidBody(InvalidInput):
+    """The body is not valid JSON of the route's schema; ``errors`` names each field."""
+
+    code = "invalid_request"
+
+
+def _body_type(request: Request) -> Any:
+    handler = request.route_handler
+    if handler not in _BODY_TYPES:
+        parameter = handler.parsed_fn_signature.parameters.get("data")
+        _BODY_TYPES[handler] = parameter.annotation if parameter is not None else None
+    return _BODY_TYPES[handler]
+
+
+async def strict_body(request: Request) -> None:
+    """Decode the JSON body strictly before Litestar does: a number sent as a string, or a
+    boolean as "true", is a 400 naming the field, not silently converted."""
+    body_type = _body_type(request)
+    if body_type is None:
+        return
+    try:
+        msgspec.json.decode(await request.body(), type=body_type)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        match = _AT_PATH.search(message)
+        path = match.group("path") if match else ""
+        reason = message[: match.start()] if match else message
+        unknown = _UNKNOWN_FIELD.search(reason)
+        if unknown:
+            path = f"{path}.{unknown.group('name')}" if path else unknown.group("name")
+        raise InvalidBody(path or "body", reason) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidBody("body", f"not valid JSON: {exc}") from None

@@ -11,8 +11,11 @@ from tests.support import Programme
 
 
 async def _start(client, programme: Programme, cap: int = 10_000) -> None:
-    r = await client.post("/v1/budgets", json={"code": "b", "cap": cap, "unit_cost_micros": 10_000},
-                          headers=programme.headers("operator"))
+    r = await client.post(
+        "/v1/budgets",
+        json={"code": "b", "cap": cap, "unit_cost_micros": 10_000},
+        headers=programme.headers("operator"),
+    )
     assert r.status_code == 201, r.text
     r = await client.post("/v1/members", json={"member_id": "a"}, headers=programme.headers("crm"))
     assert r.status_code == 201, r.text
@@ -23,14 +26,22 @@ async def _clean(engine, programme: Programme) -> None:
         assert await verify(conn, programme.id) == []
 
 
-async def test_void_after_a_refund_into_debt_pays_the_debt_first(client, programme: Programme, engine) -> None:
+async def test_void_after_a_refund_into_debt_pays_the_debt_first(
+    client, programme: Programme, engine
+) -> None:
     h = programme.headers
     await _start(client, programme)
-    await client.post("/v1/earn", json={"member_id": "a", "budget": "b", "points": 100, "reference": "o1"},
-                      headers=h("ecommerce"))
-    hold = (await client.post("/v1/holds", json={"member_id": "a", "points": 100}, headers=h("ecommerce"))).json()
-    claw = (await client.post("/v1/clawbacks", json={"member_id": "a", "reference": "o1"},
-                              headers=h("ecommerce"))).json()
+    await client.post(
+        "/v1/earn",
+        json={"member_id": "a", "budget": "b", "points": 100, "reference": "o1"},
+        headers=h("ecommerce"),
+    )
+    hold = (
+        await client.post("/v1/holds", json={"member_id": "a", "points": 100}, headers=h("ecommerce"))
+    ).json()
+    claw = (
+        await client.post("/v1/clawbacks", json={"member_id": "a", "reference": "o1"}, headers=h("ecommerce"))
+    ).json()
     assert claw["debt"] == 100 and claw["balance"] == {"available": -100, "pending": 0, "held": 100}
     r = await client.post(f"/v1/holds/{hold['hold_id']}/void", headers=h("ecommerce"))
     assert r.status_code == 200, r.text
@@ -38,15 +49,20 @@ async def test_void_after_a_refund_into_debt_pays_the_debt_first(client, program
     await _clean(engine, programme)
 
 
-async def test_concurrent_refunds_of_one_order_take_it_back_once(programme: Programme, engine, client) -> None:
+async def test_concurrent_refunds_of_one_order_take_it_back_once(
+    programme: Programme, engine, client
+) -> None:
     from loyalty.auth.core import Principal
     from loyalty.errors import Unprocessable
     from loyalty.ledger import schemas as s
     from loyalty.ledger import service
 
     await _start(client, programme)
-    await client.post("/v1/earn", json={"member_id": "a", "budget": "b", "points": 100, "reference": "o1"},
-                      headers=programme.headers("ecommerce"))
+    await client.post(
+        "/v1/earn",
+        json={"member_id": "a", "budget": "b", "points": 100, "reference": "o1"},
+        headers=programme.headers("ecommerce"),
+    )
     who = Principal(programme_id=programme.id, programme_code=programme.code, role="ecommerce", key_id=0)
 
     async def refund(i: int) -> str:
@@ -65,8 +81,11 @@ async def test_concurrent_refunds_of_one_order_take_it_back_once(programme: Prog
 async def test_refund_into_a_closed_budget_goes_back_to_funding(client, programme: Programme, engine) -> None:
     h = programme.headers
     await _start(client, programme, cap=1_000)
-    await client.post("/v1/earn", json={"member_id": "a", "budget": "b", "points": 100, "reference": "o1"},
-                      headers=h("ecommerce"))
+    await client.post(
+        "/v1/earn",
+        json={"member_id": "a", "budget": "b", "points": 100, "reference": "o1"},
+        headers=h("ecommerce"),
+    )
     r = await client.post("/v1/budgets/b/close", headers=h("operator"))
     assert r.json()["cap"] == 100 and r.json()["remaining"] == 0
     r = await client.post("/v1/clawbacks", json={"member_id": "a", "reference": "o1"}, headers=h("ecommerce"))
@@ -76,21 +95,33 @@ async def test_refund_into_a_closed_budget_goes_back_to_funding(client, programm
     await _clean(engine, programme)
 
 
-async def test_expired_points_are_never_spent_even_before_the_expiry_job(client, programme: Programme,
-                                                                          engine) -> None:
+async def test_expired_points_are_never_spent_even_before_the_expiry_job(
+    client, programme: Programme, engine
+) -> None:
     h = programme.headers
     await _start(client, programme)
-    await client.post("/v1/earn", json={"member_id": "a", "budget": "b", "points": 100, "expiry": {"days": 30}},
-                      headers=h("ecommerce"))
-    await client.post("/v1/earn", json={"member_id": "a", "budget": "b", "points": 50}, headers=h("ecommerce"))
+    await client.post(
+        "/v1/earn",
+        json={"member_id": "a", "budget": "b", "points": 100, "expiry": {"days": 30}},
+        headers=h("ecommerce"),
+    )
+    await client.post(
+        "/v1/earn", json={"member_id": "a", "budget": "b", "points": 50}, headers=h("ecommerce")
+    )
     async with engine.begin() as conn:
-        await conn.execute(text("UPDATE lots SET expires_at = now() - interval '1 second' "
-                                "WHERE programme_id = :p AND expires_at IS NOT NULL"), {"p": programme.id})
+        await conn.execute(
+            text(
+                "UPDATE lots SET expires_at = now() - interval '1 second' "
+                "WHERE programme_id = :p AND expires_at IS NOT NULL"
+            ),
+            {"p": programme.id},
+        )
     r = await client.post("/v1/spend", json={"member_id": "a", "points": 60}, headers=h("ecommerce"))
     assert r.status_code == 422 and r.json()["available"] == 50, r.text
     r = await client.post("/v1/spend", json={"member_id": "a", "points": 50}, headers=h("ecommerce"))
     assert r.status_code == 201 and r.json()["balance"]["available"] == 0
-    history = (await client.get("/v1/members/a/transactions", params={"kind": "expire"},
-                                headers=h("operator"))).json()
+    history = (
+        await client.get("/v1/members/a/transactions", params={"kind": "expire"}, headers=h("operator"))
+    ).json()
     assert [i["amount"] for i in history["items"]] == [-100]
     await _clean(engine, programme)

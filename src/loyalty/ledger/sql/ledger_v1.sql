@@ -140,9 +140,19 @@ DECLARE
     r record;
 BEGIN
     next_seq := p_seq;
-    UPDATE account_balances SET available = available - p_amount
-    WHERE programme_id = p_programme AND account_id = p_account AND shard = v_shard AND available >= p_amount;
-    IF FOUND THEN
+    -- An UPDATE ... WHERE available >= n that waited for a busy shard keeps the row locked even
+    -- when its re-check then fails; the slow path would lock the other shards around it, out of
+    -- order, and deadlock with another slow path. A miss therefore rolls the block back.
+    BEGIN
+        UPDATE account_balances SET available = available - p_amount
+        WHERE programme_id = p_programme AND account_id = p_account AND shard = v_shard AND available >= p_amount;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION USING ERRCODE = 'LY001';
+        END IF;
+    EXCEPTION WHEN SQLSTATE 'LY001' THEN
+        v_shard := NULL;
+    END;
+    IF v_shard IS NOT NULL THEN
         taken := p_amount;
         PERFORM ledger_entry(p_programme, p_txn, next_seq, p_account, v_shard, 0, -p_amount);
         next_seq := next_seq + 1;
