@@ -20,7 +20,9 @@ async def _drain(engine: AsyncEngine, function: str, max_batches: int = 200) -> 
         async with engine.begin() as conn:
             done = await repository.run_job(conn, function, BATCH)
         total += done
-        if done < BATCH:
+        # The jobs count members (or holds) while their LIMIT counts rows, so only an empty
+        # round says that nothing is due any more.
+        if done == 0:
             break
     return total
 

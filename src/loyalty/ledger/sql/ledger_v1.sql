@@ -628,7 +628,7 @@ DECLARE
     v_avail_taken bigint := 0;
     v_cost bigint := 0;
     v_first_txn bigint;
-    v_funding bigint;
+    v_lots bigint[];
     r record;
     bud record;
 BEGIN
@@ -647,29 +647,31 @@ BEGIN
         PERFORM loyalty_fail('reference_not_found', jsonb_build_object('reference', p_reference, 'member_id', p_member));
     END IF;
 
-    -- Lock order: usage rows and budget shards first (as earns do), then the member. Every
-    -- budget the reference earned from is locked, so that what can still be clawed back is
-    -- read only under the member's lock: two refunds of one order cannot both take it.
+    -- Lock order: usage rows and budget shards first (as earns do), then the member. The
+    -- reference's lots are fixed here, before any lock: an earn with the same reference that
+    -- commits meanwhile is not reversed by this refund (its budget is not locked). What can
+    -- still be clawed back is read only under the member's lock, so two refunds of one order
+    -- cannot both take it.
+    v_lots := ARRAY(
+        SELECT l.id FROM transactions t
+        JOIN lots l ON l.programme_id = t.programme_id AND l.member_id = t.member_id AND l.txn_id = t.id
+        WHERE t.programme_id = p_programme AND t.reference = p_reference AND t.kind = 'earn'
+          AND t.member_id = v_member);
     PERFORM 1 FROM budget_member_usage u
     WHERE u.programme_id = p_programme AND u.member_id = v_member
       AND u.budget_id IN (SELECT l.budget_id FROM lots l WHERE l.programme_id = p_programme
-                          AND l.member_id = v_member AND l.txn_id IN (
-                              SELECT t.id FROM transactions t WHERE t.programme_id = p_programme
-                              AND t.reference = p_reference AND t.kind = 'earn' AND t.member_id = v_member))
+                          AND l.member_id = v_member AND l.id = ANY (v_lots))
     ORDER BY u.budget_id FOR UPDATE;
     PERFORM 1 FROM account_balances ab JOIN budgets b ON b.programme_id = ab.programme_id AND b.account_id = ab.account_id
     WHERE ab.programme_id = p_programme
       AND b.id IN (SELECT l.budget_id FROM lots l WHERE l.programme_id = p_programme
-                   AND l.member_id = v_member AND l.txn_id IN (
-                       SELECT t.id FROM transactions t WHERE t.programme_id = p_programme
-                       AND t.reference = p_reference AND t.kind = 'earn' AND t.member_id = v_member))
+                   AND l.member_id = v_member AND l.id = ANY (v_lots))
     ORDER BY ab.account_id, ab.shard FOR UPDATE OF ab;
     SELECT available INTO v_available FROM account_balances
     WHERE programme_id = p_programme AND account_id = v_account AND shard = 0 FOR UPDATE;
 
     SELECT coalesce(sum(l.amount - l.clawed), 0) INTO v_clawable
-    FROM transactions t JOIN lots l ON l.programme_id = t.programme_id AND l.member_id = t.member_id AND l.txn_id = t.id
-    WHERE t.programme_id = p_programme AND t.reference = p_reference AND t.kind = 'earn' AND t.member_id = v_member;
+    FROM lots l WHERE l.programme_id = p_programme AND l.member_id = v_member AND l.id = ANY (v_lots);
     v_want := coalesce(p_amount, v_clawable);
     IF v_want > v_clawable OR v_want <= 0 THEN
         PERFORM loyalty_fail('clawback_exceeds_earned', jsonb_build_object(
@@ -681,11 +683,10 @@ BEGIN
     ) ON COMMIT DROP;
     DELETE FROM pg_temp.claw_plan;
     v_left := v_want;
-    FOR r IN SELECT l.id, l.budget_id, l.amount - l.clawed AS open FROM transactions t
-             JOIN lots l ON l.programme_id = t.programme_id AND l.member_id = t.member_id AND l.txn_id = t.id
-             WHERE t.programme_id = p_programme AND t.reference = p_reference AND t.kind = 'earn'
-               AND t.member_id = v_member AND l.amount > l.clawed
-             ORDER BY t.id DESC LOOP
+    FOR r IN SELECT l.id, l.budget_id, l.amount - l.clawed AS open FROM lots l
+             WHERE l.programme_id = p_programme AND l.member_id = v_member AND l.id = ANY (v_lots)
+               AND l.amount > l.clawed
+             ORDER BY l.txn_id DESC, l.id DESC LOOP
         v_portion := least(r.open, v_left);
         INSERT INTO pg_temp.claw_plan VALUES (r.id, r.budget_id, NULL, v_portion, 0, 0);
         v_left := v_left - v_portion;
@@ -743,17 +744,7 @@ BEGIN
         v_portion := bud.from_lot + least(bud.short, v_left);
         v_left := v_left - least(bud.short, v_left);
         v_cost := v_cost + bud.cost;
-        IF v_portion > 0 AND (SELECT status FROM budgets WHERE programme_id = p_programme AND id = bud.budget_id) = 'closed' THEN
-            -- A closed budget issues nothing more: what comes back goes to funding, as at closing.
-            SELECT a.account_id INTO v_funding FROM ledger_system_account(p_programme, 'funding') a;
-            UPDATE account_balances SET available = available + v_portion
-            WHERE programme_id = p_programme AND account_id = v_funding AND shard = 0;
-            PERFORM ledger_entry(p_programme, v_txn, v_seq, v_funding, 0, 0, v_portion);
-            v_seq := v_seq + 1;
-            UPDATE budgets SET cap = cap - v_portion WHERE programme_id = p_programme AND id = bud.budget_id;
-            UPDATE budget_member_usage SET issued = greatest(issued - v_portion, 0)
-            WHERE programme_id = p_programme AND budget_id = bud.budget_id AND member_id = v_member;
-        ELSIF v_portion > 0 THEN
+        IF v_portion > 0 THEN
             v_seq := ledger_spread_into(
                 p_programme, (SELECT account_id FROM budgets WHERE programme_id = p_programme AND id = bud.budget_id),
                 (SELECT a.shards FROM accounts a JOIN budgets b ON b.programme_id = a.programme_id AND b.account_id = a.id
@@ -763,6 +754,13 @@ BEGIN
             WHERE programme_id = p_programme AND budget_id = bud.budget_id AND member_id = v_member;
         END IF;
     END LOOP;
+
+    -- A closed budget issues nothing more: what came back to it goes on to funding, in a
+    -- sweep of its own, as when the budget was closed.
+    PERFORM ledger_sweep_budget(p_programme, p.budget_id, 'refund into a closed budget', p_actor)
+    FROM (SELECT DISTINCT cp.budget_id FROM pg_temp.claw_plan cp
+          JOIN budgets b ON b.programme_id = p_programme AND b.id = cp.budget_id
+          WHERE b.status = 'closed' ORDER BY cp.budget_id) p;
 
     UPDATE transactions SET amount = -(v_avail_taken + v_pending_taken), cost_micros = v_cost,
         metadata = jsonb_build_object('requested', v_want, 'from_earned_lots', v_want - v_shortfall,
@@ -1209,18 +1207,48 @@ BEGIN
     PERFORM ledger_store_key(p_programme, p_key, 201, body);
 END $$;
 
+-- Moves whatever a budget has not issued back to funding: its cap shrinks by as much.
+-- The caller has locked the budget's shards (or takes them here, in order).
+CREATE OR REPLACE FUNCTION ledger_sweep_budget(p_programme bigint, p_budget bigint, p_reason text, p_actor text)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    b budgets%ROWTYPE;
+    v_total bigint;
+    v_txn bigint;
+    v_seq int := 0;
+    v_funding bigint;
+    r record;
+BEGIN
+    SELECT * INTO b FROM budgets WHERE programme_id = p_programme AND id = p_budget;
+    PERFORM 1 FROM account_balances WHERE programme_id = p_programme AND account_id = b.account_id ORDER BY shard FOR UPDATE;
+    SELECT coalesce(sum(available), 0) INTO v_total FROM account_balances
+    WHERE programme_id = p_programme AND account_id = b.account_id;
+    IF v_total = 0 THEN
+        RETURN 0;
+    END IF;
+    SELECT a.account_id INTO v_funding FROM ledger_system_account(p_programme, 'funding') a;
+    INSERT INTO transactions (programme_id, kind, budget_id, amount, reason, actor)
+    VALUES (p_programme, 'budget_close', b.id, -v_total, p_reason, p_actor) RETURNING id INTO v_txn;
+    FOR r IN SELECT shard, available FROM account_balances
+             WHERE programme_id = p_programme AND account_id = b.account_id AND available <> 0 ORDER BY shard LOOP
+        UPDATE account_balances SET available = 0
+        WHERE programme_id = p_programme AND account_id = b.account_id AND shard = r.shard;
+        PERFORM ledger_entry(p_programme, v_txn, v_seq, b.account_id, r.shard, 0, -r.available);
+        v_seq := v_seq + 1;
+    END LOOP;
+    UPDATE account_balances SET available = available + v_total
+    WHERE programme_id = p_programme AND account_id = v_funding AND shard = 0;
+    PERFORM ledger_entry(p_programme, v_txn, v_seq, v_funding, 0, 0, v_total);
+    UPDATE budgets SET cap = cap - v_total WHERE programme_id = p_programme AND id = b.id;
+    RETURN v_total;
+END $$;
+
 CREATE OR REPLACE FUNCTION ledger_close_budget(
     p_programme bigint, p_key text, p_fingerprint bytea, p_code text, p_actor text,
     OUT replayed boolean, OUT body jsonb
 ) LANGUAGE plpgsql AS $$
 DECLARE
     b budgets%ROWTYPE;
-    v_shards int;
-    v_total bigint;
-    v_txn bigint;
-    v_seq int := 0;
-    v_funding bigint;
-    r record;
 BEGIN
     body := ledger_claim_key(p_programme, p_key, p_fingerprint);
     IF body IS NOT NULL THEN
@@ -1230,25 +1258,7 @@ BEGIN
     replayed := false;
     b := ledger_lock_budget(p_programme, p_code);
     UPDATE budgets SET status = 'closed', closed_at = now() WHERE programme_id = p_programme AND id = b.id;
-    PERFORM 1 FROM account_balances WHERE programme_id = p_programme AND account_id = b.account_id ORDER BY shard FOR UPDATE;
-    SELECT coalesce(sum(available), 0) INTO v_total FROM account_balances
-    WHERE programme_id = p_programme AND account_id = b.account_id;
-    IF v_total > 0 THEN
-        SELECT a.account_id INTO v_funding FROM ledger_system_account(p_programme, 'funding') a;
-        INSERT INTO transactions (programme_id, kind, budget_id, amount, reason, actor)
-        VALUES (p_programme, 'budget_close', b.id, -v_total, 'budget closed', p_actor) RETURNING id INTO v_txn;
-        FOR r IN SELECT shard, available FROM account_balances
-                 WHERE programme_id = p_programme AND account_id = b.account_id AND available <> 0 ORDER BY shard LOOP
-            UPDATE account_balances SET available = 0
-            WHERE programme_id = p_programme AND account_id = b.account_id AND shard = r.shard;
-            PERFORM ledger_entry(p_programme, v_txn, v_seq, b.account_id, r.shard, 0, -r.available);
-            v_seq := v_seq + 1;
-        END LOOP;
-        UPDATE account_balances SET available = available + v_total
-        WHERE programme_id = p_programme AND account_id = v_funding AND shard = 0;
-        PERFORM ledger_entry(p_programme, v_txn, v_seq, v_funding, 0, 0, v_total);
-        UPDATE budgets SET cap = cap - v_total WHERE programme_id = p_programme AND id = b.id;
-    END IF;
+    PERFORM ledger_sweep_budget(p_programme, b.id, 'budget closed', p_actor);
     body := ledger_budget_json(p_programme, b.id);
     PERFORM ledger_store_key(p_programme, p_key, 200, body);
 END $$;
