@@ -295,3 +295,17 @@ async def run_job(conn: AsyncConnection, function: str, limit: int) -> int:
     if limit == 0:
         return int((await conn.execute(text(f"SELECT {function}()"))).scalar_one())
     return int((await conn.execute(text(f"SELECT {function}(:n)"), {"n": limit})).scalar_one())
+
+
+async def purge_idempotency_keys(conn: AsyncConnection, older_than_days: int, limit: int) -> int:
+    result = await conn.execute(
+        text(
+            """
+            DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(
+                SELECT ctid FROM idempotency_keys
+                WHERE created_at < now() - make_interval(days => :days) LIMIT :n))
+            """
+        ),
+        {"days": older_than_days, "n": limit},
+    )
+    return result.rowcount

@@ -58,3 +58,22 @@ async def budget_alerts(ctx: dict[str, Any]) -> int:
     if n:
         log.info("recorded %d budget threshold alerts", n)
     return n
+
+
+IDEMPOTENCY_KEY_RETENTION_DAYS = 30
+
+
+async def purge_idempotency_keys(ctx: dict[str, Any]) -> int:
+    """Forget idempotency keys older than the retention period, in bounded batches.
+
+    A client retries within minutes or hours; after 30 days a reused key is a new request."""
+    total = 0
+    for _ in range(1000):
+        async with ctx["engine"].begin() as conn:
+            done = await repository.purge_idempotency_keys(conn, IDEMPOTENCY_KEY_RETENTION_DAYS, 5000)
+        total += done
+        if done == 0:
+            break
+    if total:
+        log.info("purged %d idempotency keys", total)
+    return total
