@@ -125,3 +125,40 @@ async def test_expired_points_are_never_spent_even_before_the_expiry_job(
     ).json()
     assert [i["amount"] for i in history["items"]] == [-100]
     await _clean(engine, programme)
+
+
+async def test_close_racing_top_ups_and_moves_leaves_nothing_in_the_closed_budget(
+    client, programme: Programme, engine
+) -> None:
+    from loyalty.auth.core import Principal
+    from loyalty.errors import DomainError
+    from loyalty.ledger import schemas as s
+    from loyalty.ledger import service
+
+    who = Principal(programme_id=programme.id, programme_code=programme.code, role="operator", key_id=0)
+    async with engine.begin() as conn:
+        for code in ("x", "y"):
+            await service.create_budget(
+                conn, who, s.BudgetCreate(code=code, cap=1_000, unit_cost_micros=1), code
+            )
+
+    async def run(i: int) -> str:
+        try:
+            async with engine.begin() as conn:
+                if i == 5:
+                    await service.close_budget(conn, who, "x", "close")
+                elif i % 2:
+                    await service.top_up_budget(conn, who, "x", s.BudgetTopUp(points=10), f"t{i}")
+                else:
+                    await service.move_budget(
+                        conn, who, s.BudgetMove(from_budget="y", to_budget="x", points=10), f"m{i}"
+                    )
+            return "ok"
+        except DomainError as exc:
+            return exc.code
+
+    results = await asyncio.gather(*(run(i) for i in range(12)))
+    assert set(results) <= {"ok", "budget_closed"}, results
+    x = (await client.get("/v1/budgets/x", headers=programme.headers("operator"))).json()
+    assert x["status"] == "closed" and x["remaining"] == 0
+    await _clean(engine, programme)

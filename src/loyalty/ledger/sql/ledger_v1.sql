@@ -591,9 +591,11 @@ DECLARE
     r record;
     v_count int := 0;
 BEGIN
-    FOR r IN SELECT programme_id, id FROM holds
-             WHERE status = 'open' AND expires_at <= now()
-             ORDER BY expires_at LIMIT p_limit FOR UPDATE SKIP LOCKED LOOP
+    -- Members in account order, as every job that locks several members does.
+    FOR r IN SELECT h.programme_id, h.id FROM holds h
+             JOIN members m ON m.programme_id = h.programme_id AND m.id = h.member_id
+             WHERE h.status = 'open' AND h.expires_at <= now()
+             ORDER BY m.account_id, h.id LIMIT p_limit FOR UPDATE OF h SKIP LOCKED LOOP
         PERFORM ledger_settle_hold(r.programme_id, r.id, 0, 'expired', 'system:hold-timeout');
         v_count := v_count + 1;
     END LOOP;
@@ -667,6 +669,7 @@ BEGIN
       AND b.id IN (SELECT l.budget_id FROM lots l WHERE l.programme_id = p_programme
                    AND l.member_id = v_member AND l.id = ANY (v_lots))
     ORDER BY ab.account_id, ab.shard FOR UPDATE OF ab;
+    PERFORM ledger_expire_member_now(p_programme, v_member, v_account);
     SELECT available INTO v_available FROM account_balances
     WHERE programme_id = p_programme AND account_id = v_account AND shard = 0 FOR UPDATE;
 
@@ -998,12 +1001,14 @@ DECLARE
     v_shard int;
     v_expired bigint;
 BEGIN
+    -- Lock first: a void committing meanwhile could otherwise put points back into a lot that
+    -- has just expired, after the check and before the debit.
+    PERFORM 1 FROM account_balances
+    WHERE programme_id = p_programme AND account_id = p_account AND shard = 0 FOR UPDATE;
     IF NOT EXISTS (SELECT 1 FROM lots WHERE programme_id = p_programme AND member_id = p_member
                    AND remaining > 0 AND expires_at <= now()) THEN
         RETURN;
     END IF;
-    PERFORM 1 FROM account_balances
-    WHERE programme_id = p_programme AND account_id = p_account AND shard = 0 FOR UPDATE;
     SELECT a.account_id, a.shards INTO v_breakage, v_shards FROM ledger_system_account(p_programme, 'breakage') a;
     v_shard := floor(random() * v_shards)::int;
     v_expired := ledger_expire_member(p_programme, p_member, p_account, v_breakage, v_shard);
@@ -1079,6 +1084,12 @@ DECLARE
     v_funding bigint;
 BEGIN
     SELECT * INTO b FROM budgets WHERE programme_id = p_programme AND id = p_budget;
+    -- With the shards locked, a close that committed meanwhile is visible: refuse then.
+    PERFORM 1 FROM account_balances WHERE programme_id = p_programme AND account_id = b.account_id
+    ORDER BY shard FOR UPDATE;
+    IF (SELECT status FROM budgets WHERE programme_id = p_programme AND id = p_budget) <> 'active' THEN
+        PERFORM loyalty_fail('budget_closed', jsonb_build_object('budget', b.code));
+    END IF;
     SELECT shards INTO v_shards FROM accounts WHERE programme_id = p_programme AND id = b.account_id;
     SELECT a.account_id INTO v_funding FROM ledger_system_account(p_programme, 'funding') a;
     INSERT INTO transactions (programme_id, kind, budget_id, amount, reason, actor)
@@ -1194,14 +1205,19 @@ BEGIN
     SELECT shards INTO v_to_shards FROM accounts WHERE programme_id = p_programme AND id = bt.account_id;
     PERFORM 1 FROM account_balances WHERE programme_id = p_programme AND account_id IN (bf.account_id, bt.account_id)
     ORDER BY account_id, shard FOR UPDATE;
+    -- Re-read with the shards locked: a close that committed meanwhile is visible now.
+    bf := ledger_lock_budget(p_programme, p_from);
+    bt := ledger_lock_budget(p_programme, p_to);
     INSERT INTO transactions (programme_id, kind, budget_id, amount, reason, actor, metadata)
     VALUES (p_programme, 'budget_move', bf.id, p_amount, p_reason, p_actor, jsonb_build_object('from', p_from, 'to', p_to))
     RETURNING id INTO v_txn;
     SELECT t.taken, t.next_seq INTO v_taken, v_seq
     FROM ledger_take_from_budget(p_programme, bf.account_id, v_from_shards, p_amount, false, v_txn, 0) t;
     v_seq := ledger_spread_into(p_programme, bt.account_id, v_to_shards, p_amount, v_txn, v_seq);
-    UPDATE budgets SET cap = cap - p_amount WHERE programme_id = p_programme AND id = bf.id;
-    UPDATE budgets SET cap = cap + p_amount WHERE programme_id = p_programme AND id = bt.id;
+    -- Budget rows in id order, as the alert job and other moves take them.
+    UPDATE budgets SET cap = cap + CASE WHEN id = bf.id THEN -p_amount ELSE p_amount END
+    WHERE programme_id = p_programme AND id IN (SELECT id FROM budgets WHERE programme_id = p_programme
+                                                AND id IN (bf.id, bt.id) ORDER BY id FOR UPDATE);
     body := jsonb_build_object('transaction_id', v_txn, 'from', ledger_budget_json(p_programme, bf.id),
                                'to', ledger_budget_json(p_programme, bt.id));
     PERFORM ledger_store_key(p_programme, p_key, 201, body);
@@ -1256,6 +1272,10 @@ BEGIN
         RETURN;
     END IF;
     replayed := false;
+    b := ledger_lock_budget(p_programme, p_code);
+    -- Shards before the budget row, as top-ups and moves take them.
+    PERFORM 1 FROM account_balances WHERE programme_id = p_programme AND account_id = b.account_id
+    ORDER BY shard FOR UPDATE;
     b := ledger_lock_budget(p_programme, p_code);
     UPDATE budgets SET status = 'closed', closed_at = now() WHERE programme_id = p_programme AND id = b.id;
     PERFORM ledger_sweep_budget(p_programme, b.id, 'budget closed', p_actor);
@@ -1495,12 +1515,17 @@ BEGIN
     IF NOT pg_try_advisory_xact_lock(hashtext('ledger_budget_alerts')) THEN
         RETURN 0;
     END IF;
-    WITH usage AS (
+    -- Budgets whose row is busy (a top-up, a move) are left for the next run: never wait.
+    WITH free AS (
+        SELECT programme_id, id FROM budgets
+        WHERE status = 'active' AND cardinality(alert_thresholds) > cardinality(alerts_sent)
+        ORDER BY programme_id, id FOR UPDATE SKIP LOCKED
+    ), usage AS (
         SELECT b.programme_id, b.id, b.code, b.cap, b.alert_thresholds, b.alerts_sent,
                b.cap - coalesce(sum(ab.available), 0) AS issued
         FROM budgets b
+        JOIN free f ON f.programme_id = b.programme_id AND f.id = b.id
         JOIN account_balances ab ON ab.programme_id = b.programme_id AND ab.account_id = b.account_id
-        WHERE b.status = 'active' AND cardinality(b.alert_thresholds) > cardinality(b.alerts_sent)
         GROUP BY b.programme_id, b.id
     ), crossed AS (
         SELECT u.programme_id, u.id, u.code, u.cap, u.issued, t.pct
