@@ -133,7 +133,11 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("programme_id", "member_id", "id", name=op.f("pk_lots")),
     )
     op.create_index(
-        "ix_lots_expiry", "lots", ["expires_at"], unique=False, postgresql_where=sa.text("remaining > 0")
+        "ix_lots_expiry",
+        "lots",
+        ["expires_at"],
+        unique=False,
+        postgresql_where=sa.text("remaining > 0 AND expires_at IS NOT NULL"),
     )
     op.create_index(
         "ix_lots_spend_order",
@@ -181,13 +185,6 @@ def upgrade() -> None:
         sa.Column("actor", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
         sa.PrimaryKeyConstraint("programme_id", "id", name=op.f("pk_transactions")),
-    )
-    op.create_index(
-        "ix_transactions_budget",
-        "transactions",
-        ["programme_id", "budget_id"],
-        unique=False,
-        postgresql_where=sa.text("budget_id IS NOT NULL"),
     )
     op.create_index(
         "ix_transactions_member",
@@ -334,9 +331,6 @@ def downgrade() -> None:
     op.drop_index(
         "ix_transactions_member", table_name="transactions", postgresql_where=sa.text("member_id IS NOT NULL")
     )
-    op.drop_index(
-        "ix_transactions_budget", table_name="transactions", postgresql_where=sa.text("budget_id IS NOT NULL")
-    )
     op.drop_table("transactions")
     op.drop_table("programmes")
     op.drop_index("ix_lots_vesting", table_name="lots", postgresql_where=sa.text("NOT vested"))
@@ -344,7 +338,11 @@ def downgrade() -> None:
     op.drop_index(
         "ix_lots_spend_order", table_name="lots", postgresql_where=sa.text("remaining > 0 AND vested")
     )
-    op.drop_index("ix_lots_expiry", table_name="lots", postgresql_where=sa.text("remaining > 0"))
+    op.drop_index(
+        "ix_lots_expiry",
+        table_name="lots",
+        postgresql_where=sa.text("remaining > 0 AND expires_at IS NOT NULL"),
+    )
     op.drop_table("lots")
     op.drop_index(
         "ix_lot_movements_hold", table_name="lot_movements", postgresql_where=sa.text("hold_id IS NOT NULL")

@@ -143,12 +143,6 @@ class LedgerTransaction(Base):
             "reference",
             postgresql_where=text("reference IS NOT NULL"),
         ),
-        Index(
-            "ix_transactions_budget",
-            "programme_id",
-            "budget_id",
-            postgresql_where=text("budget_id IS NOT NULL"),
-        ),
     )
 
     programme_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -204,7 +198,10 @@ class Lot(Base):
             "id",
             postgresql_where=text("remaining > 0 AND vested"),
         ),
-        Index("ix_lots_expiry", "expires_at", postgresql_where=text("remaining > 0")),
+        # Only lots that can expire: most programmes have many lots that never do.
+        Index(
+            "ix_lots_expiry", "expires_at", postgresql_where=text("remaining > 0 AND expires_at IS NOT NULL")
+        ),
         Index("ix_lots_vesting", "vests_at", postgresql_where=text("NOT vested")),
         Index("ix_lots_txn", "programme_id", "txn_id"),
     )

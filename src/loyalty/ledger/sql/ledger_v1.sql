@@ -1348,7 +1348,7 @@ BEGIN
         idx bigint PRIMARY KEY, member_ext text, budget_code text, amount bigint, reference text, reason text,
         vests_at timestamptz, expires_at timestamptz, pending boolean,
         member_id bigint, account_id bigint, budget_id bigint, budget_account bigint, unit_cost bigint,
-        per_member_cap bigint, error text, detail jsonb, txn_id bigint, lot_remaining bigint
+        per_member_cap bigint, error text, detail jsonb, txn_id bigint
     ) ON COMMIT DROP;
     CREATE TEMP TABLE IF NOT EXISTS pg_temp.batch_legs (
         idx bigint, account_id bigint, shard int, amount bigint
@@ -1356,23 +1356,26 @@ BEGIN
     DELETE FROM pg_temp.batch_items;
     DELETE FROM pg_temp.batch_legs;
 
-    INSERT INTO pg_temp.batch_items (idx, member_ext, budget_code, amount, reference, reason, vests_at, expires_at, pending)
-    SELECT u.i, u.m, u.b, u.a, u.r, u.rs, u.v, u.e, u.v IS NOT NULL AND u.v > now()
+    -- One pass resolves members and budgets, finds what is plainly wrong with each item, and
+    -- numbers the transactions (an item that fails later just leaves a gap in the ids).
+    INSERT INTO pg_temp.batch_items (idx, member_ext, budget_code, amount, reference, reason, vests_at, expires_at,
+                                     pending, member_id, account_id, budget_id, budget_account, unit_cost,
+                                     per_member_cap, error, txn_id)
+    SELECT u.i, u.m, u.b, u.a, u.r, u.rs, u.v, u.e, u.v IS NOT NULL AND u.v > now(),
+           m.id, m.account_id, b.id, b.account_id, b.unit_cost_micros, b.per_member_cap,
+           CASE WHEN m.id IS NULL THEN 'member_not_found'
+                WHEN m.status <> 'active' THEN 'member_not_active'
+                WHEN b.id IS NULL THEN 'budget_not_found'
+                WHEN b.status <> 'active' THEN 'budget_closed'
+                WHEN (b.starts_at IS NOT NULL AND now() < b.starts_at)
+                  OR (b.ends_at IS NOT NULL AND now() >= b.ends_at) THEN 'budget_not_active' END,
+           nextval(pg_get_serial_sequence('transactions', 'id'))
     FROM unnest(p_members, p_budgets, p_amounts, p_references, p_reasons, p_vests_at, p_expires_at)
-         WITH ORDINALITY AS u(m, b, a, r, rs, v, e, i);
-
-    UPDATE pg_temp.batch_items bi SET member_id = m.id, account_id = m.account_id
-    FROM members m WHERE m.programme_id = p_programme AND m.external_id = bi.member_ext;
-    UPDATE pg_temp.batch_items SET error = 'member_not_found' WHERE member_id IS NULL;
-    UPDATE pg_temp.batch_items bi SET error = 'member_not_active'
-    FROM members m WHERE m.programme_id = p_programme AND m.id = bi.member_id AND m.status <> 'active';
-    UPDATE pg_temp.batch_items bi SET budget_id = b.id, budget_account = b.account_id, unit_cost = b.unit_cost_micros,
-        per_member_cap = b.per_member_cap,
-        error = CASE WHEN b.status <> 'active' THEN 'budget_closed'
-                     WHEN (b.starts_at IS NOT NULL AND now() < b.starts_at)
-                       OR (b.ends_at IS NOT NULL AND now() >= b.ends_at) THEN 'budget_not_active' END
-    FROM budgets b WHERE b.programme_id = p_programme AND b.code = bi.budget_code AND bi.error IS NULL;
-    UPDATE pg_temp.batch_items SET error = 'budget_not_found' WHERE budget_id IS NULL AND error IS NULL;
+         WITH ORDINALITY AS u(m, b, a, r, rs, v, e, i)
+    LEFT JOIN members m ON m.programme_id = p_programme AND m.external_id = u.m
+    LEFT JOIN budgets b ON b.programme_id = p_programme AND b.code = u.b
+    ORDER BY u.i;
+    ANALYZE pg_temp.batch_items;
 
     -- Lock order as in ledger_earn: usage rows, budget shards, member balances.
     INSERT INTO budget_member_usage (programme_id, budget_id, member_id, issued)
@@ -1419,11 +1422,6 @@ BEGIN
         END IF;
     END IF;
 
-    UPDATE pg_temp.batch_items bi SET txn_id = s.id
-    FROM (SELECT idx, nextval(pg_get_serial_sequence('transactions', 'id')) AS id
-          FROM pg_temp.batch_items WHERE error IS NULL ORDER BY idx) s
-    WHERE s.idx = bi.idx;
-
     -- Each item's budget legs: the item's slice of its budget's running total, cut where the
     -- shards' balances (laid end to end) begin and end. An item may span two shards.
     WITH pos AS (
@@ -1447,21 +1445,25 @@ BEGIN
     FROM (SELECT account_id, shard, sum(amount) AS total FROM pg_temp.batch_legs GROUP BY account_id, shard) l
     WHERE ab.programme_id = p_programme AND ab.account_id = l.account_id AND ab.shard = l.shard;
 
-    PERFORM 1 FROM account_balances
-    WHERE programme_id = p_programme AND shard = 0
-      AND account_id IN (SELECT account_id FROM pg_temp.batch_items WHERE error IS NULL)
-    ORDER BY account_id FOR UPDATE;
-    -- A member in debt pays it off first, out of the earliest items.
-    WITH c AS (
-        SELECT bi.idx, bi.amount, greatest(-ab.available, 0) AS debt,
-               sum(bi.amount) OVER (PARTITION BY bi.account_id ORDER BY bi.idx) AS cum
-        FROM pg_temp.batch_items bi
-        JOIN account_balances ab ON ab.programme_id = p_programme AND ab.account_id = bi.account_id AND ab.shard = 0
-        WHERE bi.error IS NULL AND NOT bi.pending)
-    UPDATE pg_temp.batch_items bi
-    SET lot_remaining = greatest(c.cum - c.debt, 0) - greatest(c.cum - c.amount - c.debt, 0)
-    FROM c WHERE c.idx = bi.idx;
-    UPDATE pg_temp.batch_items SET lot_remaining = amount WHERE error IS NULL AND pending;
+    -- Member rows locked in account order; their balance before the batch tells each member's
+    -- debt, which the earliest items pay off first (the lots keep only what exceeds it).
+    WITH locked AS (
+        SELECT account_id, available FROM account_balances
+        WHERE programme_id = p_programme AND shard = 0
+          AND account_id IN (SELECT account_id FROM pg_temp.batch_items WHERE error IS NULL)
+        ORDER BY account_id FOR UPDATE
+    ), items AS (
+        SELECT bi.*, greatest(-l.available, 0) AS debt,
+               sum(bi.amount) FILTER (WHERE NOT bi.pending) OVER (PARTITION BY bi.account_id ORDER BY bi.idx) AS cum
+        FROM pg_temp.batch_items bi JOIN locked l ON l.account_id = bi.account_id
+        WHERE bi.error IS NULL
+    )
+    INSERT INTO lots (programme_id, member_id, txn_id, budget_id, amount, remaining, unit_cost_micros,
+                      vested, vests_at, expires_at)
+    SELECT p_programme, member_id, txn_id, budget_id, amount,
+           CASE WHEN pending THEN amount ELSE greatest(cum - debt, 0) - greatest(cum - amount - debt, 0) END,
+           unit_cost, NOT pending, CASE WHEN pending THEN vests_at END, expires_at
+    FROM items ORDER BY idx;
 
     UPDATE account_balances ab
     SET available = ab.available + m.avail, pending = ab.pending + m.pend
@@ -1484,12 +1486,6 @@ BEGIN
     UNION ALL
     SELECT p_programme, bi.txn_id, row_number() OVER (PARTITION BY l.idx ORDER BY l.shard), l.account_id, l.shard, 0, -l.amount
     FROM pg_temp.batch_legs l JOIN pg_temp.batch_items bi ON bi.idx = l.idx;
-    INSERT INTO lots (programme_id, member_id, txn_id, budget_id, amount, remaining, unit_cost_micros,
-                      vested, vests_at, expires_at)
-    SELECT p_programme, member_id, txn_id, budget_id, amount, lot_remaining, unit_cost,
-           NOT pending, CASE WHEN pending THEN vests_at END, expires_at
-    FROM pg_temp.batch_items WHERE error IS NULL ORDER BY idx;
-
     SELECT jsonb_build_object(
         'mode', CASE WHEN p_all_or_nothing THEN 'all_or_nothing' ELSE 'per_item' END,
         'earned', count(*) FILTER (WHERE error IS NULL),
