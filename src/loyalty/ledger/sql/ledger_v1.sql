@@ -319,26 +319,44 @@ CREATE OR REPLACE FUNCTION ledger_earn(
     p_vests_at timestamptz, p_expires_at timestamptz, p_metadata jsonb, p_actor text,
     OUT replayed boolean, OUT body jsonb
 ) LANGUAGE plpgsql AS $$
+-- The hottest write of the service: every step is written out here rather than called, and
+-- the transaction row is written once, with its final amount.
 DECLARE
     v_member bigint;
     v_account bigint;
-    b budgets%ROWTYPE;
-    v_shards int;
+    v_status text;
+    b record;
     v_amount bigint := p_amount;
     v_issued bigint;
     v_txn bigint;
     v_seq int;
     v_remaining bigint;
+    v_available bigint;
+    v_pending_balance bigint;
+    v_held bigint;
     v_pending boolean := p_vests_at IS NOT NULL AND p_vests_at > now();
 BEGIN
-    body := ledger_claim_key(p_programme, p_key, p_fingerprint);
-    IF body IS NOT NULL THEN
-        replayed := true;
-        RETURN;
-    END IF;
     replayed := false;
-    SELECT * INTO v_member, v_account FROM ledger_active_member(p_programme, p_member);
-    SELECT * INTO b FROM budgets WHERE programme_id = p_programme AND code = p_budget;
+    IF p_key IS NOT NULL THEN
+        INSERT INTO idempotency_keys (programme_id, key, fingerprint) VALUES (p_programme, p_key, p_fingerprint)
+        ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN
+            body := ledger_claim_key(p_programme, p_key, p_fingerprint);
+            replayed := true;
+            RETURN;
+        END IF;
+    END IF;
+    SELECT m.id, m.account_id, m.status INTO v_member, v_account, v_status
+    FROM members m WHERE m.programme_id = p_programme AND m.external_id = p_member;
+    IF NOT FOUND THEN
+        PERFORM loyalty_fail('member_not_found', jsonb_build_object('member_id', p_member));
+    ELSIF v_status <> 'active' THEN
+        PERFORM loyalty_fail('member_not_active', jsonb_build_object('member_id', p_member, 'member_status', v_status));
+    END IF;
+    SELECT bu.id, bu.account_id, bu.status, bu.starts_at, bu.ends_at, bu.per_member_cap, bu.unit_cost_micros, a.shards
+    INTO b
+    FROM budgets bu JOIN accounts a ON a.programme_id = bu.programme_id AND a.id = bu.account_id
+    WHERE bu.programme_id = p_programme AND bu.code = p_budget;
     IF NOT FOUND THEN
         PERFORM loyalty_fail('budget_not_found', jsonb_build_object('budget', p_budget));
     END IF;
@@ -365,13 +383,9 @@ BEGIN
         END IF;
     END IF;
 
-    INSERT INTO transactions (programme_id, kind, member_id, budget_id, reference, amount, reason, metadata, actor)
-    VALUES (p_programme, 'earn', v_member, b.id, p_reference, v_amount, p_reason, coalesce(p_metadata, '{}'), p_actor)
-    RETURNING id INTO v_txn;
-
-    SELECT a.shards INTO v_shards FROM accounts a WHERE a.programme_id = p_programme AND a.id = b.account_id;
+    v_txn := nextval('transactions_id_seq');
     SELECT t.taken, t.next_seq INTO v_amount, v_seq
-    FROM ledger_take_from_budget(p_programme, b.account_id, v_shards, v_amount, p_partial, v_txn, 0) t;
+    FROM ledger_take_from_budget(p_programme, b.account_id, b.shards, v_amount, p_partial, v_txn, 0) t;
 
     IF b.per_member_cap IS NOT NULL THEN
         UPDATE budget_member_usage SET issued = issued + v_amount
@@ -380,28 +394,37 @@ BEGIN
 
     IF v_pending THEN
         UPDATE account_balances SET pending = pending + v_amount
-        WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
+        WHERE programme_id = p_programme AND account_id = v_account AND shard = 0
+        RETURNING available, pending, held INTO v_available, v_pending_balance, v_held;
         v_remaining := v_amount;
     ELSE
-        v_remaining := ledger_credit_member_available(p_programme, v_account, v_amount);
+        UPDATE account_balances SET available = available + v_amount
+        WHERE programme_id = p_programme AND account_id = v_account AND shard = 0
+        RETURNING available, pending, held INTO v_available, v_pending_balance, v_held;
+        -- A member in debt pays it off first: the lot keeps only what exceeds the debt.
+        v_remaining := v_amount - least(v_amount, greatest(v_amount - v_available, 0));
     END IF;
-    PERFORM ledger_entry(p_programme, v_txn, v_seq, v_account, 0, CASE WHEN v_pending THEN 1 ELSE 0 END, v_amount);
 
+    INSERT INTO transactions (programme_id, id, kind, member_id, budget_id, reference, amount, cost_micros,
+                              reason, metadata, actor)
+    VALUES (p_programme, v_txn, 'earn', v_member, b.id, p_reference, v_amount, v_amount * b.unit_cost_micros,
+            p_reason, coalesce(p_metadata, '{}'), p_actor);
+    INSERT INTO entries (programme_id, txn_id, seq, account_id, shard, bucket, amount)
+    VALUES (p_programme, v_txn, v_seq, v_account, 0, CASE WHEN v_pending THEN 1 ELSE 0 END, v_amount);
     INSERT INTO lots (programme_id, member_id, txn_id, budget_id, amount, remaining, unit_cost_micros,
                       vested, vests_at, expires_at)
     VALUES (p_programme, v_member, v_txn, b.id, v_amount, v_remaining, b.unit_cost_micros,
             NOT v_pending, CASE WHEN v_pending THEN p_vests_at END, p_expires_at);
-
-    UPDATE transactions SET amount = v_amount, cost_micros = v_amount * b.unit_cost_micros
-    WHERE programme_id = p_programme AND id = v_txn;
 
     body := jsonb_build_object(
         'transaction_id', v_txn, 'kind', 'earn', 'member_id', p_member, 'budget', p_budget,
         'amount', v_amount, 'requested', p_amount, 'status', CASE WHEN v_pending THEN 'pending' ELSE 'available' END,
         'vests_at', CASE WHEN v_pending THEN loyalty_ts(p_vests_at) END, 'expires_at', loyalty_ts(p_expires_at),
         'reference', p_reference, 'cost_micros', v_amount * b.unit_cost_micros,
-        'balance', ledger_balance_json(p_programme, v_account));
-    PERFORM ledger_store_key(p_programme, p_key, 201, body);
+        'balance', jsonb_build_object('available', v_available, 'pending', v_pending_balance, 'held', v_held));
+    IF p_key IS NOT NULL THEN
+        UPDATE idempotency_keys SET response = body, status_code = 201 WHERE programme_id = p_programme AND key = p_key;
+    END IF;
 END $$;
 
 ---------------------------------------------------------------------------------------------
@@ -415,38 +438,71 @@ CREATE OR REPLACE FUNCTION ledger_spend(
 DECLARE
     v_member bigint;
     v_account bigint;
+    v_status text;
     v_txn bigint;
     v_cost bigint;
     v_available bigint;
+    v_pending bigint;
+    v_held bigint;
+    v_expired bigint;
+    v_sink bigint;
+    v_sink_shards int;
+    v_shard int;
 BEGIN
-    body := ledger_claim_key(p_programme, p_key, p_fingerprint);
-    IF body IS NOT NULL THEN
-        replayed := true;
-        RETURN;
-    END IF;
     replayed := false;
-    SELECT * INTO v_member, v_account FROM ledger_active_member(p_programme, p_member);
-    PERFORM ledger_expire_member_now(p_programme, v_member, v_account);
+    IF p_key IS NOT NULL THEN
+        INSERT INTO idempotency_keys (programme_id, key, fingerprint) VALUES (p_programme, p_key, p_fingerprint)
+        ON CONFLICT DO NOTHING;
+        IF NOT FOUND THEN
+            body := ledger_claim_key(p_programme, p_key, p_fingerprint);
+            replayed := true;
+            RETURN;
+        END IF;
+    END IF;
+    SELECT m.id, m.account_id, m.status INTO v_member, v_account, v_status
+    FROM members m WHERE m.programme_id = p_programme AND m.external_id = p_member;
+    IF NOT FOUND THEN
+        PERFORM loyalty_fail('member_not_found', jsonb_build_object('member_id', p_member));
+    ELSIF v_status <> 'active' THEN
+        PERFORM loyalty_fail('member_not_active', jsonb_build_object('member_id', p_member, 'member_status', v_status));
+    END IF;
     UPDATE account_balances SET available = available - p_amount
-    WHERE programme_id = p_programme AND account_id = v_account AND shard = 0 AND available >= p_amount;
+    WHERE programme_id = p_programme AND account_id = v_account AND shard = 0 AND available >= p_amount
+    RETURNING available, pending, held INTO v_available, v_pending, v_held;
     IF NOT FOUND THEN
         SELECT available INTO v_available FROM account_balances
         WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
         PERFORM loyalty_fail('insufficient_points', jsonb_build_object(
             'member_id', p_member, 'available', v_available, 'requested', p_amount));
     END IF;
-    INSERT INTO transactions (programme_id, kind, member_id, reference, amount, reason, metadata, actor)
-    VALUES (p_programme, 'spend', v_member, p_reference, -p_amount, p_reason, coalesce(p_metadata, '{}'), p_actor)
-    RETURNING id INTO v_txn;
+    -- Now that the member is locked: points past their expiry are not spendable.
+    v_expired := ledger_expire_member_locked(p_programme, v_member, v_account);
+    IF v_expired > 0 THEN
+        v_available := v_available - v_expired;
+        IF v_available < 0 THEN
+            PERFORM loyalty_fail('insufficient_points', jsonb_build_object(
+                'member_id', p_member, 'available', v_available + p_amount, 'requested', p_amount));
+        END IF;
+    END IF;
+    v_txn := nextval('transactions_id_seq');
     v_cost := ledger_take_lots(p_programme, v_member, p_amount, v_txn);
-    UPDATE transactions SET cost_micros = v_cost WHERE programme_id = p_programme AND id = v_txn;
-    PERFORM ledger_entry(p_programme, v_txn, 0, v_account, 0, 0, -p_amount);
-    PERFORM ledger_credit_sink(p_programme, v_txn, 1, 'redemption', p_amount);
+    INSERT INTO transactions (programme_id, id, kind, member_id, reference, amount, cost_micros, reason, metadata, actor)
+    VALUES (p_programme, v_txn, 'spend', v_member, p_reference, -p_amount, v_cost, p_reason,
+            coalesce(p_metadata, '{}'), p_actor);
+    SELECT a.id, a.shards INTO v_sink, v_sink_shards FROM accounts a
+    WHERE a.programme_id = p_programme AND a.kind = 'redemption';
+    v_shard := floor(random() * v_sink_shards)::int;
+    UPDATE account_balances SET available = available + p_amount
+    WHERE programme_id = p_programme AND account_id = v_sink AND shard = v_shard;
+    INSERT INTO entries (programme_id, txn_id, seq, account_id, shard, bucket, amount)
+    VALUES (p_programme, v_txn, 0, v_account, 0, 0, -p_amount), (p_programme, v_txn, 1, v_sink, v_shard, 0, p_amount);
     body := jsonb_build_object(
         'transaction_id', v_txn, 'kind', 'spend', 'member_id', p_member, 'amount', p_amount,
         'reference', p_reference, 'cost_micros', v_cost,
-        'balance', ledger_balance_json(p_programme, v_account));
-    PERFORM ledger_store_key(p_programme, p_key, 201, body);
+        'balance', jsonb_build_object('available', v_available, 'pending', v_pending, 'held', v_held));
+    IF p_key IS NOT NULL THEN
+        UPDATE idempotency_keys SET response = body, status_code = 201 WHERE programme_id = p_programme AND key = p_key;
+    END IF;
 END $$;
 
 ---------------------------------------------------------------------------------------------
@@ -482,11 +538,18 @@ BEGIN
     END IF;
     replayed := false;
     SELECT * INTO v_member, v_account FROM ledger_active_member(p_programme, p_member);
-    PERFORM ledger_expire_member_now(p_programme, v_member, v_account);
     UPDATE account_balances SET available = available - p_amount, held = held + p_amount
-    WHERE programme_id = p_programme AND account_id = v_account AND shard = 0 AND available >= p_amount;
+    WHERE programme_id = p_programme AND account_id = v_account AND shard = 0 AND available >= p_amount
+    RETURNING available INTO v_available;
     IF NOT FOUND THEN
         SELECT available INTO v_available FROM account_balances
+        WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
+        PERFORM loyalty_fail('insufficient_points', jsonb_build_object(
+            'member_id', p_member, 'available', v_available, 'requested', p_amount));
+    END IF;
+    -- Now that the member is locked: points past their expiry cannot be held.
+    IF v_available - ledger_expire_member_locked(p_programme, v_member, v_account) < 0 THEN
+        SELECT available + p_amount INTO v_available FROM account_balances
         WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
         PERFORM loyalty_fail('insufficient_points', jsonb_build_object(
             'member_id', p_member, 'available', v_available, 'requested', p_amount));
@@ -993,27 +1056,37 @@ END $$;
 
 -- Before a member's points are debited, lots already past their expiry go to breakage, so
 -- expired points are never spent even when the expiry job has not run yet.
-CREATE OR REPLACE FUNCTION ledger_expire_member_now(p_programme bigint, p_member bigint, p_account bigint)
-RETURNS void LANGUAGE plpgsql AS $$
+-- With the member's balance row locked by the caller: lots already past their expiry go to
+-- breakage now, so expired points are never spent even when the expiry job has not run yet.
+-- Returns the points expired (0 in the common case, after one index probe).
+CREATE OR REPLACE FUNCTION ledger_expire_member_locked(p_programme bigint, p_member bigint, p_account bigint)
+RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     v_breakage bigint;
     v_shards int;
     v_shard int;
     v_expired bigint;
 BEGIN
-    -- Lock first: a void committing meanwhile could otherwise put points back into a lot that
-    -- has just expired, after the check and before the debit.
-    PERFORM 1 FROM account_balances
-    WHERE programme_id = p_programme AND account_id = p_account AND shard = 0 FOR UPDATE;
     IF NOT EXISTS (SELECT 1 FROM lots WHERE programme_id = p_programme AND member_id = p_member
                    AND remaining > 0 AND expires_at <= now()) THEN
-        RETURN;
+        RETURN 0;
     END IF;
-    SELECT a.account_id, a.shards INTO v_breakage, v_shards FROM ledger_system_account(p_programme, 'breakage') a;
+    SELECT a.id, a.shards INTO v_breakage, v_shards FROM accounts a
+    WHERE a.programme_id = p_programme AND a.kind = 'breakage';
     v_shard := floor(random() * v_shards)::int;
     v_expired := ledger_expire_member(p_programme, p_member, p_account, v_breakage, v_shard);
     UPDATE account_balances SET available = available + v_expired
     WHERE programme_id = p_programme AND account_id = v_breakage AND shard = v_shard;
+    RETURN v_expired;
+END $$;
+
+-- The same for callers that have not locked the member yet.
+CREATE OR REPLACE FUNCTION ledger_expire_member_now(p_programme bigint, p_member bigint, p_account bigint)
+RETURNS bigint LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM account_balances
+    WHERE programme_id = p_programme AND account_id = p_account AND shard = 0 FOR UPDATE;
+    RETURN ledger_expire_member_locked(p_programme, p_member, p_account);
 END $$;
 
 -- The expiry job: members in account order, one transaction each, and the breakage shards'
