@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from litestar import Litestar
-from litestar.config.compression import CompressionConfig
 from litestar.di import Provide
 from litestar.middleware.base import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
@@ -72,7 +71,6 @@ def create_app(settings: Settings) -> Litestar:
         before_request=strict_body,
         exception_handlers=problems.EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=openapi,
-        compression_config=CompressionConfig(backend="gzip", minimum_size=4096),
         debug=False,
     )
 

@@ -34,16 +34,16 @@ def plain_url(url: str) -> str:
     return "postgresql://" + async_url(url)[len("postgresql+asyncpg://") :]
 
 
-def create_engine(
-    url: str, *, pool_size: int = 10, max_overflow: int = 10, echo: bool = False
-) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 0, echo: bool = False) -> AsyncEngine:
+    # A fixed pool by default: under load, overflow connections would be opened and closed per
+    # request, which costs more than waiting a moment for a pooled one.
     return create_async_engine(
         async_url(url),
         pool_size=pool_size,
         max_overflow=max_overflow,
+        pool_timeout=30,
         pool_pre_ping=False,
         echo=echo,
-        # Statements are short and hot; a per-connection prepared-statement cache pays off.
         connect_args={"server_settings": {"application_name": "loyalty"}},
     )
 

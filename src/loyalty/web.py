@@ -19,7 +19,7 @@ from loyalty.auth.service import Authenticator
 from loyalty.errors import Forbidden, InvalidInput
 from loyalty.ledger.repository import Posted
 
-PUBLIC_PATHS = {"/health/live", "/health/ready", "/metrics"}
+PUBLIC_PATHS = {"/health/live", "/health/ready"}
 JSON = "application/json"
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -43,8 +44,32 @@ def _posting_statement(function: str, params: tuple[str, ...]) -> Any:
     return stmt
 
 
+_DRIVER_SQL: dict[tuple[str, int], str] = {}
+
+
 async def post(conn: AsyncConnection, function: str, **params: Any) -> Posted:
-    """Calls one posting function; a business failure comes back as a domain error."""
+    """Calls one posting function; a business failure comes back as a domain error.
+
+    On an autocommit connection (the HTTP write path) the call goes straight to asyncpg as a
+    prepared statement: it is one statement and its own transaction, and SQLAlchemy's layer
+    would only add work on the hottest path of the service. Inside a caller's transaction it
+    goes through SQLAlchemy, which has begun that transaction.
+    """
+    raw = await conn.get_raw_connection()
+    if getattr(raw.dbapi_connection, "autocommit", False):
+        sql = _DRIVER_SQL.get((function, len(params)))
+        if sql is None:
+            args = ", ".join(f"${i}" for i in range(1, len(params) + 1))
+            sql = _DRIVER_SQL[(function, len(params))] = (
+                f"SELECT replayed, body::text FROM {function}({args})"
+            )
+        try:
+            record = await raw.driver_connection.fetchrow(sql, *params.values())  # type: ignore[union-attr]
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate == DOMAIN_SQLSTATE:
+                raise ledger_error(exc.message, getattr(exc, "detail", None)) from None
+            raise
+        return Posted(replayed=record[0], body=record[1].encode())
     stmt = _posting_statement(function, tuple(params))
     try:
         row = (await conn.execute(stmt, params)).one()

@@ -1,0 +1,266 @@
+"""`python -m bench`: seed a fresh database, run pgbench baselines and the HTTP workloads, report.
+
+python -m bench                       # the full run (~20 s per measurement)
+python -m bench --quick               # a smoke run (~5 s per measurement)
+python -m bench --workloads earn-spread,earn-hot --clients 16 --duration 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+import asyncpg
+import psutil
+
+from bench import pgbench, report, stack, workloads
+from bench.cpu import CpuProbe
+from bench.httpload import connect, drive
+from bench.report import BaselineRow, HttpRow, Report
+from bench.workloads import HTTP_WORKLOADS, Target
+
+API_FACTORY = "loyalty.app:app_from_env"
+MINIMAL_FACTORY = "bench.minimal_app:app_from_env"
+API_WORKERS = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=20.0, help="measured seconds per run (20)")
+    parser.add_argument(
+        "--warmup", type=float, default=3.0, help="unmeasured seconds before each HTTP run (3)"
+    )
+    parser.add_argument("--clients", default="16,64", help="concurrent connections, comma-separated (16,64)")
+    parser.add_argument(
+        "--workloads",
+        default=",".join(HTTP_WORKLOADS),
+        help=f"HTTP workloads, comma-separated ({','.join(HTTP_WORKLOADS)})",
+    )
+    parser.add_argument(
+        "--baselines",
+        default=",".join(pgbench.SCRIPTS),
+        help="pgbench scripts, comma-separated; '' for none",
+    )
+    parser.add_argument(
+        "--pool-size",
+        type=int,
+        default=0,
+        help="LOYALTY_DB_POOL_SIZE per API worker; 0 (default) = the client count, because granian "
+        "does not spread connections evenly and an undersized pool opens and closes overflow "
+        "connections on every request",
+    )
+    parser.add_argument("--no-minimal", action="store_true", help="skip the minimal HTTP reference app")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 5 s measured, 1 s warm-up")
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(".loyalty/bench"), help="embedded servers' data"
+    )
+    parser.add_argument("--output", type=Path, default=report.RESULTS_FILE, help="where to write the JSON")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.quick:
+        args.duration, args.warmup = 5.0, 1.0
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        asyncio.run(run(args))
+    except KeyboardInterrupt:
+        print("\ninterrupted; servers stopped", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+async def run(args: argparse.Namespace) -> None:
+    clients = [int(n) for n in _split(args.clients)]
+    names = _split(args.workloads)
+    for name in names:
+        workloads.build(name, Target("127.0.0.1", 0, ""))  # fail fast on a typo
+    scripts = _split(args.baselines)
+    unknown = set(scripts) - set(pgbench.SCRIPTS)
+    if unknown:
+        raise SystemExit(f"unknown baselines {sorted(unknown)}; choose from {list(pgbench.SCRIPTS)}")
+
+    with stack.servers(args.data_dir) as settings:
+        assert settings.database_url is not None
+        _say("creating and seeding loyalty_bench ...")
+        url = await stack.recreate_database(settings.database_url)
+        seeded = await stack.seed(url)
+        await pgbench.create_raw_schema(url)
+        await stack.settle(url)
+        version, postmaster = await _server_facts(url)
+        result = Report(
+            machine=report.machine_info(version),
+            settings={
+                "duration_s": args.duration,
+                "warmup_s": args.warmup,
+                "clients": clients,
+                "workloads": names,
+                "baselines": scripts,
+                "api_workers": API_WORKERS,
+                "db_pool_size_per_worker": args.pool_size or "= clients",
+                "granian_command": stack.Granian(API_FACTORY, {}).command()[1:],
+            },
+            started_at=_now(),
+        )
+        probe = CpuProbe(api_pid=None, postmaster_pid=postmaster)
+        await _baselines(result, url, scripts, clients, args.duration, seeded.programme_id, probe)
+        for n in clients:
+            # A fresh server per client count, its pool sized for it (see --pool-size).
+            env = stack.api_env(settings, url, args.pool_size or n)
+            if not args.no_minimal:
+                with stack.Granian(MINIMAL_FACTORY, env, workers=API_WORKERS) as server:
+                    server.start("/accounts/1001")
+                    await _http(result, server, "", ["minimal-select"], n, args, url, postmaster)
+            with stack.Granian(API_FACTORY, env, workers=API_WORKERS) as server:
+                server.start("/health/ready")
+                await _http(result, server, seeded.keys["ecommerce"], names, n, args, url, postmaster)
+        result.consistency = await _consistency(url, seeded.programme_id)
+        result.finished_at = _now()
+    report.evaluate(result, clients)
+    print()
+    print(report.render(result))
+    report.write_json(result, args.output)
+    print(f"\nwritten to {args.output}")
+
+
+async def _baselines(
+    result: Report,
+    url: str,
+    scripts: list[str],
+    clients: list[int],
+    duration: float,
+    programme_id: int,
+    probe: CpuProbe,
+) -> None:
+    if not scripts:
+        return
+    binary = await pgbench.find_pgbench(url)
+    for name in scripts:
+        for n in clients:
+            _say(f"pgbench {name}, {n} clients ...")
+            await _checkpoint(url)
+            probe.start()
+            measured = await pgbench.run(
+                binary, url, pgbench.SCRIPTS[name], clients=n, duration=duration, programme_id=programme_id
+            )
+            result.baselines.append(BaselineRow(name=name, clients=n, **asdict(measured), cpu=probe.stop()))
+
+
+async def _http(
+    result: Report,
+    server: stack.Granian,
+    api_key: str,
+    names: list[str],
+    clients: int,
+    args: argparse.Namespace,
+    url: str,
+    postmaster: int | None,
+) -> None:
+    assert server.process is not None
+    target = Target(server.host, server.port, api_key)
+    probe = CpuProbe(api_pid=server.process.pid, postmaster_pid=postmaster)
+    for name in names:
+        workload = workloads.build(name, target)
+        if name == "batch-earn":
+            reason = await _batch_unavailable(url, target)
+            if reason:
+                _say(f"{name}: skipped: {reason}")
+                result.http.append(HttpRow(name, clients, skipped=reason))
+                continue
+        _say(f"{name}, {clients} clients ...")
+        await _checkpoint(url)
+        measured = await drive(
+            target.host, target.port, workload.operation, clients=clients, warmup=args.warmup,
+            duration=args.duration, probe=probe,
+        )  # fmt: skip
+        row = report.http_row(name, clients, measured, units_per_op=workload.units_per_op, unit=workload.unit)
+        result.http.append(row)
+        _say(
+            f"  {row.units_per_s:.0f} {row.unit}/s, p99 {row.main_latency.p99_ms:.1f} ms, statuses {row.statuses}"
+        )
+
+
+async def _batch_unavailable(url: str, target: Target) -> str | None:
+    """Why the batch endpoint cannot be measured (its SQL function is new), or None."""
+    if not await stack.function_exists(url, "ledger_earn_batch"):
+        return "endpoint not available (no ledger_earn_batch function)"
+    factory = workloads.RequestFactory(target, "/v1/earn/batch")
+    conn = await connect(target.host, target.port)
+    try:
+        status, body = await conn.request(
+            factory.build(b'{"items":[{"member_id":"m1","budget":"b1","points":1}]}')
+        )
+    finally:
+        conn.close()
+    if not 200 <= status < 300:
+        return f"endpoint not available (probe answered {status}: {body[:200].decode(errors='replace')})"
+    return None
+
+
+async def _server_facts(url: str) -> tuple[str, int | None]:
+    """PostgreSQL's version, and its postmaster's pid when it runs on this machine."""
+    conn = await asyncpg.connect(url)
+    try:
+        version = str(await conn.fetchval("SHOW server_version"))
+        backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
+        # Asked while our backend still lives: its parent is the postmaster.
+        try:
+            return version, psutil.Process(backend).ppid()
+        except psutil.Error:  # a remote server: no CPU figures for it
+            return version, None
+    finally:
+        await conn.close()
+
+
+async def _checkpoint(url: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
+async def _consistency(url: str, programme_id: int) -> dict[str, int]:
+    """The books still balance after the run: every point is somewhere, no member below zero."""
+    conn = await asyncpg.connect(url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT coalesce(sum(available + pending + held), 0) AS sum_of_balances, "
+            "count(*) FILTER (WHERE a.kind = 'member' AND b.available < 0) AS negative_members "
+            "FROM account_balances b JOIN accounts a ON a.programme_id = b.programme_id AND a.id = b.account_id "
+            "WHERE b.programme_id = $1",
+            programme_id,
+        )
+        unbalanced = await conn.fetchval(
+            "SELECT count(*) FROM (SELECT txn_id FROM entries WHERE programme_id = $1 "
+            "GROUP BY txn_id HAVING sum(amount) <> 0) t",
+            programme_id,
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    return {
+        "sum_of_balances": int(row["sum_of_balances"]),
+        "negative_members": int(row["negative_members"]),
+        "unbalanced_transactions": int(unbalanced),
+    }
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
