@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 import msgspec
@@ -30,10 +30,13 @@ class AuthMiddleware(AbstractAuthenticationMiddleware):
         return AuthenticationResult(user=principal, auth=None)
 
 
-def allow(*roles: str) -> Callable[[ASGIConnection, BaseRouteHandler], None]:
-    """A guard: only these roles may call the route. 'member' is a customer's own token."""
+def allow(*roles: str) -> Callable[[ASGIConnection, BaseRouteHandler], Awaitable[None]]:
+    """A guard: only these roles may call the route. 'member' is a customer's own token.
 
-    def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    Async on purpose: Litestar runs a sync guard in a worker thread, a hand-off per request.
+    """
+
+    async def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
         principal: Principal = connection.user
         if principal.role not in roles:
             raise Forbidden(
