@@ -68,8 +68,12 @@ async def test_batch_all_or_nothing_writes_nothing_on_a_failure(client, programm
         "/v1/earn/batch", json={"items": items, "mode": "per_item"}, headers=programme.headers("marketing")
     )
     assert r.status_code == 201, r.text
-    statuses = [(i["status"], i.get("error")) for i in r.json()["items"]]
-    assert statuses == [("earned", None), ("failed", "budget_exhausted"), ("failed", "member_not_found")]
+    body = r.json()
+    assert body["transaction_ids"][0] is not None and body["transaction_ids"][1:] == [None, None]
+    assert [(f["index"], f["error"]) for f in body["failures"]] == [
+        (1, "budget_exhausted"),
+        (2, "member_not_found"),
+    ]
 
 
 async def test_batch_respects_per_member_cap(client, programme: Programme) -> None:
@@ -78,8 +82,8 @@ async def test_batch_respects_per_member_cap(client, programme: Programme) -> No
     r = await client.post(
         "/v1/earn/batch", json={"items": items, "mode": "per_item"}, headers=programme.headers("marketing")
     )
-    assert [i["status"] for i in r.json()["items"]] == ["earned", "earned", "failed"]
-    assert r.json()["items"][2]["error"] == "member_cap_reached"
+    assert [t is not None for t in r.json()["transaction_ids"]] == [True, True, False]
+    assert r.json()["failures"][0]["error"] == "member_cap_reached"
 
 
 async def test_budget_alerts_fire_once_per_threshold_and_rearm_on_top_up(
@@ -151,7 +155,7 @@ async def test_suspended_member_cannot_earn_or_spend_but_can_be_refunded(
         json={"items": [{"member_id": "m0", "budget": "grants", "points": 1}], "mode": "per_item"},
         headers=h("marketing"),
     )
-    assert r.json()["items"][0]["error"] == "member_not_active"
+    assert r.json()["failures"][0]["error"] == "member_not_active"
     r = await client.post(
         "/v1/clawbacks", json={"member_id": "m0", "reference": "o1"}, headers=h("ecommerce")
     )

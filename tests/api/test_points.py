@@ -333,8 +333,8 @@ async def test_batch_earn(api: Api) -> None:
     assert (await api.balance("alice"))["available"] == 0
     result = (await api.post("/v1/earn/batch", {"items": items, "mode": "per_item"}, role="marketing")).json()
     assert (result["earned"], result["failed"], result["points"]) == (2, 1, 50)
-    assert [i["status"] for i in result["items"]] == ["earned", "failed", "earned"]
-    assert result["items"][1]["error"] == "member_not_found"
+    assert [t is not None for t in result["transaction_ids"]] == [True, False, True]
+    assert [(f["index"], f["error"]) for f in result["failures"]] == [(1, "member_not_found")]
     assert (await api.balance("alice"))["available"] == 30
     assert (await api.balance("bob"))["pending"] == 20
     assert (await api.get("/v1/budgets/b")).json()["issued"] == 50

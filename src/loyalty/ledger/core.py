@@ -68,10 +68,3 @@ def check_points(field: str, value: int, *, allow_negative: bool = False, allow_
 def fingerprint(operation: str, payload: object) -> bytes:
     """What identifies a request for idempotency: the operation and its canonical payload."""
     return hashlib.sha256(operation.encode() + b"\0" + msgspec.json.encode(payload)).digest()
-
-
-def balance_is_consistent(
-    available: int, pending: int, held: int, vested_lots: int, pending_lots: int, open_holds: int
-) -> bool:
-    """The lots and holds explain the balance: what verify checks for every member."""
-    return vested_lots == max(available, 0) and pending_lots == pending and open_holds == held

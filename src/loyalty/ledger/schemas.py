@@ -262,12 +262,9 @@ class LiabilityReport(msgspec.Struct):
     breakage_micros: int
 
 
-class BatchItemResult(msgspec.Struct):
+class BatchFailure(msgspec.Struct):
     index: int
-    status: Literal["earned", "failed"]
-    transaction_id: int | None = None
-    amount: int | None = None
-    error: str | None = None
+    error: str
     detail: dict[str, Any] | None = None
 
 
@@ -276,4 +273,6 @@ class BatchEarnResult(msgspec.Struct):
     earned: int
     failed: int
     points: int
-    items: list[BatchItemResult]
+    # One entry per item, in item order: the earn's transaction id, or null where it failed.
+    transaction_ids: list[int | None]
+    failures: list[BatchFailure]

@@ -1559,15 +1559,16 @@ BEGIN
     UNION ALL
     SELECT p_programme, bi.txn_id, row_number() OVER (PARTITION BY l.idx ORDER BY l.shard), l.account_id, l.shard, 0, -l.amount
     FROM pg_temp.batch_legs l JOIN pg_temp.batch_items bi ON bi.idx = l.idx;
+    -- A compact answer for bulk work: the transaction id of each item in item order (null where
+    -- the item failed) and the failures with their reasons.
     SELECT jsonb_build_object(
         'mode', CASE WHEN p_all_or_nothing THEN 'all_or_nothing' ELSE 'per_item' END,
         'earned', count(*) FILTER (WHERE error IS NULL),
         'failed', count(*) FILTER (WHERE error IS NOT NULL),
         'points', coalesce(sum(amount) FILTER (WHERE error IS NULL), 0),
-        'items', jsonb_agg(CASE WHEN error IS NULL
-            THEN jsonb_build_object('index', idx - 1, 'status', 'earned', 'transaction_id', txn_id, 'amount', amount)
-            ELSE jsonb_build_object('index', idx - 1, 'status', 'failed', 'error', error, 'detail', detail) END
-            ORDER BY idx))
+        'transaction_ids', to_jsonb(array_agg(CASE WHEN error IS NULL THEN txn_id END ORDER BY idx)),
+        'failures', coalesce(jsonb_agg(jsonb_build_object('index', idx - 1, 'error', error, 'detail', detail)
+                                       ORDER BY idx) FILTER (WHERE error IS NOT NULL), '[]'::jsonb))
     INTO body FROM pg_temp.batch_items;
     PERFORM ledger_store_key(p_programme, p_key, 201, body);
 END $$;
