@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--clients", default="16,64", help="concurrent connections, comma-separated (16,64)")
     parser.add_argument(
+        "--batch-clients",
+        default="1,2",
+        help="concurrent connections for batch-earn (1,2): bulk imports and campaign grants are a few large "
+        "requests at a time, 10,000 items each, not dozens in parallel",
+    )
+    parser.add_argument(
         "--workloads",
         default=",".join(HTTP_WORKLOADS),
         help=f"HTTP workloads, comma-separated ({','.join(HTTP_WORKLOADS)})",
@@ -84,7 +90,10 @@ def _split(text: str) -> list[str]:
 
 async def run(args: argparse.Namespace) -> None:
     clients = [int(n) for n in _split(args.clients)]
+    batch_clients = [int(n) for n in _split(args.batch_clients)]
     names = _split(args.workloads)
+    batch = [name for name in names if name == "batch-earn"]
+    names = [name for name in names if name != "batch-earn"]
     for name in names:
         workloads.build(name, Target("127.0.0.1", 0, ""))  # fail fast on a typo
     scripts = _split(args.baselines)
@@ -106,7 +115,8 @@ async def run(args: argparse.Namespace) -> None:
                 "duration_s": args.duration,
                 "warmup_s": args.warmup,
                 "clients": clients,
-                "workloads": names,
+                "batch_clients": batch_clients,
+                "workloads": names + batch,
                 "baselines": scripts,
                 "api_workers": API_WORKERS,
                 "db_pool_size_per_worker": args.pool_size or "= clients",
@@ -126,6 +136,11 @@ async def run(args: argparse.Namespace) -> None:
             with stack.Granian(API_FACTORY, env, workers=API_WORKERS) as server:
                 server.start("/health/ready")
                 await _http(result, server, seeded.keys["ecommerce"], names, n, args, url, postmaster)
+        for n in batch_clients if batch else []:
+            env = stack.api_env(settings, url, args.pool_size or max(n, 2))
+            with stack.Granian(API_FACTORY, env, workers=API_WORKERS) as server:
+                server.start("/health/ready")
+                await _http(result, server, seeded.keys["ecommerce"], batch, n, args, url, postmaster)
         result.consistency = await _consistency(url, seeded.programme_id)
         result.finished_at = _now()
     report.evaluate(result, clients)

@@ -20,8 +20,8 @@ BUDGETS = 100
 HOT_BUDGET = "b1"
 EARN_POINTS = 10
 SPEND_POINTS = 10
-BATCH_ITEMS = 1_000
-# Distinct batch bodies cycled through; building 1,000-item JSON per request would cost the
+BATCH_ITEMS = 10_000
+# Distinct batch bodies cycled through; building 10,000-item JSON per request would cost the
 # client more than the server's parse.
 BATCH_BODIES = 16
 
@@ -37,7 +37,7 @@ class Target:
 class Workload:
     name: str
     operation: Operation
-    # Units per operation for the headline rate (1,000 points transfers per batch request).
+    # Units per operation for the headline rate (10,000 points transfers per batch request).
     units_per_op: int = 1
     unit: str = "ops"
 
