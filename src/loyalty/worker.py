@@ -51,4 +51,7 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
 
 def run_worker(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if settings.log_level != "DEBUG":
+        # arq logs every cron run at INFO (several a minute); the jobs log what they changed.
+        logging.getLogger("arq.worker").setLevel(logging.WARNING)
     arq_run_worker(build_worker_settings(settings))  # type: ignore[arg-type]
