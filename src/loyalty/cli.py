@@ -133,7 +133,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from loyalty.worker import run_worker
 
     with resolved(settings) as full:
-        _run(run_worker(full))
+        run_worker(full)
     return 0
 
 

@@ -54,4 +54,4 @@ def run_worker(settings: Settings) -> None:
     if settings.log_level != "DEBUG":
         # arq logs every cron run at INFO (several a minute); the jobs log what they changed.
         logging.getLogger("arq.worker").setLevel(logging.WARNING)
-    arq_run_worker(build_worker_settings(settings))  # type: ignore[arg-type]
+    arq_run_worker(build_worker_settings(settings))

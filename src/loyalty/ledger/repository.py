@@ -31,7 +31,7 @@ def _domain_error(exc: DBAPIError) -> Exception | None:
     return ledger_error(getattr(cause, "message", str(cause)), getattr(cause, "detail", None))
 
 
-_POSTING_SQL: dict[str, Any] = {}
+_POSTING_SQL: dict[tuple[str, tuple[str, ...]], Any] = {}
 
 
 def _posting_statement(function: str, params: tuple[str, ...]) -> Any:
@@ -209,7 +209,7 @@ async def history(
     return [dict(r._mapping) for r in await conn.execute(text(sql), params)]
 
 
-async def transaction(conn: AsyncConnection, programme_id: int, txn_id: int) -> dict[str, Any] | None:
+async def transaction(conn: AsyncConnection, programme_id: int, txn_id: int) -> str | None:
     row = (
         await conn.execute(text("SELECT ledger_txn_json(:p, :t)::text"), {"p": programme_id, "t": txn_id})
     ).scalar_one_or_none()
