@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import asyncpg
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.middleware.base import DefineMiddleware
@@ -16,7 +17,7 @@ from redis.asyncio import Redis
 import loyalty
 from loyalty import health, problems
 from loyalty.auth.service import Authenticator
-from loyalty.db import create_engine
+from loyalty.db import create_engine, plain_url
 from loyalty.ledger.routes import ROUTES as LEDGER_ROUTES
 from loyalty.members.routes import ROUTES as MEMBER_ROUTES
 from loyalty.programmes.routes import ROUTES as PROGRAMME_ROUTES
@@ -36,7 +37,14 @@ def create_app(settings: Settings) -> Litestar:
         redis = Redis.from_url(settings.redis_url or "")
         app.state.settings = settings
         app.state.engine = engine
-        app.state.posting_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # Postings are single statements: they go through a plain asyncpg pool, without
+        # SQLAlchemy's connection and transaction machinery on the hottest path.
+        app.state.posting_pool = await asyncpg.create_pool(
+            plain_url(settings.database_url or ""),
+            min_size=1,
+            max_size=settings.db_pool_size,
+            server_settings={"application_name": "loyalty"},
+        )
         app.state.redis = redis
         app.state.authenticator = Authenticator(
             engine=engine, secret=settings.secret_key or "", cache_ttl=settings.key_cache_ttl_seconds
@@ -45,6 +53,7 @@ def create_app(settings: Settings) -> Litestar:
             yield
         finally:
             await redis.aclose()
+            await app.state.posting_pool.close()
             await engine.dispose()
 
     openapi = OpenAPIConfig(

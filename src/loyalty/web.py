@@ -6,6 +6,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
+import asyncpg
 import msgspec
 from litestar import Request, Response
 from litestar.connection import ASGIConnection
@@ -17,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from loyalty.auth.core import Principal
 from loyalty.auth.service import Authenticator
 from loyalty.errors import Forbidden, InvalidInput
-from loyalty.ledger.repository import Posted
+from loyalty.ledger.repository import Posted, PostingConnection
 
 PUBLIC_PATHS = {"/health/live", "/health/ready"}
 JSON = "application/json"
@@ -60,13 +61,13 @@ async def provide_tx(request: Request) -> AsyncIterator[AsyncConnection]:
         yield conn
 
 
-async def provide_posting(request: Request) -> AsyncIterator[AsyncConnection]:
+async def provide_posting(request: Request) -> AsyncIterator[PostingConnection]:
     """For a write that is one call of a posting function: that single statement is its own
     transaction (autocommit), so the write costs one round trip instead of BEGIN, call and
     COMMIT. The statement commits before it returns; if the commit fails, the call raises and
     the client gets a 5xx."""
-    engine: AsyncEngine = request.app.state.posting_engine
-    async with engine.connect() as conn:
+    pool: asyncpg.Pool = request.app.state.posting_pool
+    async with pool.acquire() as conn:
         yield conn
 
 

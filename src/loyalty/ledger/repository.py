@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import asyncpg
 from sqlalchemy import text
@@ -46,17 +46,14 @@ def _posting_statement(function: str, params: tuple[str, ...]) -> Any:
 
 _DRIVER_SQL: dict[tuple[str, int], str] = {}
 
+# A posting function is called either on a plain asyncpg connection (the HTTP write path: the
+# call is its own transaction) or inside a caller's SQLAlchemy transaction (jobs, tests, the demo).
+PostingConnection: TypeAlias = AsyncConnection | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
-async def post(conn: AsyncConnection, function: str, **params: Any) -> Posted:
-    """Calls one posting function; a business failure comes back as a domain error.
 
-    On an autocommit connection (the HTTP write path) the call goes straight to asyncpg as a
-    prepared statement: it is one statement and its own transaction, and SQLAlchemy's layer
-    would only add work on the hottest path of the service. Inside a caller's transaction it
-    goes through SQLAlchemy, which has begun that transaction.
-    """
-    raw = await conn.get_raw_connection()
-    if getattr(raw.dbapi_connection, "autocommit", False):
+async def post(conn: PostingConnection, function: str, **params: Any) -> Posted:
+    """Calls one posting function; a business failure comes back as a domain error."""
+    if not isinstance(conn, AsyncConnection):
         sql = _DRIVER_SQL.get((function, len(params)))
         if sql is None:
             args = ", ".join(f"${i}" for i in range(1, len(params) + 1))
@@ -64,7 +61,7 @@ async def post(conn: AsyncConnection, function: str, **params: Any) -> Posted:
                 f"SELECT replayed, body::text FROM {function}({args})"
             )
         try:
-            record = await raw.driver_connection.fetchrow(sql, *params.values())  # type: ignore[union-attr]
+            record = await conn.fetchrow(sql, *params.values())
         except asyncpg.PostgresError as exc:
             if exc.sqlstate == DOMAIN_SQLSTATE:
                 raise ledger_error(exc.message, getattr(exc, "detail", None)) from None

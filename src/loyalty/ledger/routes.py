@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
+from asyncpg.pool import PoolConnectionProxy
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency, Provide
 from litestar.openapi.datastructures import ResponseSpec
@@ -39,7 +40,7 @@ class PointsController(Controller):
     @post("/earn", dependencies=POSTING, guards=[GRANTS], responses=_spec(s.EarnResult), status_code=201)
     async def earn(
         self,
-        tx: NamedDependency[AsyncConnection],
+        tx: NamedDependency[PoolConnectionProxy],
         who: NamedDependency[Principal],
         data: JSONBody[s.EarnRequest],
         idempotency_key: IdempotencyKey,
@@ -57,7 +58,7 @@ class PointsController(Controller):
     )
     async def earn_batch(
         self,
-        tx: NamedDependency[AsyncConnection],
+        tx: NamedDependency[PoolConnectionProxy],
         who: NamedDependency[Principal],
         data: JSONBody[s.BatchEarnRequest],
         idempotency_key: IdempotencyKey,
@@ -68,7 +69,7 @@ class PointsController(Controller):
     @post("/spend", dependencies=POSTING, guards=[ECOMMERCE], responses=_spec(s.SpendResult), status_code=201)
     async def spend(
         self,
-        tx: NamedDependency[AsyncConnection],
+        tx: NamedDependency[PoolConnectionProxy],
         who: NamedDependency[Principal],
         data: JSONBody[s.SpendRequest],
         idempotency_key: IdempotencyKey,
@@ -79,7 +80,7 @@ class PointsController(Controller):
     @post("/holds", dependencies=POSTING, guards=[ECOMMERCE], responses=_spec(s.HoldResult), status_code=201)
     async def hold(
         self,
-        tx: NamedDependency[AsyncConnection],
+        tx: NamedDependency[PoolConnectionProxy],
         who: NamedDependency[Principal],
         data: JSONBody[s.HoldRequest],
         idempotency_key: IdempotencyKey,
@@ -96,7 +97,7 @@ class PointsController(Controller):
     )
     async def capture(
         self,
-        tx: NamedDependency[AsyncConnection],
+        tx: NamedDependency[PoolConnectionProxy],
         who: NamedDependency[Principal],
         hold_id: FromPath[int],
         data: JSONBody[s.CaptureRequest],
@@ -114,7 +115,7 @@ class PointsController(Controller):
     )
     async def void(
         self,
-        tx: NamedDependency[AsyncConnection],
+        tx: NamedDependency[PoolConnectionProxy],
         who: NamedDependency[Principal],
         hold_id: FromPath[int],
         idempotency_key: IdempotencyKey,
@@ -137,7 +138,7 @@ class PointsController(Controller):
     )
     async def clawback(
         self,
-        tx: NamedDependency[AsyncConnection],
+        tx: NamedDependency[PoolConnectionProxy],
         who: NamedDependency[Principal],
         data: JSONBody[s.ClawbackRequest],
         idempotency_key: IdempotencyKey,
@@ -148,7 +149,7 @@ class PointsController(Controller):
     @post("/adjustments", dependencies=POSTING, guards=[allow("operator")], status_code=201)
     async def adjust(
         self,
-        tx: NamedDependency[AsyncConnection],
+        tx: NamedDependency[PoolConnectionProxy],
         who: NamedDependency[Principal],
         data: JSONBody[s.AdjustRequest],
         idempotency_key: IdempotencyKey,
@@ -159,7 +160,7 @@ class PointsController(Controller):
     @post("/transfers", dependencies=POSTING, guards=[allow("ecommerce", "crm", "operator")], status_code=201)
     async def transfer(
         self,
-        tx: NamedDependency[AsyncConnection],
+        tx: NamedDependency[PoolConnectionProxy],
         who: NamedDependency[Principal],
         data: JSONBody[s.TransferRequest],
         idempotency_key: IdempotencyKey,
@@ -248,7 +249,7 @@ class BudgetController(Controller):
     )
     async def create(
         self,
-        tx: NamedDependency[AsyncConnection],
+        tx: NamedDependency[PoolConnectionProxy],
         who: NamedDependency[Principal],
         data: JSONBody[s.BudgetCreate],
         idempotency_key: IdempotencyKey,
@@ -272,7 +273,7 @@ class BudgetController(Controller):
     @post("/{code:str}/top-up", dependencies=POSTING, guards=[allow("operator")], status_code=201)
     async def top_up(
         self,
-        tx: NamedDependency[AsyncConnection],
+        tx: NamedDependency[PoolConnectionProxy],
         who: NamedDependency[Principal],
         code: FromPath[str],
         data: JSONBody[s.BudgetTopUp],
@@ -283,7 +284,7 @@ class BudgetController(Controller):
     @post("/moves", dependencies=POSTING, guards=[allow("operator")], status_code=201)
     async def move(
         self,
-        tx: NamedDependency[AsyncConnection],
+        tx: NamedDependency[PoolConnectionProxy],
         who: NamedDependency[Principal],
         data: JSONBody[s.BudgetMove],
         idempotency_key: IdempotencyKey,
@@ -294,7 +295,7 @@ class BudgetController(Controller):
     @post("/{code:str}/close", dependencies=POSTING, guards=[allow("operator")], status_code=200)
     async def close(
         self,
-        tx: NamedDependency[AsyncConnection],
+        tx: NamedDependency[PoolConnectionProxy],
         who: NamedDependency[Principal],
         code: FromPath[str],
         idempotency_key: IdempotencyKey,

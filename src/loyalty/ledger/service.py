@@ -17,7 +17,7 @@ from loyalty.auth.core import Principal
 from loyalty.errors import InvalidInput, NotFound
 from loyalty.ledger import core, repository
 from loyalty.ledger import schemas as s
-from loyalty.ledger.repository import Posted
+from loyalty.ledger.repository import Posted, PostingConnection
 
 
 def _now() -> datetime:
@@ -30,7 +30,7 @@ def _expires_at(expiry: s.ExpiryIn | None, tz: str, earned_at: datetime) -> date
     return core.ExpiryPolicy(expiry.days, expiry.round_to).expires_at(earned_at, tz)
 
 
-async def earn(conn: AsyncConnection, who: Principal, req: s.EarnRequest, key: str | None) -> Posted:
+async def earn(conn: PostingConnection, who: Principal, req: s.EarnRequest, key: str | None) -> Posted:
     now = _now()
     return await repository.post(
         conn,
@@ -51,7 +51,7 @@ async def earn(conn: AsyncConnection, who: Principal, req: s.EarnRequest, key: s
     )
 
 
-async def spend(conn: AsyncConnection, who: Principal, req: s.SpendRequest, key: str | None) -> Posted:
+async def spend(conn: PostingConnection, who: Principal, req: s.SpendRequest, key: str | None) -> Posted:
     return await repository.post(
         conn,
         "ledger_spend",
@@ -67,7 +67,7 @@ async def spend(conn: AsyncConnection, who: Principal, req: s.SpendRequest, key:
     )
 
 
-async def hold(conn: AsyncConnection, who: Principal, req: s.HoldRequest, key: str | None) -> Posted:
+async def hold(conn: PostingConnection, who: Principal, req: s.HoldRequest, key: str | None) -> Posted:
     return await repository.post(
         conn,
         "ledger_hold",
@@ -83,7 +83,7 @@ async def hold(conn: AsyncConnection, who: Principal, req: s.HoldRequest, key: s
 
 
 async def capture(
-    conn: AsyncConnection, who: Principal, hold_id: int, req: s.CaptureRequest, key: str | None
+    conn: PostingConnection, who: Principal, hold_id: int, req: s.CaptureRequest, key: str | None
 ) -> Posted:
     return await repository.post(
         conn,
@@ -97,7 +97,7 @@ async def capture(
     )
 
 
-async def void(conn: AsyncConnection, who: Principal, hold_id: int, key: str | None) -> Posted:
+async def void(conn: PostingConnection, who: Principal, hold_id: int, key: str | None) -> Posted:
     return await repository.post(
         conn,
         "ledger_void",
@@ -109,7 +109,9 @@ async def void(conn: AsyncConnection, who: Principal, hold_id: int, key: str | N
     )
 
 
-async def clawback(conn: AsyncConnection, who: Principal, req: s.ClawbackRequest, key: str | None) -> Posted:
+async def clawback(
+    conn: PostingConnection, who: Principal, req: s.ClawbackRequest, key: str | None
+) -> Posted:
     return await repository.post(
         conn,
         "ledger_clawback",
@@ -124,7 +126,7 @@ async def clawback(conn: AsyncConnection, who: Principal, req: s.ClawbackRequest
     )
 
 
-async def adjust(conn: AsyncConnection, who: Principal, req: s.AdjustRequest, key: str | None) -> Posted:
+async def adjust(conn: PostingConnection, who: Principal, req: s.AdjustRequest, key: str | None) -> Posted:
     core.check_points("points", req.points, allow_negative=True)
     if req.points < 0 and req.expiry is not None:
         raise InvalidInput("expiry", "only a credit (positive points) can carry an expiry")
@@ -143,7 +145,9 @@ async def adjust(conn: AsyncConnection, who: Principal, req: s.AdjustRequest, ke
     )
 
 
-async def transfer(conn: AsyncConnection, who: Principal, req: s.TransferRequest, key: str | None) -> Posted:
+async def transfer(
+    conn: PostingConnection, who: Principal, req: s.TransferRequest, key: str | None
+) -> Posted:
     if req.from_member_id == req.to_member_id:
         raise InvalidInput("to_member_id", "must differ from from_member_id")
     return await repository.post(
@@ -161,7 +165,7 @@ async def transfer(conn: AsyncConnection, who: Principal, req: s.TransferRequest
 
 
 async def earn_batch(
-    conn: AsyncConnection, who: Principal, req: s.BatchEarnRequest, key: str | None
+    conn: PostingConnection, who: Principal, req: s.BatchEarnRequest, key: str | None
 ) -> Posted:
     now = _now()
     items = req.items
@@ -195,7 +199,7 @@ def _check_period(starts_at: datetime | None, ends_at: datetime | None) -> None:
 
 
 async def create_budget(
-    conn: AsyncConnection, who: Principal, req: s.BudgetCreate, key: str | None
+    conn: PostingConnection, who: Principal, req: s.BudgetCreate, key: str | None
 ) -> Posted:
     _check_period(req.starts_at, req.ends_at)
     if sorted(set(req.alert_thresholds)) != req.alert_thresholds:
@@ -220,7 +224,7 @@ async def create_budget(
 
 
 async def top_up_budget(
-    conn: AsyncConnection, who: Principal, code: str, req: s.BudgetTopUp, key: str | None
+    conn: PostingConnection, who: Principal, code: str, req: s.BudgetTopUp, key: str | None
 ) -> Posted:
     return await repository.post(
         conn,
@@ -235,7 +239,7 @@ async def top_up_budget(
     )
 
 
-async def move_budget(conn: AsyncConnection, who: Principal, req: s.BudgetMove, key: str | None) -> Posted:
+async def move_budget(conn: PostingConnection, who: Principal, req: s.BudgetMove, key: str | None) -> Posted:
     if req.from_budget == req.to_budget:
         raise InvalidInput("to_budget", "must differ from from_budget")
     return await repository.post(
@@ -252,7 +256,7 @@ async def move_budget(conn: AsyncConnection, who: Principal, req: s.BudgetMove, 
     )
 
 
-async def close_budget(conn: AsyncConnection, who: Principal, code: str, key: str | None) -> Posted:
+async def close_budget(conn: PostingConnection, who: Principal, code: str, key: str | None) -> Posted:
     return await repository.post(
         conn,
         "ledger_close_budget",

@@ -732,7 +732,6 @@ BEGIN
       AND b.id IN (SELECT l.budget_id FROM lots l WHERE l.programme_id = p_programme
                    AND l.member_id = v_member AND l.id = ANY (v_lots))
     ORDER BY ab.account_id, ab.shard FOR UPDATE OF ab;
-    PERFORM ledger_expire_member_now(p_programme, v_member, v_account);
     SELECT available INTO v_available FROM account_balances
     WHERE programme_id = p_programme AND account_id = v_account AND shard = 0 FOR UPDATE;
 
@@ -783,8 +782,14 @@ BEGIN
         WHERE lot_id = r.lot_id;
     END LOOP;
 
-    -- What was already spent: out of the member's other points, then debt or write-off.
+    -- What was already spent: out of the member's other points, then debt or write-off. The
+    -- order's own lots were reversed above even if past their expiry; other points that are
+    -- past theirs expire now rather than pay for the refund.
     IF v_shortfall > 0 THEN
+        IF ledger_expire_member_locked(p_programme, v_member, v_account) > 0 THEN
+            SELECT available INTO v_available FROM account_balances
+            WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
+        END IF;
         v_from_other := least(v_shortfall, greatest(v_available - v_avail_taken, 0));
         v_cost := v_cost + ledger_take_lots(p_programme, v_member, v_from_other, v_txn);
         IF v_policy = 'negative' THEN
