@@ -162,3 +162,34 @@ async def test_close_racing_top_ups_and_moves_leaves_nothing_in_the_closed_budge
     x = (await client.get("/v1/budgets/x", headers=programme.headers("operator"))).json()
     assert x["status"] == "closed" and x["remaining"] == 0
     await _clean(engine, programme)
+
+
+async def test_an_expired_pending_lot_does_not_block_a_spend_of_available_points(
+    client, programme: Programme, engine
+) -> None:
+    h = programme.headers
+    await _start(client, programme)
+    await client.post(
+        "/v1/earn", json={"member_id": "a", "budget": "b", "points": 50}, headers=h("ecommerce")
+    )
+    await client.post(
+        "/v1/earn",
+        json={"member_id": "a", "budget": "b", "points": 80, "pending_days": 14, "expiry": {"days": 30}},
+        headers=h("ecommerce"),
+    )
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE lots SET expires_at = now() - interval '1 second' WHERE programme_id = :p AND NOT vested"
+            ),
+            {"p": programme.id},
+        )
+    for path, body in (
+        ("/v1/holds", {"member_id": "a", "points": 20}),
+        ("/v1/spend", {"member_id": "a", "points": 30}),
+    ):
+        r = await client.post(path, json=body, headers=h("ecommerce"))
+        assert r.status_code == 201, r.text
+    balance = (await client.get("/v1/members/a/balance", headers=h("operator"))).json()
+    assert (balance["available"], balance["pending"], balance["held"]) == (0, 0, 20)
+    await _clean(engine, programme)

@@ -476,9 +476,11 @@ BEGIN
             'member_id', p_member, 'available', v_available, 'requested', p_amount));
     END IF;
     -- Now that the member is locked: points past their expiry are not spendable.
+    -- (Expired pending lots lower the pending bucket, so re-read rather than subtract.)
     v_expired := ledger_expire_member_locked(p_programme, v_member, v_account);
     IF v_expired > 0 THEN
-        v_available := v_available - v_expired;
+        SELECT available, pending, held INTO v_available, v_pending, v_held FROM account_balances
+        WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
         IF v_available < 0 THEN
             PERFORM loyalty_fail('insufficient_points', jsonb_build_object(
                 'member_id', p_member, 'available', v_available + p_amount, 'requested', p_amount));
@@ -548,11 +550,14 @@ BEGIN
             'member_id', p_member, 'available', v_available, 'requested', p_amount));
     END IF;
     -- Now that the member is locked: points past their expiry cannot be held.
-    IF v_available - ledger_expire_member_locked(p_programme, v_member, v_account) < 0 THEN
-        SELECT available + p_amount INTO v_available FROM account_balances
+    -- (Expired pending lots lower the pending bucket, so re-read rather than subtract.)
+    IF ledger_expire_member_locked(p_programme, v_member, v_account) > 0 THEN
+        SELECT available INTO v_available FROM account_balances
         WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
-        PERFORM loyalty_fail('insufficient_points', jsonb_build_object(
-            'member_id', p_member, 'available', v_available, 'requested', p_amount));
+        IF v_available < 0 THEN
+            PERFORM loyalty_fail('insufficient_points', jsonb_build_object(
+                'member_id', p_member, 'available', v_available + p_amount, 'requested', p_amount));
+        END IF;
     END IF;
     INSERT INTO transactions (programme_id, kind, member_id, reference, amount, actor)
     VALUES (p_programme, 'hold', v_member, p_reference, 0, p_actor) RETURNING id INTO v_txn;
