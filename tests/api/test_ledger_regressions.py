@@ -193,3 +193,26 @@ async def test_an_expired_pending_lot_does_not_block_a_spend_of_available_points
     balance = (await client.get("/v1/members/a/balance", headers=h("operator"))).json()
     assert (balance["available"], balance["pending"], balance["held"]) == (0, 0, 20)
     await _clean(engine, programme)
+
+
+async def test_under_clamp_a_hold_on_expired_points_is_refused_not_an_error(engine, client) -> None:
+    from tests.support import make_programme
+
+    programme = await make_programme(engine, clawback_policy="clamp")
+    h = programme.headers
+    await _start(client, programme)
+    await client.post(
+        "/v1/earn",
+        json={"member_id": "a", "budget": "b", "points": 1, "expiry": {"days": 30}},
+        headers=h("ecommerce"),
+    )
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE lots SET expires_at = now() - interval '1 second' WHERE programme_id = :p"),
+            {"p": programme.id},
+        )
+    for path in ("/v1/holds", "/v1/spend"):
+        r = await client.post(path, json={"member_id": "a", "points": 1}, headers=h("ecommerce"))
+        assert r.status_code == 422 and r.json()["code"] == "insufficient_points", r.text
+        assert r.json()["available"] == 0
+    await _clean(engine, programme)

@@ -445,6 +445,7 @@ DECLARE
     v_pending bigint;
     v_held bigint;
     v_expired bigint;
+    v_due bigint;
     v_sink bigint;
     v_sink_shards int;
     v_shard int;
@@ -476,15 +477,18 @@ BEGIN
             'member_id', p_member, 'available', v_available, 'requested', p_amount));
     END IF;
     -- Now that the member is locked: points past their expiry are not spendable.
-    -- (Expired pending lots lower the pending bucket, so re-read rather than subtract.)
-    v_expired := ledger_expire_member_locked(p_programme, v_member, v_account);
-    IF v_expired > 0 THEN
+    -- Refused before anything expires if the debit no longer fits (a floor of 0 would refuse
+    -- the expiry itself); expired pending lots lower pending, so the balance is re-read.
+    SELECT coalesce(sum(remaining) FILTER (WHERE vested), 0), count(*) INTO v_expired, v_due
+    FROM lots WHERE programme_id = p_programme AND member_id = v_member AND remaining > 0 AND expires_at <= now();
+    IF v_due > 0 THEN
+        IF v_available - v_expired < 0 THEN
+            PERFORM loyalty_fail('insufficient_points', jsonb_build_object(
+                'member_id', p_member, 'available', v_available + p_amount - v_expired, 'requested', p_amount));
+        END IF;
+        PERFORM ledger_expire_member_locked(p_programme, v_member, v_account);
         SELECT available, pending, held INTO v_available, v_pending, v_held FROM account_balances
         WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
-        IF v_available < 0 THEN
-            PERFORM loyalty_fail('insufficient_points', jsonb_build_object(
-                'member_id', p_member, 'available', v_available + p_amount, 'requested', p_amount));
-        END IF;
     END IF;
     v_txn := nextval('transactions_id_seq');
     v_cost := ledger_take_lots(p_programme, v_member, p_amount, v_txn);
@@ -532,6 +536,8 @@ DECLARE
     v_txn bigint;
     v_hold bigint;
     v_available bigint;
+    v_expired bigint;
+    v_due bigint;
 BEGIN
     body := ledger_claim_key(p_programme, p_key, p_fingerprint);
     IF body IS NOT NULL THEN
@@ -550,14 +556,15 @@ BEGIN
             'member_id', p_member, 'available', v_available, 'requested', p_amount));
     END IF;
     -- Now that the member is locked: points past their expiry cannot be held.
-    -- (Expired pending lots lower the pending bucket, so re-read rather than subtract.)
-    IF ledger_expire_member_locked(p_programme, v_member, v_account) > 0 THEN
-        SELECT available INTO v_available FROM account_balances
-        WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
-        IF v_available < 0 THEN
+    -- As in ledger_spend: refused before anything expires if the hold no longer fits.
+    SELECT coalesce(sum(remaining) FILTER (WHERE vested), 0), count(*) INTO v_expired, v_due
+    FROM lots WHERE programme_id = p_programme AND member_id = v_member AND remaining > 0 AND expires_at <= now();
+    IF v_due > 0 THEN
+        IF v_available - v_expired < 0 THEN
             PERFORM loyalty_fail('insufficient_points', jsonb_build_object(
-                'member_id', p_member, 'available', v_available + p_amount, 'requested', p_amount));
+                'member_id', p_member, 'available', v_available + p_amount - v_expired, 'requested', p_amount));
         END IF;
+        PERFORM ledger_expire_member_locked(p_programme, v_member, v_account);
     END IF;
     INSERT INTO transactions (programme_id, kind, member_id, reference, amount, actor)
     VALUES (p_programme, 'hold', v_member, p_reference, 0, p_actor) RETURNING id INTO v_txn;
