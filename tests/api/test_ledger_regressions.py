@@ -21,6 +21,17 @@ async def _start(client, programme: Programme, cap: int = 10_000) -> None:
     assert r.status_code == 201, r.text
 
 
+async def _past_expiry(engine, programme: Programme, condition: str = "true") -> None:
+    """Time passes: the programme's lots (those matching ``condition``) are past their expiry."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                f"UPDATE lots SET expires_at = now() - interval '1 second' WHERE programme_id = :p AND {condition}"
+            ),
+            {"p": programme.id},
+        )
+
+
 async def _clean(engine, programme: Programme) -> None:
     async with engine.connect() as conn:
         assert await verify(conn, programme.id) == []
@@ -108,14 +119,7 @@ async def test_expired_points_are_never_spent_even_before_the_expiry_job(
     await client.post(
         "/v1/earn", json={"member_id": "a", "budget": "b", "points": 50}, headers=h("ecommerce")
     )
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "UPDATE lots SET expires_at = now() - interval '1 second' "
-                "WHERE programme_id = :p AND expires_at IS NOT NULL"
-            ),
-            {"p": programme.id},
-        )
+    await _past_expiry(engine, programme, "expires_at IS NOT NULL")
     r = await client.post("/v1/spend", json={"member_id": "a", "points": 60}, headers=h("ecommerce"))
     assert r.status_code == 422 and r.json()["available"] == 50, r.text
     r = await client.post("/v1/spend", json={"member_id": "a", "points": 50}, headers=h("ecommerce"))
@@ -177,13 +181,7 @@ async def test_an_expired_pending_lot_does_not_block_a_spend_of_available_points
         json={"member_id": "a", "budget": "b", "points": 80, "pending_days": 14, "expiry": {"days": 30}},
         headers=h("ecommerce"),
     )
-    async with engine.begin() as conn:
-        await conn.execute(
-            text(
-                "UPDATE lots SET expires_at = now() - interval '1 second' WHERE programme_id = :p AND NOT vested"
-            ),
-            {"p": programme.id},
-        )
+    await _past_expiry(engine, programme, "NOT vested")
     for path, body in (
         ("/v1/holds", {"member_id": "a", "points": 20}),
         ("/v1/spend", {"member_id": "a", "points": 30}),
@@ -206,11 +204,7 @@ async def test_under_clamp_a_hold_on_expired_points_is_refused_not_an_error(engi
         json={"member_id": "a", "budget": "b", "points": 1, "expiry": {"days": 30}},
         headers=h("ecommerce"),
     )
-    async with engine.begin() as conn:
-        await conn.execute(
-            text("UPDATE lots SET expires_at = now() - interval '1 second' WHERE programme_id = :p"),
-            {"p": programme.id},
-        )
+    await _past_expiry(engine, programme)
     for path in ("/v1/holds", "/v1/spend"):
         r = await client.post(path, json={"member_id": "a", "points": 1}, headers=h("ecommerce"))
         assert r.status_code == 422 and r.json()["code"] == "insufficient_points", r.text
