@@ -444,8 +444,6 @@ DECLARE
     v_available bigint;
     v_pending bigint;
     v_held bigint;
-    v_expired bigint;
-    v_due bigint;
     v_sink bigint;
     v_sink_shards int;
     v_shard int;
@@ -477,16 +475,8 @@ BEGIN
             'member_id', p_member, 'available', v_available, 'requested', p_amount));
     END IF;
     -- Now that the member is locked: points past their expiry are not spendable.
-    -- Refused before anything expires if the debit no longer fits (a floor of 0 would refuse
-    -- the expiry itself); expired pending lots lower pending, so the balance is re-read.
-    SELECT coalesce(sum(remaining) FILTER (WHERE vested), 0), count(*) INTO v_expired, v_due
-    FROM lots WHERE programme_id = p_programme AND member_id = v_member AND remaining > 0 AND expires_at <= now();
-    IF v_due > 0 THEN
-        IF v_available - v_expired < 0 THEN
-            PERFORM loyalty_fail('insufficient_points', jsonb_build_object(
-                'member_id', p_member, 'available', v_available + p_amount - v_expired, 'requested', p_amount));
-        END IF;
-        PERFORM ledger_expire_member_locked(p_programme, v_member, v_account);
+    -- Expired pending lots lower pending, not available, so the balance is re-read.
+    IF ledger_expire_before_debit(p_programme, v_member, v_account, p_member, p_amount, v_available) THEN
         SELECT available, pending, held INTO v_available, v_pending, v_held FROM account_balances
         WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
     END IF;
@@ -536,8 +526,6 @@ DECLARE
     v_txn bigint;
     v_hold bigint;
     v_available bigint;
-    v_expired bigint;
-    v_due bigint;
 BEGIN
     body := ledger_claim_key(p_programme, p_key, p_fingerprint);
     IF body IS NOT NULL THEN
@@ -556,16 +544,7 @@ BEGIN
             'member_id', p_member, 'available', v_available, 'requested', p_amount));
     END IF;
     -- Now that the member is locked: points past their expiry cannot be held.
-    -- As in ledger_spend: refused before anything expires if the hold no longer fits.
-    SELECT coalesce(sum(remaining) FILTER (WHERE vested), 0), count(*) INTO v_expired, v_due
-    FROM lots WHERE programme_id = p_programme AND member_id = v_member AND remaining > 0 AND expires_at <= now();
-    IF v_due > 0 THEN
-        IF v_available - v_expired < 0 THEN
-            PERFORM loyalty_fail('insufficient_points', jsonb_build_object(
-                'member_id', p_member, 'available', v_available + p_amount - v_expired, 'requested', p_amount));
-        END IF;
-        PERFORM ledger_expire_member_locked(p_programme, v_member, v_account);
-    END IF;
+    PERFORM ledger_expire_before_debit(p_programme, v_member, v_account, p_member, p_amount, v_available);
     INSERT INTO transactions (programme_id, kind, member_id, reference, amount, actor)
     VALUES (p_programme, 'hold', v_member, p_reference, 0, p_actor) RETURNING id INTO v_txn;
     INSERT INTO holds (programme_id, member_id, txn_id, amount, reference, expires_at)
@@ -1095,6 +1074,31 @@ BEGIN
     UPDATE account_balances SET available = available + v_expired
     WHERE programme_id = p_programme AND account_id = v_breakage AND shard = v_shard;
     RETURN v_expired;
+END $$;
+
+-- For a debit that has just locked the member and taken p_amount (leaving p_available):
+-- lots past their expiry go to breakage first. If what stays no longer covers the debit, the
+-- call is refused before anything expires (a floor of 0 would refuse the expiry itself).
+-- True when something expired.
+CREATE OR REPLACE FUNCTION ledger_expire_before_debit(
+    p_programme bigint, p_member bigint, p_account bigint, p_external_id text, p_amount bigint,
+    p_available bigint
+) RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    v_expiring bigint;
+    v_due bigint;
+BEGIN
+    SELECT coalesce(sum(remaining) FILTER (WHERE vested), 0), count(*) INTO v_expiring, v_due
+    FROM lots WHERE programme_id = p_programme AND member_id = p_member AND remaining > 0 AND expires_at <= now();
+    IF v_due = 0 THEN
+        RETURN false;
+    END IF;
+    IF p_available - v_expiring < 0 THEN
+        PERFORM loyalty_fail('insufficient_points', jsonb_build_object(
+            'member_id', p_external_id, 'available', p_available + p_amount - v_expiring, 'requested', p_amount));
+    END IF;
+    PERFORM ledger_expire_member_locked(p_programme, p_member, p_account);
+    RETURN true;
 END $$;
 
 -- The same for callers that have not locked the member yet.
