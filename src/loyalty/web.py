@@ -10,6 +10,7 @@ import asyncpg
 import msgspec
 from litestar import Request, Response
 from litestar.connection import ASGIConnection
+from litestar.exceptions import HTTPException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.params import HeaderParameter
@@ -118,10 +119,14 @@ async def strict_body(request: Request) -> None:
     """Decode the JSON body strictly before Litestar does: a number sent as a string, or a
     boolean as "true", is a 400 naming the field, not silently converted."""
     body_type = _body_type(request)
-    if body_type is None:
-        return
+    if body_type is not None:
+        decode_body(await request.body(), body_type)
+
+
+def decode_body(body: bytes, body_type: Any) -> Any:
+    """Strict msgspec decode of a request body; every failure is a 400 naming the field."""
     try:
-        msgspec.json.decode(await request.body(), type=body_type)
+        return msgspec.json.decode(body, type=body_type)
     except msgspec.ValidationError as exc:
         message = str(exc)
         match = _AT_PATH.search(message)
@@ -133,3 +138,87 @@ async def strict_body(request: Request) -> None:
         raise InvalidBody(path or "body", reason) from None
     except msgspec.DecodeError as exc:
         raise InvalidBody("body", f"not valid JSON: {exc}") from None
+
+
+# One posting: (connection, caller, decoded body or None, idempotency key, path parameters).
+PostingCall = Callable[[PostingConnection, Principal, Any, str, dict[str, Any]], Awaitable[Posted]]
+_MAX_POSTING_BODY = 1024 * 1024
+_IDEMPOTENCY_HEADER = b"idempotency-key"
+
+
+class PostingLane:
+    """The lean path for writes that are one posting-function call (earn, spend, holds).
+
+    Installed as the route handler's own middleware, after routing and authentication: it
+    checks the role, the Idempotency-Key header and the body, makes the call on the posting
+    pool and sends the engine's JSON, without Litestar's per-request dependency injection,
+    signature model and response machinery (about half the API's CPU per earn). The handler
+    behind it stays registered for OpenAPI and is never reached. Its errors are raised, so
+    they go through the one problem map like any route's.
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        roles: tuple[str, ...],
+        body_type: Any,
+        call: PostingCall,
+        status: int = 201,
+    ) -> None:
+        self.app = app
+        self.roles = roles
+        self.body_type = body_type
+        self.call = call
+        self.status = status
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        principal: Principal = scope["user"]
+        if principal.role not in self.roles:
+            raise Forbidden(
+                f"The {principal.role} role may not do this.",
+                code="role_not_allowed",
+                extra={"role": principal.role, "allowed": list(self.roles)},
+            )
+        data = None
+        if self.body_type is not None:
+            data = decode_body(await _read_body(receive), self.body_type)
+        key = _idempotency_key(scope["headers"])
+        pool: asyncpg.Pool = scope["litestar_app"].state.posting_pool
+        async with pool.acquire() as conn:
+            result = await self.call(conn, principal, data, key, scope["path_params"])
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(result.body))]
+        if result.replayed:
+            headers.append((b"idempotent-replayed", b"true"))
+        await send({"type": "http.response.start", "status": self.status, "headers": headers})
+        await send({"type": "http.response.body", "body": result.body})
+
+
+async def _read_body(receive: Any) -> bytes:
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > _MAX_POSTING_BODY:
+            raise HTTPException(status_code=413, detail=f"The body is larger than {_MAX_POSTING_BODY} bytes.")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _idempotency_key(headers: list[tuple[bytes, bytes]]) -> str:
+    for name, value in headers:
+        if name == _IDEMPOTENCY_HEADER:
+            key = value.decode("latin-1")
+            if not 1 <= len(key) <= 200:
+                raise InvalidInput("Idempotency-Key", "must be 1 to 200 characters (idempotency key)")
+            return key
+    raise InvalidInput("Idempotency-Key", "this header is required on every write")
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its body arrived; nothing was written."""

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from asyncpg.pool import PoolConnectionProxy
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency, Provide
+from litestar.middleware.base import DefineMiddleware
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -16,15 +17,51 @@ from loyalty.auth.core import Principal
 from loyalty.ledger import schemas as s
 from loyalty.ledger import service
 from loyalty.programmes import repository as programmes
-from loyalty.web import IdempotencyKey, allow, posted, provide_posting, provide_read, provide_tx
+from loyalty.web import (
+    IdempotencyKey,
+    PostingCall,
+    PostingLane,
+    allow,
+    posted,
+    provide_posting,
+    provide_read,
+    provide_tx,
+)
 
 WRITE = {"tx": Provide(provide_tx)}
 # Routes whose write is a single posting-function call (see web.provide_posting).
 POSTING = {"tx": Provide(provide_posting)}
 READ = {"tx": Provide(provide_read)}
-ECOMMERCE = allow("ecommerce", "operator")
-GRANTS = allow("ecommerce", "marketing", "operator")
+ECOMMERCE_ROLES = ("ecommerce", "operator")
+GRANTS_ROLES = ("ecommerce", "marketing", "operator")
+ECOMMERCE = allow(*ECOMMERCE_ROLES)
+GRANTS = allow(*GRANTS_ROLES)
 STAFF_READ = allow("operator", "ecommerce", "crm", "marketing")
+
+
+def _lane(
+    roles: tuple[str, ...], body_type: Any, call: PostingCall, status: int = 201
+) -> list[DefineMiddleware]:
+    """The route is served by web.PostingLane; its handler below documents it in OpenAPI."""
+    return [DefineMiddleware(PostingLane, roles=roles, body_type=body_type, call=call, status=status)]
+
+
+EARN_LANE = _lane(GRANTS_ROLES, s.EarnRequest, lambda c, who, data, key, _: service.earn(c, who, data, key))
+SPEND_LANE = _lane(
+    ECOMMERCE_ROLES, s.SpendRequest, lambda c, who, data, key, _: service.spend(c, who, data, key)
+)
+HOLD_LANE = _lane(
+    ECOMMERCE_ROLES, s.HoldRequest, lambda c, who, data, key, _: service.hold(c, who, data, key)
+)
+CAPTURE_LANE = _lane(
+    ECOMMERCE_ROLES,
+    s.CaptureRequest,
+    lambda c, who, data, key, path: service.capture(c, who, path["hold_id"], data, key),
+    200,
+)
+VOID_LANE = _lane(
+    ECOMMERCE_ROLES, None, lambda c, who, _, key, path: service.void(c, who, path["hold_id"], key), 200
+)
 
 
 def _spec(model: type, status: int = 201) -> dict[int, ResponseSpec]:
@@ -37,7 +74,14 @@ class PointsController(Controller):
     path = "/v1"
     tags = ["ledger"]
 
-    @post("/earn", dependencies=POSTING, guards=[GRANTS], responses=_spec(s.EarnResult), status_code=201)
+    @post(
+        "/earn",
+        dependencies=POSTING,
+        guards=[GRANTS],
+        middleware=EARN_LANE,
+        responses=_spec(s.EarnResult),
+        status_code=201,
+    )
     async def earn(
         self,
         tx: NamedDependency[PoolConnectionProxy],
@@ -66,7 +110,14 @@ class PointsController(Controller):
         """Many earns at once (imports, campaign grants): all or nothing, or a result per item."""
         return posted(await service.earn_batch(tx, who, data, idempotency_key))
 
-    @post("/spend", dependencies=POSTING, guards=[ECOMMERCE], responses=_spec(s.SpendResult), status_code=201)
+    @post(
+        "/spend",
+        dependencies=POSTING,
+        guards=[ECOMMERCE],
+        middleware=SPEND_LANE,
+        responses=_spec(s.SpendResult),
+        status_code=201,
+    )
     async def spend(
         self,
         tx: NamedDependency[PoolConnectionProxy],
@@ -77,7 +128,14 @@ class PointsController(Controller):
         """Points leave the member's available balance, soonest-expiring first."""
         return posted(await service.spend(tx, who, data, idempotency_key))
 
-    @post("/holds", dependencies=POSTING, guards=[ECOMMERCE], responses=_spec(s.HoldResult), status_code=201)
+    @post(
+        "/holds",
+        dependencies=POSTING,
+        guards=[ECOMMERCE],
+        middleware=HOLD_LANE,
+        responses=_spec(s.HoldResult),
+        status_code=201,
+    )
     async def hold(
         self,
         tx: NamedDependency[PoolConnectionProxy],
@@ -91,6 +149,7 @@ class PointsController(Controller):
     @post(
         "/holds/{hold_id:int}/capture",
         dependencies=POSTING,
+        middleware=CAPTURE_LANE,
         guards=[ECOMMERCE],
         responses=_spec(s.HoldResult, 200),
         status_code=200,
@@ -109,6 +168,7 @@ class PointsController(Controller):
     @post(
         "/holds/{hold_id:int}/void",
         dependencies=POSTING,
+        middleware=VOID_LANE,
         guards=[ECOMMERCE],
         responses=_spec(s.HoldResult, 200),
         status_code=200,
