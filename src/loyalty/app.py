@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import asyncpg
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.middleware.base import DefineMiddleware
@@ -17,7 +16,7 @@ from redis.asyncio import Redis
 import loyalty
 from loyalty import health, problems
 from loyalty.auth.service import Authenticator
-from loyalty.db import create_engine, plain_url
+from loyalty.db import create_engine, create_posting_pool
 from loyalty.ledger.routes import ROUTES as LEDGER_ROUTES
 from loyalty.members.routes import ROUTES as MEMBER_ROUTES
 from loyalty.programmes.routes import ROUTES as PROGRAMME_ROUTES
@@ -39,11 +38,8 @@ def create_app(settings: Settings) -> Litestar:
         app.state.engine = engine
         # Postings are single statements: they go through a plain asyncpg pool, without
         # SQLAlchemy's connection and transaction machinery on the hottest path.
-        app.state.posting_pool = await asyncpg.create_pool(
-            plain_url(settings.database_url or ""),
-            min_size=1,
-            max_size=settings.db_pool_size,
-            server_settings={"application_name": "loyalty"},
+        app.state.posting_pool = await create_posting_pool(
+            settings.database_url or "", size=settings.db_pool_size
         )
         app.state.redis = redis
         app.state.authenticator = Authenticator(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
@@ -50,3 +51,23 @@ def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 0, echo:
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+async def _reset_posting_connection(conn: asyncpg.Connection) -> None:
+    # asyncpg's default reset sends four statements (unlock advisory locks, CLOSE ALL, UNLISTEN,
+    # RESET ALL) on every release: a second round trip per posting. Posting calls change no
+    # session state (their locks are transaction-scoped), so only an open transaction, left by
+    # a cancelled call, needs undoing.
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
+async def create_posting_pool(url: str, *, size: int) -> asyncpg.Pool:
+    """A plain asyncpg pool for single-statement postings, each call its own transaction."""
+    return await asyncpg.create_pool(
+        plain_url(url),
+        min_size=1,
+        max_size=size,
+        reset=_reset_posting_connection,
+        server_settings={"application_name": "loyalty"},
+    )
