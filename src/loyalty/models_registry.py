@@ -1,7 +1,9 @@
 """Imports every models module so that ``loyalty.db.metadata`` knows every table (Alembic, tests)."""
 
 from loyalty import db  # noqa: F401
+from loyalty.activity import models as activity_models  # noqa: F401
 from loyalty.events import models as event_models  # noqa: F401
 from loyalty.ledger import models as ledger_models  # noqa: F401
 from loyalty.members import models as member_models  # noqa: F401
 from loyalty.programmes import models as programme_models  # noqa: F401
+from loyalty.tiers import models as tier_models  # noqa: F401
