@@ -3,6 +3,7 @@
 python -m bench                       # the full run (~20 s per measurement)
 python -m bench --quick               # a smoke run (~5 s per measurement)
 python -m bench --workloads earn-spread,earn-hot --clients 16 --duration 10
+python -m bench --workloads events,tier-reeval --baselines '' --clients 16 --duration 10
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from pathlib import Path
 import asyncpg
 import psutil
 
-from bench import pgbench, report, stack, workloads
+from bench import pgbench, report, stack, tiers, workloads
 from bench.cpu import CpuProbe
 from bench.httpload import connect, drive
 from bench.report import BaselineRow, HttpRow, Report
-from bench.workloads import HTTP_WORKLOADS, Target
+from bench.workloads import HTTP_WORKLOADS, TIER_REEVAL, Target
 
 API_FACTORY = "loyalty.app:app_from_env"
 MINIMAL_FACTORY = "bench.minimal_app:app_from_env"
@@ -45,8 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workloads",
-        default=",".join(HTTP_WORKLOADS),
-        help=f"HTTP workloads, comma-separated ({','.join(HTTP_WORKLOADS)})",
+        default=",".join((*HTTP_WORKLOADS, TIER_REEVAL)),
+        help=f"workloads, comma-separated ({','.join((*HTTP_WORKLOADS, TIER_REEVAL))})",
+    )
+    parser.add_argument(
+        "--reeval-members",
+        type=int,
+        default=tiers.REEVAL_MEMBERS,
+        help="members of the tier-reeval programme (1,000,000; --quick: 100,000, the 1M time projected)",
     )
     parser.add_argument(
         "--baselines",
@@ -74,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.quick:
         args.duration, args.warmup = 5.0, 1.0
+        args.reeval_members = min(args.reeval_members, 100_000)
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
@@ -93,7 +101,8 @@ async def run(args: argparse.Namespace) -> None:
     batch_clients = [int(n) for n in _split(args.batch_clients)]
     names = _split(args.workloads)
     batch = [name for name in names if name == "batch-earn"]
-    names = [name for name in names if name != "batch-earn"]
+    reeval = TIER_REEVAL in names
+    names = [name for name in names if name not in ("batch-earn", TIER_REEVAL)]
     for name in names:
         workloads.build(name, Target("127.0.0.1", 0, ""))  # fail fast on a typo
     scripts = _split(args.baselines)
@@ -116,7 +125,8 @@ async def run(args: argparse.Namespace) -> None:
                 "warmup_s": args.warmup,
                 "clients": clients,
                 "batch_clients": batch_clients,
-                "workloads": names + batch,
+                "workloads": names + batch + ([TIER_REEVAL] if reeval else []),
+                "reeval_members": args.reeval_members if reeval else 0,
                 "baselines": scripts,
                 "api_workers": API_WORKERS,
                 "db_pool_size_per_worker": args.pool_size or "= clients",
@@ -126,7 +136,8 @@ async def run(args: argparse.Namespace) -> None:
         )
         probe = CpuProbe(api_pid=None, postmaster_pid=postmaster)
         await _baselines(result, url, scripts, clients, args.duration, seeded.programme_id, probe)
-        for n in clients:
+        prepared = False
+        for n in clients if names else []:
             # A fresh server per client count, its pool sized for it (see --pool-size).
             env = stack.api_env(settings, url, args.pool_size or n)
             if not args.no_minimal:
@@ -135,12 +146,25 @@ async def run(args: argparse.Namespace) -> None:
                     await _http(result, server, "", ["minimal-select"], n, args, url, postmaster)
             with stack.Granian(API_FACTORY, env, workers=API_WORKERS) as server:
                 server.start("/health/ready")
+                if "events" in names and not prepared:
+                    await tiers.prepare_events_async(
+                        Target(server.host, server.port, seeded.keys["operator"])
+                    )
+                    prepared = True
                 await _http(result, server, seeded.keys["ecommerce"], names, n, args, url, postmaster)
         for n in batch_clients if batch else []:
             env = stack.api_env(settings, url, args.pool_size or max(n, 2))
             with stack.Granian(API_FACTORY, env, workers=API_WORKERS) as server:
                 server.start("/health/ready")
                 await _http(result, server, seeded.keys["ecommerce"], batch, n, args, url, postmaster)
+        if reeval:
+            _say(f"tier-reeval: seeding {args.reeval_members} members, then a full re-evaluation ...")
+            await _checkpoint(url)
+            measured = await tiers.run_reeval(url, args.reeval_members)
+            result.tier_reeval = {**asdict(measured), "members_per_s": measured.members_per_s}
+            _say(
+                f"  {measured.members} members in {measured.seconds:.1f} s: {measured.members_per_s:.0f} members/s"
+            )
         result.consistency = await _consistency(url, seeded.programme_id)
         result.finished_at = _now()
     report.evaluate(result, clients)

@@ -147,6 +147,28 @@ def batch_earn(target: Target) -> Workload:
     return Workload("batch-earn", operation, units_per_op=BATCH_ITEMS, unit="points-transfers")
 
 
+def events(target: Target) -> Workload:
+    """order_completed events, each with a fresh event_id: facts, earning rules and the tier check
+    run in the request (see bench/tiers.py for the rules and the ladder)."""
+    factory = RequestFactory(target, "/v1/events")
+    prefix = secrets.token_hex(4)
+    counter = itertools.count()
+    randint = random.randint
+
+    async def operation(conn: HttpConnection, recorder: Recorder) -> None:
+        n = next(counter)
+        body = (
+            f'{{"event_id":"e-{prefix}-{n}","member_id":"m{randint(1, MEMBERS)}","type":"order_completed",'
+            f'"order_ref":"o-{prefix}-{n}","amount":{randint(1_000, 60_000)},"currency":"CNY"}}'
+        )
+        started = time.perf_counter_ns()
+        status, _ = await timed(conn, recorder, "event", factory.build(body.encode()))
+        if 200 <= status < 300:
+            recorder.op_done(started, time.perf_counter_ns())
+
+    return Workload("events", operation)
+
+
 def minimal_select(target: Target) -> Workload:
     """The reference app: GET one row by primary key."""
     head = encode_request("GET", "/accounts/{}", {"Host": f"{target.host}:{target.port}"})
@@ -171,10 +193,13 @@ def build(name: str, target: Target) -> Workload:
         "hold+capture": lambda: hold_capture(target),
         "batch-earn": lambda: batch_earn(target),
         "minimal-select": lambda: minimal_select(target),
+        "events": lambda: events(target),
     }
     if name not in factories:
         raise ValueError(f"unknown workload {name!r}; choose from {', '.join(factories)}")
     return factories[name]()
 
 
-HTTP_WORKLOADS = ("earn-spread", "earn-hot", "spend", "hold+capture", "batch-earn")
+HTTP_WORKLOADS = ("earn-spread", "earn-hot", "spend", "hold+capture", "batch-earn", "events")
+# Not HTTP: a full tier re-evaluation of a million members, timed in-process (bench/tiers.py).
+TIER_REEVAL = "tier-reeval"

@@ -15,13 +15,17 @@ from redis.asyncio import Redis
 
 import loyalty
 from loyalty import health, problems
+from loyalty.activity.routes import ROUTES as ACTIVITY_ROUTES
 from loyalty.auth.service import Authenticator
 from loyalty.db import create_engine, create_posting_pool
 from loyalty.ledger.routes import ROUTES as LEDGER_ROUTES
 from loyalty.members.routes import ROUTES as MEMBER_ROUTES
 from loyalty.programmes.routes import ROUTES as PROGRAMME_ROUTES
+from loyalty.segments.routes import ROUTES as SEGMENT_ROUTES
 from loyalty.settings import Settings, ensure_secret_key
+from loyalty.tiers.routes import ROUTES as TIER_ROUTES
 from loyalty.web import PUBLIC_PATHS, AuthMiddleware, provide_principal, strict_body
+from loyalty.webhooks.routes import ROUTES as WEBHOOK_ROUTES
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -69,7 +73,17 @@ def create_app(settings: Settings) -> Litestar:
     )
     auth = DefineMiddleware(AuthMiddleware, exclude=["^/schema", *(f"^{p}$" for p in PUBLIC_PATHS)])
     return Litestar(
-        route_handlers=[health.live, health.ready, *PROGRAMME_ROUTES, *MEMBER_ROUTES, *LEDGER_ROUTES],
+        route_handlers=[
+            health.live,
+            health.ready,
+            *PROGRAMME_ROUTES,
+            *MEMBER_ROUTES,
+            *LEDGER_ROUTES,
+            *ACTIVITY_ROUTES,
+            *SEGMENT_ROUTES,
+            *TIER_ROUTES,
+            *WEBHOOK_ROUTES,
+        ],
         lifespan=[lifespan],
         middleware=[auth],
         dependencies={"who": Provide(provide_principal)},

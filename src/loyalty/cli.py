@@ -80,6 +80,16 @@ def _parser() -> argparse.ArgumentParser:
     verify = ledger.add_parser("verify", help="check balances against the entry trail")
     verify.add_argument("--programme", default=None, help="programme code (default: all)")
     verify.set_defaults(handler=cmd_ledger_verify)
+
+    tiers = commands.add_parser("tiers", help="tier engine").add_subparsers(
+        dest="tiers_command", required=True
+    )
+    reassess = tiers.add_parser(
+        "reassess", help="re-assess every member of a programme against the ladder in force (set-based)"
+    )
+    reassess.add_argument("--programme", required=True, help="programme code")
+    reassess.add_argument("--batch", type=int, default=None, help="members per transaction (default 5000)")
+    reassess.set_defaults(handler=cmd_tiers_reassess)
     return parser
 
 
@@ -209,6 +219,38 @@ def cmd_ledger_verify(args: argparse.Namespace, settings: Settings) -> int:
 
     with resolved(settings) as full:
         return int(_run(run_cli(full, args.programme)))
+
+
+def cmd_tiers_reassess(args: argparse.Namespace, settings: Settings) -> int:
+    from sqlalchemy import select
+
+    from loyalty.db import create_engine
+    from loyalty.programmes.models import Programme
+    from loyalty.tiers import tasks
+
+    async def run(full: Settings) -> int:
+        engine = create_engine(_database_url(full), pool_size=tasks.REASSESS_CONCURRENCY + 1)
+        try:
+            async with engine.connect() as conn:
+                programme_id = await conn.scalar(
+                    select(Programme.__table__.c.id).where(Programme.__table__.c.code == args.programme)
+                )
+            if programme_id is None:
+                print(f"error: no programme {args.programme!r}", file=sys.stderr)
+                return 1
+            result = await tasks.reassess_programme(
+                engine, programme_id=programme_id, batch=args.batch or tasks.REASSESS_BATCH
+            )
+        finally:
+            await engine.dispose()
+        print(
+            f"re-assessed {result.members} members ({result.changed} rows written) in {result.seconds:.1f} s: "
+            f"{result.members_per_s:.0f} members/s"
+        )
+        return 0
+
+    with resolved(settings) as full:
+        return int(asyncio.run(run(full)))
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:

@@ -9,11 +9,15 @@ from arq import cron
 from arq.connections import RedisSettings
 from arq.worker import run_worker as arq_run_worker
 
+from loyalty.activity import tasks as activity_tasks
 from loyalty.db import create_engine
 from loyalty.ledger import tasks as ledger_tasks
 from loyalty.settings import Settings
+from loyalty.tiers import tasks as tier_tasks
+from loyalty.webhooks import tasks as webhook_tasks
 
 EVERY_10_SECONDS = set(range(0, 60, 10))
+EVERY_5_SECONDS = set(range(0, 60, 5))
 
 
 def build_worker_settings(settings: Settings) -> dict[str, Any]:
@@ -31,6 +35,11 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
             ledger_tasks.expire_points,
             ledger_tasks.budget_alerts,
             ledger_tasks.purge_idempotency_keys,
+            activity_tasks.refresh_member_facts,
+            tier_tasks.assess_due_tiers,
+            tier_tasks.reassess_tiers,
+            webhook_tasks.deliver_webhooks,
+            webhook_tasks.notify_expiring_soon,
         ],
         "cron_jobs": [
             cron(ledger_tasks.expire_holds, second=EVERY_10_SECONDS, unique=True, run_at_startup=True),
@@ -38,6 +47,17 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
             cron(ledger_tasks.expire_points, second={15, 45}, unique=True, run_at_startup=True),
             cron(ledger_tasks.budget_alerts, second={25, 55}, unique=True, run_at_startup=True),
             cron(ledger_tasks.purge_idempotency_keys, hour={3}, minute={17}, second={0}, unique=True),
+            cron(activity_tasks.refresh_member_facts, hour={2}, minute={7}, second={0}, unique=True),
+            cron(
+                tier_tasks.assess_due_tiers,
+                minute=set(range(3, 60, 5)),
+                second={0},
+                unique=True,
+                run_at_startup=True,
+            ),
+            # Deliveries are rows in PostgreSQL: with Redis or the worker down they wait, then catch up.
+            cron(webhook_tasks.deliver_webhooks, second=EVERY_5_SECONDS, unique=True, run_at_startup=True),
+            cron(webhook_tasks.notify_expiring_soon, hour={6}, minute={11}, second={0}, unique=True),
         ],
         "on_startup": startup,
         "on_shutdown": shutdown,

@@ -1,0 +1,640 @@
+"""All SQL of member activity and earning rules."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+import msgspec
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+_DEFAULT_SETTINGS: dict[str, Any] = {
+    "window_kind": "rolling_months",
+    "window_months": 12,
+    "rfm": {},
+    "lifecycle": {},
+    "custom_event_types": [],
+}
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else msgspec.json.encode(value).decode()
+
+
+# Settings ----------------------------------------------------------------------------------
+
+
+async def settings(conn: AsyncConnection, programme_id: int) -> dict[str, Any]:
+    row = (
+        await conn.execute(
+            text(
+                "SELECT window_kind, window_months, rfm, lifecycle, custom_event_types "
+                "FROM activity_settings WHERE programme_id = :p"
+            ),
+            {"p": programme_id},
+        )
+    ).first()
+    return dict(row._mapping) if row else dict(_DEFAULT_SETTINGS)
+
+
+async def put_settings(conn: AsyncConnection, programme_id: int, values: dict[str, Any]) -> None:
+    await conn.execute(
+        text(
+            """
+            INSERT INTO activity_settings (programme_id, window_kind, window_months, rfm, lifecycle,
+                                           custom_event_types, updated_at)
+            VALUES (:p, :wk, :wm, CAST(:rfm AS jsonb), CAST(:lc AS jsonb), :custom, now())
+            ON CONFLICT (programme_id) DO UPDATE SET
+                window_kind = excluded.window_kind, window_months = excluded.window_months,
+                rfm = excluded.rfm, lifecycle = excluded.lifecycle,
+                custom_event_types = excluded.custom_event_types, updated_at = now()
+            """
+        ),
+        {
+            "p": programme_id,
+            "wk": values["window_kind"],
+            "wm": values["window_months"],
+            "rfm": _json(values["rfm"]),
+            "lc": _json(values["lifecycle"]),
+            "custom": values["custom_event_types"],
+        },
+    )
+
+
+async def programme_timezone(conn: AsyncConnection, programme_id: int) -> str:
+    return str(
+        (
+            await conn.execute(text("SELECT timezone FROM programmes WHERE id = :p"), {"p": programme_id})
+        ).scalar_one()
+    )
+
+
+# Members and events ------------------------------------------------------------------------
+
+
+async def member(conn: AsyncConnection, programme_id: int, external_id: str) -> tuple[int, str] | None:
+    row = (
+        await conn.execute(
+            text("SELECT id, status FROM members WHERE programme_id = :p AND external_id = :e"),
+            {"p": programme_id, "e": external_id},
+        )
+    ).first()
+    return (row[0], row[1]) if row else None
+
+
+async def insert_event(
+    conn: AsyncConnection, programme_id: int, member_id: int, event: dict[str, Any], payload: dict[str, Any]
+) -> int | None:
+    """The event row, or None when its event id is already taken (then nothing is written).
+
+    A concurrent insert of the same id waits on the unique index for the other transaction and
+    then finds the id taken: exactly one request has an effect."""
+    return (
+        await conn.execute(
+            text(
+                """
+                INSERT INTO member_events (programme_id, member_id, event_id, type, occurred_at, order_ref,
+                                           amount, currency, channel, payload)
+                VALUES (:p, :m, :event_id, :type, :occurred_at, :order_ref, :amount, :currency, :channel,
+                        CAST(:payload AS jsonb))
+                ON CONFLICT (programme_id, event_id) DO NOTHING
+                RETURNING id
+                """
+            ),
+            {"p": programme_id, "m": member_id, **event, "payload": _json(payload)},
+        )
+    ).scalar()
+
+
+async def stored_event(conn: AsyncConnection, programme_id: int, event_id: str) -> dict[str, Any] | None:
+    row = (
+        await conn.execute(
+            text("SELECT payload, response FROM member_events WHERE programme_id = :p AND event_id = :e"),
+            {"p": programme_id, "e": event_id},
+        )
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+async def finish_event(
+    conn: AsyncConnection,
+    programme_id: int,
+    member_id: int,
+    row_id: int,
+    amount: int | None,
+    points: int,
+    outcome: dict[str, Any],
+    response: Any,
+) -> None:
+    await conn.execute(
+        text(
+            "UPDATE member_events SET amount = :a, points = :pts, outcome = CAST(:o AS jsonb), "
+            "response = CAST(:r AS jsonb) WHERE programme_id = :p AND member_id = :m AND id = :id"
+        ),
+        {
+            "a": amount,
+            "p": programme_id,
+            "m": member_id,
+            "id": row_id,
+            "pts": points,
+            "o": _json(outcome),
+            "r": _json(response),
+        },
+    )
+
+
+async def order_history(
+    conn: AsyncConnection, programme_id: int, member_id: int, order_ref: str
+) -> dict[str, int]:
+    """What an order earned and what its earlier refunds took: the basis of a proportional clawback."""
+    row = (
+        await conn.execute(
+            text(
+                """
+                SELECT count(*) FILTER (WHERE type = 'order_completed') AS orders,
+                       coalesce(sum(amount) FILTER (WHERE type = 'order_completed'), 0) AS order_amount,
+                       coalesce(sum(points) FILTER (WHERE type = 'order_completed'), 0) AS earned,
+                       coalesce(sum((outcome->>'qualifying')::bigint) FILTER (WHERE type = 'order_completed'), 0)
+                           AS qualifying,
+                       coalesce(-sum(amount) FILTER (WHERE type = 'order_refunded'), 0) AS refunded,
+                       coalesce(-sum(points) FILTER (WHERE type = 'order_refunded'), 0) AS clawed
+                FROM member_events
+                WHERE programme_id = :p AND order_ref = :o AND member_id = :m AND response IS NOT NULL
+                """
+            ),
+            {"p": programme_id, "m": member_id, "o": order_ref},
+        )
+    ).one()
+    return dict(row._mapping)
+
+
+async def events_page(
+    conn: AsyncConnection, programme_id: int, member_id: int, before_id: int | None, limit: int
+) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        text(
+            """
+            SELECT id, event_id, type, occurred_at, received_at, order_ref, amount, currency, channel, points
+            FROM member_events
+            WHERE programme_id = :p AND member_id = :m AND (CAST(:before AS bigint) IS NULL OR id < :before)
+            ORDER BY id DESC LIMIT :n
+            """
+        ),
+        {"p": programme_id, "m": member_id, "before": before_id, "n": limit},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+# Facts -------------------------------------------------------------------------------------
+
+
+async def lock_facts(conn: AsyncConnection, programme_id: int, member_id: int) -> None:
+    """Takes the member's facts row (creating it): one event of a member at a time computes
+    its facts, so that each sees the activity the previous one committed."""
+    await conn.execute(
+        text("INSERT INTO member_facts (programme_id, member_id) VALUES (:p, :m) ON CONFLICT DO NOTHING"),
+        {"p": programme_id, "m": member_id},
+    )
+    await conn.execute(
+        text("SELECT 1 FROM member_facts WHERE programme_id = :p AND member_id = :m FOR UPDATE"),
+        {"p": programme_id, "m": member_id},
+    )
+
+
+async def add_activity(
+    conn: AsyncConnection,
+    programme_id: int,
+    member_id: int,
+    day: date,
+    *,
+    orders: int = 0,
+    spend: int = 0,
+    qualifying_points: int = 0,
+) -> None:
+    await conn.execute(
+        text(
+            """
+            INSERT INTO member_activity_days (programme_id, member_id, day, orders, spend, qualifying_points)
+            VALUES (:p, :m, :d, :o, :s, :q)
+            ON CONFLICT (programme_id, member_id, day) DO UPDATE SET
+                orders = member_activity_days.orders + excluded.orders,
+                spend = member_activity_days.spend + excluded.spend,
+                qualifying_points = member_activity_days.qualifying_points + excluded.qualifying_points
+            """
+        ),
+        {"p": programme_id, "m": member_id, "d": day, "o": orders, "s": spend, "q": qualifying_points},
+    )
+
+
+async def note_order(conn: AsyncConnection, programme_id: int, member_id: int, occurred_at: datetime) -> None:
+    """First and last order times (the facts row is created here if the member had none)."""
+    await conn.execute(
+        text(
+            """
+            INSERT INTO member_facts (programme_id, member_id, first_order_at, last_order_at)
+            VALUES (:p, :m, :t, :t)
+            ON CONFLICT (programme_id, member_id) DO UPDATE SET
+                first_order_at = least(member_facts.first_order_at, excluded.first_order_at),
+                last_order_at = greatest(member_facts.last_order_at, excluded.last_order_at)
+            """
+        ),
+        {"p": programme_id, "m": member_id, "t": occurred_at},
+    )
+
+
+async def add_points(
+    conn: AsyncConnection, programme_id: int, member_id: int, *, lifetime: int, qualifying: int
+) -> None:
+    await conn.execute(
+        text(
+            """
+            INSERT INTO member_facts (programme_id, member_id, lifetime_points, qualifying_points)
+            VALUES (:p, :m, greatest(:l, 0), greatest(:q, 0))
+            ON CONFLICT (programme_id, member_id) DO UPDATE SET
+                lifetime_points = member_facts.lifetime_points + :l,
+                qualifying_points = member_facts.qualifying_points + :q, updated_at = now()
+            """
+        ),
+        {"p": programme_id, "m": member_id, "l": lifetime, "q": qualifying},
+    )
+
+
+# One statement recomputes the facts of one member or of a whole programme: window sums from
+# member_activity_days, then RFM and lifecycle from the programme's settings (the same
+# definitions as activity.core). With :rebuild, first/last order and lifetime points are
+# recomputed from the events and the ledger too (imports); otherwise they are kept, since they
+# are maintained as events arrive and do not change as time passes.
+_REFRESH_SQL = """
+    WITH s AS (
+        SELECT p.id, p.timezone AS tz, coalesce(a.window_kind, 'rolling_months') AS window_kind,
+               coalesce(a.window_months, 12) AS window_months, coalesce(a.rfm, '{}') AS rfm,
+               coalesce(a.lifecycle, '{}') AS lc
+        FROM programmes p LEFT JOIN activity_settings a ON a.programme_id = p.id
+        WHERE p.id = :p
+    ), m AS (
+        SELECT m.id AS member_id, m.enrolled_at,
+               CASE s.window_kind
+                   WHEN 'rolling_months' THEN CAST(:now AS timestamptz) - make_interval(months => s.window_months)
+                   WHEN 'calendar_year' THEN date_trunc('year', CAST(:now AS timestamptz) AT TIME ZONE s.tz)
+                                             AT TIME ZONE s.tz
+                   ELSE m.enrolled_at + make_interval(
+                       years => CAST(extract(year FROM age(CAST(:now AS timestamptz), m.enrolled_at)) AS int))
+               END AS window_start
+        FROM members m CROSS JOIN s
+        WHERE m.programme_id = :p {member_filter}
+    ), d AS (
+        SELECT m.member_id,
+               sum(d.orders) AS lifetime_orders, sum(d.spend) AS lifetime_spend,
+               coalesce(sum(d.orders) FILTER (WHERE d.day >= CAST(m.window_start AT TIME ZONE s.tz AS date)), 0)
+                   AS orders,
+               coalesce(sum(d.spend) FILTER (WHERE d.day >= CAST(m.window_start AT TIME ZONE s.tz AS date)), 0)
+                   AS spend,
+               coalesce(sum(d.qualifying_points)
+                        FILTER (WHERE d.day >= CAST(m.window_start AT TIME ZONE s.tz AS date)), 0) AS qualifying
+        FROM m CROSS JOIN s
+        JOIN member_activity_days d ON d.programme_id = :p AND d.member_id = m.member_id
+        GROUP BY m.member_id
+    ), o AS (
+        SELECT e.member_id, min(e.occurred_at) AS first_at, max(e.occurred_at) AS last_at
+        FROM member_events e JOIN m ON m.member_id = e.member_id
+        WHERE CAST(:rebuild AS boolean) AND e.programme_id = :p AND e.type = 'order_completed'
+        GROUP BY e.member_id
+    ), t AS (
+        SELECT t.member_id, sum(t.amount) AS points
+        FROM transactions t JOIN m ON m.member_id = t.member_id
+        WHERE CAST(:rebuild AS boolean) AND t.programme_id = :p AND t.kind = 'earn'
+        GROUP BY t.member_id
+    ), f AS (
+        SELECT m.member_id, m.enrolled_at, m.window_start,
+               coalesce(d.orders, 0) AS orders, coalesce(d.spend, 0) AS spend,
+               coalesce(d.qualifying, 0) AS qualifying,
+               coalesce(d.lifetime_orders, 0) AS lifetime_orders, coalesce(d.lifetime_spend, 0) AS lifetime_spend,
+               CASE WHEN :rebuild THEN o.first_at ELSE old.first_order_at END AS first_order_at,
+               CASE WHEN :rebuild THEN o.last_at ELSE old.last_order_at END AS last_order_at,
+               CASE WHEN :rebuild THEN coalesce(t.points, 0) ELSE coalesce(old.lifetime_points, 0) END
+                   AS lifetime_points
+        FROM m
+        LEFT JOIN d ON d.member_id = m.member_id
+        LEFT JOIN o ON o.member_id = m.member_id
+        LEFT JOIN t ON t.member_id = m.member_id
+        LEFT JOIN member_facts old ON old.programme_id = :p AND old.member_id = m.member_id
+    ), g AS (
+        SELECT f.*,
+               CAST(floor(extract(epoch FROM CAST(:now AS timestamptz) - f.last_order_at) / 86400) AS int)
+                   AS recency_days,
+               CAST(floor(extract(epoch FROM CAST(:now AS timestamptz) - f.enrolled_at) / 86400) AS int)
+                   AS enrolment_days
+        FROM f
+    )
+    INSERT INTO member_facts AS mf (
+        programme_id, member_id, qualifying_points, spend, orders, lifetime_points, lifetime_spend,
+        lifetime_orders, first_order_at, last_order_at, recency_score, frequency_score, monetary_score,
+        lifecycle, window_start, updated_at)
+    SELECT :p, g.member_id, g.qualifying, g.spend, g.orders, g.lifetime_points, g.lifetime_spend,
+           g.lifetime_orders, g.first_order_at, g.last_order_at,
+           CASE WHEN s.rfm ? 'recency_days' THEN
+               CASE WHEN g.recency_days IS NULL THEN 1
+                    ELSE 5 - (SELECT count(*) FROM jsonb_array_elements(s.rfm->'recency_days') c
+                              WHERE g.recency_days > CAST(c AS bigint)) END END,
+           CASE WHEN s.rfm ? 'frequency' THEN
+               1 + (SELECT count(*) FROM jsonb_array_elements(s.rfm->'frequency') c
+                    WHERE g.orders >= CAST(c AS bigint)) END,
+           CASE WHEN s.rfm ? 'monetary' THEN
+               1 + (SELECT count(*) FROM jsonb_array_elements(s.rfm->'monetary') c
+                    WHERE g.spend >= CAST(c AS bigint)) END,
+           CASE WHEN g.enrolment_days < coalesce(CAST(s.lc->>'new_days' AS int), 30) THEN 'new'
+                WHEN coalesce(g.recency_days, g.enrolment_days) < coalesce(CAST(s.lc->>'active_days' AS int), 90)
+                    THEN 'active'
+                WHEN coalesce(g.recency_days, g.enrolment_days) < coalesce(CAST(s.lc->>'silent_days' AS int), 180)
+                    THEN 'silent'
+                ELSE 'churned' END,
+           g.window_start, now()
+    FROM g CROSS JOIN s
+    ON CONFLICT (programme_id, member_id) DO UPDATE SET
+        qualifying_points = excluded.qualifying_points, spend = excluded.spend, orders = excluded.orders,
+        lifetime_spend = excluded.lifetime_spend, lifetime_orders = excluded.lifetime_orders,
+        -- Kept from the row as it is now (not as this statement's snapshot saw it) unless
+        -- rebuilding: an event that committed while this statement waited for the row's lock
+        -- must not lose its increment.
+        lifetime_points = CASE WHEN :rebuild THEN excluded.lifetime_points ELSE mf.lifetime_points END,
+        first_order_at = CASE WHEN :rebuild THEN excluded.first_order_at ELSE mf.first_order_at END,
+        last_order_at = CASE WHEN :rebuild THEN excluded.last_order_at ELSE mf.last_order_at END,
+        recency_score = excluded.recency_score,
+        frequency_score = excluded.frequency_score, monetary_score = excluded.monetary_score,
+        lifecycle = excluded.lifecycle, window_start = excluded.window_start, updated_at = now()
+    """
+# Two statements rather than one "(:m IS NULL OR m.id = :m)": one member's refresh, after every
+# event, must keep its plan on the primary key instead of a generic plan over the programme.
+_REFRESH_ALL = text(_REFRESH_SQL.replace("{member_filter}", ""))
+_REFRESH_ONE = text(_REFRESH_SQL.replace("{member_filter}", "AND m.id = :m"))
+
+
+async def refresh_facts(
+    conn: AsyncConnection,
+    programme_id: int,
+    *,
+    now: datetime,
+    member_id: int | None = None,
+    rebuild: bool = False,
+) -> int:
+    """Recompute window figures, RFM and lifecycle; returns how many members were refreshed."""
+    params: dict[str, Any] = {"p": programme_id, "now": now, "rebuild": rebuild}
+    if member_id is None:
+        result = await conn.execute(_REFRESH_ALL, params)
+    else:
+        result = await conn.execute(_REFRESH_ONE, {**params, "m": member_id})
+    return int(result.rowcount or 0)
+
+
+async def programmes_with_members(conn: AsyncConnection) -> list[int]:
+    rows = await conn.execute(text("SELECT DISTINCT programme_id FROM members ORDER BY programme_id"))
+    return [r[0] for r in rows]
+
+
+async def facts_row(conn: AsyncConnection, programme_id: int, member_id: int) -> dict[str, Any] | None:
+    row = (
+        await conn.execute(
+            text(
+                "SELECT window_start, first_order_at, last_order_at, updated_at FROM member_facts "
+                "WHERE programme_id = :p AND member_id = :m"
+            ),
+            {"p": programme_id, "m": member_id},
+        )
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+async def update_tags(
+    conn: AsyncConnection, programme_id: int, member_id: int, add: list[str], remove: list[str]
+) -> list[str]:
+    return list(
+        (
+            await conn.execute(
+                text(
+                    """
+                    INSERT INTO member_facts (programme_id, member_id, tags)
+                    VALUES (:p, :m, ARRAY(SELECT DISTINCT x FROM unnest(CAST(:add AS text[])) x
+                                          WHERE x <> ALL (CAST(:rm AS text[])) ORDER BY x))
+                    ON CONFLICT (programme_id, member_id) DO UPDATE SET
+                        tags = ARRAY(SELECT DISTINCT x FROM unnest(member_facts.tags || CAST(:add AS text[])) x
+                                     WHERE x <> ALL (CAST(:rm AS text[])) ORDER BY x),
+                        updated_at = now()
+                    RETURNING tags
+                    """
+                ),
+                {"p": programme_id, "m": member_id, "add": add, "rm": remove},
+            )
+        ).scalar_one()
+    )
+
+
+# Earning rules -----------------------------------------------------------------------------
+
+_RULE_COLUMNS = (
+    "id, code, name, event_type, condition, event_filter, formula, cap_per_day, cap_per_month, budget, "
+    "pending_days, expiry, qualifying, priority, active, starts_at, ends_at, created_at, updated_at"
+)
+
+
+async def budget_exists(conn: AsyncConnection, programme_id: int, code: str) -> bool:
+    found = await conn.execute(
+        text("SELECT 1 FROM budgets WHERE programme_id = :p AND code = :c"), {"p": programme_id, "c": code}
+    )
+    return found.first() is not None
+
+
+async def insert_rule(
+    conn: AsyncConnection, programme_id: int, values: dict[str, Any]
+) -> dict[str, Any] | None:
+    row = (
+        await conn.execute(
+            text(
+                f"""
+                INSERT INTO earning_rules (programme_id, code, name, event_type, condition, event_filter, formula,
+                    cap_per_day, cap_per_month, budget, pending_days, expiry, qualifying, priority,
+                    starts_at, ends_at)
+                VALUES (:p, :code, :name, :event_type, CAST(:condition AS jsonb), CAST(:event_filter AS jsonb),
+                    CAST(:formula AS jsonb), :cap_per_day, :cap_per_month, :budget, :pending_days,
+                    CAST(:expiry AS jsonb), :qualifying, :priority, :starts_at, :ends_at)
+                ON CONFLICT (programme_id, code) DO NOTHING
+                RETURNING {_RULE_COLUMNS}
+                """
+            ),
+            _rule_params(programme_id, values),
+        )
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+def _rule_params(programme_id: int, values: dict[str, Any]) -> dict[str, Any]:
+    out = {"p": programme_id, **values}
+    for key in ("condition", "event_filter", "formula", "expiry"):
+        out[key] = _json(values[key])
+    return out
+
+
+async def update_rule(
+    conn: AsyncConnection, programme_id: int, values: dict[str, Any]
+) -> dict[str, Any] | None:
+    row = (
+        await conn.execute(
+            text(
+                f"""
+                UPDATE earning_rules SET name = :name, condition = CAST(:condition AS jsonb),
+                    event_filter = CAST(:event_filter AS jsonb), formula = CAST(:formula AS jsonb),
+                    cap_per_day = :cap_per_day, cap_per_month = :cap_per_month, budget = :budget,
+                    pending_days = :pending_days, expiry = CAST(:expiry AS jsonb), qualifying = :qualifying,
+                    priority = :priority, active = :active, starts_at = :starts_at, ends_at = :ends_at,
+                    updated_at = now()
+                WHERE programme_id = :p AND code = :code
+                RETURNING {_RULE_COLUMNS}
+                """
+            ),
+            _rule_params(programme_id, values),
+        )
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+async def rule(
+    conn: AsyncConnection, programme_id: int, code: str, *, lock: bool = False
+) -> dict[str, Any] | None:
+    suffix = " FOR UPDATE" if lock else ""
+    row = (
+        await conn.execute(
+            text(f"SELECT {_RULE_COLUMNS} FROM earning_rules WHERE programme_id = :p AND code = :c{suffix}"),
+            {"p": programme_id, "c": code},
+        )
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+async def rules(
+    conn: AsyncConnection, programme_id: int, event_type: str | None = None
+) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        text(
+            f"""
+            SELECT {_RULE_COLUMNS} FROM earning_rules
+            WHERE programme_id = :p AND (CAST(:t AS text) IS NULL OR (event_type = :t AND active))
+            ORDER BY priority, code
+            """
+        ),
+        {"p": programme_id, "t": event_type},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def lock_usage(
+    conn: AsyncConnection, programme_id: int, member_id: int, rule_id: int, periods: list[tuple[str, date]]
+) -> dict[str, int]:
+    """Points the rule already gave the member in each period, with the rows locked (ordered)."""
+    used: dict[str, int] = {}
+    for period, start in periods:
+        await conn.execute(
+            text(
+                "INSERT INTO earning_rule_usage (programme_id, member_id, rule_id, period, period_start, points) "
+                "VALUES (:p, :m, :r, :k, :s, 0) ON CONFLICT DO NOTHING"
+            ),
+            {"p": programme_id, "m": member_id, "r": rule_id, "k": period, "s": start},
+        )
+        used[period] = (
+            await conn.execute(
+                text(
+                    "SELECT points FROM earning_rule_usage WHERE programme_id = :p AND member_id = :m "
+                    "AND rule_id = :r AND period = :k AND period_start = :s FOR UPDATE"
+                ),
+                {"p": programme_id, "m": member_id, "r": rule_id, "k": period, "s": start},
+            )
+        ).scalar_one()
+    return used
+
+
+async def add_usage(
+    conn: AsyncConnection,
+    programme_id: int,
+    member_id: int,
+    rule_id: int,
+    periods: list[tuple[str, date]],
+    points: int,
+) -> None:
+    for period, start in periods:
+        await conn.execute(
+            text(
+                "UPDATE earning_rule_usage SET points = points + :n WHERE programme_id = :p AND member_id = :m "
+                "AND rule_id = :r AND period = :k AND period_start = :s"
+            ),
+            {"p": programme_id, "m": member_id, "r": rule_id, "k": period, "s": start, "n": points},
+        )
+
+
+async def domain_event(
+    conn: AsyncConnection, programme_id: int, type_: str, subject: str, payload: Any
+) -> None:
+    await conn.execute(
+        text(
+            "INSERT INTO domain_events (programme_id, type, subject, payload) "
+            "VALUES (:p, :t, :s, CAST(:payload AS jsonb))"
+        ),
+        {"p": programme_id, "t": type_, "s": subject, "payload": _json(payload)},
+    )
+
+
+# Imports -----------------------------------------------------------------------------------
+
+
+async def import_events(conn: AsyncConnection, programme_id: int, rows: list[dict[str, Any]], tz: str) -> int:
+    """Inserts past events in one statement (duplicates by event id skipped) and adds their orders
+    and spend to the activity days; returns how many events were new."""
+    columns = ("member_id", "event_id", "type", "occurred_at", "order_ref", "amount", "currency", "channel")
+    params: dict[str, Any] = {c: [r[c] for r in rows] for c in columns}
+    params["payload"] = [_json(r["payload"]) for r in rows]
+    result = await conn.execute(
+        text(
+            """
+            WITH src AS (
+                SELECT * FROM unnest(CAST(:member_id AS bigint[]), CAST(:event_id AS text[]),
+                                     CAST(:type AS text[]), CAST(:occurred_at AS timestamptz[]),
+                                     CAST(:order_ref AS text[]), CAST(:amount AS bigint[]),
+                                     CAST(:currency AS text[]), CAST(:channel AS text[]), CAST(:payload AS jsonb[]))
+                    AS s(member_id, event_id, type, occurred_at, order_ref, amount, currency, channel, payload)
+            ), ins AS (
+                INSERT INTO member_events (programme_id, member_id, event_id, type, occurred_at, order_ref, amount,
+                                           currency, channel, payload, response, outcome)
+                SELECT :p, member_id, event_id, type, occurred_at, order_ref, amount, currency, channel, payload,
+                       jsonb_build_object('imported', true), '{}'
+                FROM src
+                ON CONFLICT (programme_id, event_id) DO NOTHING
+                RETURNING member_id, type, occurred_at, amount
+            ), days AS (
+                INSERT INTO member_activity_days (programme_id, member_id, day, orders, spend, qualifying_points)
+                SELECT :p, member_id, CAST(occurred_at AT TIME ZONE :tz AS date),
+                       count(*) FILTER (WHERE type = 'order_completed'),
+                       coalesce(sum(CASE type WHEN 'order_completed' THEN amount WHEN 'order_refunded' THEN amount END),
+                                0),
+                       0
+                FROM ins WHERE type IN ('order_completed', 'order_refunded')
+                GROUP BY 1, 2, 3
+                ON CONFLICT (programme_id, member_id, day) DO UPDATE SET
+                    orders = member_activity_days.orders + excluded.orders,
+                    spend = member_activity_days.spend + excluded.spend
+            )
+            SELECT count(*) FROM ins
+            """
+        ),
+        {"p": programme_id, "tz": tz, **params},
+    )
+    return int(result.scalar_one())
+
+
+async def members_by_external(
+    conn: AsyncConnection, programme_id: int, external_ids: list[str]
+) -> dict[str, int]:
+    rows = await conn.execute(
+        text(
+            "SELECT external_id, id FROM members WHERE programme_id = :p AND external_id = ANY (CAST(:e AS text[]))"
+        ),
+        {"p": programme_id, "e": external_ids},
+    )
+    return {r[0]: r[1] for r in rows}

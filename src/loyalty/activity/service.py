@@ -1,0 +1,693 @@
+"""Member activity use cases: record an event (facts, earning rules, refunds), simulate it,
+import history, read facts and events, tags, settings. Never commits: the caller's
+transaction (web.provide_tx, or a worker task) owns it.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+from datetime import UTC, date, datetime
+from fractions import Fraction
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from loyalty.activity import core, repository
+from loyalty.activity import schemas as s
+from loyalty.activity.facts import facts_to_json, load_facts
+from loyalty.auth.core import Principal
+from loyalty.errors import Conflict, DomainError, InvalidInput, NotFound
+from loyalty.ledger import schemas as ls
+from loyalty.ledger import service as ledger
+from loyalty.rules import Facts, explain, parse_rule
+from loyalty.tiers import service as tiers
+
+# Ledger refusals that stop one rule from earning without failing the whole event.
+_RULE_REFUSALS = {
+    "budget_exhausted",
+    "budget_closed",
+    "budget_not_active",
+    "budget_not_found",
+    "member_cap_reached",
+    "member_not_active",
+}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _member_not_found(member_id: str) -> NotFound:
+    return NotFound(
+        "No member with this id in the programme.", code="member_not_found", extra={"member_id": member_id}
+    )
+
+
+async def _member_id(conn: AsyncConnection, who: Principal, external_id: str) -> int:
+    found = await repository.member(conn, who.programme_id, external_id)
+    if found is None:
+        raise _member_not_found(external_id)
+    return found[0]
+
+
+def member_multiplier(_facts: Facts) -> Fraction:
+    """The member's earn multiplier from tier benefits: 1 until benefits provide one."""
+    return Fraction(1)
+
+
+# Validation --------------------------------------------------------------------------------
+
+
+def check_event(req: s.EventIn, custom_types: list[str], now: datetime) -> datetime:
+    """Type-specific checks the schema cannot state; returns the event time."""
+    core.check_event_type(req.type, custom_types)
+    occurred_at = core.check_occurred_at(req.occurred_at, now)
+    if req.type == "order_completed":
+        for field in ("order_ref", "amount", "currency"):
+            if getattr(req, field) is None:
+                raise InvalidInput(field, "is required for an order_completed event")
+    elif req.type == "order_refunded":
+        if req.order_ref is None:
+            raise InvalidInput("order_ref", "is required for an order_refunded event")
+        if req.amount is not None and req.amount == 0:
+            raise InvalidInput("amount", "a refund must be above 0 (leave it out for a full refund)")
+        if req.items:
+            raise InvalidInput("items", "are not part of a refund event")
+    else:
+        for field in ("amount", "items", "order_ref", "currency"):
+            if getattr(req, field) is not None:
+                raise InvalidInput(field, f"is only for order events, not {req.type}")
+    if req.data is not None and len(msgspec.json.encode(req.data)) > 8192:
+        raise InvalidInput("data", "at most 8 KiB of JSON")
+    return occurred_at
+
+
+def _local_day(moment: datetime, tz: str) -> date:
+    return moment.astimezone(ZoneInfo(tz)).date()
+
+
+# Recording ---------------------------------------------------------------------------------
+
+
+async def record(
+    conn: AsyncConnection, who: Principal, req: s.EventIn, *, simulate: bool = False
+) -> tuple[bool, s.EventResult]:
+    """Stores the event and applies it in the caller's transaction; (replayed, answer).
+
+    The event row is inserted first: its unique (programme, event id) is what makes a retry,
+    or a concurrent duplicate, have no second effect."""
+    now = _now()
+    settings = await repository.settings(conn, who.programme_id)
+    occurred_at = check_event(req, settings["custom_event_types"], now)
+    member_id = await _member_id(conn, who, req.member_id)
+    payload = msgspec.to_builtins(req)
+    # A refund is stored negative; one without an amount is resolved below, under the lock.
+    amount = req.amount if req.type != "order_refunded" or req.amount is None else -req.amount
+    event = {
+        "event_id": req.event_id,
+        "type": req.type,
+        "occurred_at": occurred_at,
+        "order_ref": req.order_ref,
+        "amount": amount,
+        "currency": req.currency,
+        "channel": req.channel,
+    }
+    row_id = await repository.insert_event(conn, who.programme_id, member_id, event, payload)
+    if row_id is None:
+        return True, await _replay(conn, who, req, payload, simulate)
+
+    await repository.lock_facts(conn, who.programme_id, member_id)
+    refund_amount: int | None = None
+    history: dict[str, int] | None = None
+    if req.type == "order_refunded":
+        history = await repository.order_history(conn, who.programme_id, member_id, req.order_ref or "")
+        refund_amount = _refund_amount(req, history)
+        amount = -refund_amount
+    day = _local_day(occurred_at, who.timezone)
+    if req.type == "order_completed":
+        await repository.add_activity(conn, who.programme_id, member_id, day, orders=1, spend=req.amount or 0)
+        await repository.note_order(conn, who.programme_id, member_id, occurred_at)
+    elif req.type == "order_refunded":
+        await repository.add_activity(conn, who.programme_id, member_id, day, spend=amount or 0)
+    await repository.refresh_facts(conn, who.programme_id, now=now, member_id=member_id)
+    facts = await load_facts(conn, programme_id=who.programme_id, member_id=member_id, now=now)
+    assert facts is not None  # the member exists: we hold its event row
+
+    outcomes: list[s.RuleOutcome] = []
+    clawback: s.ClawbackOutcome | None = None
+    points = qualifying = 0
+    plans: list[_Plan] = []
+    if req.type == "order_refunded":
+        assert history is not None and refund_amount is not None
+        clawback, qualifying = await _claw_back(conn, who, req, history, refund_amount)
+        points = -clawback.points
+    else:
+        event_view = {**payload, "amount": amount}
+        slots: list[s.RuleOutcome | _Plan] = []
+        for rule in await repository.rules(conn, who.programme_id, req.type):
+            slots.append(await _plan_rule(conn, who, req, member_id, rule, facts, event_view, occurred_at))
+        plans = [slot for slot in slots if isinstance(slot, _Plan)]
+        if plans:
+            # The ledger's earns take budget rows that every event of the programme wants: they
+            # go last, so those locks are held only until the commit, not across the facts and
+            # tier work. That work runs first on the planned points, in a savepoint; when a budget
+            # gives less than planned (nearly spent), it is undone and redone on what was earned.
+            optimistic = await conn.begin_nested()
+            await _count_points(conn, who, member_id, day, plans, [p.grant for p in plans])
+            change = await _assess(conn, who, member_id, now)
+            posted = [await _post_plan(conn, who, req, member_id, plan) for plan in plans]
+            if all(o.points == plan.grant for (o, _), plan in zip(posted, plans, strict=True)):
+                await optimistic.commit()
+            else:
+                await optimistic.rollback()
+                posted = [await _post_plan(conn, who, req, member_id, plan) for plan in plans]
+                await _count_points(conn, who, member_id, day, plans, [o.points for o, _ in posted])
+                change = await _assess(conn, who, member_id, now)
+            points = sum(o.points for o, _ in posted)
+            qualifying = sum(o.points for o, is_qualifying in posted if is_qualifying)
+        done = iter(o for o, _ in posted) if plans else iter(())
+        outcomes = [next(done) if isinstance(slot, _Plan) else slot for slot in slots]
+    if req.type == "order_refunded" or not plans:
+        if points or qualifying:
+            await repository.add_activity(
+                conn, who.programme_id, member_id, day, qualifying_points=qualifying
+            )
+            await repository.add_points(
+                conn, who.programme_id, member_id, lifetime=max(points, 0), qualifying=qualifying
+            )
+        # Promotion is real time: the facts this event changed may lift the member a tier, in
+        # the same transaction (an event never demotes; the schedule does that).
+        change = await _assess(conn, who, member_id, now)
+    facts = await load_facts(conn, programme_id=who.programme_id, member_id=member_id, now=now)
+    assert facts is not None
+    tier = None
+    if change is not None:
+        tier = s.TierOutcome(
+            kind=change.kind, reason=change.reason, from_tier=change.from_tier, to_tier=change.to_tier,
+            bonus=change.bonus,
+        )  # fmt: skip
+    result = s.EventResult(
+        event_id=req.event_id,
+        member_id=req.member_id,
+        type=req.type,
+        occurred_at=occurred_at,
+        points=points,
+        rules=outcomes,
+        clawback=clawback,
+        facts=facts_to_json(facts),
+        tier=tier,
+        simulated=simulate,
+    )
+    outcome_json = {"qualifying": qualifying, "rules": [o.code for o in outcomes if o.points]}
+    await repository.finish_event(
+        conn, who.programme_id, member_id, row_id, amount, points, outcome_json, msgspec.to_builtins(result)
+    )
+    return False, result
+
+
+async def _count_points(
+    conn: AsyncConnection,
+    who: Principal,
+    member_id: int,
+    day: date,
+    plans: list[_Plan],
+    earned: list[int],
+) -> None:
+    points = sum(earned)
+    qualifying = sum(n for n, plan in zip(earned, plans, strict=True) if plan.rule["qualifying"])
+    if points or qualifying:
+        await repository.add_activity(conn, who.programme_id, member_id, day, qualifying_points=qualifying)
+        await repository.add_points(
+            conn, who.programme_id, member_id, lifetime=max(points, 0), qualifying=qualifying
+        )
+
+
+async def _assess(
+    conn: AsyncConnection, who: Principal, member_id: int, now: datetime
+) -> tiers.TierChange | None:
+    return await tiers.assess_member(
+        conn, programme_id=who.programme_id, member_id=member_id, now=now, trigger="event", actor=who.actor
+    )
+
+
+def _refund_amount(req: s.EventIn, history: dict[str, int]) -> int:
+    left = history["order_amount"] - history["refunded"]
+    if req.amount is None:
+        return max(left, 0)  # a full refund: whatever of the order is not refunded yet
+    if history["orders"] and req.amount > left:
+        raise InvalidInput("amount", f"is more than the order has left to refund ({left})")
+    return req.amount
+
+
+async def _replay(
+    conn: AsyncConnection, who: Principal, req: s.EventIn, payload: Any, simulate: bool
+) -> s.EventResult:
+    stored = await repository.stored_event(conn, who.programme_id, req.event_id)
+    if stored is None or stored["payload"] != payload or stored["response"] is None:
+        raise Conflict(
+            "This event_id was already used with a different event.",
+            code="event_id_reused",
+            extra={"event_id": req.event_id},
+        )
+    if stored["response"].get("imported"):
+        raise Conflict(
+            "This event_id was imported as history; it has no stored answer.",
+            code="event_id_reused",
+            extra={"event_id": req.event_id},
+        )
+    return msgspec.convert(stored["response"], s.EventResult)
+
+
+@dataclasses.dataclass
+class _Plan:
+    """A rule that fired and will earn ``grant`` points, once the ledger takes them."""
+
+    rule: dict[str, Any]
+    wanted: int
+    grant: int
+    periods: list[tuple[str, date]]
+    trace: Any
+
+
+async def _plan_rule(
+    conn: AsyncConnection,
+    who: Principal,
+    req: s.EventIn,
+    member_id: int,
+    rule: dict[str, Any],
+    facts: Facts,
+    event_view: dict[str, Any],
+    occurred_at: datetime,
+) -> s.RuleOutcome | _Plan:
+    """Everything about one rule but the ledger: its outcome if it earns nothing, else a plan."""
+    code = rule["code"]
+
+    def miss(reason: str, condition: Any = None) -> s.RuleOutcome:
+        return s.RuleOutcome(code=code, fired=False, points=0, reason=reason, condition=condition)
+
+    if rule["starts_at"] and occurred_at < rule["starts_at"]:
+        return miss(f"the rule starts at {rule['starts_at'].isoformat()}")
+    if rule["ends_at"] and occurred_at >= rule["ends_at"]:
+        return miss(f"the rule ended at {rule['ends_at'].isoformat()}")
+    filtered = core.filter_miss(rule["event_filter"], event_view)
+    if filtered:
+        return miss(f"event filter: {filtered}")
+    condition = parse_rule(rule["condition"], path="condition")
+    trace = msgspec.to_builtins(dataclasses.asdict(explain(condition, facts)))
+    if not trace["passed"]:
+        return miss("the condition does not hold for the member's facts", trace)
+    formula = core.parse_formula(rule["formula"])
+    wanted = core.points_for(formula, req.amount, member_multiplier=member_multiplier(facts))
+    if wanted <= 0:
+        return miss("the formula gives 0 points for this event", trace)
+
+    periods: list[tuple[str, date]] = []
+    day = _local_day(occurred_at, who.timezone)
+    if rule["cap_per_day"] is not None:
+        periods.append(("day", day))
+    if rule["cap_per_month"] is not None:
+        periods.append(("month", day.replace(day=1)))
+    used = await repository.lock_usage(conn, who.programme_id, member_id, rule["id"], periods)
+    grant = core.capped(
+        wanted, [(rule["cap_per_day"], used.get("day", 0)), (rule["cap_per_month"], used.get("month", 0))]
+    )
+    if grant <= 0:
+        return s.RuleOutcome(
+            code=code,
+            fired=True,
+            points=0,
+            requested=wanted,
+            status="not_earned",
+            reason="the member reached the rule's cap for this period",
+            condition=trace,
+        )
+    return _Plan(rule=rule, wanted=wanted, grant=grant, periods=periods, trace=trace)
+
+
+async def _post_plan(
+    conn: AsyncConnection, who: Principal, req: s.EventIn, member_id: int, plan: _Plan
+) -> tuple[s.RuleOutcome, bool]:
+    """The plan's earn through the ledger, its cap usage and its points.earned event."""
+    rule, wanted, grant, periods, trace = plan.rule, plan.wanted, plan.grant, plan.periods, plan.trace
+    code = rule["code"]
+    earn = ls.EarnRequest(
+        member_id=req.member_id,
+        budget=rule["budget"],
+        points=grant,
+        reference=req.order_ref or req.event_id,
+        reason=f"earning rule {code}",
+        allow_partial=True,
+        pending_days=rule["pending_days"] or None,
+        expiry=msgspec.convert(rule["expiry"], ls.ExpiryIn) if rule["expiry"] else None,
+        metadata={"event_id": req.event_id, "rule": code},
+    )
+    try:
+        # A savepoint: a budget's refusal undoes only this rule's earn, not the event.
+        async with conn.begin_nested():
+            posted = await ledger.earn(conn, who, earn, f"event:{req.event_id}:{code}")
+    except DomainError as exc:
+        if exc.code not in _RULE_REFUSALS:
+            raise
+        return s.RuleOutcome(
+            code=code,
+            fired=True,
+            points=0,
+            requested=wanted,
+            status="not_earned",
+            reason=f"{exc.code}: {exc.detail}",
+            condition=trace,
+        ), False
+    body = msgspec.json.decode(posted.body)
+    earned = int(body["amount"])
+    await repository.add_usage(conn, who.programme_id, member_id, rule["id"], periods, earned)
+    notes = []
+    if grant < wanted:
+        notes.append(f"capped from {wanted} to {grant} by the rule's cap")
+    if earned < grant:
+        notes.append(f"the budget had only {earned} of {grant} left")
+    await repository.domain_event(
+        conn,
+        who.programme_id,
+        "points.earned",
+        f"member:{req.member_id}",
+        {
+            "member_id": req.member_id,
+            "points": earned,
+            "rule": code,
+            "event_id": req.event_id,
+            "transaction_id": body["transaction_id"],
+            "budget": rule["budget"],
+            "status": body["status"],
+            "qualifying": rule["qualifying"],
+        },
+    )
+    status = "pending" if body["status"] == "pending" else ("partial" if earned < wanted else "earned")
+    return s.RuleOutcome(
+        code=code,
+        fired=True,
+        points=earned,
+        requested=wanted,
+        status=status,
+        reason="; ".join(notes) or "the event passed the filter and the condition holds",
+        transaction_id=body["transaction_id"],
+        condition=trace,
+    ), bool(rule["qualifying"])
+
+
+async def _claw_back(
+    conn: AsyncConnection, who: Principal, req: s.EventIn, history: dict[str, int], refund: int
+) -> tuple[s.ClawbackOutcome, int]:
+    """(what was clawed back, qualifying points to take off)."""
+    order_ref = req.order_ref or ""
+    if not history["orders"]:
+        return s.ClawbackOutcome(order_ref=order_ref, points=0, reason="no order with this order_ref"), 0
+    want = core.refund_clawback(
+        earned=history["earned"],
+        clawed=history["clawed"],
+        order_amount=history["order_amount"],
+        refunded_before=history["refunded"],
+        refund=refund,
+    )
+    if want <= 0:
+        return s.ClawbackOutcome(
+            order_ref=order_ref, points=0, reason="the order earned no points to take back"
+        ), 0
+    claw = ls.ClawbackRequest(
+        member_id=req.member_id, reference=order_ref, points=want, reason=f"refund {req.event_id}"
+    )
+    try:
+        async with conn.begin_nested():
+            posted = await ledger.clawback(conn, who, claw, f"event:{req.event_id}:clawback")
+    except DomainError as exc:
+        if exc.code not in ("reference_not_found", "clawback_exceeds_earned"):
+            raise
+        return s.ClawbackOutcome(order_ref=order_ref, points=0, reason=f"{exc.code}: {exc.detail}"), 0
+    body = msgspec.json.decode(posted.body)
+    clawed = int(body["clawed_back"])
+    earned = history["earned"]
+    qualifying = -(history["qualifying"] * clawed // earned) if earned else 0
+    share = (
+        "the whole order"
+        if refund + history["refunded"] >= history["order_amount"]
+        else (f"{refund} of {history['order_amount']}")
+    )
+    return s.ClawbackOutcome(
+        order_ref=order_ref,
+        points=clawed,
+        reason=f"refund of {share}: proportional share of the {earned} points the order earned",
+        transaction_id=body["transaction_id"],
+    ), qualifying
+
+
+async def simulate(conn: AsyncConnection, who: Principal, req: s.EventIn) -> s.EventResult:
+    """What the event would do, computed by recording it in a savepoint that is rolled back."""
+    if await repository.stored_event(conn, who.programme_id, req.event_id) is not None:
+        raise Conflict(
+            "This event_id is already recorded; simulate a new one.",
+            code="event_id_reused",
+            extra={"event_id": req.event_id},
+        )
+    savepoint = await conn.begin_nested()
+    try:
+        _, result = await record(conn, who, req, simulate=True)
+    finally:
+        await savepoint.rollback()
+    return result
+
+
+# Import ------------------------------------------------------------------------------------
+
+
+async def import_events(conn: AsyncConnection, who: Principal, req: s.ImportRequest) -> s.ImportResult:
+    """History in bulk. Without earning: one INSERT for the events and their activity days, one
+    refresh of the programme's facts. With earn=true each event goes through record() in order."""
+    now = _now()
+    settings = await repository.settings(conn, who.programme_id)
+    seen: set[str] = set()
+    for i, event in enumerate(req.events):
+        try:
+            check_event(event, settings["custom_event_types"], now)
+        except InvalidInput as exc:
+            raise InvalidInput(f"events[{i}].{exc.field}", exc.reason) from None
+        if event.event_id in seen:
+            raise InvalidInput(f"events[{i}].event_id", "repeats an earlier event of this import")
+        seen.add(event.event_id)
+    if req.earn:
+        points = imported = 0
+        for event in sorted(req.events, key=lambda e: e.occurred_at or now):
+            replayed, result = await record(conn, who, event)
+            imported += not replayed
+            points += 0 if replayed else result.points
+        refreshed = await repository.refresh_facts(conn, who.programme_id, now=now, rebuild=True)
+        return s.ImportResult(
+            received=len(req.events),
+            imported=imported,
+            duplicates=len(req.events) - imported,
+            members_refreshed=refreshed,
+            points=points,
+        )
+    ids = await repository.members_by_external(
+        conn, who.programme_id, sorted({e.member_id for e in req.events})
+    )
+    rows = []
+    for i, event in enumerate(req.events):
+        if event.member_id not in ids:
+            raise NotFound(
+                "No member with this id in the programme.",
+                code="member_not_found",
+                extra={"member_id": event.member_id, "field": f"events[{i}].member_id"},
+            )
+        # A refund without an amount is taken as a refund of 0 here: history imports should
+        # carry the refunded amount (there is no order state to resolve "the rest" against).
+        amount = -(event.amount or 0) if event.type == "order_refunded" else event.amount
+        rows.append(
+            {
+                "member_id": ids[event.member_id],
+                "event_id": event.event_id,
+                "type": event.type,
+                "occurred_at": event.occurred_at or now,
+                "order_ref": event.order_ref,
+                "amount": amount,
+                "currency": event.currency,
+                "channel": event.channel,
+                "payload": msgspec.to_builtins(event),
+            }
+        )
+    tz = await repository.programme_timezone(conn, who.programme_id)
+    inserted = await repository.import_events(conn, who.programme_id, rows, tz)
+    refreshed = await repository.refresh_facts(conn, who.programme_id, now=now, rebuild=True)
+    return s.ImportResult(
+        received=len(rows),
+        imported=inserted,
+        duplicates=len(rows) - inserted,
+        members_refreshed=refreshed,
+        points=0,
+    )
+
+
+# Reads, tags, settings ---------------------------------------------------------------------
+
+
+async def member_facts(conn: AsyncConnection, who: Principal, external_id: str) -> s.FactsView:
+    member_id = await _member_id(conn, who, external_id)
+    now = _now()
+    facts = await load_facts(conn, programme_id=who.programme_id, member_id=member_id, now=now)
+    assert facts is not None
+    settings = await repository.settings(conn, who.programme_id)
+    row = await repository.facts_row(conn, who.programme_id, member_id) or {}
+    return s.FactsView(
+        member_id=external_id,
+        facts=facts_to_json(facts),
+        window_kind=settings["window_kind"],
+        window_months=settings["window_months"],
+        window_start=row.get("window_start"),
+        first_order_at=row.get("first_order_at"),
+        last_order_at=row.get("last_order_at"),
+        updated_at=row.get("updated_at"),
+    )
+
+
+def _encode_cursor(row_id: int) -> str:
+    return base64.urlsafe_b64encode(f"e:{row_id}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        tag, _, value = raw.partition(":")
+        if tag != "e":
+            raise ValueError(tag)
+        return int(value)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("cursor", "is not a cursor this API returned") from None
+
+
+async def member_events(
+    conn: AsyncConnection, who: Principal, external_id: str, *, cursor: str | None, limit: int
+) -> s.EventPage:
+    member_id = await _member_id(conn, who, external_id)
+    before = _decode_cursor(cursor) if cursor else None
+    rows = await repository.events_page(conn, who.programme_id, member_id, before, limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [s.EventView(**{k: v for k, v in r.items() if k != "id"}) for r in rows]
+    return s.EventPage(items=items, next_cursor=_encode_cursor(rows[-1]["id"]) if more else None)
+
+
+async def update_tags(
+    conn: AsyncConnection, who: Principal, external_id: str, req: s.TagsUpdate
+) -> s.TagsView:
+    overlap = sorted(set(req.add) & set(req.remove))
+    if overlap:
+        raise InvalidInput("remove", f"names tags also added: {overlap}")
+    member_id = await _member_id(conn, who, external_id)
+    tags = await repository.update_tags(conn, who.programme_id, member_id, req.add, req.remove)
+    return s.TagsView(member_id=external_id, tags=tags)
+
+
+async def get_settings(conn: AsyncConnection, who: Principal) -> s.ActivitySettingsView:
+    return s.ActivitySettingsView(**await repository.settings(conn, who.programme_id))
+
+
+async def put_settings(
+    conn: AsyncConnection, who: Principal, req: s.ActivitySettingsIn
+) -> s.ActivitySettingsView:
+    core.check_settings(
+        window_kind=req.window_kind,
+        window_months=req.window_months,
+        rfm=req.rfm,
+        lifecycle=req.lifecycle,
+        custom=req.custom_event_types,
+    )
+    values = msgspec.to_builtins(req)
+    await repository.put_settings(conn, who.programme_id, values)
+    # Scores and stages follow the new cut points at once, not at the next nightly refresh.
+    await repository.refresh_facts(conn, who.programme_id, now=_now())
+    return s.ActivitySettingsView(**values)
+
+
+async def refresh_programme(conn: AsyncConnection, programme_id: int) -> int:
+    """Window figures, RFM and lifecycle of every member of the programme: one statement."""
+    return await repository.refresh_facts(conn, programme_id, now=_now())
+
+
+# Earning rules -----------------------------------------------------------------------------
+
+
+def _rule_not_found(code: str) -> NotFound:
+    return NotFound("No earning rule with this code.", code="earning_rule_not_found", extra={"rule": code})
+
+
+def _rule_view(row: dict[str, Any]) -> s.EarningRuleView:
+    return s.EarningRuleView(**{k: v for k, v in row.items() if k != "id"})
+
+
+async def _check_rule(conn: AsyncConnection, who: Principal, values: dict[str, Any]) -> None:
+    settings = await repository.settings(conn, who.programme_id)
+    try:
+        core.check_event_type(values["event_type"], settings["custom_event_types"])
+    except InvalidInput as exc:
+        raise InvalidInput("event_type", exc.reason) from None
+    if values["event_type"] == "order_refunded":
+        raise InvalidInput("event_type", "refunds claw back what the order earned; they earn nothing")
+    parse_rule(values["condition"], path="condition")
+    core.check_event_filter(values["event_filter"])
+    formula = core.parse_formula(values["formula"])
+    if formula.kind == "per_unit" and values["event_type"] not in core.ORDER_TYPES:
+        raise InvalidInput("formula.kind", "per_unit needs an amount: only order_completed events carry one")
+    for field in ("starts_at", "ends_at"):
+        if values[field] is not None and values[field].tzinfo is None:
+            raise InvalidInput(field, "must carry a time zone offset")
+    if values["starts_at"] and values["ends_at"] and values["ends_at"] <= values["starts_at"]:
+        raise InvalidInput("ends_at", "must be after starts_at")
+    if not await repository.budget_exists(conn, who.programme_id, values["budget"]):
+        raise InvalidInput("budget", f"no budget {values['budget']!r} in the programme")
+
+
+async def create_rule(conn: AsyncConnection, who: Principal, req: s.EarningRuleIn) -> s.EarningRuleView:
+    values = msgspec.to_builtins(req, builtin_types=(datetime,))
+    await _check_rule(conn, who, values)
+    row = await repository.insert_rule(conn, who.programme_id, values)
+    if row is None:
+        raise Conflict(
+            "An earning rule with this code exists.", code="earning_rule_exists", extra={"rule": req.code}
+        )
+    return _rule_view(row)
+
+
+async def update_rule(
+    conn: AsyncConnection, who: Principal, code: str, req: s.EarningRulePatch
+) -> s.EarningRuleView:
+    current = await repository.rule(conn, who.programme_id, code, lock=True)
+    if current is None:
+        raise _rule_not_found(code)
+    values = {k: v for k, v in current.items() if k not in ("id", "created_at", "updated_at")}
+    for field in req.__struct_fields__:
+        value = getattr(req, field)
+        if value is not None:
+            values[field] = msgspec.to_builtins(value) if field == "expiry" else value
+    for cap in ("cap_per_day", "cap_per_month"):
+        if values[cap] == 0:
+            values[cap] = None  # 0 removes the cap
+    await _check_rule(conn, who, values)
+    row = await repository.update_rule(conn, who.programme_id, values)
+    assert row is not None
+    return _rule_view(row)
+
+
+async def deactivate_rule(conn: AsyncConnection, who: Principal, code: str) -> s.EarningRuleView:
+    return await update_rule(conn, who, code, s.EarningRulePatch(active=False))
+
+
+async def get_rule(conn: AsyncConnection, who: Principal, code: str) -> s.EarningRuleView:
+    row = await repository.rule(conn, who.programme_id, code)
+    if row is None:
+        raise _rule_not_found(code)
+    return _rule_view(row)
+
+
+async def list_rules(conn: AsyncConnection, who: Principal) -> list[s.EarningRuleView]:
+    return [_rule_view(r) for r in await repository.rules(conn, who.programme_id)]

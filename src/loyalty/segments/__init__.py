@@ -1,0 +1,1 @@
+"""Segments: named rules over member facts, listed and counted set-based."""

@@ -1,0 +1,154 @@
+"""Thin HTTP routes of tiers: ladder versions (operator), a member's tier, pins, the customer's view."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.background_tasks import BackgroundTask
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from loyalty.auth.core import Principal
+from loyalty.ledger.routes import READ, STAFF_READ, WRITE
+from loyalty.tiers import schemas as s
+from loyalty.tiers import service, tasks
+from loyalty.web import allow
+
+OPERATOR = allow("operator")
+
+
+class TierVersionController(Controller):
+    path = "/v1/tiers/versions"
+    tags = ["tiers"]
+    guards = [OPERATOR]
+
+    @post("/", dependencies=WRITE, status_code=201)
+    async def create(
+        self,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        data: JSONBody[s.LadderCreate],
+    ) -> s.VersionView:
+        """A draft ladder: tiers with their entry and retention rules, validity, policy, grace, bonus."""
+        return await service.create_version(tx, who, data)
+
+    @get("/", dependencies=READ)
+    async def list(
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal]
+    ) -> s.VersionList:
+        return await service.list_versions(tx, who)
+
+    @get("/{version:int}", dependencies=READ)
+    async def show(
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], version: FromPath[int]
+    ) -> s.VersionView:
+        return await service.get_version(tx, who, version)
+
+    @post("/{version:int}/backtest", dependencies=READ, status_code=200)
+    async def backtest(
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], version: FromPath[int]
+    ) -> s.BacktestView:
+        """Dry run: who would move up, down or stay under this version. Nothing is written."""
+        return await service.backtest(tx, who, version)
+
+    @post("/{version:int}/publish", dependencies=WRITE, status_code=200)
+    async def publish(
+        self,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        version: FromPath[int],
+        data: JSONBody[s.PublishRequest],
+        request: Request,
+    ) -> Response[s.VersionView]:
+        """The draft becomes the ladder from effective_at (default now); the previous one is superseded.
+        With ``"reassess": true`` every member is re-assessed against it once it is in force."""
+        view = await service.publish(tx, who, version, data)
+        if not data.reassess:
+            return Response(view)
+        # A background task runs after the response is sent, i.e. after the request's
+        # transaction committed (a failed commit answers 5xx and drops it).
+        defer = view.effective_at if view.effective_at and view.effective_at > datetime.now(UTC) else None
+        job = BackgroundTask(
+            tasks.enqueue_reassess, request.app.state.redis, programme_id=who.programme_id, defer_until=defer
+        )
+        return Response(view, background=job)
+
+
+class TierJobController(Controller):
+    path = "/v1/tiers"
+    tags = ["tiers"]
+    guards = [OPERATOR]
+
+    @post("/reassess", status_code=202)
+    async def reassess(self, who: NamedDependency[Principal], request: Request) -> s.ReassessQueued:
+        """Queue a full re-evaluation of every member against the ladder in force (the worker
+        runs it set-based, in slices). Always asynchronous: it writes nothing in the request."""
+        job_id = await tasks.enqueue_reassess(request.app.state.redis, programme_id=who.programme_id)
+        return s.ReassessQueued(job_id=job_id)
+
+
+class MemberTierController(Controller):
+    path = "/v1/members/{member_id:str}/tier"
+    tags = ["tiers"]
+
+    @get("/", dependencies=READ, guards=[STAFF_READ])
+    async def show(
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], member_id: FromPath[str]
+    ) -> s.MemberTierView:
+        """The tier, its dates and pin; what the next tier takes and what keeps this one."""
+        return await service.member_tier(tx, who, member_id)
+
+    @get("/history", dependencies=READ, guards=[STAFF_READ])
+    async def history(
+        self,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        member_id: FromPath[str],
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
+    ) -> s.HistoryPage:
+        return await service.history(tx, who, member_id, limit)
+
+    @post("/assess", dependencies=WRITE, guards=[OPERATOR], status_code=200)
+    async def assess(
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], member_id: FromPath[str]
+    ) -> s.MemberTierView:
+        """Assess now, as an event does: promotes if an entry rule is met, never demotes."""
+        return await service.assess(tx, who, member_id)
+
+    @post("/pin", dependencies=WRITE, guards=[OPERATOR], status_code=200)
+    async def pin(
+        self,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        member_id: FromPath[str],
+        data: JSONBody[s.PinRequest],
+    ) -> s.MemberTierView:
+        return await service.pin(tx, who, member_id, data)
+
+    @delete("/pin", dependencies=WRITE, guards=[OPERATOR], status_code=200)
+    async def unpin(
+        self,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        member_id: FromPath[str],
+        data: JSONBody[s.UnpinRequest],
+    ) -> s.MemberTierView:
+        return await service.unpin(tx, who, member_id, data)
+
+
+class MyTierController(Controller):
+    path = "/v1/me/tier"
+    tags = ["customer"]
+    guards = [allow("member")]
+
+    @get("/", dependencies=READ)
+    async def show(
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal]
+    ) -> s.MyTierView:
+        return await service.my_tier(tx, who)
+
+
+ROUTES = [TierVersionController, TierJobController, MemberTierController, MyTierController]

@@ -1,0 +1,574 @@
+"""Tier use cases: ladder versions, assessing a member, pins and reads. Never commits."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from loyalty import rules
+from loyalty.activity.facts import facts_to_json, load_facts
+from loyalty.auth.core import Principal
+from loyalty.errors import Conflict, DomainError, InvalidInput, NotFound
+from loyalty.ledger import schemas as ledger_schemas
+from loyalty.ledger import service as ledger
+from loyalty.tiers import core, repository
+from loyalty.tiers import schemas as s
+from loyalty.tiers.definition import LadderSpec, outcomes_for, parse_definition, state_for, trace_of
+
+log = logging.getLogger("loyalty.tiers")
+BACKTEST_SAMPLE = 20
+SCHEDULER = "scheduler"
+
+
+@dataclass(frozen=True, slots=True)
+class _System(Principal):
+    """The tier engine acting on its own (a promotion bonus): shows as ``tiers`` in the ledger."""
+
+    name: str = "tiers"
+
+    @property
+    def actor(self) -> str:
+        return f"system:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class TierChange:
+    """What assess_member wrote for a member."""
+
+    member_id: int
+    kind: str
+    reason: str
+    from_tier: str
+    to_tier: str
+    ladder_version: int
+    decision: core.TierDecision[rules.Explanation]
+    bonus: dict[str, Any] | None = field(default=None)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _aware(name: str, moment: datetime | None) -> None:
+    if moment is not None and (moment.tzinfo is None or moment.utcoffset() is None):
+        raise InvalidInput(name, "must carry a time zone offset, e.g. 2026-01-01T00:00:00Z")
+
+
+def _member_not_found(member_id: str) -> NotFound:
+    return NotFound(
+        "No member with this id in the programme.", code="member_not_found", extra={"member_id": member_id}
+    )
+
+
+def _no_ladder() -> NotFound:
+    return NotFound("The programme has no published tier ladder yet.", code="no_tier_ladder")
+
+
+async def _member(conn: AsyncConnection, who: Principal, external_id: str) -> int:
+    found = await repository.member_id(conn, who.programme_id, external_id)
+    if found is None:
+        raise _member_not_found(external_id)
+    return found
+
+
+async def _ladder(conn: AsyncConnection, programme_id: int, now: datetime) -> LadderSpec | None:
+    row = await repository.current_version(conn, programme_id, now)
+    return None if row is None else parse_definition(row["definition"], version=row["version"])
+
+
+# --- ladder versions -------------------------------------------------------------------------
+
+
+def _definition(req: s.LadderCreate) -> dict[str, Any]:
+    definition: dict[str, Any] = {"tiers": msgspec.to_builtins(req.tiers)}
+    spec = parse_definition(definition)  # raises RuleError (400 with the path) or InvalidInput
+    # Store the rules normalised, the retention rule spelled out even when it is the entry rule.
+    for raw in definition["tiers"]:
+        tier_rules = spec.rules_of(raw["code"])
+        raw["entry"] = rules.to_json(tier_rules.entry)
+        raw["retention"] = rules.to_json(tier_rules.retention)
+    return definition
+
+
+async def _view(conn: AsyncConnection, programme_id: int, row: dict[str, Any]) -> s.VersionView:
+    return s.VersionView(
+        version=row["version"],
+        status=row["status"],
+        note=row["note"],
+        effective_at=row["effective_at"],
+        published_at=row["published_at"],
+        created_at=row["created_at"],
+        created_by=row["created_by"],
+        qualification_window=await repository.qualification_window(conn, programme_id),
+        tiers=row["definition"].get("tiers", []),
+    )
+
+
+async def create_version(conn: AsyncConnection, who: Principal, req: s.LadderCreate) -> s.VersionView:
+    row = await repository.create_version(conn, who.programme_id, _definition(req), req.note, who.actor)
+    return await _view(conn, who.programme_id, row)
+
+
+async def list_versions(conn: AsyncConnection, who: Principal) -> s.VersionList:
+    rows = await repository.list_versions(conn, who.programme_id)
+    return s.VersionList(items=[await _view(conn, who.programme_id, r) for r in rows])
+
+
+async def _version_row(
+    conn: AsyncConnection, who: Principal, version: int, *, lock: bool = False
+) -> dict[str, Any]:
+    row = await repository.get_version(conn, who.programme_id, version, lock=lock)
+    if row is None:
+        raise NotFound("No such ladder version.", code="tier_version_not_found", extra={"version": version})
+    return row
+
+
+async def get_version(conn: AsyncConnection, who: Principal, version: int) -> s.VersionView:
+    return await _view(conn, who.programme_id, await _version_row(conn, who, version))
+
+
+async def backtest(conn: AsyncConnection, who: Principal, version: int) -> s.BacktestView:
+    """A dry run of the version against every member's current tier: nothing is written."""
+    row = await _version_row(conn, who, version)
+    spec = parse_definition(row["definition"], version=version)
+    counts_stmt, movers_stmt = repository.backtest_statement(who.programme_id, spec, _now(), BACKTEST_SAMPLE)
+    counts = (await conn.execute(counts_stmt)).one()
+    movers = (await conn.execute(movers_stmt)).all()
+    return s.BacktestView(
+        version=version,
+        members=counts.members,
+        up=counts.up,
+        down=counts.down,
+        stay=counts.stay,
+        by_tier=dict(counts.by_tier or {}),
+        sample=[
+            s.Mover(member_id=m.member_id, from_tier=m.from_tier, to_tier=m.to_tier, facts=m.facts)
+            for m in movers
+        ],
+    )
+
+
+async def publish(
+    conn: AsyncConnection, who: Principal, version: int, req: s.PublishRequest
+) -> s.VersionView:
+    now = _now()
+    _aware("effective_at", req.effective_at)
+    row = await _version_row(conn, who, version, lock=True)
+    if row["status"] != "draft":
+        raise Conflict(
+            "Only a draft can be published.", code="tier_version_not_draft", extra={"status": row["status"]}
+        )
+    effective_at = req.effective_at or now
+    latest = await repository.latest_effective_at(conn, who.programme_id)
+    if latest is not None and effective_at < latest:
+        raise InvalidInput("effective_at", f"must not be before the current ladder's ({latest.isoformat()})")
+    await repository.publish(conn, who.programme_id, version, effective_at, now)
+    return await _view(conn, who.programme_id, await _version_row(conn, who, version))
+
+
+# --- assessing -------------------------------------------------------------------------------
+
+
+def _history_worthy(decision: core.TierDecision[Any]) -> bool:
+    # A pin that merely holds the current tier is not a change; everything else the rules did is.
+    if decision.kind == "unchanged":
+        return False
+    return not (decision.kind == "pinned" and decision.from_tier == decision.to_tier)
+
+
+async def assess_member(
+    conn: AsyncConnection,
+    *,
+    programme_id: int,
+    member_id: int,
+    now: datetime,
+    trigger: Literal["event", "scheduled"],
+    actor: str,
+) -> TierChange | None:
+    """Decide the member's tier now and write what changed: member_tiers, a history row with the
+    deciding rules explained and the facts, a tier.changed event, the promotion bonus. Runs in
+    the caller's transaction; returns None when nothing but (at most) the next assessment time
+    changed, or when the programme has no ladder yet."""
+    spec = await _ladder(conn, programme_id, now)
+    if spec is None:
+        return None
+    row = await repository.lock_member_tier(conn, programme_id, member_id)
+    if row is None:
+        await repository.lock_new_member(conn, programme_id, member_id)
+        row = await repository.lock_member_tier(conn, programme_id, member_id)
+    facts = await load_facts(conn, programme_id=programme_id, member_id=member_id, now=now)
+    if facts is None:
+        raise NotFound("No such member.", code="member_not_found", extra={"member_id": member_id})
+    tz = await repository.programme_timezone(conn, programme_id)
+    state = state_for(spec, row)
+    decision = core.decide(
+        ladder=spec.ladder, state=state, outcomes=outcomes_for(spec, facts), now=now, trigger=trigger, tz=tz
+    )
+    new = decision.new_state
+    values: dict[str, Any] = {
+        "tier": new.tier,
+        "rank": spec.ladder.tier(new.tier).rank,
+        "ladder_version": spec.version,
+        "achieved_at": new.achieved_at,
+        "valid_until": new.valid_until,
+        "grace_until": new.grace_until,
+        "pin_kind": new.pin.kind if new.pin else None,
+        "pin_tier": new.pin.tier if new.pin else None,
+        "pin_until": new.pin.until if new.pin else None,
+        "pin_reason": new.pin.reason if new.pin else None,
+        "next_assessment_at": decision.next_assessment_at,
+    }
+    worthy = _history_worthy(decision)
+    if row is None and not worthy and not decision.pin_expired:
+        return None  # a member without a row is on the base tier: nothing to store
+    stored_ok = row is not None and all(row[k] == v for k, v in values.items() if k != "ladder_version")
+    if not stored_ok:
+        await repository.save_member_tier(conn, programme_id, member_id, **values)
+    if not worthy and not decision.pin_expired:
+        return None
+    facts_json = facts_to_json(facts)
+    trace = trace_of(decision, trigger=trigger, at=now)
+    if decision.pin_expired:
+        await repository.add_history(
+            conn, programme_id, member_id, at=now, kind="pin_expired", reason="pin_expired",
+            from_tier=decision.from_tier, to_tier=decision.from_tier, ladder_version=spec.version,
+            trace=trace, facts=facts_json, actor=actor,
+        )  # fmt: skip
+    bonus = None
+    if decision.kind == "promoted":
+        bonus = await _promotion_bonus(conn, spec, programme_id, member_id, decision.to_tier, tz)
+        if bonus is not None:
+            trace["bonus"] = bonus
+    if worthy:
+        await repository.add_history(
+            conn, programme_id, member_id, at=now, kind=decision.kind, reason=decision.reason,
+            from_tier=decision.from_tier, to_tier=decision.to_tier, ladder_version=spec.version,
+            trace=trace, facts=facts_json, actor=actor,
+        )  # fmt: skip
+    if decision.from_tier != decision.to_tier:
+        external = await repository.member_external_id(conn, programme_id, member_id) or ""
+        await repository.add_event(
+            conn,
+            programme_id,
+            "tier.changed",
+            f"member:{external}",
+            {
+                "member_id": external,
+                "from_tier": decision.from_tier,
+                "to_tier": decision.to_tier,
+                "kind": decision.kind,
+                "reason": decision.reason,
+                "ladder_version": spec.version,
+                "trigger": trigger,
+                "at": now.isoformat(),
+            },
+        )
+    return TierChange(
+        member_id=member_id,
+        kind=decision.kind,
+        reason=decision.reason,
+        from_tier=decision.from_tier,
+        to_tier=decision.to_tier,
+        ladder_version=spec.version,
+        decision=decision,
+        bonus=bonus,
+    )
+
+
+async def _promotion_bonus(
+    conn: AsyncConnection, spec: LadderSpec, programme_id: int, member_id: int, tier: str, tz: str
+) -> dict[str, Any] | None:
+    """The tier's promotion bonus, once per member, tier and ladder version (the idempotency
+    key). A refused bonus (budget exhausted ...) does not undo the promotion: it is recorded."""
+    bonus = spec.rules_of(tier).bonus
+    if bonus is None:
+        return None
+    external = await repository.member_external_id(conn, programme_id, member_id) or ""
+    key = f"tier-bonus:{member_id}:{tier}:{spec.version}"
+    who = _System(programme_id=programme_id, programme_code="", role="operator", timezone=tz)
+    request = ledger_schemas.EarnRequest(
+        member_id=external,
+        budget=bonus.budget,
+        points=bonus.points,
+        reference=key,
+        reason=f"tier bonus: {tier}",
+    )
+    try:
+        async with conn.begin_nested():
+            posted = await ledger.earn(conn, who, request, key)
+    except DomainError as exc:
+        log.warning("tier bonus refused for member %s: %s", member_id, exc.code)
+        return {"key": key, "status": "refused", "code": exc.code, "detail": exc.detail}
+    return {"key": key, "status": "replayed" if posted.replayed else "posted", "points": bonus.points}
+
+
+async def run_scheduled(
+    conn: AsyncConnection, *, programme_id: int, now: datetime, batch: int = 1000
+) -> tuple[int, bool]:
+    """Re-assess one batch of the programme's due members, set-based. Returns (members
+    updated, whether more may be due)."""
+    spec = await _ladder(conn, programme_id, now)
+    if spec is None:
+        return 0, False
+    tz = await repository.programme_timezone(conn, programme_id)
+    statement = repository.scheduled_statement(
+        programme_id=programme_id, spec=spec, now=now, tz=tz, batch=batch, actor=SCHEDULER
+    )
+    rows = await repository.run_scheduled(conn, statement)
+    # Promotions at a scheduled run are rare (events promote at once): their bonus goes
+    # through the ledger one by one.
+    for row in rows:
+        if row.kind == "promoted":
+            await _promotion_bonus(conn, spec, programme_id, row.member_id, row.to_tier, tz)
+    # Rows whose tier or pin the ladder no longer has take the per-member path.
+    odd = await repository.due_outside_ladder(conn, programme_id, spec, now, batch)
+    for member_id in odd:
+        await assess_member(
+            conn,
+            programme_id=programme_id,
+            member_id=member_id,
+            now=now,
+            trigger="scheduled",
+            actor=SCHEDULER,
+        )
+    return len(rows) + len(odd), len(rows) >= batch or len(odd) >= batch
+
+
+@dataclass(frozen=True, slots=True)
+class ReassessSlice:
+    """One keyset slice of a full re-evaluation."""
+
+    members: int  # members assessed in the slice
+    changed: int  # of which the stored tier row was written (created or changed)
+    upto: int | None  # the slice's last member id; None: no ladder in force
+
+
+async def next_reassess_slice(
+    conn: AsyncConnection, *, programme_id: int, after: int, batch: int
+) -> int | None:
+    """Where the keyset slice after ``after`` ends (its last member id); None: none left."""
+    return await repository.slice_end(conn, programme_id, after, batch)
+
+
+async def reassess_slice(
+    conn: AsyncConnection, *, programme_id: int, now: datetime, after: int, upto: int, actor: str
+) -> ReassessSlice:
+    """Re-assess the programme's members with ``after < id <= upto`` against the ladder in
+    force, set-based: a due member as the scheduled job does, everyone else as an event does
+    (promotion only); members without a tier row get one. Runs in the caller's transaction."""
+    spec = await _ladder(conn, programme_id, now)
+    if spec is None:
+        return ReassessSlice(0, 0, None)
+    await repository.lock_slice(conn, programme_id, after, upto)
+    tz = await repository.programme_timezone(conn, programme_id)
+    statement = repository.reassess_statement(
+        programme_id=programme_id, spec=spec, now=now, tz=tz, after=after, upto=upto, actor=actor
+    )
+    rows = await repository.run_scheduled(conn, statement)
+    for row in rows:
+        if row.kind == "promoted":
+            await _promotion_bonus(conn, spec, programme_id, row.member_id, row.to_tier, tz)
+    return ReassessSlice(len(rows), sum(1 for row in rows if row.written), upto)
+
+
+# --- pins ------------------------------------------------------------------------------------
+
+
+async def pin(conn: AsyncConnection, who: Principal, external_id: str, req: s.PinRequest) -> s.MemberTierView:
+    now = _now()
+    _aware("until", req.until)
+    if req.until is not None and req.until <= now:
+        raise InvalidInput("until", "must be in the future")
+    member_id = await _member(conn, who, external_id)
+    spec = await _ladder(conn, who.programme_id, now)
+    if spec is None:
+        raise _no_ladder()
+    if not spec.has(req.tier):
+        raise InvalidInput("tier", "is not a tier of the published ladder")
+    row = await repository.lock_member_tier(conn, who.programme_id, member_id)
+    state = state_for(spec, row)
+    current = state.tier if state else spec.ladder.base.code
+    await repository.save_member_tier(
+        conn,
+        who.programme_id,
+        member_id,
+        tier=current,
+        rank=spec.ladder.tier(current).rank,
+        ladder_version=spec.version,
+        achieved_at=state.achieved_at if state else now,
+        valid_until=state.valid_until if state else None,
+        grace_until=state.grace_until if state else None,
+        pin_kind=req.kind,
+        pin_tier=req.tier,
+        pin_until=req.until,
+        pin_reason=req.reason,
+    )
+    await repository.add_history(
+        conn, who.programme_id, member_id, at=now, kind="pin_set", reason=req.reason,
+        from_tier=current, to_tier=current, ladder_version=spec.version,
+        trace={"pin": {"kind": req.kind, "tier": req.tier, "until": msgspec.to_builtins(req.until),
+                       "reason": req.reason}},
+        facts={}, actor=who.actor,
+    )  # fmt: skip
+    # core: whoever sets a pin runs a scheduled decision at once.
+    change = await assess_member(
+        conn,
+        programme_id=who.programme_id,
+        member_id=member_id,
+        now=now,
+        trigger="scheduled",
+        actor=who.actor,
+    )
+    return await _tier_view(conn, who, external_id, member_id, now, change)
+
+
+async def unpin(
+    conn: AsyncConnection, who: Principal, external_id: str, req: s.UnpinRequest
+) -> s.MemberTierView:
+    now = _now()
+    member_id = await _member(conn, who, external_id)
+    row = await repository.lock_member_tier(conn, who.programme_id, member_id)
+    if row is None or row["pin_kind"] is None:
+        raise NotFound("The member has no pin.", code="no_pin", extra={"member_id": external_id})
+    await repository.clear_pin(conn, who.programme_id, member_id)
+    await repository.add_history(
+        conn, who.programme_id, member_id, at=now, kind="pin_removed", reason=req.reason,
+        from_tier=row["tier"], to_tier=row["tier"], ladder_version=row["ladder_version"],
+        trace={"pin": {"kind": row["pin_kind"], "tier": row["pin_tier"],
+                       "until": msgspec.to_builtins(row["pin_until"]), "reason": row["pin_reason"]}},
+        facts={}, actor=who.actor,
+    )  # fmt: skip
+    change = await assess_member(
+        conn,
+        programme_id=who.programme_id,
+        member_id=member_id,
+        now=now,
+        trigger="scheduled",
+        actor=who.actor,
+    )
+    return await _tier_view(conn, who, external_id, member_id, now, change)
+
+
+async def assess(conn: AsyncConnection, who: Principal, external_id: str) -> s.MemberTierView:
+    """Operator: assess the member now, as an event would (promotion only)."""
+    now = _now()
+    member_id = await _member(conn, who, external_id)
+    if await _ladder(conn, who.programme_id, now) is None:
+        raise _no_ladder()
+    change = await assess_member(
+        conn, programme_id=who.programme_id, member_id=member_id, now=now, trigger="event", actor=who.actor
+    )
+    return await _tier_view(conn, who, external_id, member_id, now, change)
+
+
+# --- reads -----------------------------------------------------------------------------------
+
+
+def _progress(
+    tier: str, rule: Literal["entry", "retention"], explanation: rules.Explanation
+) -> s.RuleProgress:
+    return s.RuleProgress(
+        tier=tier,
+        rule=rule,
+        met=explanation.passed,
+        explanation=msgspec.to_builtins(explanation),
+    )
+
+
+async def _tier_view(
+    conn: AsyncConnection,
+    who: Principal,
+    external_id: str,
+    member_id: int,
+    now: datetime,
+    change: TierChange | None = None,
+) -> s.MemberTierView:
+    return (await _tier_parts(conn, who, external_id, member_id, now, change))[0]
+
+
+async def _tier_parts(
+    conn: AsyncConnection,
+    who: Principal,
+    external_id: str,
+    member_id: int,
+    now: datetime,
+    change: TierChange | None = None,
+) -> tuple[s.MemberTierView, rules.Explanation | None, rules.Explanation | None]:
+    """The member's tier view, with the next tier's entry and the current tier's retention
+    rule explained (None at the top / on the base tier)."""
+    spec = await _ladder(conn, who.programme_id, now)
+    if spec is None:
+        raise _no_ladder()
+    row = await repository.get_member_tier(conn, who.programme_id, member_id)
+    facts = await load_facts(conn, programme_id=who.programme_id, member_id=member_id, now=now)
+    assert facts is not None  # the member was just found
+    state = state_for(spec, row)
+    code = state.tier if state else spec.ladder.base.code
+    current = spec.rules_of(code)
+    above = core.next_tier_target(spec.ladder, code)
+    pin = state.pin if state else None
+    progress = rules.explain(spec.rules_of(above.code).entry, facts) if above else None
+    keep = rules.explain(current.retention, facts) if current.tier.rank else None
+    view = s.MemberTierView(
+        member_id=external_id,
+        tier=code,
+        rank=current.tier.rank,
+        ladder_version=spec.version,
+        achieved_at=state.achieved_at if state else None,
+        valid_until=state.valid_until if state else None,
+        grace_until=state.grace_until if state else None,
+        pin=s.PinView(kind=pin.kind, tier=pin.tier, until=pin.until, reason=pin.reason) if pin else None,
+        next_assessment_at=row["next_assessment_at"] if row else None,
+        next_tier=above.code if above else None,
+        progress=_progress(above.code, "entry", progress) if above and progress else None,
+        keep=_progress(code, "retention", keep) if keep else None,
+        change=s.ChangeView(
+            kind=change.kind, reason=change.reason, from_tier=change.from_tier, to_tier=change.to_tier
+        )
+        if change
+        else None,
+    )
+    return view, progress, keep
+
+
+async def member_tier(conn: AsyncConnection, who: Principal, external_id: str) -> s.MemberTierView:
+    member_id = await _member(conn, who, external_id)
+    return await _tier_view(conn, who, external_id, member_id, _now())
+
+
+async def history(conn: AsyncConnection, who: Principal, external_id: str, limit: int) -> s.HistoryPage:
+    member_id = await _member(conn, who, external_id)
+    rows = await repository.history(conn, who.programme_id, member_id, limit)
+    return s.HistoryPage(items=[s.HistoryItem(**r) for r in rows])
+
+
+def _gaps(explanation: rules.Explanation) -> list[s.Gap]:
+    if isinstance(explanation, rules.ConditionExplanation):
+        if not explanation.passed and explanation.gap is not None:
+            return [s.Gap(fact=explanation.fact, needed=explanation.gap)]
+        return []
+    if explanation.kind == "not":
+        return []  # "more" of a negated fact does not help
+    return [gap for child in explanation.children for gap in _gaps(child)]
+
+
+async def my_tier(conn: AsyncConnection, who: Principal) -> s.MyTierView:
+    """The customer's own tier; the token names the member, never a parameter."""
+    external_id = who.member_external_id or ""
+    member_id = await _member(conn, who, external_id)
+    view, progress, keep = await _tier_parts(conn, who, external_id, member_id, _now())
+    return s.MyTierView(
+        tier=view.tier,
+        valid_until=view.valid_until,
+        grace_until=view.grace_until,
+        next_tier=view.next_tier,
+        next_tier_met=progress.passed if progress else False,
+        next_tier_gaps=_gaps(progress) if progress else [],
+        keep_met=keep.passed if keep else True,
+        keep_gaps=_gaps(keep) if keep else [],
+    )
