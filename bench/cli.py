@@ -20,11 +20,12 @@ from pathlib import Path
 import asyncpg
 import psutil
 
+from bench import checkout as checkout_bench
 from bench import pgbench, report, stack, tiers, workloads
 from bench.cpu import CpuProbe
 from bench.httpload import connect, drive
 from bench.report import BaselineRow, HttpRow, Report
-from bench.workloads import HTTP_WORKLOADS, TIER_REEVAL, Target
+from bench.workloads import CHECKOUT, HTTP_WORKLOADS, TIER_REEVAL, Target
 
 API_FACTORY = "loyalty.app:app_from_env"
 MINIMAL_FACTORY = "bench.minimal_app:app_from_env"
@@ -46,8 +47,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workloads",
-        default=",".join((*HTTP_WORKLOADS, TIER_REEVAL)),
-        help=f"workloads, comma-separated ({','.join((*HTTP_WORKLOADS, TIER_REEVAL))})",
+        default=",".join((*HTTP_WORKLOADS, TIER_REEVAL, CHECKOUT)),
+        help=f"workloads, comma-separated ({','.join((*HTTP_WORKLOADS, TIER_REEVAL, CHECKOUT))})",
     )
     parser.add_argument(
         "--reeval-members",
@@ -102,7 +103,8 @@ async def run(args: argparse.Namespace) -> None:
     names = _split(args.workloads)
     batch = [name for name in names if name == "batch-earn"]
     reeval = TIER_REEVAL in names
-    names = [name for name in names if name not in ("batch-earn", TIER_REEVAL)]
+    checkout = CHECKOUT in names
+    names = [name for name in names if name not in ("batch-earn", TIER_REEVAL, CHECKOUT)]
     for name in names:
         workloads.build(name, Target("127.0.0.1", 0, ""))  # fail fast on a typo
     scripts = _split(args.baselines)
@@ -165,6 +167,20 @@ async def run(args: argparse.Namespace) -> None:
             _say(
                 f"  {measured.members} members in {measured.seconds:.1f} s: {measured.members_per_s:.0f} members/s"
             )
+        if checkout:
+            _say(
+                f"checkout: open loop at {checkout_bench.RATE}/s, its own database {checkout_bench.DATABASE} ..."
+            )
+            measured_checkout = await checkout_bench.run(
+                rate=checkout_bench.RATE,
+                duration=args.duration,
+                warmup=args.warmup,
+                consume_clients=16,
+                data_dir=args.data_dir,
+                settings=settings,
+            )
+            result.checkout = [asdict(m) for m in measured_checkout]
+            result.checkout_text = checkout_bench.render(measured_checkout)
         result.consistency = await _consistency(url, seeded.programme_id)
         result.finished_at = _now()
     report.evaluate(result, clients)

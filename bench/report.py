@@ -125,6 +125,9 @@ class Report:
     consistency: dict[str, Any] = field(default_factory=dict)
     # bench/tiers.py: members, changed, seconds, seed_seconds, members_per_s, by_tier
     tier_reeval: dict[str, Any] = field(default_factory=dict)
+    # bench/checkout.py: the checkout check (open loop), the minimal endpoint, consume
+    checkout: list[dict[str, Any]] = field(default_factory=list)
+    checkout_text: str = ""
 
     def http_rate(self, workload: str, clients: int) -> float | None:
         for row in self.http:
@@ -276,6 +279,8 @@ def render(report: Report) -> str:
             f"tier-reeval: {r['members']} members in {r['seconds']:.1f} s = {r['members_per_s']:.0f} members/s "
             f"({r['changed']} rows written; seeding took {r['seed_seconds']:.1f} s); tiers {r['by_tier']}",
         ]
+    if report.checkout_text:
+        lines += ["", "checkout (open loop at a fixed rate):", report.checkout_text]
     if report.consistency:
         lines += ["", "consistency: " + ", ".join(f"{k}={v}" for k, v in report.consistency.items())]
     return "\n".join(lines)

@@ -203,3 +203,5 @@ def build(name: str, target: Target) -> Workload:
 HTTP_WORKLOADS = ("earn-spread", "earn-hot", "spend", "hold+capture", "batch-earn", "events")
 # Not HTTP: a full tier re-evaluation of a million members, timed in-process (bench/tiers.py).
 TIER_REEVAL = "tier-reeval"
+# Not a closed-loop HTTP workload: the checkout check driven open-loop (bench/checkout.py).
+CHECKOUT = "checkout"

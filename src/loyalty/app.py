@@ -17,6 +17,8 @@ import loyalty
 from loyalty import health, problems
 from loyalty.activity.routes import ROUTES as ACTIVITY_ROUTES
 from loyalty.auth.service import Authenticator
+from loyalty.benefits.checkout import CatalogueCache
+from loyalty.benefits.routes import ROUTES as BENEFIT_ROUTES
 from loyalty.db import create_engine, create_posting_pool
 from loyalty.ledger.routes import ROUTES as LEDGER_ROUTES
 from loyalty.members.routes import ROUTES as MEMBER_ROUTES
@@ -46,6 +48,8 @@ def create_app(settings: Settings) -> Litestar:
             settings.database_url or "", size=settings.db_pool_size
         )
         app.state.redis = redis
+        # Benefit definitions and tier maps for the checkout check, stamped with their version.
+        app.state.benefit_catalogues = CatalogueCache()
         app.state.authenticator = Authenticator(
             engine=engine, secret=settings.secret_key or "", cache_ttl=settings.key_cache_ttl_seconds
         )
@@ -83,6 +87,7 @@ def create_app(settings: Settings) -> Litestar:
             *SEGMENT_ROUTES,
             *TIER_ROUTES,
             *WEBHOOK_ROUTES,
+            *BENEFIT_ROUTES,
         ],
         lifespan=[lifespan],
         middleware=[auth],

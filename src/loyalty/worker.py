@@ -10,6 +10,7 @@ from arq.connections import RedisSettings
 from arq.worker import run_worker as arq_run_worker
 
 from loyalty.activity import tasks as activity_tasks
+from loyalty.benefits import tasks as benefit_tasks
 from loyalty.db import create_engine
 from loyalty.ledger import tasks as ledger_tasks
 from loyalty.settings import Settings
@@ -40,6 +41,8 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
             tier_tasks.reassess_tiers,
             webhook_tasks.deliver_webhooks,
             webhook_tasks.notify_expiring_soon,
+            benefit_tasks.release_expired_reservations,
+            benefit_tasks.pay_benefit_gifts,
         ],
         "cron_jobs": [
             cron(ledger_tasks.expire_holds, second=EVERY_10_SECONDS, unique=True, run_at_startup=True),
@@ -58,6 +61,14 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
             # Deliveries are rows in PostgreSQL: with Redis or the worker down they wait, then catch up.
             cron(webhook_tasks.deliver_webhooks, second=EVERY_5_SECONDS, unique=True, run_at_startup=True),
             cron(webhook_tasks.notify_expiring_soon, hour={6}, minute={11}, second={0}, unique=True),
+            cron(
+                benefit_tasks.release_expired_reservations,
+                second=EVERY_10_SECONDS,
+                unique=True,
+                run_at_startup=True,
+            ),
+            # Birthdays in every programme's time zone: hourly, idempotent by ledger key.
+            cron(benefit_tasks.pay_benefit_gifts, minute={23}, second={0}, unique=True),
         ],
         "on_startup": startup,
         "on_shutdown": shutdown,

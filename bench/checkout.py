@@ -1,0 +1,462 @@
+"""The checkout benchmark: GET /v1/benefits/{code}/check driven open-loop at a fixed rate
+(1,000 req/s) against 10,000 members with tier benefits, grants and a segment campaign, next
+to the minimal Litestar endpoint (one primary-key SELECT) at the same rate in the same run;
+then consume throughput (closed loop). Target: checkout p99 <= 5 ms at 1000/s.
+
+    python -m bench.checkout [--rate 1000] [--duration 20] [--warmup 3]
+
+Open loop: each request has a scheduled send time; latency is measured from that time, so a
+server that falls behind is charged for the queueing it causes (no coordinated omission).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from bench import pgbench, stack
+from bench.httpload import ConnectionClosed, HttpConnection, connect, encode_request
+from bench.report import latency
+from loyalty.settings import Settings
+
+MEMBERS = 10_000
+DATABASE = "loyalty_bench_checkout"
+API_FACTORY = "loyalty.app:app_from_env"
+MINIMAL_FACTORY = "bench.minimal_app:app_from_env"
+TARGET_P99_MS = 5.0
+RATE = 1000.0
+NAMES = {"en": "x", "zh-CN": "x"}
+# Checked benefits: a tier flag, a quota from tier or grant, a campaign discount.
+CHECKED = ("ship", "returns", "spring")
+
+
+@dataclass
+class Measured:
+    name: str
+    rate: float
+    sent: int
+    ok: int
+    errors: dict[str, int]
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+async def open_loop(
+    host: str,
+    port: int,
+    make: Callable[[int], bytes],
+    *,
+    rate: float,
+    warmup: float,
+    duration: float,
+    pool: int = 64,
+) -> Measured:
+    """Requests at ``rate`` per second on up to ``pool`` keep-alive connections."""
+    free: asyncio.Queue[HttpConnection] = asyncio.Queue()
+    for _ in range(pool):
+        free.put_nowait(await connect(host, port))
+    samples: list[int] = []
+    errors: dict[str, int] = {}
+    ok = 0
+    sent = 0
+    start = time.perf_counter_ns() + 50_000_000
+    window_start = start + int(warmup * 1e9)
+    end = window_start + int(duration * 1e9)
+    interval = int(1e9 / rate)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(i: int, scheduled: int) -> None:
+        nonlocal ok
+        conn = await free.get()
+        try:
+            status, _ = await conn.request(make(i))
+        except (ConnectionClosed, ConnectionError):
+            conn.close()
+            conn = await connect(host, port)
+            status = 0
+        free.put_nowait(conn)
+        done = time.perf_counter_ns()
+        if scheduled >= window_start:
+            samples.append(done - scheduled)
+            if status == 200:
+                ok += 1
+            else:
+                errors[str(status)] = errors.get(str(status), 0) + 1
+
+    i = 0
+    while True:
+        scheduled = start + i * interval
+        if scheduled >= end:
+            break
+        delay = (scheduled - time.perf_counter_ns()) / 1e9
+        if delay > 0:
+            await asyncio.sleep(delay)
+        task = asyncio.create_task(one(i, scheduled))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        if scheduled >= window_start:
+            sent += 1
+        i += 1
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+    while not free.empty():
+        free.get_nowait().close()
+    lat = latency(samples)
+    return Measured("", rate, sent, ok, errors, lat.p50_ms, lat.p99_ms, max(samples, default=0) / 1e6)
+
+
+async def closed_loop(
+    host: str, port: int, make: Callable[[int], bytes], *, clients: int, warmup: float, duration: float
+) -> Measured:
+    counter = iter(range(10**9))
+    samples: list[int] = []
+    errors: dict[str, int] = {}
+    ok = 0
+    window_start = time.perf_counter_ns() + int(warmup * 1e9)
+    end = window_start + int(duration * 1e9)
+
+    async def loop() -> None:
+        nonlocal ok
+        conn = await connect(host, port)
+        try:
+            while (now := time.perf_counter_ns()) < end:
+                status, _ = await conn.request(make(next(counter)))
+                done = time.perf_counter_ns()
+                if now >= window_start:
+                    samples.append(done - now)
+                    if status in (200, 201):
+                        ok += 1
+                    else:
+                        errors[str(status)] = errors.get(str(status), 0) + 1
+        finally:
+            conn.close()
+
+    await asyncio.gather(*(loop() for _ in range(clients)))
+    lat = latency(samples)
+    return Measured(
+        "", ok / duration, len(samples), ok, errors, lat.p50_ms, lat.p99_ms, max(samples, default=0) / 1e6
+    )
+
+
+# Set-up -------------------------------------------------------------------------------------
+
+
+async def _database(url: str) -> str:
+    conn = await asyncpg.connect(stack.with_database(url, "postgres"))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{DATABASE}"')
+    finally:
+        await conn.close()
+    bench_url = stack.with_database(url, DATABASE)
+    await asyncio.to_thread(stack.upgrade, bench_url)
+    return bench_url
+
+
+def _call(port: int, key: str, method: str, path: str, body: Any) -> tuple[int, str]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode(),
+        method=method,
+        headers={
+            "Authorization": f"Bearer {key}",
+            "Content-Type": "application/json",
+            "Idempotency-Key": path,
+        },
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _setup_catalogue(port: int, key: str) -> None:
+    now = datetime.now(UTC)
+    calls: list[tuple[str, str, Any]] = [
+        ("POST", "/v1/benefits", {"code": "ship", "type": "flag", "names": NAMES}),
+        ("POST", "/v1/benefits", {"code": "lounge", "type": "flag", "names": NAMES, "channels": ["app"]}),
+        (
+            "POST",
+            "/v1/benefits",
+            {"code": "returns", "type": "quota", "names": NAMES, "params": {"limit": 3, "period": "month"}},
+        ),
+        (
+            "POST",
+            "/v1/benefits",
+            {"code": "spring", "type": "discount", "names": NAMES, "params": {"percent": 10, "cap": 5000}},
+        ),
+        (
+            "POST",
+            "/v1/benefits",
+            {
+                "code": "bench-consume",
+                "type": "quota",
+                "names": NAMES,
+                "params": {"limit": 10**9, "period": "year"},
+            },
+        ),
+        ("PUT", "/v1/tier-benefits/silver", {"benefits": [{"benefit": "ship"}, {"benefit": "returns"}]}),
+        (
+            "PUT",
+            "/v1/tier-benefits/gold",
+            {
+                "benefits": [
+                    {"benefit": "ship"},
+                    {"benefit": "lounge"},
+                    {"benefit": "returns", "params": {"limit": 10}},
+                    {"benefit": "bench-consume"},
+                ]
+            },
+        ),
+        (
+            "POST",
+            "/v1/segments",
+            {"code": "vip-city", "rule": {"fact": "attributes.city", "op": "==", "value": "sh"}},
+        ),
+        (
+            "POST",
+            "/v1/benefit-campaigns",
+            {
+                "code": "spring-sh",
+                "segment": "vip-city",
+                "benefit": "spring",
+                "starts_at": (now - timedelta(days=1)).isoformat(),
+                "ends_at": (now + timedelta(days=30)).isoformat(),
+            },
+        ),
+    ]
+    for method, path, body in calls:
+        status, text = _call(port, key, method, path, body)
+        if status >= 300:
+            raise RuntimeError(f"{method} {path}: {status} {text}")
+
+
+async def _seed_members(url: str, programme_id: int) -> None:
+    """10,000 members: a third silver, a third gold, a fifth in the campaign's city, a tenth with
+    an individual grant of the returns quota."""
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(
+            "SELECT ledger_open_member($1, 'm' || i, CASE WHEN i % 5 = 0 THEN '{\"city\": \"sh\"}' ELSE '{}' END::jsonb) "
+            "FROM generate_series(1, $2::int) i",
+            programme_id,
+            MEMBERS,
+        )
+        await conn.execute(
+            "INSERT INTO member_tiers (programme_id, member_id, tier, ladder_version) "
+            "SELECT $1, id, CASE WHEN id % 3 = 0 THEN 'gold' WHEN id % 3 = 1 THEN 'silver' ELSE 'bronze' END, 1 "
+            "FROM members WHERE programme_id = $1",
+            programme_id,
+        )
+        await conn.execute(
+            "INSERT INTO benefit_grants (programme_id, member_id, benefit_id, reason) "
+            "SELECT $1, m.id, b.id, 'bench' FROM members m JOIN benefits b ON b.programme_id = $1 AND b.code = 'returns' "
+            "WHERE m.programme_id = $1 AND m.id % 10 = 0",
+            programme_id,
+        )
+        await conn.execute("VACUUM ANALYZE")
+    finally:
+        await conn.close()
+
+
+async def _seed(url: str) -> tuple[int, dict[str, str]]:
+    from loyalty.auth.service import create_api_key
+    from loyalty.db import create_engine
+    from loyalty.programmes.service import create_programme
+
+    engine = create_engine(url, pool_size=1)
+    try:
+        async with engine.begin() as conn:
+            programme_id = await create_programme(conn, code="bench", name="bench")
+            keys = {}
+            for role in ("operator", "ecommerce"):
+                _, keys[role] = await create_api_key(conn, programme_id=programme_id, role=role, name="bench")
+    finally:
+        await engine.dispose()
+    return programme_id, keys
+
+
+# Run ---------------------------------------------------------------------------------------
+
+
+def _check_request(port: int, key: str) -> Callable[[int], bytes]:
+    heads = {
+        code: encode_request(
+            "GET",
+            f"/v1/benefits/{code}/check?member_id=@@",
+            {"Host": f"127.0.0.1:{port}", "Authorization": f"Bearer {key}"},
+        ).split(b"@@")
+        for code in CHECKED
+    }
+    randint = random.randint
+
+    def make(i: int) -> bytes:
+        before, after = heads[CHECKED[i % len(CHECKED)]]
+        return before + b"m%d" % randint(1, MEMBERS) + after
+
+    return make
+
+
+def _minimal_request(port: int) -> Callable[[int], bytes]:
+    before, after = encode_request("GET", "/accounts/@@", {"Host": f"127.0.0.1:{port}"}).split(b"@@")
+    randint = random.randint
+
+    def make(_: int) -> bytes:
+        return before + str(1000 + randint(1, MEMBERS)).encode() + after
+
+    return make
+
+
+def _consume_request(port: int, key: str, gold: list[int]) -> Callable[[int], bytes]:
+    head = (
+        f"POST /v1/benefits/bench-consume/consume HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: "
+    ).encode()
+    prefix = f"{random.getrandbits(32):x}"
+    choice = random.choice
+
+    def make(i: int) -> bytes:
+        body = f'{{"member_id":"m{choice(gold)}","order_reference":"{prefix}-{i}"}}'.encode()
+        return head + str(len(body)).encode() + b"\r\n\r\n" + body
+
+    return make
+
+
+async def run(
+    *,
+    rate: float,
+    duration: float,
+    warmup: float,
+    consume_clients: int,
+    data_dir: Path,
+    pool_size: int = 16,
+    settings: Settings | None = None,
+) -> list[Measured]:
+    """The whole benchmark on its own database; ``settings`` with server URLs if the caller
+    already has them (bench/cli.py), else the configured or embedded servers."""
+    if settings is not None:
+        return await _run(
+            settings,
+            rate=rate,
+            duration=duration,
+            warmup=warmup,
+            consume_clients=consume_clients,
+            pool_size=pool_size,
+        )
+    with stack.servers(data_dir) as resolved:
+        return await _run(
+            resolved,
+            rate=rate,
+            duration=duration,
+            warmup=warmup,
+            consume_clients=consume_clients,
+            pool_size=pool_size,
+        )
+
+
+async def _run(
+    settings: Settings, *, rate: float, duration: float, warmup: float, consume_clients: int, pool_size: int
+) -> list[Measured]:
+    assert settings.database_url is not None
+    url = await _database(settings.database_url)
+    programme_id, keys = await _seed(url)
+    await pgbench.create_raw_schema(url)
+    env = stack.api_env(settings, url, pool_size)
+    results: list[Measured] = []
+    with stack.Granian(MINIMAL_FACTORY, env, workers=2) as server:
+        server.start("/accounts/1001")
+        minimal = await open_loop(
+            server.host,
+            server.port,
+            _minimal_request(server.port),
+            rate=rate,
+            warmup=warmup,
+            duration=duration,
+        )
+        minimal.name = "minimal-select"
+        results.append(minimal)
+    with stack.Granian(API_FACTORY, env, workers=2) as server:
+        server.start("/health/ready")
+        await asyncio.to_thread(_setup_catalogue, server.port, keys["operator"])
+        await _seed_members(url, programme_id)
+        check = await open_loop(
+            server.host,
+            server.port,
+            _check_request(server.port, keys["ecommerce"]),
+            rate=rate,
+            warmup=warmup,
+            duration=duration,
+        )
+        check.name = "checkout-check"
+        check.extra["ratio_p99_to_minimal"] = (
+            round(check.p99_ms / minimal.p99_ms, 2) if minimal.p99_ms else None
+        )
+        results.append(check)
+        gold = [i for i in range(1, MEMBERS + 1) if i % 3 == 0]
+        consume = await closed_loop(
+            server.host,
+            server.port,
+            _consume_request(server.port, keys["ecommerce"], gold),
+            clients=consume_clients,
+            warmup=warmup,
+            duration=duration,
+        )
+        consume.name = f"consume ({consume_clients} clients)"
+        results.append(consume)
+    return results
+
+
+def render(results: Sequence[Measured]) -> str:
+    lines = [f"{'workload':<24}{'req/s':>9}{'ok':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}  errors"]
+    for r in results:
+        lines.append(
+            f"{r.name:<24}{r.rate:>9.0f}{r.ok:>8}{r.p50_ms:>9.2f}{r.p99_ms:>9.2f}{r.max_ms:>9.1f}  "
+            f"{r.errors or '-'}{'  ' + json.dumps(r.extra) if r.extra else ''}"
+        )
+    check = next((r for r in results if r.name == "checkout-check"), None)
+    if check is not None:
+        passed = check.p99_ms <= TARGET_P99_MS and not check.errors
+        lines.append(
+            f"verdict: checkout p99 ≤ 5 ms at {check.rate:.0f}/s: {'PASS' if passed else 'FAIL'} "
+            f"(p99 {check.p99_ms:.2f} ms; figures are noisy on a shared 2-core machine)"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.checkout", description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=RATE)
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--consume-clients", type=int, default=16)
+    parser.add_argument("--data-dir", type=Path, default=Path(".loyalty/bench"))
+    args = parser.parse_args(argv)
+    results = asyncio.run(
+        run(
+            rate=args.rate,
+            duration=args.duration,
+            warmup=args.warmup,
+            consume_clients=args.consume_clients,
+            data_dir=args.data_dir,
+        )
+    )
+    print(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

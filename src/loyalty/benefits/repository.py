@@ -1,0 +1,644 @@
+"""All SQL of benefits. The checkout check is one asyncpg statement (CHECK_SQL); the rest runs
+on the request's SQLAlchemy connection."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Any, cast
+
+import asyncpg
+import msgspec
+from sqlalchemy import Table, and_, exists, func, insert, literal, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from loyalty import rules
+from loyalty.activity.facts import fact_columns, facts_from
+from loyalty.benefits.core import BenefitDef
+from loyalty.benefits.models import (
+    Benefit,
+    BenefitCampaign,
+    BenefitConsumption,
+    BenefitGrant,
+    BenefitUsage,
+    TierBenefit,
+)
+from loyalty.errors import Conflict
+from loyalty.members.models import Member
+from loyalty.tiers.models import MemberTier
+
+benefits = cast(Table, Benefit.__table__)
+tier_benefits = cast(Table, TierBenefit.__table__)
+campaigns = cast(Table, BenefitCampaign.__table__)
+grants = cast(Table, BenefitGrant.__table__)
+usage = cast(Table, BenefitUsage.__table__)
+consumptions = cast(Table, BenefitConsumption.__table__)
+members = cast(Table, Member.__table__)
+member_tiers = cast(Table, MemberTier.__table__)
+
+_BENEFIT_COLUMNS = (
+    benefits.c.id,
+    benefits.c.code,
+    benefits.c.type,
+    benefits.c.names,
+    benefits.c.descriptions,
+    benefits.c.params,
+    benefits.c.channels,
+    benefits.c.valid_from,
+    benefits.c.valid_until,
+    benefits.c.active,
+    benefits.c.created_at,
+    benefits.c.updated_at,
+)
+
+
+def _json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+# Catalogue -------------------------------------------------------------------------------
+
+
+async def bump_version(conn: AsyncConnection, programme_id: int) -> None:
+    """Every catalogue write calls this in its transaction: checkout caches reload on it."""
+    await conn.execute(
+        text(
+            "INSERT INTO benefit_catalogue_versions (programme_id) VALUES (:p) "
+            "ON CONFLICT (programme_id) DO UPDATE SET version = benefit_catalogue_versions.version + 1"
+        ),
+        {"p": programme_id},
+    )
+
+
+async def create_benefit(conn: AsyncConnection, programme_id: int, values: dict[str, Any]) -> dict[str, Any]:
+    try:
+        async with conn.begin_nested():
+            row = (
+                await conn.execute(
+                    insert(benefits).values(programme_id=programme_id, **values).returning(*_BENEFIT_COLUMNS)
+                )
+            ).one()
+    except IntegrityError:
+        raise Conflict(
+            "A benefit with this code exists.", code="benefit_exists", extra={"code": values["code"]}
+        ) from None
+    await bump_version(conn, programme_id)
+    return dict(row._mapping)
+
+
+async def update_benefit(
+    conn: AsyncConnection, programme_id: int, code: str, values: dict[str, Any]
+) -> dict[str, Any] | None:
+    row = (
+        await conn.execute(
+            update(benefits)
+            .where(benefits.c.programme_id == programme_id, benefits.c.code == code)
+            .values(**values, updated_at=func.now())
+            .returning(*_BENEFIT_COLUMNS)
+        )
+    ).first()
+    if row is not None:
+        await bump_version(conn, programme_id)
+    return dict(row._mapping) if row else None
+
+
+async def benefit(conn: AsyncConnection, programme_id: int, code: str) -> dict[str, Any] | None:
+    row = (
+        await conn.execute(
+            select(*_BENEFIT_COLUMNS).where(benefits.c.programme_id == programme_id, benefits.c.code == code)
+        )
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+async def all_benefits(conn: AsyncConnection, programme_id: int) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        select(*_BENEFIT_COLUMNS).where(benefits.c.programme_id == programme_id).order_by(benefits.c.code)
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def set_tier_benefits(
+    conn: AsyncConnection, programme_id: int, tier: str, items: Sequence[tuple[int, dict[str, Any]]]
+) -> None:
+    await conn.execute(
+        tier_benefits.delete().where(
+            tier_benefits.c.programme_id == programme_id, tier_benefits.c.tier == tier
+        )
+    )
+    if items:
+        await conn.execute(
+            insert(tier_benefits),
+            [{"programme_id": programme_id, "tier": tier, "benefit_id": b, "params": p} for b, p in items],
+        )
+    await bump_version(conn, programme_id)
+
+
+async def all_tier_benefits(conn: AsyncConnection, programme_id: int) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        select(tier_benefits.c.tier, benefits.c.code, tier_benefits.c.params)
+        .join(
+            benefits,
+            and_(
+                benefits.c.programme_id == tier_benefits.c.programme_id,
+                benefits.c.id == tier_benefits.c.benefit_id,
+            ),
+        )
+        .where(tier_benefits.c.programme_id == programme_id)
+        .order_by(tier_benefits.c.tier, benefits.c.code)
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def create_campaign(conn: AsyncConnection, programme_id: int, values: dict[str, Any]) -> dict[str, Any]:
+    try:
+        async with conn.begin_nested():
+            row = (
+                await conn.execute(
+                    insert(campaigns)
+                    .values(programme_id=programme_id, **values)
+                    .returning(
+                        campaigns.c.code,
+                        campaigns.c.segment,
+                        campaigns.c.starts_at,
+                        campaigns.c.ends_at,
+                        campaigns.c.params,
+                    )
+                )
+            ).one()
+    except IntegrityError:
+        raise Conflict(
+            "A campaign with this code exists.", code="campaign_exists", extra={"code": values["code"]}
+        ) from None
+    await bump_version(conn, programme_id)
+    return dict(row._mapping)
+
+
+async def all_campaigns(conn: AsyncConnection, programme_id: int) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        select(
+            campaigns.c.code,
+            campaigns.c.segment,
+            benefits.c.code.label("benefit"),
+            campaigns.c.starts_at,
+            campaigns.c.ends_at,
+            campaigns.c.params,
+        )
+        .join(
+            benefits,
+            and_(
+                benefits.c.programme_id == campaigns.c.programme_id, benefits.c.id == campaigns.c.benefit_id
+            ),
+        )
+        .where(campaigns.c.programme_id == programme_id)
+        .order_by(campaigns.c.code)
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def catalogue(conn: asyncpg.Connection, programme_id: int) -> tuple[int, list[Any], list[Any]]:
+    """(version, benefits, tier benefits) for the checkout cache, read in one snapshot."""
+    async with conn.transaction(isolation="repeatable_read", readonly=True):
+        version = await conn.fetchval(
+            "SELECT version FROM benefit_catalogue_versions WHERE programme_id = $1", programme_id
+        )
+        rows = await conn.fetch(
+            "SELECT id, code, type, params::text AS params, channels, valid_from, valid_until, active "
+            "FROM benefits WHERE programme_id = $1",
+            programme_id,
+        )
+        tiers = await conn.fetch(
+            "SELECT tier, benefit_id, params::text AS params FROM tier_benefits WHERE programme_id = $1",
+            programme_id,
+        )
+    return int(version or 0), list(rows), list(tiers)
+
+
+# Members and sources ---------------------------------------------------------------------
+
+
+async def member(conn: AsyncConnection, programme_id: int, external_id: str) -> tuple[int, str] | None:
+    row = (
+        await conn.execute(
+            select(members.c.id, members.c.status).where(
+                members.c.programme_id == programme_id, members.c.external_id == external_id
+            )
+        )
+    ).first()
+    return (int(row[0]), str(row[1])) if row else None
+
+
+async def member_tier(
+    conn: AsyncConnection, programme_id: int, member_id: int, *, lock: bool = False
+) -> str | None:
+    """The member's tier; with ``lock`` the tier row is locked (FOR NO KEY UPDATE) so that a tier
+    change waits for this transaction (a consumption cannot slip past a demotion). Not FOR
+    SHARE: a stream of share lockers can starve the updater; this lock queues fairly."""
+    stmt = select(member_tiers.c.tier).where(
+        member_tiers.c.programme_id == programme_id, member_tiers.c.member_id == member_id
+    )
+    if lock:
+        stmt = stmt.with_for_update(key_share=True)
+    return cast(str | None, await conn.scalar(stmt))
+
+
+async def tier_benefit_params(
+    conn: AsyncConnection, programme_id: int, tier: str, benefit_id: int | None = None
+) -> dict[int, dict[str, Any]]:
+    stmt = select(tier_benefits.c.benefit_id, tier_benefits.c.params).where(
+        tier_benefits.c.programme_id == programme_id, tier_benefits.c.tier == tier
+    )
+    if benefit_id is not None:
+        stmt = stmt.where(tier_benefits.c.benefit_id == benefit_id)
+    return {int(r[0]): dict(r[1]) for r in await conn.execute(stmt)}
+
+
+async def active_grants(
+    conn: AsyncConnection,
+    programme_id: int,
+    member_id: int,
+    now: datetime,
+    benefit_id: int | None = None,
+    *,
+    lock: bool = False,
+) -> list[dict[str, Any]]:
+    """Grants in force; with ``lock`` held FOR NO KEY UPDATE, so a revocation waits for this
+    transaction and a consumption that starts after the revocation commits cannot see them.
+    (Consumptions of one member's grant serialise; the usage row serialises them anyway.)"""
+    stmt = select(
+        grants.c.id, grants.c.benefit_id, grants.c.params, grants.c.expires_at, grants.c.reason
+    ).where(
+        grants.c.programme_id == programme_id,
+        grants.c.member_id == member_id,
+        grants.c.revoked_at.is_(None),
+        or_(grants.c.expires_at.is_(None), grants.c.expires_at > now),
+    )
+    if benefit_id is not None:
+        stmt = stmt.where(grants.c.benefit_id == benefit_id)
+    if lock:
+        stmt = stmt.with_for_update(key_share=True)
+    return [dict(r._mapping) for r in await conn.execute(stmt.order_by(grants.c.id))]
+
+
+async def active_campaigns(
+    conn: AsyncConnection, programme_id: int, now: datetime, benefit_id: int | None = None
+) -> list[dict[str, Any]]:
+    """Campaigns running now, with their segment's rule (JSON)."""
+    sql = (
+        "SELECT c.code, c.benefit_id, c.params, c.ends_at, s.rule FROM benefit_campaigns c "
+        "JOIN segments s ON s.programme_id = c.programme_id AND s.code = c.segment "
+        "WHERE c.programme_id = :p AND c.starts_at <= :now AND c.ends_at > :now"
+    )
+    params: dict[str, Any] = {"p": programme_id, "now": now}
+    if benefit_id is not None:
+        sql += " AND c.benefit_id = :b"
+        params["b"] = benefit_id
+    return [dict(r._mapping) for r in await conn.execute(text(sql + " ORDER BY c.code"), params)]
+
+
+async def insert_grant(conn: AsyncConnection, programme_id: int, values: dict[str, Any]) -> dict[str, Any]:
+    row = (
+        await conn.execute(
+            insert(grants)
+            .values(programme_id=programme_id, **values)
+            .returning(grants.c.id, grants.c.granted_at, grants.c.expires_at)
+        )
+    ).one()
+    return dict(row._mapping)
+
+
+async def revoke_grant(
+    conn: AsyncConnection, programme_id: int, member_id: int, grant_id: int, reason: str, now: datetime
+) -> dict[str, Any] | None:
+    row = (
+        await conn.execute(
+            update(grants)
+            .where(
+                grants.c.programme_id == programme_id,
+                grants.c.member_id == member_id,
+                grants.c.id == grant_id,
+            )
+            .values(revoked_at=func.coalesce(grants.c.revoked_at, now), revoke_reason=reason)
+            .returning(grants.c.id, grants.c.benefit_id, grants.c.revoked_at)
+        )
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+async def usage_in(
+    conn: AsyncConnection, programme_id: int, member_id: int, periods: dict[int, date]
+) -> dict[int, int]:
+    """used + reserved per benefit for the given (benefit -> period start)."""
+    if not periods:
+        return {}
+    rows = await conn.execute(
+        select(usage.c.benefit_id, usage.c.period_start, usage.c.used + usage.c.reserved).where(
+            usage.c.programme_id == programme_id,
+            usage.c.member_id == member_id,
+            usage.c.benefit_id.in_(list(periods)),
+        )
+    )
+    return {int(b): int(n) for b, start, n in rows if periods.get(int(b)) == start}
+
+
+# Consumption -----------------------------------------------------------------------------
+
+
+async def claim_order(
+    conn: AsyncConnection,
+    programme_id: int,
+    values: dict[str, Any],
+) -> dict[str, Any] | None:
+    """Inserts the consumption; None if (benefit, order_reference) exists (a concurrent twin
+    waits on the unique index and then gets None)."""
+    row = (
+        await conn.execute(
+            text(
+                "INSERT INTO benefit_consumptions "
+                "(programme_id, benefit_id, member_id, order_reference, period_start, state, expires_at) "
+                "VALUES (:p, :b, :m, :o, :s, :state, :exp) "
+                "ON CONFLICT (programme_id, benefit_id, order_reference) DO NOTHING "
+                "RETURNING id, state, period_start, expires_at"
+            ),
+            {
+                "p": programme_id,
+                "b": values["benefit_id"],
+                "m": values["member_id"],
+                "o": values["order_reference"],
+                "s": values["period_start"],
+                "state": values["state"],
+                "exp": values["expires_at"],
+            },
+        )
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+async def consumption(
+    conn: AsyncConnection, programme_id: int, benefit_id: int, order_reference: str, *, lock: bool = False
+) -> dict[str, Any] | None:
+    stmt = select(
+        consumptions.c.id,
+        consumptions.c.member_id,
+        consumptions.c.state,
+        consumptions.c.period_start,
+        consumptions.c.expires_at,
+    ).where(
+        consumptions.c.programme_id == programme_id,
+        consumptions.c.benefit_id == benefit_id,
+        consumptions.c.order_reference == order_reference,
+    )
+    if lock:
+        stmt = stmt.with_for_update()
+    row = (await conn.execute(stmt)).first()
+    return dict(row._mapping) if row else None
+
+
+async def take_use(
+    conn: AsyncConnection,
+    programme_id: int,
+    member_id: int,
+    benefit_id: int,
+    period_start: date,
+    limit: int,
+    *,
+    reserve: bool,
+) -> int | None:
+    """One use (used or reserved) if used + reserved stays within the limit; returns the new
+    used + reserved, or None when the quota is exhausted. The row lock of the upsert
+    serialises concurrent takers; the condition is re-checked on the latest row."""
+    column = "reserved" if reserve else "used"
+    row = (
+        await conn.execute(
+            text(
+                f"INSERT INTO benefit_usage AS u (programme_id, member_id, benefit_id, period_start, {column}) "
+                "VALUES (:p, :m, :b, :s, 1) "
+                f"ON CONFLICT (programme_id, member_id, benefit_id, period_start) DO UPDATE "
+                f"SET {column} = u.{column} + 1 WHERE u.used + u.reserved < :limit "
+                "RETURNING u.used + u.reserved"
+            ),
+            {"p": programme_id, "m": member_id, "b": benefit_id, "s": period_start, "limit": limit},
+        )
+    ).first()
+    return int(row[0]) if row else None
+
+
+async def move_use(
+    conn: AsyncConnection,
+    programme_id: int,
+    member_id: int,
+    benefit_id: int,
+    period_start: date,
+    *,
+    used: int,
+    reserved: int,
+) -> int:
+    """Adds the deltas to the usage row (commit: reserved -1, used +1; release: -1)."""
+    value = await conn.scalar(
+        text(
+            "UPDATE benefit_usage SET used = used + :du, reserved = reserved + :dr "
+            "WHERE programme_id = :p AND member_id = :m AND benefit_id = :b AND period_start = :s "
+            "RETURNING used + reserved"
+        ),
+        {"p": programme_id, "m": member_id, "b": benefit_id, "s": period_start, "du": used, "dr": reserved},
+    )
+    return int(value or 0)
+
+
+async def set_consumption_state(
+    conn: AsyncConnection, programme_id: int, consumption_id: int, state: str
+) -> None:
+    await conn.execute(
+        update(consumptions)
+        .where(consumptions.c.programme_id == programme_id, consumptions.c.id == consumption_id)
+        .values(state=state, updated_at=func.now())
+    )
+
+
+async def release_expired(conn: AsyncConnection, now: datetime, limit: int = 1000) -> int:
+    """Releases reservations past their timeout, a batch at a time, in one statement."""
+    result = await conn.execute(
+        text(
+            """
+            WITH due AS (
+                SELECT programme_id, id FROM benefit_consumptions
+                WHERE state = 'reserved' AND expires_at < :now
+                ORDER BY expires_at LIMIT :limit FOR UPDATE SKIP LOCKED
+            ), released AS (
+                UPDATE benefit_consumptions c SET state = 'released', updated_at = now()
+                FROM due WHERE c.programme_id = due.programme_id AND c.id = due.id
+                RETURNING c.programme_id, c.member_id, c.benefit_id, c.period_start
+            ), per_row AS (
+                SELECT programme_id, member_id, benefit_id, period_start, count(*) AS n
+                FROM released WHERE period_start IS NOT NULL GROUP BY 1, 2, 3, 4
+            ), moved AS (
+                UPDATE benefit_usage u SET reserved = u.reserved - per_row.n FROM per_row
+                WHERE u.programme_id = per_row.programme_id AND u.member_id = per_row.member_id
+                  AND u.benefit_id = per_row.benefit_id AND u.period_start = per_row.period_start
+                RETURNING 1
+            )
+            SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM moved)
+            """
+        ),
+        {"now": now, "limit": limit},
+    )
+    return int(result.one()[0])
+
+
+async def programmes_with_gifts(conn: AsyncConnection) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        text(
+            "SELECT DISTINCT p.id, p.code, p.timezone FROM programmes p "
+            "JOIN benefits b ON b.programme_id = p.id AND b.type = 'gift' AND b.active ORDER BY p.id"
+        )
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def domain_event(
+    conn: AsyncConnection, programme_id: int, type_: str, subject: str, payload: Any
+) -> None:
+    await conn.execute(
+        text(
+            "INSERT INTO domain_events (programme_id, type, subject, payload) "
+            "VALUES (:p, :t, :s, CAST(:payload AS jsonb))"
+        ),
+        {"p": programme_id, "t": type_, "s": subject, "payload": _json(payload)},
+    )
+
+
+# Marketing: who is entitled --------------------------------------------------------------
+
+
+def _entitled_condition(
+    programme_id: int, benefit_id: int, tiers: Sequence[str], rule_sql: Sequence[Any], now: datetime
+) -> Any:
+    has_grant = exists(
+        select(literal(1)).where(
+            grants.c.programme_id == programme_id,
+            grants.c.member_id == members.c.id,
+            grants.c.benefit_id == benefit_id,
+            grants.c.revoked_at.is_(None),
+            or_(grants.c.expires_at.is_(None), grants.c.expires_at > now),
+        )
+    )
+    by_tier = member_tiers.c.tier.in_(list(tiers)) if tiers else None
+    parts = [has_grant, *rule_sql] + ([by_tier] if by_tier is not None else [])
+    return or_(*parts)
+
+
+async def entitled_members(
+    conn: AsyncConnection,
+    programme_id: int,
+    benefit_id: int,
+    tiers: Sequence[str],
+    segment_rules: Sequence[rules.Rule],
+    now: datetime,
+    after: str | None,
+    limit: int,
+    *,
+    birthday: str | None = None,
+) -> list[str]:
+    """External ids of the active members entitled now, in order, after the cursor (keyset);
+    with ``birthday`` ("MM-DD") only those whose CRM attribute ``birthday`` ends with it."""
+    columns = fact_columns(now)
+    condition = _entitled_condition(
+        programme_id, benefit_id, tiers, [rules.to_sql(r, columns) for r in segment_rules], now
+    )
+    if birthday is not None:
+        condition = and_(condition, members.c.attributes["birthday"].astext.like(f"%{birthday}"))
+    stmt = (
+        select(members.c.external_id)
+        .select_from(facts_from())
+        .where(members.c.programme_id == programme_id, members.c.status == "active", condition)
+        .order_by(members.c.external_id)
+        .limit(limit)
+    )
+    if after is not None:
+        stmt = stmt.where(members.c.external_id > after)
+    return list((await conn.execute(stmt)).scalars())
+
+
+async def entitled_count(
+    conn: AsyncConnection,
+    programme_id: int,
+    benefit_id: int,
+    tiers: Sequence[str],
+    segment_rules: Sequence[rules.Rule],
+    now: datetime,
+) -> dict[str, int]:
+    columns = fact_columns(now)
+    by_grant = _entitled_condition(programme_id, benefit_id, (), (), now)
+    by_segment = or_(*[rules.to_sql(r, columns) for r in segment_rules]) if segment_rules else literal(False)
+    by_tier = member_tiers.c.tier.in_(list(tiers)) if tiers else literal(False)
+    stmt = (
+        select(
+            func.count().filter(or_(by_grant, by_segment, by_tier)),
+            func.count().filter(by_tier),
+            func.count().filter(by_segment),
+            func.count().filter(by_grant),
+        )
+        .select_from(facts_from())
+        .where(members.c.programme_id == programme_id, members.c.status == "active")
+    )
+    total, tier_n, segment_n, grant_n = (await conn.execute(stmt)).one()
+    return {"total": int(total), "tier": int(tier_n), "segment": int(segment_n), "grant": int(grant_n)}
+
+
+# The checkout check: one statement -------------------------------------------------------
+
+# $1 programme, $2 member external id, $3 benefit id, $4 now, $5 the quota period's start (or
+# null). Everything that may change between two checks (tier, grants, revocations, campaigns
+# and their segment rules, usage, facts) is read here live; only the catalogue version is
+# compared with the cache.
+CHECK_SQL = """
+SELECT m.id AS member_id, m.status,
+       (SELECT v.version FROM benefit_catalogue_versions v WHERE v.programme_id = $1) AS version,
+       t.tier,
+       (SELECT jsonb_agg(jsonb_build_object('id', g.id, 'params', g.params, 'expires_at', g.expires_at)
+                         ORDER BY g.id)
+          FROM benefit_grants g
+         WHERE g.programme_id = $1 AND g.member_id = m.id AND g.benefit_id = $3
+           AND g.revoked_at IS NULL AND (g.expires_at IS NULL OR g.expires_at > $4))::text AS grants,
+       (SELECT jsonb_agg(jsonb_build_object('code', c.code, 'rule', s.rule, 'params', c.params,
+                                            'ends_at', c.ends_at) ORDER BY c.code)
+          FROM benefit_campaigns c
+          JOIN segments s ON s.programme_id = c.programme_id AND s.code = c.segment
+         WHERE c.programme_id = $1 AND c.benefit_id = $3 AND c.starts_at <= $4 AND c.ends_at > $4)::text
+         AS campaigns,
+       (SELECT u.used + u.reserved FROM benefit_usage u
+         WHERE u.programme_id = $1 AND u.member_id = m.id AND u.benefit_id = $3
+           AND u.period_start = $5) AS used,
+       f.qualifying_points, f.spend, f.orders, f.lifetime_points, f.lifetime_spend, f.lifetime_orders,
+       f.last_order_at, m.enrolled_at, f.recency_score, f.frequency_score, f.monetary_score,
+       f.lifecycle, f.tags, m.attributes::text AS attributes
+  FROM members m
+  LEFT JOIN member_facts f ON f.programme_id = m.programme_id AND f.member_id = m.id
+  LEFT JOIN member_tiers t ON t.programme_id = m.programme_id AND t.member_id = m.id
+ WHERE m.programme_id = $1 AND m.external_id = $2
+"""
+
+
+async def check_row(
+    conn: asyncpg.Connection,
+    programme_id: int,
+    external_id: str,
+    benefit_id: int,
+    now: datetime,
+    period_start: date | None,
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(CHECK_SQL, programme_id, external_id, benefit_id, now, period_start)
+
+
+def catalogue_row(row: Any) -> BenefitDef:
+    return BenefitDef(
+        id=int(row["id"]),
+        code=row["code"],
+        type=row["type"],
+        params=msgspec.json.decode(row["params"]) if isinstance(row["params"], str) else dict(row["params"]),
+        channels=tuple(row["channels"] or ()),
+        valid_from=row["valid_from"],
+        valid_until=row["valid_until"],
+        active=bool(row["active"]),
+    )

@@ -1,0 +1,728 @@
+"""Benefit use cases: catalogue, tier benefits, campaigns, grants, entitlements, consumption.
+Never commits: the caller's transaction (web.provide_tx, or a worker task) owns it."""
+
+from __future__ import annotations
+
+import base64
+import calendar
+import functools
+from datetime import UTC, date, datetime, timedelta
+from fractions import Fraction
+from typing import Any, cast
+from zoneinfo import ZoneInfo
+
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from loyalty import rules
+from loyalty.activity.facts import load_facts
+from loyalty.auth.core import Principal
+from loyalty.benefits import core, repository
+from loyalty.benefits import schemas as s
+from loyalty.errors import Conflict, DomainError, InvalidInput, NotFound
+from loyalty.segments import repository as segments
+
+REQUIRED_LANGUAGES = ("en", "zh-CN")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _member_not_found(external_id: str) -> NotFound:
+    return NotFound(
+        "No member with this id in the programme.", code="member_not_found", extra={"member_id": external_id}
+    )
+
+
+def _benefit_not_found(code: str) -> NotFound:
+    return NotFound("No benefit with this code.", code="benefit_not_found", extra={"benefit": code})
+
+
+def _def(row: dict[str, Any]) -> core.BenefitDef:
+    return core.BenefitDef(
+        id=int(row["id"]),
+        code=row["code"],
+        type=row["type"],
+        params=dict(row["params"]),
+        channels=tuple(row["channels"] or ()),
+        valid_from=row["valid_from"],
+        valid_until=row["valid_until"],
+        active=bool(row["active"]),
+        names=dict(row["names"]),
+        descriptions=dict(row["descriptions"]),
+    )
+
+
+def _view(row: dict[str, Any]) -> s.BenefitView:
+    return s.BenefitView(**{k: v for k, v in row.items() if k != "id"})
+
+
+@functools.lru_cache(maxsize=1024)
+def parsed_rule(rule_json: str) -> rules.Rule:
+    """Segment rules arrive as JSON text; parsing one is cached by its text."""
+    return rules.parse_rule(msgspec.json.decode(rule_json))
+
+
+def override_params(benefit: core.BenefitDef, override: dict[str, Any], path: str) -> dict[str, Any]:
+    """A tier, campaign or grant may override the benefit's parameters; a quota's period stays
+    the benefit's own (one usage row per period), only its limit may change."""
+    if benefit.type == "quota" and set(override) - {"limit"}:
+        raise InvalidInput(path, "a quota source may only override limit")
+    core.check_params(benefit.type, core.merged(benefit.params, override), path)
+    return dict(override)
+
+
+# Catalogue -------------------------------------------------------------------------------
+
+
+def _check_texts(names: dict[str, str], field: str) -> None:
+    missing = [lang for lang in REQUIRED_LANGUAGES if not names.get(lang)]
+    if missing:
+        raise InvalidInput(field, f"needs a text in {', '.join(missing)}")
+
+
+def _check_validity(valid_from: datetime | None, valid_until: datetime | None) -> None:
+    if valid_from is not None and valid_until is not None and valid_until <= valid_from:
+        raise InvalidInput("valid_until", "must be after valid_from")
+
+
+async def create(conn: AsyncConnection, who: Principal, req: s.BenefitCreate) -> s.BenefitView:
+    _check_texts(req.names, "names")
+    _check_validity(req.valid_from, req.valid_until)
+    params = core.check_params(req.type, req.params)
+    row = await repository.create_benefit(
+        conn,
+        who.programme_id,
+        {
+            "code": req.code,
+            "type": req.type,
+            "names": req.names,
+            "descriptions": req.descriptions,
+            "params": params,
+            "channels": req.channels,
+            "valid_from": req.valid_from,
+            "valid_until": req.valid_until,
+        },
+    )
+    return _view(row)
+
+
+async def _benefit(conn: AsyncConnection, who: Principal, code: str) -> core.BenefitDef:
+    row = await repository.benefit(conn, who.programme_id, code)
+    if row is None:
+        raise _benefit_not_found(code)
+    return _def(row)
+
+
+async def get(conn: AsyncConnection, who: Principal, code: str) -> s.BenefitView:
+    row = await repository.benefit(conn, who.programme_id, code)
+    if row is None:
+        raise _benefit_not_found(code)
+    return _view(row)
+
+
+async def list_all(conn: AsyncConnection, who: Principal) -> s.BenefitList:
+    return s.BenefitList(items=[_view(r) for r in await repository.all_benefits(conn, who.programme_id)])
+
+
+async def update(conn: AsyncConnection, who: Principal, code: str, req: s.BenefitUpdate) -> s.BenefitView:
+    current = await _benefit(conn, who, code)
+    values = {k: v for k, v in msgspec.structs.asdict(req).items() if v is not None}
+    if req.names is not None:
+        _check_texts(req.names, "names")
+    if req.params is not None:
+        if current.type == "quota" and req.params.get("period") != current.params.get("period"):
+            raise InvalidInput(
+                "params.period", "the period of a quota cannot change (usage is kept per period)"
+            )
+        values["params"] = core.check_params(current.type, req.params)
+    _check_validity(req.valid_from or current.valid_from, req.valid_until or current.valid_until)
+    row = await repository.update_benefit(conn, who.programme_id, code, values)
+    assert row is not None
+    return _view(row)
+
+
+async def set_tier_benefits(
+    conn: AsyncConnection, who: Principal, tier: str, req: s.TierBenefitsSet
+) -> s.TierBenefitList:
+    """Replaces what a tier includes. The ladder definition is not touched: the tier code is
+    the link, so a benefit set for a tier that is not (yet) on the ladder simply applies to nobody."""
+    items: list[tuple[int, dict[str, Any]]] = []
+    for i, item in enumerate(req.benefits):
+        benefit = await _benefit(conn, who, item.benefit)
+        items.append((benefit.id, override_params(benefit, item.params, f"benefits[{i}].params")))
+    if len({b for b, _ in items}) != len(items):
+        raise InvalidInput("benefits", "a benefit is listed twice")
+    await repository.set_tier_benefits(conn, who.programme_id, tier, items)
+    return await list_tier_benefits(conn, who)
+
+
+async def list_tier_benefits(conn: AsyncConnection, who: Principal) -> s.TierBenefitList:
+    rows = await repository.all_tier_benefits(conn, who.programme_id)
+    return s.TierBenefitList(
+        items=[s.TierBenefitView(tier=r["tier"], benefit=r["code"], params=r["params"]) for r in rows]
+    )
+
+
+async def create_campaign(conn: AsyncConnection, who: Principal, req: s.CampaignCreate) -> s.CampaignView:
+    if req.ends_at <= req.starts_at:
+        raise InvalidInput("ends_at", "must be after starts_at")
+    if await segments.get(conn, who.programme_id, req.segment) is None:
+        raise NotFound("No segment with this code.", code="segment_not_found", extra={"code": req.segment})
+    benefit = await _benefit(conn, who, req.benefit)
+    params = override_params(benefit, req.params, "params")
+    row = await repository.create_campaign(
+        conn,
+        who.programme_id,
+        {
+            "code": req.code,
+            "segment": req.segment,
+            "benefit_id": benefit.id,
+            "starts_at": req.starts_at,
+            "ends_at": req.ends_at,
+            "params": params,
+        },
+    )
+    return s.CampaignView(benefit=req.benefit, **row)
+
+
+async def list_campaigns(conn: AsyncConnection, who: Principal) -> s.CampaignList:
+    return s.CampaignList(
+        items=[s.CampaignView(**r) for r in await repository.all_campaigns(conn, who.programme_id)]
+    )
+
+
+# Grants ----------------------------------------------------------------------------------
+
+
+async def _member(conn: AsyncConnection, who: Principal, external_id: str) -> int:
+    found = await repository.member(conn, who.programme_id, external_id)
+    if found is None:
+        raise _member_not_found(external_id)
+    return found[0]
+
+
+async def grant(conn: AsyncConnection, who: Principal, external_id: str, req: s.GrantCreate) -> s.GrantView:
+    now = _now()
+    if req.expires_at is not None and req.expires_at <= now:
+        raise InvalidInput("expires_at", "must be in the future")
+    member_id = await _member(conn, who, external_id)
+    benefit = await _benefit(conn, who, req.benefit)
+    params = override_params(benefit, req.params, "params")
+    row = await repository.insert_grant(
+        conn,
+        who.programme_id,
+        {
+            "member_id": member_id,
+            "benefit_id": benefit.id,
+            "params": params,
+            "reason": req.reason,
+            "actor": who.actor,
+            "expires_at": req.expires_at,
+        },
+    )
+    await repository.domain_event(
+        conn,
+        who.programme_id,
+        "benefit.granted",
+        f"member:{external_id}",
+        {
+            "member_id": external_id,
+            "benefit": benefit.code,
+            "source": {"kind": "grant", "ref": str(row["id"])},
+            "params": core.merged(benefit.params, params),
+            "expires_at": row["expires_at"].isoformat() if row["expires_at"] else None,
+            "reason": req.reason,
+        },
+    )
+    return s.GrantView(
+        id=row["id"],
+        member_id=external_id,
+        benefit=benefit.code,
+        granted_at=row["granted_at"],
+        expires_at=row["expires_at"],
+    )
+
+
+async def revoke(
+    conn: AsyncConnection, who: Principal, external_id: str, grant_id: int, req: s.RevokeRequest
+) -> None:
+    member_id = await _member(conn, who, external_id)
+    row = await repository.revoke_grant(conn, who.programme_id, member_id, grant_id, req.reason, _now())
+    if row is None:
+        raise NotFound("No such grant for this member.", code="grant_not_found", extra={"grant_id": grant_id})
+
+
+# Entitlements ----------------------------------------------------------------------------
+
+
+async def _all_sources(
+    conn: AsyncConnection, programme_id: int, member_id: int, now: datetime, benefit_id: int | None = None
+) -> tuple[str | None, dict[int, list[core.Source]]]:
+    """Every source of every (or one) benefit the member has now: tier, campaigns, grants."""
+    sources: dict[int, list[core.Source]] = {}
+    tier = await repository.member_tier(conn, programme_id, member_id)
+    if tier is not None:
+        for b, params in (await repository.tier_benefit_params(conn, programme_id, tier, benefit_id)).items():
+            sources.setdefault(b, []).append(core.Source("tier", tier, params))
+    running = await repository.active_campaigns(conn, programme_id, now, benefit_id)
+    if running:
+        facts = await load_facts(conn, programme_id=programme_id, member_id=member_id, now=now)
+        assert facts is not None
+        for c in running:
+            if rules.evaluate(parsed_rule(msgspec.json.encode(c["rule"]).decode()), facts):
+                sources.setdefault(int(c["benefit_id"]), []).append(
+                    core.Source("segment", c["code"], dict(c["params"]), c["ends_at"])
+                )
+    for g in await repository.active_grants(conn, programme_id, member_id, now, benefit_id):
+        sources.setdefault(int(g["benefit_id"]), []).append(
+            core.Source("grant", str(g["id"]), dict(g["params"]), g["expires_at"])
+        )
+    return tier, sources
+
+
+def source_view(source: core.Source) -> s.SourceView:
+    return s.SourceView(kind=source.kind, ref=source.ref, params=source.params, until=source.until)
+
+
+async def member_entitlements(
+    conn: AsyncConnection, programme_id: int, tz: str, member_id: int, now: datetime
+) -> tuple[str | None, list[s.Entitlement]]:
+    tier, sources = await _all_sources(conn, programme_id, member_id, now)
+    defs = {int(r["id"]): _def(r) for r in await repository.all_benefits(conn, programme_id)}
+    periods = {
+        b: core.period_bounds(str(defs[b].params["period"]), now, tz)[0]
+        for b in sources
+        if b in defs and defs[b].type == "quota"
+    }
+    used = await repository.usage_in(conn, programme_id, member_id, periods)
+    items: list[s.Entitlement] = []
+    for b, found in sources.items():
+        benefit = defs[b]
+        decision = core.decide(benefit, found, used=used.get(b, 0), now=now, tz=tz, channel=None)
+        if decision.source is None:  # inactive or out of its validity
+            continue
+        items.append(
+            s.Entitlement(
+                benefit=benefit.code,
+                type=benefit.type,
+                names=benefit.names,
+                params=decision.params,
+                source=source_view(decision.source),
+                sources=[source_view(x) for x in found],
+                channels=list(benefit.channels),
+                limit=decision.limit,
+                used=decision.used,
+                remaining=decision.remaining,
+                resets_at=decision.resets_at,
+            )
+        )
+    items.sort(key=lambda e: e.benefit)
+    return tier, items
+
+
+async def entitlements(conn: AsyncConnection, who: Principal, external_id: str) -> s.Entitlements:
+    member_id = await _member(conn, who, external_id)
+    tier, items = await member_entitlements(conn, who.programme_id, who.timezone, member_id, _now())
+    return s.Entitlements(member_id=external_id, tier=tier, items=items)
+
+
+async def multiplier_for(conn: AsyncConnection, programme_id: int, member_id: int, now: datetime) -> Fraction:
+    """The member's best active points multiplier (1 without one)."""
+    tier, sources = await _all_sources(conn, programme_id, member_id, now)
+    if not sources:
+        return Fraction(1)
+    best = Fraction(1)
+    for row in await repository.all_benefits(conn, programme_id):
+        found = sources.get(int(row["id"]))
+        if row["type"] != "multiplier" or not found:
+            continue
+        benefit = _def(row)
+        decision = core.decide(benefit, found, used=0, now=now, tz="UTC", channel=None)
+        if decision.allowed:
+            best = max(best, core.multiplier_of(decision.params))
+    return best
+
+
+# Consumption -----------------------------------------------------------------------------
+
+
+async def _entitled_now(
+    conn: AsyncConnection,
+    who: Principal,
+    benefit: core.BenefitDef,
+    member_id: int,
+    channel: str | None,
+    now: datetime,
+) -> core.Decision:
+    """The decision inside the write's transaction, with the tier row and the grants locked: a concurrent demotion or revocation waits for this transaction, and one that
+    committed before it is seen (READ COMMITTED re-reads the locked rows)."""
+    sources: list[core.Source] = []
+    tier = await repository.member_tier(conn, who.programme_id, member_id, lock=True)
+    if tier is not None:
+        params = await repository.tier_benefit_params(conn, who.programme_id, tier, benefit.id)
+        if benefit.id in params:
+            sources.append(core.Source("tier", tier, params[benefit.id]))
+    running = await repository.active_campaigns(conn, who.programme_id, now, benefit.id)
+    if running:
+        facts = await load_facts(conn, programme_id=who.programme_id, member_id=member_id, now=now)
+        assert facts is not None
+        for c in running:
+            if rules.evaluate(parsed_rule(msgspec.json.encode(c["rule"]).decode()), facts):
+                sources.append(core.Source("segment", c["code"], dict(c["params"]), c["ends_at"]))
+    for g in await repository.active_grants(conn, who.programme_id, member_id, now, benefit.id, lock=True):
+        sources.append(core.Source("grant", str(g["id"]), dict(g["params"]), g["expires_at"]))
+    return core.decide(benefit, sources, used=0, now=now, tz=who.timezone, channel=channel)
+
+
+def _refused(decision: core.Decision, member: str, benefit: str) -> Conflict:
+    return Conflict(
+        f"The member may not use this benefit: {decision.reason}.",
+        code=decision.reason if decision.reason == "quota_exhausted" else "benefit_not_available",
+        extra={
+            "member_id": member,
+            "benefit": benefit,
+            "reason": decision.reason,
+            "remaining": decision.remaining,
+        },
+    )
+
+
+async def consume(
+    conn: AsyncConnection,
+    who: Principal,
+    code: str,
+    req: s.ConsumeRequest | s.ReserveRequest,
+    *,
+    reserve: bool,
+) -> s.ConsumptionResult:
+    """One use of the benefit for an order (reserve: pending until commit, release or timeout).
+    Idempotent by (benefit, order_reference); 409 when the quota is exhausted."""
+    now = _now()
+    benefit = await _benefit(conn, who, code)
+    found = await repository.member(conn, who.programme_id, req.member_id)
+    if found is None:
+        raise _member_not_found(req.member_id)
+    member_id, status = found
+    period_start = (
+        core.period_bounds(str(benefit.params["period"]), now, who.timezone)[0]
+        if benefit.type == "quota"
+        else None
+    )
+    expires_at = now + timedelta(seconds=req.hold_seconds) if isinstance(req, s.ReserveRequest) else None
+    claimed = await repository.claim_order(
+        conn,
+        who.programme_id,
+        {
+            "benefit_id": benefit.id,
+            "member_id": member_id,
+            "order_reference": req.order_reference,
+            "period_start": period_start,
+            "state": "reserved" if reserve else "committed",
+            "expires_at": expires_at,
+        },
+    )
+    if claimed is None:
+        return await _replay(conn, who, benefit, req.member_id, member_id, req.order_reference)
+    if status != "active":
+        raise Conflict(
+            "The member is not active.", code="member_not_active", extra={"member_id": req.member_id}
+        )
+    decision = await _entitled_now(conn, who, benefit, member_id, req.channel, now)
+    if not decision.allowed:
+        raise _refused(decision, req.member_id, code)
+    remaining = None
+    if period_start is not None and decision.limit is not None:
+        taken = await repository.take_use(
+            conn, who.programme_id, member_id, benefit.id, period_start, decision.limit, reserve=reserve
+        )
+        if taken is None:
+            raise _refused(core.Decision(False, "quota_exhausted", remaining=0), req.member_id, code)
+        remaining = max(decision.limit - taken, 0)
+    if not reserve:
+        await _consumed_event(
+            conn, who, benefit, req.member_id, req.order_reference, "committed", period_start, remaining
+        )
+    return s.ConsumptionResult(
+        member_id=req.member_id,
+        benefit=code,
+        order_reference=req.order_reference,
+        state="reserved" if reserve else "committed",
+        period_start=period_start,
+        limit=decision.limit,
+        remaining=remaining,
+        expires_at=expires_at,
+    )
+
+
+async def _consumed_event(
+    conn: AsyncConnection,
+    who: Principal,
+    benefit: core.BenefitDef,
+    external_id: str,
+    order_reference: str,
+    state: str,
+    period_start: date | None,
+    remaining: int | None,
+    used: int | None = None,
+) -> None:
+    await repository.domain_event(
+        conn,
+        who.programme_id,
+        "benefit.consumed",
+        f"member:{external_id}",
+        {
+            "member_id": external_id,
+            "benefit": benefit.code,
+            "order_reference": order_reference,
+            "state": state,
+            "period_start": period_start.isoformat() if period_start else None,
+            "remaining": remaining,
+            "used": used,
+        },
+    )
+
+
+async def _replay(
+    conn: AsyncConnection,
+    who: Principal,
+    benefit: core.BenefitDef,
+    external_id: str,
+    member_id: int,
+    order_reference: str,
+) -> s.ConsumptionResult:
+    row = await repository.consumption(conn, who.programme_id, benefit.id, order_reference)
+    assert row is not None
+    if row["member_id"] != member_id:
+        raise Conflict(
+            "This order reference was used for another member.",
+            code="order_reference_reused",
+            extra={"order_reference": order_reference, "benefit": benefit.code},
+        )
+    return s.ConsumptionResult(
+        member_id=external_id,
+        benefit=benefit.code,
+        order_reference=order_reference,
+        state=cast(s.ConsumptionState, row["state"]),
+        replayed=True,
+        period_start=row["period_start"],
+        expires_at=row["expires_at"],
+    )
+
+
+async def settle(
+    conn: AsyncConnection, who: Principal, code: str, order_reference: str, *, commit: bool
+) -> s.ConsumptionResult:
+    """commit: a reservation becomes a use. release: a reservation is dropped, or a committed
+    use is given back (order cancelled). Both are idempotent."""
+    benefit = await _benefit(conn, who, code)
+    row = await repository.consumption(conn, who.programme_id, benefit.id, order_reference, lock=True)
+    if row is None:
+        raise NotFound(
+            "No consumption for this order.",
+            code="consumption_not_found",
+            extra={"benefit": code, "order_reference": order_reference},
+        )
+    external_id = await _external_id(conn, who.programme_id, row["member_id"])
+    state = row["state"]
+    target: s.ConsumptionState = "committed" if commit else "released"
+    replayed = state == target
+    if commit and state == "released":
+        raise Conflict(
+            "The reservation was released (cancelled or timed out).",
+            code="consumption_released",
+            extra={"benefit": code, "order_reference": order_reference},
+        )
+    total: int | None = None
+    if not replayed:
+        if row["period_start"] is not None:
+            delta_used = (1 if commit else -1) if state == "committed" or commit else 0
+            delta_reserved = -1 if state == "reserved" else 0
+            total = await repository.move_use(
+                conn,
+                who.programme_id,
+                row["member_id"],
+                benefit.id,
+                row["period_start"],
+                used=delta_used,
+                reserved=delta_reserved,
+            )
+        await repository.set_consumption_state(conn, who.programme_id, row["id"], target)
+        if commit:
+            # The member's limit depends on their sources; the event carries the count instead.
+            await _consumed_event(
+                conn,
+                who,
+                benefit,
+                external_id,
+                order_reference,
+                "committed",
+                row["period_start"],
+                None,
+                total,
+            )
+    return s.ConsumptionResult(
+        member_id=external_id,
+        benefit=code,
+        order_reference=order_reference,
+        state=target,
+        replayed=replayed,
+        period_start=row["period_start"],
+    )
+
+
+async def _external_id(conn: AsyncConnection, programme_id: int, member_id: int) -> str:
+    from sqlalchemy import select
+
+    members = repository.members
+    value = await conn.scalar(
+        select(members.c.external_id).where(members.c.programme_id == programme_id, members.c.id == member_id)
+    )
+    return str(value)
+
+
+async def release_expired(conn: AsyncConnection, now: datetime | None = None) -> int:
+    return await repository.release_expired(conn, now or _now())
+
+
+# Gifts -----------------------------------------------------------------------------------
+
+
+async def grant_gifts(conn: AsyncConnection, who: Principal, now: datetime) -> int:
+    """The day's one-time gifts of one programme: each active gift benefit pays its points from
+    its budget through the ledger to the members entitled to it whose CRM attribute
+    ``birthday`` ("MM-DD" or "YYYY-MM-DD") is today in the programme's time zone. Idempotent:
+    the ledger key is per member, benefit and period, so a second run (or a second birthday in
+    the same period) pays nothing. A budget's refusal skips that member and is logged by the
+    caller's counts; it never fails the run."""
+    from loyalty.ledger import schemas as ls
+    from loyalty.ledger import service as ledger
+
+    today = now.astimezone(ZoneInfo(who.timezone)).date()
+    mmdd = f"{today.month:02d}-{today.day:02d}"
+    if (today.month, today.day) == (2, 28) and not calendar.isleap(today.year):
+        days = [mmdd, "02-29"]
+    else:
+        days = [mmdd]
+    paid = 0
+    for row in await repository.all_benefits(conn, who.programme_id):
+        benefit = _def(row)
+        if benefit.type != "gift" or core.availability(benefit, now, None) is not None:
+            continue
+        period = str(benefit.params.get("period", "year"))
+        start = core.period_bounds(period, now, who.timezone)[0]
+        benefit_id, tiers, segment_rules = await _who_gets(conn, who, benefit.code, now)
+        for day in days:
+            after: str | None = None
+            while True:
+                page = await repository.entitled_members(
+                    conn, who.programme_id, benefit_id, tiers, segment_rules, now, after, 1000, birthday=day
+                )
+                for external_id in page:
+                    paid += await _pay_gift(conn, who, benefit, external_id, start, ledger, ls)
+                if len(page) < 1000:
+                    break
+                after = page[-1]
+    return paid
+
+
+async def _pay_gift(
+    conn: AsyncConnection,
+    who: Principal,
+    benefit: core.BenefitDef,
+    external_id: str,
+    start: date,
+    ledger: Any,
+    ls: Any,
+) -> int:
+    member_id = await _member(conn, who, external_id)
+    _, sources = await _all_sources(conn, who.programme_id, member_id, _now(), benefit.id)
+    source = core.best_source(benefit.type, sources.get(benefit.id, []), benefit.params)
+    if source is None:
+        return 0
+    params = core.merged(benefit.params, source.params)
+    key = f"benefit-gift:{benefit.code}:{external_id}:{start.isoformat()}"
+    request = ls.EarnRequest(
+        member_id=external_id,
+        budget=params["budget"],
+        points=int(params["points"]),
+        reference=key,
+        reason=f"gift {benefit.code}",
+    )
+    try:
+        async with conn.begin_nested():
+            posted = await ledger.earn(conn, who, request, key)
+            if not posted.replayed:
+                await repository.domain_event(
+                    conn,
+                    who.programme_id,
+                    "benefit.granted",
+                    f"member:{external_id}",
+                    {
+                        "member_id": external_id,
+                        "benefit": benefit.code,
+                        "source": {"kind": source.kind, "ref": source.ref},
+                        "params": params,
+                        "period_start": start.isoformat(),
+                        "points": int(params["points"]),
+                    },
+                )
+    except DomainError:
+        return 0
+    return 0 if posted.replayed else 1
+
+
+# Marketing -------------------------------------------------------------------------------
+
+
+async def _who_gets(
+    conn: AsyncConnection, who: Principal, code: str, now: datetime
+) -> tuple[int, list[str], list[rules.Rule]]:
+    benefit = await _benefit(conn, who, code)
+    tiers = [
+        r["tier"] for r in await repository.all_tier_benefits(conn, who.programme_id) if r["code"] == code
+    ]
+    running = await repository.active_campaigns(conn, who.programme_id, now, benefit.id)
+    return benefit.id, tiers, [parsed_rule(msgspec.json.encode(c["rule"]).decode()) for c in running]
+
+
+async def entitled_members(
+    conn: AsyncConnection, who: Principal, code: str, cursor: str | None, limit: int
+) -> s.EntitledMembers:
+    now = _now()
+    benefit_id, tiers, segment_rules = await _who_gets(conn, who, code, now)
+    after = _decode_cursor(cursor) if cursor else None
+    ids = await repository.entitled_members(
+        conn, who.programme_id, benefit_id, tiers, segment_rules, now, after, limit + 1
+    )
+    more = len(ids) > limit
+    ids = ids[:limit]
+    return s.EntitledMembers(items=ids, next_cursor=_encode_cursor(ids[-1]) if more and ids else None)
+
+
+async def entitled_count(conn: AsyncConnection, who: Principal, code: str) -> s.EntitledCount:
+    now = _now()
+    benefit_id, tiers, segment_rules = await _who_gets(conn, who, code, now)
+    counts = await repository.entitled_count(conn, who.programme_id, benefit_id, tiers, segment_rules, now)
+    return s.EntitledCount(
+        benefit=code,
+        total=counts["total"],
+        by_tier=counts["tier"],
+        by_segment=counts["segment"],
+        by_grant=counts["grant"],
+    )
+
+
+def _encode_cursor(external_id: str) -> str:
+    return base64.urlsafe_b64encode(b"e:" + external_id.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (ValueError, UnicodeDecodeError):
+        raw = ""
+    if not raw.startswith("e:") or len(raw) < 3:
+        raise InvalidInput("cursor", "is not a cursor this API returned")
+    return raw[2:]
