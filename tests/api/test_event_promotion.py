@@ -73,3 +73,21 @@ async def test_a_budget_that_gives_less_than_planned_counts_only_what_was_earned
     assert answer["tier"] is None and answer["facts"]["tier"] is None
     assert await _history(engine, api, "m1") == []
     assert (await api.balance("m1"))["available"] == 900
+
+
+async def test_a_gold_members_multiplier_benefit_scales_what_an_event_earns(api: Api) -> None:
+    # Gold includes a x1.5 multiplier benefit; reaching gold in one event, the next earns x1.5.
+    from tests.api.test_benefits import benefit
+
+    await setup(api)
+    await published(api)
+    await benefit(api, "gold-x15", "multiplier", params={"factor": "1.5"})
+    r = await api.client.put(
+        "/v1/tier-benefits/gold", json={"benefits": [{"benefit": "gold-x15"}]}, headers=api.headers()
+    )
+    assert r.status_code == 200, r.text
+    first = await event(api, order("m1", 600_000))  # 6,000 points: gold from 5,000
+    assert first["points"] == 6_000 and first["tier"]["to_tier"] == "gold"
+    second = await event(api, order("m1", 10_000))  # 100 points, x1.5
+    assert second["points"] == 150
+    assert second["rules"][0]["requested"] == 150

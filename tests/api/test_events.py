@@ -254,7 +254,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
             "currency": "CNY",
             "items": [{"sku": "a"}],
         },
-        "items[0]",
+        "items[0].price",
     ),
     ({"type": "teleport"}, "type"),
     ({"type": "Bad Type"}, "type"),

@@ -91,7 +91,7 @@ async def test_endpoint_crud_shows_the_secret_only_on_create_and_rotate(api: Api
         ({"url": "https://u:p@x.example/h", "event_types": ["*"]}, "url"),
         ({"url": "https://x.example/h", "event_types": ["points.stolen"]}, "event_types"),
         ({"url": "https://x.example/h", "event_types": []}, "event_types"),
-        ({"url": "https://x.example/h"}, "body"),
+        ({"url": "https://x.example/h"}, "event_types"),
         ({"url": "https://x.example/h", "event_types": ["*"], "secret": "mine"}, "secret"),
     ],
 )

@@ -70,6 +70,25 @@ async def programme_timezone(conn: AsyncConnection, programme_id: int) -> str:
     )
 
 
+async def programme_config(conn: AsyncConnection, programme_id: int) -> dict[str, Any]:
+    """What an event reads as configuration, with the version that validates a cached copy."""
+    row = (
+        await conn.execute(
+            text(
+                "SELECT p.config_version, p.timezone, a.window_kind, a.window_months, a.rfm, a.lifecycle, "
+                "a.custom_event_types, a.programme_id IS NOT NULL AS has_settings "
+                "FROM programmes p LEFT JOIN activity_settings a ON a.programme_id = p.id WHERE p.id = :p"
+            ),
+            {"p": programme_id},
+        )
+    ).one()
+    values = dict(row._mapping)
+    settings = (
+        {k: values[k] for k in _DEFAULT_SETTINGS} if values["has_settings"] else dict(_DEFAULT_SETTINGS)
+    )
+    return {"config_version": values["config_version"], "timezone": values["timezone"], "settings": settings}
+
+
 # Members and events ------------------------------------------------------------------------
 
 
@@ -107,6 +126,77 @@ async def insert_event(
     ).scalar()
 
 
+# The start of every event, one round trip: the member, the event row (nothing more when its
+# event id is taken), the member's facts row taken (created if need be, with the order's time
+# noted), then the order's activity day; and the programme's config version. The activity day
+# reads from the facts CTE so that the facts row is always locked first.
+_BEGIN_EVENT = text(
+    """
+    WITH mem AS (
+        SELECT id FROM members WHERE programme_id = :p AND external_id = :external
+    ), ins AS (
+        INSERT INTO member_events (programme_id, member_id, event_id, type, occurred_at, order_ref, amount,
+                                   currency, channel, payload)
+        SELECT :p, mem.id, :event_id, :type, :occurred_at, :order_ref, :amount, :currency, :channel,
+               CAST(:payload AS jsonb)
+        FROM mem
+        ON CONFLICT (programme_id, event_id) DO NOTHING
+        RETURNING id, member_id
+    ), fct AS (
+        INSERT INTO member_facts AS mf (programme_id, member_id, first_order_at, last_order_at)
+        SELECT :p, ins.member_id, CAST(:order_at AS timestamptz), CAST(:order_at AS timestamptz) FROM ins
+        ON CONFLICT (programme_id, member_id) DO UPDATE SET
+            first_order_at = least(mf.first_order_at, excluded.first_order_at),
+            last_order_at = greatest(mf.last_order_at, excluded.last_order_at)
+        RETURNING mf.member_id
+    ), day AS (
+        INSERT INTO member_activity_days (programme_id, member_id, day, orders, spend, qualifying_points)
+        SELECT :p, fct.member_id, :day, :orders, :spend, 0 FROM fct WHERE CAST(:add_day AS boolean)
+        ON CONFLICT (programme_id, member_id, day) DO UPDATE SET
+            orders = member_activity_days.orders + excluded.orders,
+            spend = member_activity_days.spend + excluded.spend
+    )
+    SELECT p.config_version, (SELECT id FROM mem) AS member_id, (SELECT id FROM ins) AS row_id
+    FROM programmes p WHERE p.id = :p
+    """
+)
+
+
+async def begin_event(
+    conn: AsyncConnection,
+    programme_id: int,
+    external_id: str,
+    event: dict[str, Any],
+    payload: dict[str, Any],
+    *,
+    order_at: datetime | None,
+    day: date,
+    orders: int = 0,
+    spend: int | None = None,
+) -> tuple[int, int | None, int | None]:
+    """(config version, member id or None, new event row id or None when the id is taken).
+
+    ``order_at`` notes an order's time on the facts; ``spend`` (None: no activity day) is added
+    to the day's figures with ``orders``."""
+    row = (
+        await conn.execute(
+            _BEGIN_EVENT,
+            {
+                "p": programme_id,
+                "external": external_id,
+                **event,
+                "payload": _json(payload),
+                "order_at": order_at,
+                "day": day,
+                "orders": orders,
+                "spend": spend or 0,
+                "add_day": spend is not None,
+            },
+        )
+    ).one()
+    return row[0], row[1], row[2]
+
+
 async def stored_event(conn: AsyncConnection, programme_id: int, event_id: str) -> dict[str, Any] | None:
     row = (
         await conn.execute(
@@ -127,6 +217,7 @@ async def finish_event(
     outcome: dict[str, Any],
     response: Any,
 ) -> None:
+    """The event's outcome and stored answer."""
     await conn.execute(
         text(
             "UPDATE member_events SET amount = :a, points = :pts, outcome = CAST(:o AS jsonb), "
@@ -260,6 +351,31 @@ async def add_points(
     )
 
 
+async def add_points_and_activity(
+    conn: AsyncConnection, programme_id: int, member_id: int, day: date, *, lifetime: int, qualifying: int
+) -> None:
+    """add_activity(qualifying_points=qualifying) and add_points in one statement; the caller
+    holds the facts row already (no lock order to keep between the two rows)."""
+    await conn.execute(
+        text(
+            """
+            WITH d AS (
+                INSERT INTO member_activity_days (programme_id, member_id, day, orders, spend, qualifying_points)
+                VALUES (:p, :m, :d, 0, 0, :q)
+                ON CONFLICT (programme_id, member_id, day) DO UPDATE SET
+                    qualifying_points = member_activity_days.qualifying_points + excluded.qualifying_points
+            )
+            INSERT INTO member_facts (programme_id, member_id, lifetime_points, qualifying_points)
+            VALUES (:p, :m, greatest(:l, 0), greatest(:q, 0))
+            ON CONFLICT (programme_id, member_id) DO UPDATE SET
+                lifetime_points = member_facts.lifetime_points + :l,
+                qualifying_points = member_facts.qualifying_points + :q, updated_at = now()
+            """
+        ),
+        {"p": programme_id, "m": member_id, "d": day, "l": lifetime, "q": qualifying},
+    )
+
+
 # One statement recomputes the facts of one member or of a whole programme: window sums from
 # member_activity_days, then RFM and lifecycle from the programme's settings (the same
 # definitions as activity.core). With :rebuild, first/last order and lifetime points are
@@ -368,6 +484,35 @@ _REFRESH_SQL = """
 # event, must keep its plan on the primary key instead of a generic plan over the programme.
 _REFRESH_ALL = text(_REFRESH_SQL.replace("{member_filter}", ""))
 _REFRESH_ONE = text(_REFRESH_SQL.replace("{member_filter}", "AND m.id = :m"))
+
+
+# One member's refresh that also answers the member's facts as they are after it (the columns
+# of facts.row_to_facts), saving the read that would follow.
+_REFRESH_HEAD, _REFRESH_TAIL = _REFRESH_ONE.text.split("INSERT INTO member_facts AS mf", 1)
+_REFRESH_ONE_LOADED = text(
+    _REFRESH_HEAD
+    + ", up AS (INSERT INTO member_facts AS mf"
+    + _REFRESH_TAIL
+    + """
+        RETURNING mf.*)
+    SELECT up.qualifying_points, up.spend, up.orders, up.lifetime_points, up.lifetime_spend,
+           up.lifetime_orders, up.last_order_at, mm.enrolled_at, up.recency_score, up.frequency_score,
+           up.monetary_score, up.lifecycle, tt.tier, up.tags, CAST(mm.attributes AS text) AS attributes
+    FROM up JOIN members mm ON mm.id = up.member_id
+    LEFT JOIN member_tiers tt ON tt.programme_id = up.programme_id AND tt.member_id = up.member_id
+    """
+)
+
+
+async def refresh_member_facts(
+    conn: AsyncConnection, programme_id: int, member_id: int, *, now: datetime
+) -> Any:
+    """Refresh one member's facts; returns the refreshed row for facts.row_to_facts."""
+    return (
+        await conn.execute(
+            _REFRESH_ONE_LOADED, {"p": programme_id, "now": now, "rebuild": False, "m": member_id}
+        )
+    ).one()
 
 
 async def refresh_facts(
@@ -569,16 +714,20 @@ async def add_usage(
         )
 
 
-async def domain_event(
-    conn: AsyncConnection, programme_id: int, type_: str, subject: str, payload: Any
-) -> None:
-    await conn.execute(
-        text(
-            "INSERT INTO domain_events (programme_id, type, subject, payload) "
-            "VALUES (:p, :t, :s, CAST(:payload AS jsonb))"
-        ),
-        {"p": programme_id, "t": type_, "s": subject, "payload": _json(payload)},
-    )
+_RULE_EARN = text(
+    "SELECT replayed, CAST(body AS text), error_code, error_detail FROM activity_rule_earn(:p_programme, :p_key, "
+    ":p_fingerprint, :p_member, :p_budget, :p_amount, :p_partial, :p_reference, :p_reason, :p_vests_at, "
+    ":p_expires_at, CAST(:p_metadata AS jsonb), :p_actor)"
+)
+
+
+async def rule_earn(
+    conn: AsyncConnection, params: dict[str, Any]
+) -> tuple[bool, str | None, str | None, str | None]:
+    """ledger_earn with ledger.service.earn_params; a ledger refusal is answered, with nothing
+    written, as (False, None, error code, error detail JSON) rather than raised."""
+    row = (await conn.execute(_RULE_EARN, params)).one()
+    return bool(row[0]), row[1], row[2], row[3]
 
 
 # Imports -----------------------------------------------------------------------------------

@@ -7,23 +7,29 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import weakref
 from datetime import UTC, date, datetime
 from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
+from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.activity import core, repository
 from loyalty.activity import schemas as s
-from loyalty.activity.facts import facts_to_json, load_facts
+from loyalty.activity.facts import facts_to_json, load_facts, row_to_facts
 from loyalty.auth.core import Principal
+from loyalty.benefits import service as benefits
 from loyalty.errors import Conflict, DomainError, InvalidInput, NotFound
 from loyalty.ledger import schemas as ls
 from loyalty.ledger import service as ledger
-from loyalty.rules import Facts, explain, parse_rule
+from loyalty.ledger.errors import ledger_error
+from loyalty.rules import Facts, Rule, explain, parse_rule
+from loyalty.tiers import repository as tier_repository
 from loyalty.tiers import service as tiers
+from loyalty.tiers.definition import LadderSpec, parse_definition
 
 # Ledger refusals that stop one rule from earning without failing the whole event.
 _RULE_REFUSALS = {
@@ -53,9 +59,18 @@ async def _member_id(conn: AsyncConnection, who: Principal, external_id: str) ->
     return found[0]
 
 
-def member_multiplier(_facts: Facts) -> Fraction:
-    """The member's earn multiplier from tier benefits: 1 until benefits provide one."""
-    return Fraction(1)
+class MemberMultiplier:
+    """The member's points multiplier from their benefits (a Gold tier's x1.5, say), read once
+    per event and only when a rule fires, since most events of most members need none."""
+
+    def __init__(self, conn: AsyncConnection, programme_id: int, member_id: int, now: datetime) -> None:
+        self._args = (conn, programme_id, member_id, now)
+        self._value: Fraction | None = None
+
+    async def get(self) -> Fraction:
+        if self._value is None:
+            self._value = await benefits.multiplier_for(*self._args)
+        return self._value
 
 
 # Validation --------------------------------------------------------------------------------
@@ -92,6 +107,80 @@ def _local_day(moment: datetime, tz: str) -> date:
 # Recording ---------------------------------------------------------------------------------
 
 
+# Configuration -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(slots=True)
+class _Rule:
+    """An active earning rule as stored, its condition and formula parsed once per process."""
+
+    row: dict[str, Any]
+    _condition: Rule | None = None
+    _formula: core.Formula | None = None
+
+    def condition(self) -> Rule:
+        if self._condition is None:
+            self._condition = parse_rule(self.row["condition"], path="condition")
+        return self._condition
+
+    def formula(self) -> core.Formula:
+        if self._formula is None:
+            self._formula = core.parse_formula(self.row["formula"])
+        return self._formula
+
+
+@dataclasses.dataclass(slots=True)
+class _Config:
+    """What an event reads of its programme's configuration, as of ``version``."""
+
+    version: int
+    timezone: str
+    settings: dict[str, Any]
+    rules: dict[str, list[_Rule]]  # active rules by event type, in priority order
+    ladders: list[dict[str, Any]]  # versions published, latest effective_at first
+    _specs: dict[int, LadderSpec] = dataclasses.field(default_factory=dict)
+
+    def ladder(self, now: datetime) -> LadderSpec | None:
+        """The ladder in force at ``now`` (tiers.repository.current_version's choice)."""
+        for row in self.ladders:
+            if row["effective_at"] <= now:
+                spec = self._specs.get(row["version"])
+                if spec is None:
+                    spec = self._specs[row["version"]] = parse_definition(
+                        row["definition"], version=row["version"]
+                    )
+                return spec
+        return None
+
+
+# Per engine (one database) and programme; an event checks the version it reads anyway.
+_CONFIGS: weakref.WeakKeyDictionary[Engine, dict[int, _Config]] = weakref.WeakKeyDictionary()
+
+
+async def _load_config(conn: AsyncConnection, programme_id: int) -> _Config:
+    head = await repository.programme_config(conn, programme_id)
+    by_type: dict[str, list[_Rule]] = {}
+    for row in await repository.rules(conn, programme_id):
+        if row["active"]:
+            by_type.setdefault(row["event_type"], []).append(_Rule(row))
+    config = _Config(
+        version=head["config_version"],
+        timezone=head["timezone"] or "UTC",
+        settings=head["settings"],
+        rules=by_type,
+        ladders=await tier_repository.ladder_versions(conn, programme_id),
+    )
+    _CONFIGS.setdefault(conn.engine.sync_engine, {})[programme_id] = config
+    return config
+
+
+def _cached_config(conn: AsyncConnection, programme_id: int) -> _Config | None:
+    return _CONFIGS.get(conn.engine.sync_engine, {}).get(programme_id)
+
+
+# Recording ---------------------------------------------------------------------------------
+
+
 async def record(
     conn: AsyncConnection, who: Principal, req: s.EventIn, *, simulate: bool = False
 ) -> tuple[bool, s.EventResult]:
@@ -100,9 +189,13 @@ async def record(
     The event row is inserted first: its unique (programme, event id) is what makes a retry,
     or a concurrent duplicate, have no second effect."""
     now = _now()
-    settings = await repository.settings(conn, who.programme_id)
-    occurred_at = check_event(req, settings["custom_event_types"], now)
-    member_id = await _member_id(conn, who, req.member_id)
+    config = _cached_config(conn, who.programme_id) or await _load_config(conn, who.programme_id)
+    try:
+        occurred_at = check_event(req, config.settings["custom_event_types"], now)
+    except InvalidInput:
+        # A cached copy may be out of date: the refusal must come from the current settings.
+        config = await _load_config(conn, who.programme_id)
+        occurred_at = check_event(req, config.settings["custom_event_types"], now)
     payload = msgspec.to_builtins(req)
     # A refund is stored negative; one without an amount is resolved below, under the lock.
     amount = req.amount if req.type != "order_refunded" or req.amount is None else -req.amount
@@ -115,26 +208,39 @@ async def record(
         "currency": req.currency,
         "channel": req.channel,
     }
-    row_id = await repository.insert_event(conn, who.programme_id, member_id, event, payload)
+    day = _local_day(occurred_at, who.timezone)
+    is_order = req.type == "order_completed"
+    version, member_id, row_id = await repository.begin_event(
+        conn,
+        who.programme_id,
+        req.member_id,
+        event,
+        payload,
+        order_at=occurred_at if is_order else None,
+        day=day,
+        orders=1,
+        spend=(req.amount or 0) if is_order else None,
+    )
+    if member_id is None:
+        raise _member_not_found(req.member_id)
+    if version != config.version:
+        config = await _load_config(conn, who.programme_id)
+        check_event(req, config.settings["custom_event_types"], now)
     if row_id is None:
         return True, await _replay(conn, who, req, payload, simulate)
 
-    await repository.lock_facts(conn, who.programme_id, member_id)
     refund_amount: int | None = None
     history: dict[str, int] | None = None
     if req.type == "order_refunded":
         history = await repository.order_history(conn, who.programme_id, member_id, req.order_ref or "")
         refund_amount = _refund_amount(req, history)
         amount = -refund_amount
-    day = _local_day(occurred_at, who.timezone)
-    if req.type == "order_completed":
-        await repository.add_activity(conn, who.programme_id, member_id, day, orders=1, spend=req.amount or 0)
-        await repository.note_order(conn, who.programme_id, member_id, occurred_at)
-    elif req.type == "order_refunded":
         await repository.add_activity(conn, who.programme_id, member_id, day, spend=amount or 0)
-    await repository.refresh_facts(conn, who.programme_id, now=now, member_id=member_id)
-    facts = await load_facts(conn, programme_id=who.programme_id, member_id=member_id, now=now)
-    assert facts is not None  # the member exists: we hold its event row
+    # The facts row is held from begin_event on; the refresh answers the facts it leaves.
+    base = row_to_facts(
+        await repository.refresh_member_facts(conn, who.programme_id, member_id, now=now), now=now
+    )
+    facts = base
 
     outcomes: list[s.RuleOutcome] = []
     clawback: s.ClawbackOutcome | None = None
@@ -147,8 +253,11 @@ async def record(
     else:
         event_view = {**payload, "amount": amount}
         slots: list[s.RuleOutcome | _Plan] = []
-        for rule in await repository.rules(conn, who.programme_id, req.type):
-            slots.append(await _plan_rule(conn, who, req, member_id, rule, facts, event_view, occurred_at))
+        multiplier = MemberMultiplier(conn, who.programme_id, member_id, now)
+        for rule in config.rules.get(req.type, ()):
+            slots.append(
+                await _plan_rule(conn, who, req, member_id, rule, facts, event_view, occurred_at, multiplier)
+            )
         plans = [slot for slot in slots if isinstance(slot, _Plan)]
         if plans:
             # The ledger's earns take budget rows that every event of the programme wants: they
@@ -156,35 +265,34 @@ async def record(
             # tier work. That work runs first on the planned points, in a savepoint; when a budget
             # gives less than planned (nearly spent), it is undone and redone on what was earned.
             optimistic = await conn.begin_nested()
-            await _count_points(conn, who, member_id, day, plans, [p.grant for p in plans])
-            change = await _assess(conn, who, member_id, now)
+            facts = await _count_points(conn, who, member_id, day, plans, [p.grant for p in plans], base)
+            change = await _assess(conn, who, member_id, now, config, facts)
             posted = [await _post_plan(conn, who, req, member_id, plan) for plan in plans]
             if all(o.points == plan.grant for (o, _), plan in zip(posted, plans, strict=True)):
                 await optimistic.commit()
             else:
                 await optimistic.rollback()
                 posted = [await _post_plan(conn, who, req, member_id, plan) for plan in plans]
-                await _count_points(conn, who, member_id, day, plans, [o.points for o, _ in posted])
-                change = await _assess(conn, who, member_id, now)
+                facts = await _count_points(
+                    conn, who, member_id, day, plans, [o.points for o, _ in posted], base
+                )
+                change = await _assess(conn, who, member_id, now, config, facts)
             points = sum(o.points for o, _ in posted)
             qualifying = sum(o.points for o, is_qualifying in posted if is_qualifying)
         done = iter(o for o, _ in posted) if plans else iter(())
         outcomes = [next(done) if isinstance(slot, _Plan) else slot for slot in slots]
     if req.type == "order_refunded" or not plans:
         if points or qualifying:
-            await repository.add_activity(
-                conn, who.programme_id, member_id, day, qualifying_points=qualifying
+            await repository.add_points_and_activity(
+                conn, who.programme_id, member_id, day, lifetime=max(points, 0), qualifying=qualifying
             )
-            await repository.add_points(
-                conn, who.programme_id, member_id, lifetime=max(points, 0), qualifying=qualifying
-            )
+            facts = _with_points(base, points, qualifying)
         # Promotion is real time: the facts this event changed may lift the member a tier, in
         # the same transaction (an event never demotes; the schedule does that).
-        change = await _assess(conn, who, member_id, now)
-    facts = await load_facts(conn, programme_id=who.programme_id, member_id=member_id, now=now)
-    assert facts is not None
+        change = await _assess(conn, who, member_id, now, config, facts)
     tier = None
     if change is not None:
+        facts = dataclasses.replace(facts, tier=change.to_tier)
         tier = s.TierOutcome(
             kind=change.kind, reason=change.reason, from_tier=change.from_tier, to_tier=change.to_tier,
             bonus=change.bonus,
@@ -203,9 +311,25 @@ async def record(
     )
     outcome_json = {"qualifying": qualifying, "rules": [o.code for o in outcomes if o.points]}
     await repository.finish_event(
-        conn, who.programme_id, member_id, row_id, amount, points, outcome_json, msgspec.to_builtins(result)
+        conn,
+        who.programme_id,
+        member_id,
+        row_id,
+        amount,
+        points,
+        outcome_json,
+        msgspec.to_builtins(result),
     )
     return False, result
+
+
+def _with_points(facts: Facts, points: int, qualifying: int) -> Facts:
+    """The facts after add_points(lifetime=max(points, 0), qualifying=qualifying) on their row."""
+    return dataclasses.replace(
+        facts,
+        lifetime_points=(facts.lifetime_points or 0) + max(points, 0),
+        qualifying_points=(facts.qualifying_points or 0) + int(qualifying),  # a clawback's share is numeric
+    )
 
 
 async def _count_points(
@@ -215,21 +339,30 @@ async def _count_points(
     day: date,
     plans: list[_Plan],
     earned: list[int],
-) -> None:
+    facts: Facts,
+) -> Facts:
+    """Adds the earned points to the member's day and facts; returns the facts with them."""
     points = sum(earned)
     qualifying = sum(n for n, plan in zip(earned, plans, strict=True) if plan.rule["qualifying"])
     if points or qualifying:
-        await repository.add_activity(conn, who.programme_id, member_id, day, qualifying_points=qualifying)
-        await repository.add_points(
-            conn, who.programme_id, member_id, lifetime=max(points, 0), qualifying=qualifying
+        await repository.add_points_and_activity(
+            conn, who.programme_id, member_id, day, lifetime=max(points, 0), qualifying=qualifying
         )
+        return _with_points(facts, points, qualifying)
+    return facts
 
 
 async def _assess(
-    conn: AsyncConnection, who: Principal, member_id: int, now: datetime
+    conn: AsyncConnection, who: Principal, member_id: int, now: datetime, config: _Config, facts: Facts
 ) -> tiers.TierChange | None:
     return await tiers.assess_member(
-        conn, programme_id=who.programme_id, member_id=member_id, now=now, trigger="event", actor=who.actor
+        conn,
+        programme_id=who.programme_id,
+        member_id=member_id,
+        now=now,
+        trigger="event",
+        actor=who.actor,
+        preloaded=tiers.Preloaded(spec=config.ladder(now), timezone=config.timezone, facts=facts),
     )
 
 
@@ -277,12 +410,14 @@ async def _plan_rule(
     who: Principal,
     req: s.EventIn,
     member_id: int,
-    rule: dict[str, Any],
+    cached: _Rule,
     facts: Facts,
     event_view: dict[str, Any],
     occurred_at: datetime,
+    multiplier: MemberMultiplier,
 ) -> s.RuleOutcome | _Plan:
     """Everything about one rule but the ledger: its outcome if it earns nothing, else a plan."""
+    rule = cached.row
     code = rule["code"]
 
     def miss(reason: str, condition: Any = None) -> s.RuleOutcome:
@@ -295,12 +430,10 @@ async def _plan_rule(
     filtered = core.filter_miss(rule["event_filter"], event_view)
     if filtered:
         return miss(f"event filter: {filtered}")
-    condition = parse_rule(rule["condition"], path="condition")
-    trace = msgspec.to_builtins(dataclasses.asdict(explain(condition, facts)))
+    trace = msgspec.to_builtins(dataclasses.asdict(explain(cached.condition(), facts)))
     if not trace["passed"]:
         return miss("the condition does not hold for the member's facts", trace)
-    formula = core.parse_formula(rule["formula"])
-    wanted = core.points_for(formula, req.amount, member_multiplier=member_multiplier(facts))
+    wanted = core.points_for(cached.formula(), req.amount, member_multiplier=await multiplier.get())
     if wanted <= 0:
         return miss("the formula gives 0 points for this event", trace)
 
@@ -330,7 +463,9 @@ async def _plan_rule(
 async def _post_plan(
     conn: AsyncConnection, who: Principal, req: s.EventIn, member_id: int, plan: _Plan
 ) -> tuple[s.RuleOutcome, bool]:
-    """The plan's earn through the ledger, its cap usage and its points.earned event."""
+    """The plan's earn through the ledger and its cap usage: (outcome, whether its points
+    qualify). The ledger writes the points.earned event, with the rule and event id from the
+    earn's metadata."""
     rule, wanted, grant, periods, trace = plan.rule, plan.wanted, plan.grant, plan.periods, plan.trace
     code = rule["code"]
     earn = ls.EarnRequest(
@@ -344,23 +479,28 @@ async def _post_plan(
         expiry=msgspec.convert(rule["expiry"], ls.ExpiryIn) if rule["expiry"] else None,
         metadata={"event_id": req.event_id, "rule": code},
     )
-    try:
-        # A savepoint: a budget's refusal undoes only this rule's earn, not the event.
-        async with conn.begin_nested():
-            posted = await ledger.earn(conn, who, earn, f"event:{req.event_id}:{code}")
-    except DomainError as exc:
+    # A budget's refusal undoes only this rule's earn, not the event (see activity_rule_earn).
+    _, body_json, error_code, error_detail = await repository.rule_earn(
+        conn, ledger.earn_params(who, earn, f"event:{req.event_id}:{code}")
+    )
+    if error_code is not None:
+        exc = ledger_error(error_code, error_detail)
         if exc.code not in _RULE_REFUSALS:
-            raise
-        return s.RuleOutcome(
-            code=code,
-            fired=True,
-            points=0,
-            requested=wanted,
-            status="not_earned",
-            reason=f"{exc.code}: {exc.detail}",
-            condition=trace,
-        ), False
-    body = msgspec.json.decode(posted.body)
+            raise exc
+        return (
+            s.RuleOutcome(
+                code=code,
+                fired=True,
+                points=0,
+                requested=wanted,
+                status="not_earned",
+                reason=f"{exc.code}: {exc.detail}",
+                condition=trace,
+            ),
+            False,
+        )
+    assert body_json is not None
+    body = msgspec.json.decode(body_json)
     earned = int(body["amount"])
     await repository.add_usage(conn, who.programme_id, member_id, rule["id"], periods, earned)
     notes = []
@@ -368,33 +508,20 @@ async def _post_plan(
         notes.append(f"capped from {wanted} to {grant} by the rule's cap")
     if earned < grant:
         notes.append(f"the budget had only {earned} of {grant} left")
-    await repository.domain_event(
-        conn,
-        who.programme_id,
-        "points.earned",
-        f"member:{req.member_id}",
-        {
-            "member_id": req.member_id,
-            "points": earned,
-            "rule": code,
-            "event_id": req.event_id,
-            "transaction_id": body["transaction_id"],
-            "budget": rule["budget"],
-            "status": body["status"],
-            "qualifying": rule["qualifying"],
-        },
-    )
     status = "pending" if body["status"] == "pending" else ("partial" if earned < wanted else "earned")
-    return s.RuleOutcome(
-        code=code,
-        fired=True,
-        points=earned,
-        requested=wanted,
-        status=status,
-        reason="; ".join(notes) or "the event passed the filter and the condition holds",
-        transaction_id=body["transaction_id"],
-        condition=trace,
-    ), bool(rule["qualifying"])
+    return (
+        s.RuleOutcome(
+            code=code,
+            fired=True,
+            points=earned,
+            requested=wanted,
+            status=status,
+            reason="; ".join(notes) or "the event passed the filter and the condition holds",
+            transaction_id=body["transaction_id"],
+            condition=trace,
+        ),
+        bool(rule["qualifying"]),
+    )
 
 
 async def _claw_back(

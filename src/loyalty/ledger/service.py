@@ -31,10 +31,13 @@ def _expires_at(expiry: s.ExpiryIn | None, tz: str, earned_at: datetime) -> date
 
 
 async def earn(conn: PostingConnection, who: Principal, req: s.EarnRequest, key: str | None) -> Posted:
+    return await repository.post(conn, "ledger_earn", **earn_params(who, req, key))
+
+
+def earn_params(who: Principal, req: s.EarnRequest, key: str | None) -> dict[str, Any]:
+    """The arguments of ledger_earn, in order (callers that wrap the function use them too)."""
     now = _now()
-    return await repository.post(
-        conn,
-        "ledger_earn",
+    return dict(
         p_programme=who.programme_id,
         p_key=key,
         p_fingerprint=core.fingerprint("earn", req),

@@ -16,6 +16,7 @@ from sqlalchemy import (
     String,
     Text,
     func,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -39,6 +40,11 @@ class Programme(Base):
     # What a refund does when the member already spent the points it earned.
     clawback_policy: Mapped[str] = mapped_column(Text, server_default="negative")
     allow_transfers: Mapped[bool] = mapped_column(Boolean, server_default="false")
+    # Bumped (from programme_config_version_seq, by triggers) with every change of activity
+    # settings, earning rules, ladder versions or the time zone: validates per-process caches.
+    config_version: Mapped[int] = mapped_column(
+        BigInteger, server_default=text("nextval('programme_config_version_seq')")
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

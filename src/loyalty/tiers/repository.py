@@ -177,6 +177,17 @@ async def current_version(conn: AsyncConnection, programme_id: int, now: datetim
     return dict(row._mapping) if row else None
 
 
+async def ladder_versions(conn: AsyncConnection, programme_id: int) -> list[dict[str, Any]]:
+    """Every version that is or was in force, or will be: latest effective_at first (the order
+    current_version picks by)."""
+    rows = await conn.execute(
+        select(versions.c.version, versions.c.effective_at, versions.c.definition)
+        .where(versions.c.programme_id == programme_id, versions.c.status.in_(("published", "superseded")))
+        .order_by(versions.c.effective_at.desc(), versions.c.version.desc())
+    )
+    return [dict(r._mapping) for r in rows]
+
+
 async def latest_effective_at(conn: AsyncConnection, programme_id: int) -> datetime | None:
     return await conn.scalar(
         select(func.max(versions.c.effective_at)).where(

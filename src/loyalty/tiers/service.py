@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,6 +17,7 @@ from loyalty.auth.core import Principal
 from loyalty.errors import Conflict, DomainError, InvalidInput, NotFound
 from loyalty.ledger import schemas as ledger_schemas
 from loyalty.ledger import service as ledger
+from loyalty.rules.facts import Facts
 from loyalty.tiers import core, repository
 from loyalty.tiers import schemas as s
 from loyalty.tiers.definition import LadderSpec, outcomes_for, parse_definition, state_for, trace_of
@@ -48,6 +50,17 @@ class TierChange:
     ladder_version: int
     decision: core.TierDecision[rules.Explanation]
     bonus: dict[str, Any] | None = field(default=None)
+
+
+@dataclass(frozen=True, slots=True)
+class Preloaded:
+    """What a caller of assess_member already holds: the ladder in force (None: no ladder), the
+    programme's time zone and, optionally, the member's facts (their tier is re-read under the
+    tier row's lock)."""
+
+    spec: LadderSpec | None
+    timezone: str
+    facts: Facts | None = None
 
 
 def _now() -> datetime:
@@ -189,22 +202,29 @@ async def assess_member(
     now: datetime,
     trigger: Literal["event", "scheduled"],
     actor: str,
+    preloaded: Preloaded | None = None,
 ) -> TierChange | None:
     """Decide the member's tier now and write what changed: member_tiers, a history row with the
     deciding rules explained and the facts, a tier.changed event, the promotion bonus. Runs in
     the caller's transaction; returns None when nothing but (at most) the next assessment time
-    changed, or when the programme has no ladder yet."""
-    spec = await _ladder(conn, programme_id, now)
+    changed, or when the programme has no ladder yet. ``preloaded`` spares the reads of what
+    the caller already has (the event path)."""
+    spec = await _ladder(conn, programme_id, now) if preloaded is None else preloaded.spec
     if spec is None:
         return None
     row = await repository.lock_member_tier(conn, programme_id, member_id)
     if row is None:
         await repository.lock_new_member(conn, programme_id, member_id)
         row = await repository.lock_member_tier(conn, programme_id, member_id)
-    facts = await load_facts(conn, programme_id=programme_id, member_id=member_id, now=now)
+    facts: Facts | None
+    if preloaded is not None and preloaded.facts is not None:
+        # The tier fact is member_tiers.tier: read again here, under the row's lock.
+        facts = dataclasses.replace(preloaded.facts, tier=row["tier"] if row else None)
+    else:
+        facts = await load_facts(conn, programme_id=programme_id, member_id=member_id, now=now)
     if facts is None:
         raise NotFound("No such member.", code="member_not_found", extra={"member_id": member_id})
-    tz = await repository.programme_timezone(conn, programme_id)
+    tz = await repository.programme_timezone(conn, programme_id) if preloaded is None else preloaded.timezone
     state = state_for(spec, row)
     decision = core.decide(
         ladder=spec.ladder, state=state, outcomes=outcomes_for(spec, facts), now=now, trigger=trigger, tz=tz

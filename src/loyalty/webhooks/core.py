@@ -22,6 +22,8 @@ EVENT_TYPES = frozenset(
         "points.spent",
         "points.expiring_soon",
         "points.expired",
+        "points.clawed_back",
+        "points.adjusted",
         "tier.changed",
         "benefit.granted",
         "benefit.consumed",

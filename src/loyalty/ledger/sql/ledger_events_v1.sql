@@ -1,0 +1,58 @@
+-- Domain events of the ledger, written in the same transaction as the postings they tell of.
+--
+-- One statement-level trigger on transactions covers every path that moves a member's points
+-- (single calls, batch earn, the worker's expiry, inline expiry before a spend), so no posting
+-- function has to remember to write its event. The webhook fan-out trigger on domain_events
+-- then turns each event into deliveries, still in the same transaction.
+
+CREATE OR REPLACE FUNCTION ledger_emit_events()
+RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO domain_events (programme_id, type, subject, payload)
+    SELECT t.programme_id,
+           CASE t.kind
+               WHEN 'earn' THEN 'points.earned'
+               WHEN 'spend' THEN 'points.spent'
+               WHEN 'capture' THEN 'points.spent'
+               WHEN 'expire' THEN 'points.expired'
+               WHEN 'clawback' THEN 'points.clawed_back'
+               WHEN 'adjust' THEN 'points.adjusted'
+           END,
+           'member:' || m.external_id,
+           jsonb_build_object(
+               'member_id', m.external_id,
+               'transaction_id', t.id,
+               'kind', t.kind,
+               'points', abs(t.amount),
+               'amount', t.amount,
+               'budget', b.code,
+               'reference', t.reference,
+               'reason', t.reason,
+               'cost_micros', t.cost_micros,
+               'metadata', t.metadata,
+               'at', loyalty_ts(t.created_at))
+    FROM new_transactions t
+    JOIN members m ON m.programme_id = t.programme_id AND m.id = t.member_id
+    LEFT JOIN budgets b ON b.programme_id = t.programme_id AND b.id = t.budget_id
+    WHERE t.amount <> 0
+      AND CASE TG_OP WHEN 'INSERT' THEN t.kind IN ('earn', 'spend', 'capture', 'expire', 'adjust')
+                     ELSE t.kind = 'clawback' END
+    ORDER BY t.id;
+    RETURN NULL;
+END $$;
+
+DROP TRIGGER IF EXISTS transactions_emit_events ON transactions;
+
+CREATE TRIGGER transactions_emit_events
+AFTER INSERT ON transactions
+REFERENCING NEW TABLE AS new_transactions
+FOR EACH STATEMENT EXECUTE FUNCTION ledger_emit_events();
+
+-- A clawback's transaction row is written first with amount 0 and given its amount once the
+-- lots are worked out: its event goes out on that update.
+DROP TRIGGER IF EXISTS transactions_emit_events_on_amount ON transactions;
+
+CREATE TRIGGER transactions_emit_events_on_amount
+AFTER UPDATE ON transactions
+REFERENCING NEW TABLE AS new_transactions
+FOR EACH STATEMENT EXECUTE FUNCTION ledger_emit_events();
