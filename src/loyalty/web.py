@@ -97,7 +97,7 @@ def posted(result: Posted, status: int = 201) -> Response[bytes]:
 
 
 _BODY_TYPES: dict[Any, Any] = {}
-_UNKNOWN_FIELD = re.compile(r"unknown field `(?P<name>[^`]+)`")
+_UNKNOWN_FIELD = re.compile(r"(?:unknown|missing required) field `(?P<name>[^`]+)`")
 _AT_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
 
 

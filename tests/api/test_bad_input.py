@@ -266,3 +266,12 @@ async def test_business_rule_breaches_are_422_and_write_nothing(api: Api, engine
         problem(await api.post(path, body, expect=None), 422, code)
     assert await counts(engine, api.programme.id) == before
     assert await api.balance("alice") == {"available": 90, "pending": 0, "held": 10, "expiring_soon": 0}
+
+
+async def test_a_missing_required_field_is_named(api: Api, engine: AsyncEngine) -> None:
+    before = await counts(engine, api.programme.id)
+    r = await api.post("/v1/earn", {"budget": "base", "points": 5}, role="ecommerce", expect=None)
+    body = problem(r, 400, "invalid_request")
+    assert field_of(body) == "member_id"
+    assert "missing required field" in body["detail"]
+    assert await counts(engine, api.programme.id) == before
