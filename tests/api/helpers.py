@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,9 @@ if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
 PROBLEM = "application/problem+json"
+
+# The `subscribe` fixture: registers a webhook endpoint for these event types (conftest.py).
+Subscribe = Callable[[list[str]], Awaitable[None]]
 
 
 def problem(r: Response, status: int, code: str | None = None) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.api.helpers import Api, field_of, problem
+from tests.api.helpers import Api, Subscribe, field_of, problem
 
 
 def order(member: str, amount: int, *, event_id: str | None = None, **fields: Any) -> dict[str, Any]:
@@ -57,8 +57,11 @@ async def event_rows(engine: AsyncEngine, programme_id: int) -> dict[str, int]:
         return dict((await conn.execute(text(sql), {"p": programme_id})).one()._mapping)
 
 
-async def test_order_earns_by_rule_and_updates_facts(api: Api, engine: AsyncEngine) -> None:
+async def test_order_earns_by_rule_and_updates_facts(
+    api: Api, engine: AsyncEngine, subscribe: Subscribe
+) -> None:
     await setup(api)
+    await subscribe(["points.earned"])  # the ledger writes points events for subscribers
     result = await event(api, order("m1", 12_345, channel="web"))
     assert result["points"] == 123
     [fired] = result["rules"]

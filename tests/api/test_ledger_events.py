@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.api.helpers import Api
+from tests.api.helpers import Api, Subscribe
 
 
 async def _events(engine: AsyncEngine, programme_id: int) -> list[tuple[str, str, dict[str, Any]]]:
@@ -20,8 +20,9 @@ async def _events(engine: AsyncEngine, programme_id: int) -> list[tuple[str, str
 
 
 async def test_earn_spend_capture_clawback_and_adjust_write_their_events(
-    api: Api, engine: AsyncEngine
+    api: Api, engine: AsyncEngine, subscribe: Subscribe
 ) -> None:
+    await subscribe(["*"])
     await api.budget("base", cap=10_000)
     await api.enrol("ann")
     earned = await api.earn("ann", 100, reference="order-1")
@@ -46,14 +47,18 @@ async def test_earn_spend_capture_clawback_and_adjust_write_their_events(
     assert (first["budget"], first["reference"], first["member_id"]) == ("base", "order-1", "ann")
 
 
-async def test_a_refused_posting_writes_no_event(api: Api, engine: AsyncEngine) -> None:
+async def test_a_refused_posting_writes_no_event(api: Api, engine: AsyncEngine, subscribe: Subscribe) -> None:
+    await subscribe(["*"])
     await api.budget("base", cap=10_000)
     await api.enrol("bob")
     await api.post("/v1/spend", {"member_id": "bob", "points": 1}, role="ecommerce", expect=422)
     assert await _events(engine, api.programme.id) == []
 
 
-async def test_batch_earn_writes_one_event_per_item(api: Api, engine: AsyncEngine) -> None:
+async def test_batch_earn_writes_one_event_per_item(
+    api: Api, engine: AsyncEngine, subscribe: Subscribe
+) -> None:
+    await subscribe(["points.earned"])
     await api.budget("base", cap=10_000)
     for member in ("a", "b", "c"):
         await api.enrol(member)
@@ -65,3 +70,16 @@ async def test_batch_earn_writes_one_event_per_item(api: Api, engine: AsyncEngin
         ("points.earned", "member:b", 11),
         ("points.earned", "member:c", 12),
     ]
+
+
+async def test_only_subscribed_types_are_written(api: Api, engine: AsyncEngine, subscribe: Subscribe) -> None:
+    # Without an endpoint nothing is written (nothing would ever deliver it); with one that wants
+    # only points.spent, earns write nothing and spends do.
+    await api.budget("base", cap=10_000)
+    await api.enrol("cy")
+    await api.earn("cy", 50)
+    assert await _events(engine, api.programme.id) == []
+    await subscribe(["points.spent"])
+    await api.earn("cy", 50)
+    await api.spend("cy", 20)
+    assert [(t, p["points"]) for t, _, p in await _events(engine, api.programme.id)] == [("points.spent", 20)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Identity, Index, Text, func
+from sqlalchemy import BigInteger, DateTime, Identity, Text, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -14,7 +14,6 @@ from loyalty.db import Base
 
 class DomainEvent(Base):
     __tablename__ = "domain_events"
-    __table_args__ = (Index("ix_domain_events_type", "programme_id", "type", "id"),)
 
     programme_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)

@@ -7,7 +7,19 @@
 
 CREATE OR REPLACE FUNCTION ledger_emit_events()
 RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    v_types text[];
 BEGIN
+    -- Events exist to be delivered, and an endpoint receives only events written after it was
+    -- registered: a programme none of whose active endpoints wants points events gets none
+    -- written (batch earn writes 10,000 postings a statement). One statement posts for one
+    -- programme.
+    SELECT array_agg(DISTINCT ty) INTO v_types
+    FROM webhook_endpoints ep, unnest(ep.event_types) ty
+    WHERE ep.active AND ep.programme_id = (SELECT programme_id FROM new_transactions LIMIT 1);
+    IF v_types IS NULL THEN
+        RETURN NULL;
+    END IF;
     INSERT INTO domain_events (programme_id, type, subject, payload)
     SELECT t.programme_id,
            CASE t.kind
@@ -29,14 +41,21 @@ BEGIN
                'reference', t.reference,
                'reason', t.reason,
                'cost_micros', t.cost_micros,
-               'metadata', t.metadata,
-               'at', loyalty_ts(t.created_at))
+               'metadata', t.metadata)
     FROM new_transactions t
     JOIN members m ON m.programme_id = t.programme_id AND m.id = t.member_id
     LEFT JOIN budgets b ON b.programme_id = t.programme_id AND b.id = t.budget_id
     WHERE t.amount <> 0
       AND CASE TG_OP WHEN 'INSERT' THEN t.kind IN ('earn', 'spend', 'capture', 'expire', 'adjust')
                      ELSE t.kind = 'clawback' END
+      AND ('*' = ANY (v_types) OR CASE t.kind
+               WHEN 'earn' THEN 'points.earned'
+               WHEN 'spend' THEN 'points.spent'
+               WHEN 'capture' THEN 'points.spent'
+               WHEN 'expire' THEN 'points.expired'
+               WHEN 'clawback' THEN 'points.clawed_back'
+               WHEN 'adjust' THEN 'points.adjusted'
+           END = ANY (v_types))
     ORDER BY t.id;
     RETURN NULL;
 END $$;
