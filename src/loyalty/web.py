@@ -39,15 +39,18 @@ def allow(*roles: str) -> Callable[[ASGIConnection, BaseRouteHandler], Awaitable
     """
 
     async def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-        principal: Principal = connection.user
-        if principal.role not in roles:
-            raise Forbidden(
-                f"The {principal.role} role may not do this.",
-                code="role_not_allowed",
-                extra={"role": principal.role, "allowed": list(roles)},
-            )
+        require_role(connection.user, roles)
 
     return guard
+
+
+def require_role(principal: Principal, roles: tuple[str, ...]) -> None:
+    if principal.role not in roles:
+        raise Forbidden(
+            f"The {principal.role} role may not do this.",
+            code="role_not_allowed",
+            extra={"role": principal.role, "allowed": list(roles)},
+        )
 
 
 async def provide_principal(request: Request) -> Principal:
@@ -174,12 +177,7 @@ class PostingLane:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         principal: Principal = scope["user"]
-        if principal.role not in self.roles:
-            raise Forbidden(
-                f"The {principal.role} role may not do this.",
-                code="role_not_allowed",
-                extra={"role": principal.role, "allowed": list(self.roles)},
-            )
+        require_role(principal, self.roles)
         data = None
         if self.body_type is not None:
             data = decode_body(await _read_body(receive), self.body_type)
@@ -187,11 +185,17 @@ class PostingLane:
         pool: asyncpg.Pool = scope["litestar_app"].state.posting_pool
         async with pool.acquire() as conn:
             result = await self.call(conn, principal, data, key, scope["path_params"])
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(result.body))]
-        if result.replayed:
-            headers.append((b"idempotent-replayed", b"true"))
-        await send({"type": "http.response.start", "status": self.status, "headers": headers})
-        await send({"type": "http.response.body", "body": result.body})
+        replayed = [(b"idempotent-replayed", b"true")] if result.replayed else []
+        await send_json(send, self.status, result.body, replayed)
+
+
+async def send_json(
+    send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """A whole JSON response on the raw ASGI ``send`` of a lane."""
+    head = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *(headers or [])]
+    await send({"type": "http.response.start", "status": status, "headers": head})
+    await send({"type": "http.response.body", "body": body})
 
 
 async def _read_body(receive: Any) -> bytes:

@@ -25,7 +25,8 @@ from loyalty.auth.core import Principal
 from loyalty.benefits import core, repository
 from loyalty.benefits import schemas as s
 from loyalty.benefits.service import parsed_rule, source_view
-from loyalty.errors import Forbidden, InvalidInput, NotFound
+from loyalty.errors import InvalidInput, NotFound
+from loyalty.web import require_role, send_json
 
 _ENCODE = msgspec.json.Encoder()
 _DECODE = msgspec.json.Decoder()
@@ -170,12 +171,7 @@ class CheckLane:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         principal: Principal = scope["user"]
-        if principal.role not in self.roles:
-            raise Forbidden(
-                f"The {principal.role} role may not do this.",
-                code="role_not_allowed",
-                extra={"role": principal.role, "allowed": list(self.roles)},
-            )
+        require_role(principal, self.roles)
         query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
         member = query.get("member_id")
         if not member or len(member) > 128:
@@ -187,7 +183,4 @@ class CheckLane:
             result = await check(
                 conn, state.benefit_catalogues, principal, scope["path_params"]["code"], member, channel
             )
-        body = _ENCODE.encode(result)
-        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, 200, _ENCODE.encode(result))
