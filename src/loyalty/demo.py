@@ -22,8 +22,13 @@ from typing import Any
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty.activity import schemas as acts
+from loyalty.activity import service as activity
 from loyalty.auth.core import KEY_ROLES, Principal
 from loyalty.auth.service import create_api_key
+from loyalty.benefits import schemas as bs
+from loyalty.benefits import service as benefits
+from loyalty.benefits.schemas import BenefitType
 from loyalty.db import create_engine
 from loyalty.ledger import schemas as ls
 from loyalty.ledger import service as ledger
@@ -31,7 +36,11 @@ from loyalty.members import schemas as ms
 from loyalty.members import service as members
 from loyalty.programmes import repository as programmes
 from loyalty.programmes.service import create_programme
+from loyalty.segments import schemas as ss
+from loyalty.segments import service as segments
 from loyalty.settings import Settings
+from loyalty.tiers import schemas as ts
+from loyalty.tiers import service as tiers
 
 CODE = "demo"
 TIMEZONE = "Asia/Shanghai"
@@ -45,6 +54,12 @@ _BUDGETS = (
     ("welcome", "Welcome bonus", 100_000, 500),
     ("orders", "Points on orders", 5_000_000, None),
     ("birthday", "Birthday gift", 20_000, 288),
+)
+_BENEFITS: tuple[tuple[str, BenefitType, dict[str, str], dict[str, Any]], ...] = (
+    # code, type, names, params
+    ("free-delivery", "quota", {"en": "Free delivery", "zh-CN": "免运费"}, {"limit": 3, "period": "month"}),
+    ("priority", "flag", {"en": "Priority dispatch", "zh-CN": "优先发货"}, {}),
+    ("gold-x15", "multiplier", {"en": "Gold earns x1.5", "zh-CN": "金卡1.5倍积分"}, {"factor": "1.5"}),
 )
 _SURNAMES = ("Wang", "Li", "Zhang", "Liu", "Chen", "Yang", "Huang", "Zhao", "Wu", "Zhou", "Xu", "Sun", "Ma")
 _GIVEN = ("Wei", "Fang", "Na", "Min", "Jing", "Lei", "Jun", "Yan", "Tao", "Ming", "Xin", "Hui", "Lin", "Yu")
@@ -236,6 +251,8 @@ async def _seed(conn: AsyncConnection) -> dict[str, Any]:
     for member_id in member_ids:
         await _member_history(seeder, member_id)
     await _operator_touches(seeder, member_ids)
+    await _programme_rules(seeder)
+    await _recent_orders(seeder, member_ids)
     return {
         "programme": CODE,
         "keys": keys,
@@ -292,6 +309,104 @@ async def _operator_touches(s: _Seeder, member_ids: list[str]) -> None:
     if s.available[giver] > 0:
         receiver = member_ids[201] if giver != member_ids[201] else member_ids[202]
         await s.transfer(giver, receiver, max(1, s.available[giver] // 2))
+
+
+async def _programme_rules(s: _Seeder) -> None:
+    """What an operator sets up above the ledger: member measures, an earning rule, a tier
+    ladder with benefits, and a marketing segment."""
+    op = s.operator
+    await activity.put_settings(
+        s.conn,
+        op,
+        acts.ActivitySettingsIn(
+            rfm={
+                "recency_days": [14, 30, 90, 180],
+                "frequency": [2, 4, 8, 16],
+                "monetary": [20_000, 50_000, 100_000, 300_000],
+            },
+            lifecycle={"new_days": 30, "active_days": 60, "silent_days": 180},
+        ),
+    )
+    await activity.create_rule(
+        s.conn,
+        op,
+        acts.EarningRuleIn(
+            code="orders-1-per-cny",
+            name="1 point per CNY on orders",
+            event_type="order_completed",
+            formula={"kind": "per_unit", "points": 1, "per": 100},
+            budget="orders",
+            pending_days=RETURN_WINDOW_DAYS,
+            expiry=EXPIRY,
+        ),
+    )
+    version = await tiers.create_version(
+        s.conn,
+        op,
+        ts.LadderCreate(
+            note="demo ladder",
+            tiers=[
+                ts.TierIn(code="member", name="Member", rank=0),
+                ts.TierIn(
+                    code="silver",
+                    name="Silver",
+                    rank=1,
+                    grace_days=30,
+                    entry={"fact": "qualifying_points", "op": ">=", "value": 1_000},
+                    retention={"fact": "qualifying_points", "op": ">=", "value": 600},
+                    validity=ts.ValidityIn(months=12, round_to="month"),
+                ),
+                ts.TierIn(
+                    code="gold",
+                    name="Gold",
+                    rank=2,
+                    grace_days=30,
+                    downgrade_policy="to_qualified",
+                    entry={"fact": "qualifying_points", "op": ">=", "value": 3_000},
+                    retention={"fact": "qualifying_points", "op": ">=", "value": 2_000},
+                    validity=ts.ValidityIn(months=12, round_to="month"),
+                ),
+            ],
+        ),  # fmt: skip
+    )
+    await tiers.publish(s.conn, op, version.version, ts.PublishRequest())
+    for code, type_, names, params in _BENEFITS:
+        create = bs.BenefitCreate(code=code, type=type_, names=names, params=params)
+        await benefits.create(s.conn, op, create)
+    for tier, included in (
+        ("silver", ["free-delivery"]),
+        ("gold", ["free-delivery", "priority", "gold-x15"]),
+    ):
+        items = [bs.TierBenefitItem(benefit=code) for code in included]
+        await benefits.set_tier_benefits(s.conn, op, tier, bs.TierBenefitsSet(benefits=items))
+    rule = {
+        "all": [
+            {"fact": "monetary_score", "op": ">=", "value": 4},
+            {"fact": "lifecycle", "op": "==", "value": "silent"},
+        ]
+    }
+    await segments.create(
+        s.conn, op, ss.SegmentCreate(code="high-value-silent", name="High-value silent members", rule=rule)
+    )
+
+
+async def _recent_orders(s: _Seeder, member_ids: list[str]) -> None:
+    """Orders of the last months as events: they earn by the rule, build each member's facts
+    and promote members up the ladder as they go."""
+    now = datetime.now(UTC)
+    for member_id in member_ids:
+        for n in range(s.rng.randint(0, 2)):
+            event = acts.EventIn(
+                event_id=f"demo-order-{member_id}-{n}",
+                member_id=member_id,
+                type="order_completed",
+                occurred_at=now - timedelta(days=s.rng.randint(1, 200), minutes=n),
+                order_ref=f"web-{member_id}-{n}",
+                amount=s.rng.randint(30, 2_500) * 100,
+                currency="CNY",
+                channel=s.rng.choice(("app", "web", "store")),
+            )
+            await activity.record(s.conn, s.shop, event)
 
 
 # --- the keys file ----------------------------------------------------------------------------

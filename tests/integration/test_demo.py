@@ -122,6 +122,28 @@ async def test_demo_seed(settings: Settings, engine: AsyncEngine, tmp_path: Path
     )
     assert drift == 0
 
+    # Above the ledger: events built facts, the rule earned on them, some members climbed.
+    events = await _scalar(engine, "SELECT count(*) FROM member_events WHERE programme_id = :p", programme_id)
+    assert events > 150
+    rule_earns = await _scalar(
+        engine,
+        "SELECT count(*) FROM transactions WHERE programme_id = :p AND metadata->>'rule' = 'orders-1-per-cny'",
+        programme_id,
+    )
+    assert rule_earns == events
+    async with engine.connect() as conn:
+        tiers = dict(
+            (
+                await conn.execute(
+                    text("SELECT tier, count(*) FROM member_tiers WHERE programme_id = :p GROUP BY tier"),
+                    {"p": programme_id},
+                )
+            ).all()  # fmt: skip
+        )
+    assert tiers.get("silver", 0) > 0 and tiers.get("gold", 0) > 0, tiers
+    benefits = await _scalar(engine, "SELECT count(*) FROM benefits WHERE programme_id = :p", programme_id)
+    assert benefits == 3
+
 
 async def _kinds(engine: AsyncEngine, programme_id: int) -> dict[str, int]:
     async with engine.connect() as conn:
