@@ -81,13 +81,14 @@ async def test_a_gold_members_multiplier_benefit_scales_what_an_event_earns(api:
 
     await setup(api)
     await published(api)
+    first = await event(api, order("m1", 600_000))  # 6,000 points: gold from 5,000
+    assert first["points"] == 6_000 and first["tier"]["to_tier"] == "gold"
+    # Created after the event path cached the programme's configuration (no multipliers then).
     await benefit(api, "gold-x15", "multiplier", params={"factor": "1.5"})
     r = await api.client.put(
         "/v1/tier-benefits/gold", json={"benefits": [{"benefit": "gold-x15"}]}, headers=api.headers()
     )
     assert r.status_code == 200, r.text
-    first = await event(api, order("m1", 600_000))  # 6,000 points: gold from 5,000
-    assert first["points"] == 6_000 and first["tier"]["to_tier"] == "gold"
     second = await event(api, order("m1", 10_000))  # 100 points, x1.5
     assert second["points"] == 150
     assert second["rules"][0]["requested"] == 150

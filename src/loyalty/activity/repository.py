@@ -76,7 +76,9 @@ async def programme_config(conn: AsyncConnection, programme_id: int) -> dict[str
         await conn.execute(
             text(
                 "SELECT p.config_version, p.timezone, a.window_kind, a.window_months, a.rfm, a.lifecycle, "
-                "a.custom_event_types, a.programme_id IS NOT NULL AS has_settings "
+                "a.custom_event_types, a.programme_id IS NOT NULL AS has_settings, "
+                "EXISTS (SELECT 1 FROM benefits b WHERE b.programme_id = p.id AND b.type = 'multiplier' "
+                "AND b.active) AS has_multipliers "
                 "FROM programmes p LEFT JOIN activity_settings a ON a.programme_id = p.id WHERE p.id = :p"
             ),
             {"p": programme_id},
@@ -86,7 +88,12 @@ async def programme_config(conn: AsyncConnection, programme_id: int) -> dict[str
     settings = (
         {k: values[k] for k in _DEFAULT_SETTINGS} if values["has_settings"] else dict(_DEFAULT_SETTINGS)
     )
-    return {"config_version": values["config_version"], "timezone": values["timezone"], "settings": settings}
+    return {
+        "config_version": values["config_version"],
+        "timezone": values["timezone"],
+        "settings": settings,
+        "has_multipliers": values["has_multipliers"],
+    }
 
 
 # Members and events ------------------------------------------------------------------------

@@ -63,9 +63,18 @@ class MemberMultiplier:
     """The member's points multiplier from their benefits (a Gold tier's x1.5, say), read once
     per event and only when a rule fires, since most events of most members need none."""
 
-    def __init__(self, conn: AsyncConnection, programme_id: int, member_id: int, now: datetime) -> None:
+    def __init__(
+        self,
+        conn: AsyncConnection,
+        programme_id: int,
+        member_id: int,
+        now: datetime,
+        *,
+        any_in_programme: bool,
+    ) -> None:
         self._args = (conn, programme_id, member_id, now)
-        self._value: Fraction | None = None
+        # Without a multiplier benefit in the programme there is nothing to read.
+        self._value: Fraction | None = None if any_in_programme else Fraction(1)
 
     async def get(self) -> Fraction:
         if self._value is None:
@@ -138,6 +147,7 @@ class _Config:
     settings: dict[str, Any]
     rules: dict[str, list[_Rule]]  # active rules by event type, in priority order
     ladders: list[dict[str, Any]]  # versions published, latest effective_at first
+    has_multipliers: bool  # an active multiplier benefit exists: members' multipliers are read
     _specs: dict[int, LadderSpec] = dataclasses.field(default_factory=dict)
 
     def ladder(self, now: datetime) -> LadderSpec | None:
@@ -169,6 +179,7 @@ async def _load_config(conn: AsyncConnection, programme_id: int) -> _Config:
         settings=head["settings"],
         rules=by_type,
         ladders=await tier_repository.ladder_versions(conn, programme_id),
+        has_multipliers=head["has_multipliers"],
     )
     _CONFIGS.setdefault(conn.engine.sync_engine, {})[programme_id] = config
     return config
@@ -253,7 +264,9 @@ async def record(
     else:
         event_view = {**payload, "amount": amount}
         slots: list[s.RuleOutcome | _Plan] = []
-        multiplier = MemberMultiplier(conn, who.programme_id, member_id, now)
+        multiplier = MemberMultiplier(
+            conn, who.programme_id, member_id, now, any_in_programme=config.has_multipliers
+        )
         for rule in config.rules.get(req.type, ()):
             slots.append(
                 await _plan_rule(conn, who, req, member_id, rule, facts, event_view, occurred_at, multiplier)
