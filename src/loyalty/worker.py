@@ -36,6 +36,7 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
             ledger_tasks.expire_points,
             ledger_tasks.budget_alerts,
             ledger_tasks.purge_idempotency_keys,
+            webhook_tasks.purge_webhook_history,
             activity_tasks.refresh_member_facts,
             tier_tasks.assess_due_tiers,
             tier_tasks.reassess_tiers,
@@ -50,6 +51,7 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
             cron(ledger_tasks.expire_points, second={15, 45}, unique=True, run_at_startup=True),
             cron(ledger_tasks.budget_alerts, second={25, 55}, unique=True, run_at_startup=True),
             cron(ledger_tasks.purge_idempotency_keys, hour={3}, minute={17}, second={0}, unique=True),
+            cron(webhook_tasks.purge_webhook_history, hour={3}, minute={37}, second={0}, unique=True),
             cron(activity_tasks.refresh_member_facts, hour={2}, minute={7}, second={0}, unique=True),
             cron(
                 tier_tasks.assess_due_tiers,

@@ -363,3 +363,53 @@ async def test_expiring_soon_is_announced_once_per_lot(engine, receiver) -> None
     assert await tasks.notify_expiring_soon({"engine": engine}) == 1
     await tasks.deliver_webhooks({"engine": engine})
     assert [r.json["data"]["member_id"] for r in receiver.received] == ["hal", "ida"]
+
+
+async def test_history_purge_keeps_open_deliveries_and_what_they_need(
+    engine: AsyncEngine, receiver: Receiver
+) -> None:
+    programme = await make_programme(engine)
+    await _endpoint(engine, programme, receiver, ["points.earned"])
+    done = await _event(engine, programme, "points.earned", "ann", points=1)
+    open_ = await _event(engine, programme, "points.earned", "bob", points=2)
+    unsent = await _event(engine, programme, "tier.changed", "cy", to_tier="gold")  # nobody wants it
+    recent = await _event(engine, programme, "points.earned", "dan", points=3)
+    async with engine.begin() as conn:
+        p = {"p": programme.id}
+        await conn.execute(
+            text(
+                "UPDATE webhook_deliveries SET status = 'succeeded', succeeded_at = now() - interval '40 days' "
+                "WHERE programme_id = :p AND event_id = :e"
+            ),
+            {**p, "e": done},
+        )
+        await conn.execute(
+            text(
+                "UPDATE webhook_deliveries SET status = 'succeeded', succeeded_at = now() "
+                "WHERE programme_id = :p AND event_id = :e"
+            ),
+            {**p, "e": recent},
+        )
+        await conn.execute(
+            text(
+                "UPDATE domain_events SET created_at = now() - interval '40 days' "
+                "WHERE programme_id = :p AND id IN (:a, :b, :c)"
+            ),
+            {**p, "a": done, "b": open_, "c": unsent},
+        )
+    await tasks.purge_webhook_history({"engine": engine})
+    # The old finished delivery and the old events nothing refers to are gone; the open
+    # delivery keeps its (old) event, and the recent ones stay.
+    assert [d["event_id"] for d in await _deliveries(engine, programme)] == [open_, recent]
+    async with engine.connect() as conn:
+        left = (
+            (
+                await conn.execute(
+                    text("SELECT id FROM domain_events WHERE programme_id = :p ORDER BY id"),
+                    {"p": programme.id},
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert left == [open_, recent]

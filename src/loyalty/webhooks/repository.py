@@ -328,3 +328,39 @@ async def notify_expiring_lots(conn: AsyncConnection, batch: int) -> int:
     )
     row = result.one()
     return int(row.lots)
+
+
+async def purge_finished_deliveries(conn: AsyncConnection, older_than_days: int, limit: int) -> int:
+    """Forget succeeded and dead deliveries whose last word is older than the retention."""
+    result = await conn.execute(
+        text(
+            """
+            DELETE FROM webhook_deliveries WHERE ctid = ANY (ARRAY(
+                SELECT ctid FROM webhook_deliveries
+                WHERE status IN ('succeeded', 'dead')
+                  AND coalesce(succeeded_at, last_attempt_at, created_at) < now() - make_interval(days => :days)
+                LIMIT :n))
+            """
+        ),
+        {"days": older_than_days, "n": limit},
+    )
+    return int(result.rowcount or 0)
+
+
+async def purge_undeliverable_events(conn: AsyncConnection, older_than_days: int, limit: int) -> int:
+    """Forget domain events older than the retention that no delivery refers to any more (an
+    open delivery, or a finished one still kept for the log, keeps its event for redelivery)."""
+    result = await conn.execute(
+        text(
+            """
+            DELETE FROM domain_events WHERE ctid = ANY (ARRAY(
+                SELECT e.ctid FROM domain_events e
+                WHERE e.created_at < now() - make_interval(days => :days)
+                  AND NOT EXISTS (SELECT 1 FROM webhook_deliveries d
+                                  WHERE d.programme_id = e.programme_id AND d.event_id = e.id)
+                LIMIT :n))
+            """
+        ),
+        {"days": older_than_days, "n": limit},
+    )
+    return int(result.rowcount or 0)

@@ -108,3 +108,26 @@ async def notify_expiring_soon(ctx: dict[str, Any]) -> int:
     if total:
         log.info("announced %d expiring lots", total)
     return total
+
+
+# The delivery log and the outbox keep 30 days, like idempotency keys: long enough to look into
+# a receiver's complaint and redeliver; after that they only grow the tables.
+HISTORY_RETENTION_DAYS = 30
+PURGE_BATCH = 5000
+
+
+async def purge_webhook_history(ctx: dict[str, Any]) -> int:
+    """Daily: finished deliveries, then the events nothing refers to any more, past the
+    retention, in bounded batches (each its own transaction)."""
+    engine: AsyncEngine = ctx["engine"]
+    total = 0
+    for purge in (repository.purge_finished_deliveries, repository.purge_undeliverable_events):
+        for _ in range(1000):
+            async with engine.begin() as conn:
+                done = await purge(conn, HISTORY_RETENTION_DAYS, PURGE_BATCH)
+            total += done
+            if done < PURGE_BATCH:
+                break
+    if total:
+        log.info("purged %d finished deliveries and outbox events", total)
+    return total
