@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from loyalty.segments import service as segment_service
 from tests.api.helpers import Api, field_of, problem
 
 BIG = {"fact": "spend", "op": ">=", "value": 10_000}
@@ -94,3 +97,24 @@ async def test_members_count_and_membership(api: Api, other: Api, engine: AsyncE
     await segment(other, "big", BIG)
     assert (await other.get("/v1/segments/big/count")).json()["count"] == 0
     problem(await other.get("/v1/members/a/segments", expect=None), 404)
+
+
+async def test_export_streams_every_member_as_ndjson(
+    api: Api, other: Api, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Small chunks, so that the export spans several fetches of its server-side cursor.
+    monkeypatch.setattr(segment_service, "_EXPORT_CHUNK", 3)
+    for n in range(12):
+        member = f"m{n:02d}"
+        await api.enrol(member)
+        await facts(engine, api, member, spend=20_000 if n % 3 else 0)
+    await segment(api, "big", BIG)
+    r = await api.client.get("/v1/segments/big/members/export", headers=api.headers("marketing"))
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("application/x-ndjson")
+    lines = [json.loads(line) for line in r.text.splitlines()]
+    assert lines == [{"member_id": f"m{n:02d}"} for n in range(12) if n % 3]
+    assert len(lines) == (await api.get("/v1/segments/big/count")).json()["count"]
+    problem(await api.get("/v1/segments/nope/members/export", expect=None), 404)
+    problem(await api.get("/v1/segments/big/members/export", role="ecommerce", expect=None), 403)
+    problem(await other.get("/v1/segments/big/members/export", expect=None), 404)

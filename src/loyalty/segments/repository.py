@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy import Table, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -93,6 +94,24 @@ async def member_page(
     if after is not None:
         stmt = stmt.where(members.c.external_id > after)
     return list((await conn.execute(stmt)).scalars())
+
+
+async def stream_members(
+    conn: AsyncConnection, programme_id: int, rule: rules.Rule, now: datetime, chunk: int
+) -> AsyncIterator[list[str]]:
+    """External ids of every member the rule selects, in order, through a server-side cursor:
+    ``chunk`` at a time, however large the segment, all from one snapshot. Opens the
+    connection's transaction: call it first."""
+    await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+    stmt = (
+        select(members.c.external_id)
+        .select_from(facts_from())
+        .where(members.c.programme_id == programme_id, rules.to_sql(rule, fact_columns(now)))
+        .order_by(members.c.external_id)
+    )
+    result = await conn.stream(stmt.execution_options(yield_per=chunk))
+    async for part in result.partitions(chunk):
+        yield [row[0] for row in part]
 
 
 async def count(conn: AsyncConnection, programme_id: int, rule: rules.Rule, now: datetime) -> int:

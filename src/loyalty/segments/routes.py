@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, delete, get, patch, post
+from litestar import Controller, Request, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.auth.core import Principal
@@ -72,6 +73,27 @@ class SegmentController(Controller):
     ) -> s.SegmentMembers:
         """Member ids in the segment, in id order; pass next_cursor back for the next page."""
         return await service.members_page(tx, who, code, cursor, limit)
+
+    @get(
+        "/{code:str}/members/export",
+        dependencies=READ,
+        guards=[SEGMENT_READ],
+        media_type="application/x-ndjson",
+    )
+    async def export(
+        self,
+        request: Request,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        code: FromPath[str],
+    ) -> Stream:
+        """Every member of the segment, streamed as NDJSON lines ({"member_id": ...}) from one
+        snapshot: for exports to a marketing tool, however large the segment."""
+        rule = await service.segment_rule(tx, who, code)
+        return Stream(
+            service.export_members(request.app.state.engine, who, rule),
+            media_type="application/x-ndjson",
+        )
 
     @get("/{code:str}/count", dependencies=READ, guards=[SEGMENT_READ])
     async def count(

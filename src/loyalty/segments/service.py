@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+import msgspec
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from loyalty import rules
 from loyalty.activity.facts import load_facts
@@ -14,6 +16,9 @@ from loyalty.auth.core import Principal
 from loyalty.errors import InvalidInput, NotFound
 from loyalty.segments import repository
 from loyalty.segments import schemas as s
+
+_EXPORT_CHUNK = 5000
+_LINE = msgspec.json.Encoder()
 
 
 def _now() -> datetime:
@@ -84,6 +89,19 @@ async def members_page(
     more = len(ids) > limit
     ids = ids[:limit]
     return s.SegmentMembers(items=ids, next_cursor=_encode_cursor(ids[-1]) if more and ids else None)
+
+
+async def export_members(engine: AsyncEngine, who: Principal, rule: rules.Rule) -> AsyncIterator[bytes]:
+    """Every member of the segment as NDJSON lines ({"member_id": ...}), read in one snapshot on
+    a connection of its own that lives as long as the response streams."""
+    async with engine.connect() as conn:
+        async for ids in repository.stream_members(conn, who.programme_id, rule, _now(), _EXPORT_CHUNK):
+            yield b"".join(_LINE.encode({"member_id": member_id}) + b"\n" for member_id in ids)
+
+
+async def segment_rule(conn: AsyncConnection, who: Principal, code: str) -> rules.Rule:
+    """The segment's rule; 404 when the programme has no such segment."""
+    return await _rule_of(conn, who, code)
 
 
 async def count(conn: AsyncConnection, who: Principal, code: str) -> s.SegmentCount:
