@@ -198,6 +198,32 @@ async def send_json(
     await send({"type": "http.response.body", "body": body})
 
 
+# One write in the request's transaction: (connection, caller, decoded body) -> (replayed, JSON).
+TransactionCall = Callable[[AsyncConnection, Principal, Any], Awaitable[tuple[bool, bytes]]]
+
+
+class TransactionLane:
+    """The lean path for a hot write that needs a transaction of several statements (a member
+    event): like PostingLane, without Litestar's per-request machinery, but the call runs in a
+    SQLAlchemy transaction that commits before the response is sent. A failed commit raises
+    into the problem map (a 5xx), never a 2xx; the handler behind stays for OpenAPI."""
+
+    def __init__(self, app: Any, *, roles: tuple[str, ...], body_type: Any, call: TransactionCall) -> None:
+        self.app = app
+        self.roles = roles
+        self.body_type = body_type
+        self.call = call
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        principal: Principal = scope["user"]
+        require_role(principal, self.roles)
+        data = decode_body(await _read_body(receive), self.body_type)
+        engine: AsyncEngine = scope["litestar_app"].state.engine
+        async with engine.connect() as conn, conn.begin():
+            replayed, body = await self.call(conn, principal, data)
+        await send_json(send, 201, body, [(b"idempotent-replayed", b"true")] if replayed else None)
+
+
 async def _read_body(receive: Any) -> bytes:
     chunks = []
     size = 0

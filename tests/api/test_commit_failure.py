@@ -94,3 +94,40 @@ async def test_other_writes_still_commit(api: Api) -> None:
     await api.budget()
     await api.member_with("alice", 100, reference="fine")
     assert (await api.balance("alice"))["available"] == 100
+
+
+@pytest.mark.usefixtures("fail_at_commit")
+async def test_an_event_whose_commit_fails_is_5xx_and_its_retry_records_once(
+    api: Api, engine: AsyncEngine
+) -> None:
+    # The event's earn carries its order reference; the test trigger refuses it at COMMIT.
+    await api.budget("base", cap=10_000)
+    await api.enrol("alice")
+    rule = {
+        "code": "r",
+        "event_type": "order_completed",
+        "formula": {"kind": "fixed", "points": 5},
+        "budget": "base",
+    }
+    await api.post("/v1/earning-rules", rule)
+    before = await counts(engine, api.programme.id)
+    event = {
+        "event_id": "e-1",
+        "member_id": "alice",
+        "type": "order_completed",
+        "order_ref": REFERENCE,
+        "amount": 1000,
+        "currency": "CNY",
+    }
+    r = await api.post("/v1/events", event, role="ecommerce", expect=None)
+    assert r.status_code >= 500, r.text
+    problem(r, r.status_code)
+    assert await counts(engine, api.programme.id) == before
+    assert (await api.balance("alice"))["available"] == 0
+
+    await _drop(engine)
+    first = await api.post("/v1/events", event, role="ecommerce")
+    assert first.json()["points"] == 5 and "idempotent-replayed" not in first.headers
+    again = await api.post("/v1/events", event, role="ecommerce")
+    assert again.headers["idempotent-replayed"] == "true"
+    assert (await api.balance("alice"))["available"] == 5

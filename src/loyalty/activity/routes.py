@@ -7,6 +7,7 @@ from typing import Annotated
 import msgspec
 from litestar import Controller, Response, get, patch, post, put
 from litestar.di import NamedDependency
+from litestar.middleware.base import DefineMiddleware
 from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -14,18 +15,27 @@ from loyalty.activity import schemas as s
 from loyalty.activity import service
 from loyalty.auth.core import Principal
 from loyalty.ledger.routes import READ, STAFF_READ, WRITE
-from loyalty.web import JSON, allow
+from loyalty.web import JSON, TransactionLane, allow
 
-EVENT_SENDERS = allow("ecommerce", "crm", "operator")
+EVENT_SENDER_ROLES = ("ecommerce", "crm", "operator")
+EVENT_SENDERS = allow(*EVENT_SENDER_ROLES)
 OPERATOR = allow("operator")
 TAGGERS = allow("crm", "operator")
+
+
+async def _record(conn: AsyncConnection, who: Principal, data: s.EventIn) -> tuple[bool, bytes]:
+    replayed, result = await service.record(conn, who, data)
+    return replayed, msgspec.json.encode(result)
+
+
+EVENT_LANE = [DefineMiddleware(TransactionLane, roles=EVENT_SENDER_ROLES, body_type=s.EventIn, call=_record)]
 
 
 class EventController(Controller):
     path = "/v1/events"
     tags = ["activity"]
 
-    @post("/", dependencies=WRITE, guards=[EVENT_SENDERS], status_code=201)
+    @post("/", dependencies=WRITE, guards=[EVENT_SENDERS], middleware=EVENT_LANE, status_code=201)
     async def record(
         self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], data: JSONBody[s.EventIn]
     ) -> Response[bytes]:
