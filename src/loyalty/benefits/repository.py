@@ -496,18 +496,6 @@ async def programmes_with_gifts(conn: AsyncConnection) -> list[dict[str, Any]]:
     return [dict(r._mapping) for r in rows]
 
 
-async def domain_event(
-    conn: AsyncConnection, programme_id: int, type_: str, subject: str, payload: Any
-) -> None:
-    await conn.execute(
-        text(
-            "INSERT INTO domain_events (programme_id, type, subject, payload) "
-            "VALUES (:p, :t, :s, CAST(:payload AS jsonb))"
-        ),
-        {"p": programme_id, "t": type_, "s": subject, "payload": _json(payload)},
-    )
-
-
 # Marketing: who is entitled --------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from loyalty.auth.core import Principal
 from loyalty.benefits import core, repository
 from loyalty.benefits import schemas as s
 from loyalty.errors import Conflict, DomainError, InvalidInput, NotFound
+from loyalty.events import repository as outbox
 from loyalty.segments import repository as segments
 
 REQUIRED_LANGUAGES = ("en", "zh-CN")
@@ -222,7 +223,7 @@ async def grant(conn: AsyncConnection, who: Principal, external_id: str, req: s.
             "expires_at": req.expires_at,
         },
     )
-    await repository.domain_event(
+    await outbox.add(
         conn,
         who.programme_id,
         "benefit.granted",
@@ -467,7 +468,7 @@ async def _consumed_event(
     remaining: int | None,
     used: int | None = None,
 ) -> None:
-    await repository.domain_event(
+    await outbox.add(
         conn,
         who.programme_id,
         "benefit.consumed",
@@ -654,7 +655,7 @@ async def _pay_gift(
         async with conn.begin_nested():
             posted = await ledger.earn(conn, who, request, key)
             if not posted.replayed:
-                await repository.domain_event(
+                await outbox.add(
                     conn,
                     who.programme_id,
                     "benefit.granted",

@@ -283,14 +283,6 @@ async def add_history(conn: AsyncConnection, programme_id: int, member_id: int, 
     await conn.execute(insert(history_t).values(programme_id=programme_id, member_id=member_id, **values))
 
 
-async def add_event(
-    conn: AsyncConnection, programme_id: int, type_: str, subject: str, payload: dict[str, Any]
-) -> None:
-    await conn.execute(
-        insert(events).values(programme_id=programme_id, type=type_, subject=subject, payload=payload)
-    )
-
-
 async def history(
     conn: AsyncConnection, programme_id: int, member_id: int, limit: int
 ) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from loyalty import rules
 from loyalty.activity.facts import facts_to_json, load_facts
 from loyalty.auth.core import Principal
 from loyalty.errors import Conflict, DomainError, InvalidInput, NotFound
+from loyalty.events import repository as outbox
 from loyalty.ledger import schemas as ledger_schemas
 from loyalty.ledger import service as ledger
 from loyalty.rules.facts import Facts
@@ -272,7 +273,7 @@ async def assess_member(
         )  # fmt: skip
     if decision.from_tier != decision.to_tier:
         external = await repository.member_external_id(conn, programme_id, member_id) or ""
-        await repository.add_event(
+        await outbox.add(
             conn,
             programme_id,
             "tier.changed",
