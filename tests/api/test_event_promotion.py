@@ -92,3 +92,46 @@ async def test_a_gold_members_multiplier_benefit_scales_what_an_event_earns(api:
     second = await event(api, order("m1", 10_000))  # 100 points, x1.5
     assert second["points"] == 150
     assert second["rules"][0]["requested"] == 150
+
+
+async def test_every_path_of_an_event_stores_the_answer_it_gave(api: Api, engine: AsyncEngine) -> None:
+    # An event is finished in one call when every budget pays what was planned and the tier
+    # needs no more than its row; otherwise (a budget short, a refusal, a promotion) it is
+    # finished after. Either way the replay is the first answer, transaction ids included.
+    await api.budget("base", cap=1_600)
+    await api.budget("tiny", cap=30)
+    await api.enrol("m1")
+    await rule(api)
+    await rule(api, "bonus", budget="tiny", formula={"kind": "fixed", "points": 20}, qualifying=False)
+    await published(api)  # silver from 1,000 qualifying points
+    bodies = [
+        order("m1", 50_000),  # planned in full: 500 + 20
+        order("m1", 60_000),  # 600 + 10 of 20 (tiny is short): promoted to silver
+        order("m1", 60_000),  # base has 500 of 600 left, tiny is exhausted
+    ]
+    answers = [await event(api, body) for body in bodies]
+    assert [a["points"] for a in answers] == [520, 610, 500]
+    assert answers[1]["tier"]["to_tier"] == "silver" and answers[2]["tier"] is None
+    assert [r["status"] for r in answers[2]["rules"]] == ["partial", "not_earned"]
+    for body, first in zip(bodies, answers, strict=True):
+        assert all(r["transaction_id"] for r in first["rules"] if r["points"])
+        again = await api.post("/v1/events", body, role="ecommerce")
+        assert again.headers.get("idempotent-replayed") == "true"
+        assert again.json() == first
+    async with engine.connect() as conn:
+        stored = (
+            await conn.execute(
+                text("SELECT points, outcome FROM member_events WHERE programme_id = :p ORDER BY id"),
+                {"p": api.programme.id},
+            )
+        ).all()
+        earned = (
+            await conn.execute(
+                text("SELECT sum(amount) FROM transactions WHERE programme_id = :p AND kind = 'earn'"),
+                {"p": api.programme.id},
+            )
+        ).scalar_one()
+    assert [(r.points, r.outcome["qualifying"]) for r in stored] == [(520, 500), (610, 600), (500, 500)]
+    assert earned == 1_630
+    facts = (await api.get("/v1/members/m1/facts")).json()["facts"]
+    assert (facts["qualifying_points"], facts["lifetime_points"]) == (1_600, 1_630)

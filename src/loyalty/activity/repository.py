@@ -109,30 +109,6 @@ async def member(conn: AsyncConnection, programme_id: int, external_id: str) -> 
     return (row[0], row[1]) if row else None
 
 
-async def insert_event(
-    conn: AsyncConnection, programme_id: int, member_id: int, event: dict[str, Any], payload: dict[str, Any]
-) -> int | None:
-    """The event row, or None when its event id is already taken (then nothing is written).
-
-    A concurrent insert of the same id waits on the unique index for the other transaction and
-    then finds the id taken: exactly one request has an effect."""
-    return (
-        await conn.execute(
-            text(
-                """
-                INSERT INTO member_events (programme_id, member_id, event_id, type, occurred_at, order_ref,
-                                           amount, currency, channel, payload)
-                VALUES (:p, :m, :event_id, :type, :occurred_at, :order_ref, :amount, :currency, :channel,
-                        CAST(:payload AS jsonb))
-                ON CONFLICT (programme_id, event_id) DO NOTHING
-                RETURNING id
-                """
-            ),
-            {"p": programme_id, "m": member_id, **event, "payload": _json(payload)},
-        )
-    ).scalar()
-
-
 # The start of every event, one round trip: the member, the event row (nothing more when its
 # event id is taken), the member's facts row taken (created if need be, with the order's time
 # noted), then the order's activity day; and the programme's config version. The activity day
@@ -287,19 +263,6 @@ async def events_page(
 # Facts -------------------------------------------------------------------------------------
 
 
-async def lock_facts(conn: AsyncConnection, programme_id: int, member_id: int) -> None:
-    """Takes the member's facts row (creating it): one event of a member at a time computes
-    its facts, so that each sees the activity the previous one committed."""
-    await conn.execute(
-        text("INSERT INTO member_facts (programme_id, member_id) VALUES (:p, :m) ON CONFLICT DO NOTHING"),
-        {"p": programme_id, "m": member_id},
-    )
-    await conn.execute(
-        text("SELECT 1 FROM member_facts WHERE programme_id = :p AND member_id = :m FOR UPDATE"),
-        {"p": programme_id, "m": member_id},
-    )
-
-
 async def add_activity(
     conn: AsyncConnection,
     programme_id: int,
@@ -341,27 +304,10 @@ async def note_order(conn: AsyncConnection, programme_id: int, member_id: int, o
     )
 
 
-async def add_points(
-    conn: AsyncConnection, programme_id: int, member_id: int, *, lifetime: int, qualifying: int
-) -> None:
-    await conn.execute(
-        text(
-            """
-            INSERT INTO member_facts (programme_id, member_id, lifetime_points, qualifying_points)
-            VALUES (:p, :m, greatest(:l, 0), greatest(:q, 0))
-            ON CONFLICT (programme_id, member_id) DO UPDATE SET
-                lifetime_points = member_facts.lifetime_points + :l,
-                qualifying_points = member_facts.qualifying_points + :q, updated_at = now()
-            """
-        ),
-        {"p": programme_id, "m": member_id, "l": lifetime, "q": qualifying},
-    )
-
-
 async def add_points_and_activity(
     conn: AsyncConnection, programme_id: int, member_id: int, day: date, *, lifetime: int, qualifying: int
 ) -> None:
-    """add_activity(qualifying_points=qualifying) and add_points in one statement; the caller
+    """add_activity(qualifying_points=qualifying) and the facts' points in one statement; the caller
     holds the facts row already (no lock order to keep between the two rows)."""
     await conn.execute(
         text(
@@ -509,6 +455,119 @@ _REFRESH_ONE_LOADED = text(
     LEFT JOIN member_tiers tt ON tt.programme_id = up.programme_id AND tt.member_id = up.member_id
     """
 )
+
+
+# The middle of an event: the member's facts refreshed (as _REFRESH_ONE_LOADED), with the
+# member's tier row taken (FOR UPDATE: the tier is decided on it) and the cap usage rows of the
+# rules that may earn taken too, created at 0 if need be (in one order, rule, period, start).
+# The facts row is held already (begin_event), so these locks are always taken after it.
+_REFRESH_FOR_EVENT = text(
+    _REFRESH_HEAD
+    + ", up AS (INSERT INTO member_facts AS mf"
+    + _REFRESH_TAIL
+    + """
+        RETURNING mf.*
+    ), tl AS (
+        SELECT * FROM member_tiers WHERE programme_id = :p AND member_id = :m FOR UPDATE
+    ), us AS (
+        INSERT INTO earning_rule_usage AS u (programme_id, member_id, rule_id, period, period_start, points)
+        SELECT :p, :m, x.r, x.k, x.s, 0
+        FROM unnest(CAST(:u_rules AS bigint[]), CAST(:u_periods AS text[]), CAST(:u_starts AS date[])) AS x(r, k, s)
+        ORDER BY x.r, x.k, x.s
+        ON CONFLICT (programme_id, member_id, rule_id, period, period_start) DO UPDATE SET points = u.points
+        RETURNING u.rule_id, u.period, u.points
+    )
+    SELECT up.qualifying_points, up.spend, up.orders, up.lifetime_points, up.lifetime_spend,
+           up.lifetime_orders, up.last_order_at, mm.enrolled_at, up.recency_score, up.frequency_score,
+           up.monetary_score, up.lifecycle, tl.tier, up.tags, CAST(mm.attributes AS text) AS attributes,
+           tl.rank, tl.ladder_version, tl.achieved_at, tl.valid_until, tl.grace_until, tl.pin_kind,
+           tl.pin_tier, tl.pin_until, tl.pin_reason, tl.next_assessment_at, tl.member_id AS tier_row,
+           (SELECT coalesce(jsonb_agg(jsonb_build_array(us.rule_id, us.period, us.points)), '[]') FROM us)
+               AS usage
+    FROM up JOIN members mm ON mm.id = up.member_id
+    LEFT JOIN tl ON true
+    """
+)
+TIER_ROW_COLUMNS = (
+    "tier", "rank", "ladder_version", "achieved_at", "valid_until", "grace_until", "pin_kind", "pin_tier",
+    "pin_until", "pin_reason", "next_assessment_at",
+)  # fmt: skip
+
+
+async def refresh_for_event(
+    conn: AsyncConnection,
+    programme_id: int,
+    member_id: int,
+    *,
+    now: datetime,
+    usage: list[tuple[int, str, date]],
+) -> tuple[Any, dict[str, Any] | None, dict[tuple[int, str], int]]:
+    """(the refreshed facts row for facts.row_to_facts, the member's tier row or None, points
+    already used per (rule id, period) of ``usage``), with the tier and usage rows locked."""
+    row = (
+        await conn.execute(
+            _REFRESH_FOR_EVENT,
+            {
+                "p": programme_id,
+                "now": now,
+                "rebuild": False,
+                "m": member_id,
+                "u_rules": [u[0] for u in usage],
+                "u_periods": [u[1] for u in usage],
+                "u_starts": [u[2] for u in usage],
+            },
+        )
+    ).one()
+    tier_row = None if row.tier_row is None else {k: row._mapping[k] for k in TIER_ROW_COLUMNS}
+    used = {(rule_id, period): points for rule_id, period, points in row.usage}
+    return row, tier_row, used
+
+
+_APPLY = text(
+    "SELECT finished, CAST(results AS text) FROM activity_event_apply(:p, :m, :row_id, :day, :amount, "
+    "CAST(:earns AS jsonb), CAST(:tier AS jsonb), :tier_new, CAST(:history AS jsonb), CAST(:events AS jsonb), "
+    "CAST(:outcome AS jsonb), CAST(:response AS jsonb))"
+)
+
+
+async def apply_event(
+    conn: AsyncConnection,
+    programme_id: int,
+    member_id: int,
+    row_id: int,
+    *,
+    day: date,
+    amount: int | None,
+    earns: list[dict[str, Any]],
+    tier: dict[str, Any] | None,
+    tier_new: bool,
+    history: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    outcome: dict[str, Any],
+    response: Any,
+) -> tuple[bool, list[dict[str, Any]]]:
+    """activity_event_apply (see activity/sql/activity_events_v1.sql): (finished, one result per
+    earn: {"body": the ledger's answer} or {"error_code", "error_detail"})."""
+    row = (
+        await conn.execute(
+            _APPLY,
+            {
+                "p": programme_id,
+                "m": member_id,
+                "row_id": row_id,
+                "day": day,
+                "amount": amount,
+                "earns": _json(earns),
+                "tier": _json(tier),
+                "tier_new": tier_new,
+                "history": _json(history),
+                "events": _json(events),
+                "outcome": _json(outcome),
+                "response": _json(response),
+            },
+        )
+    ).one()
+    return bool(row[0]), msgspec.json.decode(row[1])
 
 
 async def refresh_member_facts(
@@ -676,65 +735,6 @@ async def rules(
         {"p": programme_id, "t": event_type},
     )
     return [dict(r._mapping) for r in rows]
-
-
-async def lock_usage(
-    conn: AsyncConnection, programme_id: int, member_id: int, rule_id: int, periods: list[tuple[str, date]]
-) -> dict[str, int]:
-    """Points the rule already gave the member in each period, with the rows locked (ordered)."""
-    used: dict[str, int] = {}
-    for period, start in periods:
-        await conn.execute(
-            text(
-                "INSERT INTO earning_rule_usage (programme_id, member_id, rule_id, period, period_start, points) "
-                "VALUES (:p, :m, :r, :k, :s, 0) ON CONFLICT DO NOTHING"
-            ),
-            {"p": programme_id, "m": member_id, "r": rule_id, "k": period, "s": start},
-        )
-        used[period] = (
-            await conn.execute(
-                text(
-                    "SELECT points FROM earning_rule_usage WHERE programme_id = :p AND member_id = :m "
-                    "AND rule_id = :r AND period = :k AND period_start = :s FOR UPDATE"
-                ),
-                {"p": programme_id, "m": member_id, "r": rule_id, "k": period, "s": start},
-            )
-        ).scalar_one()
-    return used
-
-
-async def add_usage(
-    conn: AsyncConnection,
-    programme_id: int,
-    member_id: int,
-    rule_id: int,
-    periods: list[tuple[str, date]],
-    points: int,
-) -> None:
-    for period, start in periods:
-        await conn.execute(
-            text(
-                "UPDATE earning_rule_usage SET points = points + :n WHERE programme_id = :p AND member_id = :m "
-                "AND rule_id = :r AND period = :k AND period_start = :s"
-            ),
-            {"p": programme_id, "m": member_id, "r": rule_id, "k": period, "s": start, "n": points},
-        )
-
-
-_RULE_EARN = text(
-    "SELECT replayed, CAST(body AS text), error_code, error_detail FROM activity_rule_earn(:p_programme, :p_key, "
-    ":p_fingerprint, :p_member, :p_budget, :p_amount, :p_partial, :p_reference, :p_reason, :p_vests_at, "
-    ":p_expires_at, CAST(:p_metadata AS jsonb), :p_actor)"
-)
-
-
-async def rule_earn(
-    conn: AsyncConnection, params: dict[str, Any]
-) -> tuple[bool, str | None, str | None, str | None]:
-    """ledger_earn with ledger.service.earn_params; a ledger refusal is answered, with nothing
-    written, as (False, None, error code, error detail JSON) rather than raised."""
-    row = (await conn.execute(_RULE_EARN, params)).one()
-    return bool(row[0]), row[1], row[2], row[3]
 
 
 # Imports -----------------------------------------------------------------------------------

@@ -239,70 +239,157 @@ async def record(
         check_event(req, config.settings["custom_event_types"], now)
     if row_id is None:
         return True, await _replay(conn, who, req, payload, simulate)
-
-    refund_amount: int | None = None
-    history: dict[str, int] | None = None
     if req.type == "order_refunded":
-        history = await repository.order_history(conn, who.programme_id, member_id, req.order_ref or "")
-        refund_amount = _refund_amount(req, history)
-        amount = -refund_amount
-        await repository.add_activity(conn, who.programme_id, member_id, day, spend=amount or 0)
+        return False, await _record_refund(
+            conn,
+            who,
+            req,
+            config,
+            member_id,
+            row_id,
+            day=day,
+            now=now,
+            occurred_at=occurred_at,
+            simulate=simulate,
+        )
+
+    # The rules that can fire whatever the member's facts (time frame, event filter); the cap
+    # usage rows of those with caps are taken with the facts.
+    event_view = {**payload, "amount": amount}
+    candidates = [_prefilter(rule, event_view, occurred_at, day) for rule in config.rules.get(req.type, ())]
+    usage = [
+        (c.rule.row["id"], *period) for c in candidates if isinstance(c, _Candidate) for period in c.periods
+    ]
+    row, tier_row, used = await repository.refresh_for_event(
+        conn, who.programme_id, member_id, now=now, usage=usage
+    )
+    base = row_to_facts(row, now=now)
+    multiplier = MemberMultiplier(
+        conn, who.programme_id, member_id, now, any_in_programme=config.has_multipliers
+    )
+    slots: list[s.RuleOutcome | _Plan] = [
+        await _plan_rule(req, c, base, used, multiplier) if isinstance(c, _Candidate) else c
+        for c in candidates
+    ]
+    plans = [slot for slot in slots if isinstance(slot, _Plan)]
+
+    # Everything is decided here on the planned points and written in one call, which finishes
+    # the event when every budget pays what was planned (the usual case). A promotion that pays
+    # a bonus (an earn of its own) is left to assess_member after it.
+    facts = _counted(base, [(p.grant, p.rule["qualifying"]) for p in plans])
+    spec = config.ladder(now)
+    tier_plan = (
+        None
+        if spec is None
+        else tiers.plan_tier(spec, tier_row, facts, now=now, trigger="event", tz=config.timezone)
+    )
+    here = tier_plan is None or not (
+        tier_plan.decision.kind == "promoted" and tier_plan.spec.rules_of(tier_plan.decision.to_tier).bonus
+    )
+    store_tier: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = []
+    tier_events: list[dict[str, Any]] = []
+    change = None
+    if tier_plan is not None and here:
+        if not tier_plan.stored_ok and not (tier_row is None and tier_plan.quiet):
+            store_tier = tier_plan.values
+        if not tier_plan.quiet:
+            history, tier_events = tiers.tier_records(
+                tier_plan, facts, now=now, trigger="event", actor=who.actor, external_id=req.member_id
+            )
+            change = tiers.tier_change(tier_plan, member_id)
+    earns = {i: _earn_args(who, req, i, plan) for i, plan in _indexed(slots)}
+    outcomes: list[s.RuleOutcome] = [
+        _outcome(slot, slot.grant, None, pending=earns[i]["pending"]) if isinstance(slot, _Plan) else slot
+        for i, slot in enumerate(slots)
+    ]
+    result = _result(req, occurred_at, outcomes, None, facts, change, simulate)
+    qualifying = sum(p.grant for p in plans if p.rule["qualifying"])
+    finished, results = await repository.apply_event(
+        conn,
+        who.programme_id,
+        member_id,
+        row_id,
+        day=day,
+        amount=amount,
+        earns=list(earns.values()),
+        tier=store_tier,
+        tier_new=tier_row is None,
+        history=history,
+        events=tier_events,
+        outcome=_outcome_json(result, qualifying),
+        response=msgspec.to_builtins(result) if here else None,
+    )
+    done = iter(results)
+    outcomes = [_earned(slot, next(done)) if isinstance(slot, _Plan) else slot for slot in slots]
+    if finished:
+        return False, msgspec.structs.replace(result, rules=outcomes)
+
+    # A budget paid less than planned, a bonus is due, or a tier row appeared meanwhile: the
+    # tier is decided again on what was earned, with everything a change writes.
+    earned = [(o.points, bool(p.rule["qualifying"])) for o, p in _paired(outcomes, slots)]
+    facts = _counted(base, earned)
+    change = await _assess(conn, who, member_id, now, config, facts)
+    result = _result(req, occurred_at, outcomes, None, facts, change, simulate)
+    qualifying = sum(n for n, q in earned if q)
+    await repository.finish_event(
+        conn, who.programme_id, member_id, row_id, amount, result.points, _outcome_json(result, qualifying),
+        msgspec.to_builtins(result),
+    )  # fmt: skip
+    return False, result
+
+
+async def _record_refund(
+    conn: AsyncConnection,
+    who: Principal,
+    req: s.EventIn,
+    config: _Config,
+    member_id: int,
+    row_id: int,
+    *,
+    day: date,
+    now: datetime,
+    occurred_at: datetime,
+    simulate: bool,
+) -> s.EventResult:
+    """A refund: the order's remaining amount, the proportional clawback, the facts and tier."""
+    history = await repository.order_history(conn, who.programme_id, member_id, req.order_ref or "")
+    refund_amount = _refund_amount(req, history)
+    amount = -refund_amount
+    await repository.add_activity(conn, who.programme_id, member_id, day, spend=amount)
     # The facts row is held from begin_event on; the refresh answers the facts it leaves.
     base = row_to_facts(
         await repository.refresh_member_facts(conn, who.programme_id, member_id, now=now), now=now
     )
+    clawback, qualifying = await _claw_back(conn, who, req, history, refund_amount)
+    points = -clawback.points
     facts = base
-
-    outcomes: list[s.RuleOutcome] = []
-    clawback: s.ClawbackOutcome | None = None
-    points = qualifying = 0
-    plans: list[_Plan] = []
-    if req.type == "order_refunded":
-        assert history is not None and refund_amount is not None
-        clawback, qualifying = await _claw_back(conn, who, req, history, refund_amount)
-        points = -clawback.points
-    else:
-        event_view = {**payload, "amount": amount}
-        slots: list[s.RuleOutcome | _Plan] = []
-        multiplier = MemberMultiplier(
-            conn, who.programme_id, member_id, now, any_in_programme=config.has_multipliers
+    if points or qualifying:
+        await repository.add_points_and_activity(
+            conn, who.programme_id, member_id, day, lifetime=max(points, 0), qualifying=qualifying
         )
-        for rule in config.rules.get(req.type, ()):
-            slots.append(
-                await _plan_rule(conn, who, req, member_id, rule, facts, event_view, occurred_at, multiplier)
-            )
-        plans = [slot for slot in slots if isinstance(slot, _Plan)]
-        if plans:
-            # The ledger's earns take budget rows that every event of the programme wants: they
-            # go last, so those locks are held only until the commit, not across the facts and
-            # tier work. That work runs first on the planned points, in a savepoint; when a budget
-            # gives less than planned (nearly spent), it is undone and redone on what was earned.
-            optimistic = await conn.begin_nested()
-            facts = await _count_points(conn, who, member_id, day, plans, [p.grant for p in plans], base)
-            change = await _assess(conn, who, member_id, now, config, facts)
-            posted = [await _post_plan(conn, who, req, member_id, plan) for plan in plans]
-            if all(o.points == plan.grant for (o, _), plan in zip(posted, plans, strict=True)):
-                await optimistic.commit()
-            else:
-                await optimistic.rollback()
-                posted = [await _post_plan(conn, who, req, member_id, plan) for plan in plans]
-                facts = await _count_points(
-                    conn, who, member_id, day, plans, [o.points for o, _ in posted], base
-                )
-                change = await _assess(conn, who, member_id, now, config, facts)
-            points = sum(o.points for o, _ in posted)
-            qualifying = sum(o.points for o, is_qualifying in posted if is_qualifying)
-        done = iter(o for o, _ in posted) if plans else iter(())
-        outcomes = [next(done) if isinstance(slot, _Plan) else slot for slot in slots]
-    if req.type == "order_refunded" or not plans:
-        if points or qualifying:
-            await repository.add_points_and_activity(
-                conn, who.programme_id, member_id, day, lifetime=max(points, 0), qualifying=qualifying
-            )
-            facts = _with_points(base, points, qualifying)
-        # Promotion is real time: the facts this event changed may lift the member a tier, in
-        # the same transaction (an event never demotes; the schedule does that).
-        change = await _assess(conn, who, member_id, now, config, facts)
+        facts = _with_points(base, points, qualifying)
+    # An event never demotes (the schedule does); a refund may still meet a pin's expiry.
+    change = await _assess(conn, who, member_id, now, config, facts)
+    result = _result(req, occurred_at, [], clawback, facts, change, simulate, points=points)
+    await repository.finish_event(
+        conn, who.programme_id, member_id, row_id, amount, points, _outcome_json(result, qualifying),
+        msgspec.to_builtins(result),
+    )  # fmt: skip
+    return result
+
+
+def _result(
+    req: s.EventIn,
+    occurred_at: datetime,
+    outcomes: list[s.RuleOutcome],
+    clawback: s.ClawbackOutcome | None,
+    facts: Facts,
+    change: tiers.TierChange | None,
+    simulate: bool,
+    *,
+    points: int | None = None,
+) -> s.EventResult:
     tier = None
     if change is not None:
         facts = dataclasses.replace(facts, tier=change.to_tier)
@@ -310,59 +397,32 @@ async def record(
             kind=change.kind, reason=change.reason, from_tier=change.from_tier, to_tier=change.to_tier,
             bonus=change.bonus,
         )  # fmt: skip
-    result = s.EventResult(
+    return s.EventResult(
         event_id=req.event_id,
         member_id=req.member_id,
         type=req.type,
         occurred_at=occurred_at,
-        points=points,
+        points=sum(o.points for o in outcomes) if points is None else points,
         rules=outcomes,
         clawback=clawback,
         facts=facts_to_json(facts),
         tier=tier,
         simulated=simulate,
     )
-    outcome_json = {"qualifying": qualifying, "rules": [o.code for o in outcomes if o.points]}
-    await repository.finish_event(
-        conn,
-        who.programme_id,
-        member_id,
-        row_id,
-        amount,
-        points,
-        outcome_json,
-        msgspec.to_builtins(result),
-    )
-    return False, result
+
+
+def _outcome_json(result: s.EventResult, qualifying: int) -> dict[str, Any]:
+    """What member_events.outcome keeps: the qualifying points and the rules that earned."""
+    return {"qualifying": qualifying, "rules": [o.code for o in result.rules if o.points]}
 
 
 def _with_points(facts: Facts, points: int, qualifying: int) -> Facts:
-    """The facts after add_points(lifetime=max(points, 0), qualifying=qualifying) on their row."""
+    """The facts after add_points_and_activity(lifetime=max(points, 0), qualifying=qualifying)."""
     return dataclasses.replace(
         facts,
         lifetime_points=(facts.lifetime_points or 0) + max(points, 0),
         qualifying_points=(facts.qualifying_points or 0) + int(qualifying),  # a clawback's share is numeric
     )
-
-
-async def _count_points(
-    conn: AsyncConnection,
-    who: Principal,
-    member_id: int,
-    day: date,
-    plans: list[_Plan],
-    earned: list[int],
-    facts: Facts,
-) -> Facts:
-    """Adds the earned points to the member's day and facts; returns the facts with them."""
-    points = sum(earned)
-    qualifying = sum(n for n, plan in zip(earned, plans, strict=True) if plan.rule["qualifying"])
-    if points or qualifying:
-        await repository.add_points_and_activity(
-            conn, who.programme_id, member_id, day, lifetime=max(points, 0), qualifying=qualifying
-        )
-        return _with_points(facts, points, qualifying)
-    return facts
 
 
 async def _assess(
@@ -407,7 +467,38 @@ async def _replay(
     return msgspec.convert(stored["response"], s.EventResult)
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
+class _Candidate:
+    """A rule whose time frame and event filter pass: its condition waits for the facts."""
+
+    rule: _Rule
+    periods: list[tuple[str, date]]  # the cap periods the event falls in
+
+
+def _prefilter(
+    cached: _Rule, event_view: dict[str, Any], occurred_at: datetime, day: date
+) -> s.RuleOutcome | _Candidate:
+    rule = cached.row
+    if rule["starts_at"] and occurred_at < rule["starts_at"]:
+        return _miss(rule, f"the rule starts at {rule['starts_at'].isoformat()}")
+    if rule["ends_at"] and occurred_at >= rule["ends_at"]:
+        return _miss(rule, f"the rule ended at {rule['ends_at'].isoformat()}")
+    filtered = core.filter_miss(rule["event_filter"], event_view)
+    if filtered:
+        return _miss(rule, f"event filter: {filtered}")
+    periods: list[tuple[str, date]] = []
+    if rule["cap_per_day"] is not None:
+        periods.append(("day", day))
+    if rule["cap_per_month"] is not None:
+        periods.append(("month", day.replace(day=1)))
+    return _Candidate(cached, periods)
+
+
+def _miss(rule: dict[str, Any], reason: str, condition: Any = None) -> s.RuleOutcome:
+    return s.RuleOutcome(code=rule["code"], fired=False, points=0, reason=reason, condition=condition)
+
+
+@dataclasses.dataclass(slots=True)
 class _Plan:
     """A rule that fired and will earn ``grant`` points, once the ledger takes them."""
 
@@ -419,50 +510,31 @@ class _Plan:
 
 
 async def _plan_rule(
-    conn: AsyncConnection,
-    who: Principal,
     req: s.EventIn,
-    member_id: int,
-    cached: _Rule,
+    candidate: _Candidate,
     facts: Facts,
-    event_view: dict[str, Any],
-    occurred_at: datetime,
+    used: dict[tuple[int, str], int],
     multiplier: MemberMultiplier,
 ) -> s.RuleOutcome | _Plan:
-    """Everything about one rule but the ledger: its outcome if it earns nothing, else a plan."""
-    rule = cached.row
-    code = rule["code"]
-
-    def miss(reason: str, condition: Any = None) -> s.RuleOutcome:
-        return s.RuleOutcome(code=code, fired=False, points=0, reason=reason, condition=condition)
-
-    if rule["starts_at"] and occurred_at < rule["starts_at"]:
-        return miss(f"the rule starts at {rule['starts_at'].isoformat()}")
-    if rule["ends_at"] and occurred_at >= rule["ends_at"]:
-        return miss(f"the rule ended at {rule['ends_at'].isoformat()}")
-    filtered = core.filter_miss(rule["event_filter"], event_view)
-    if filtered:
-        return miss(f"event filter: {filtered}")
-    trace = msgspec.to_builtins(dataclasses.asdict(explain(cached.condition(), facts)))
+    """The rule's condition on the member's facts, its formula and caps: an outcome when it
+    earns nothing, else a plan."""
+    rule = candidate.rule.row
+    trace = msgspec.to_builtins(dataclasses.asdict(explain(candidate.rule.condition(), facts)))
     if not trace["passed"]:
-        return miss("the condition does not hold for the member's facts", trace)
-    wanted = core.points_for(cached.formula(), req.amount, member_multiplier=await multiplier.get())
+        return _miss(rule, "the condition does not hold for the member's facts", trace)
+    wanted = core.points_for(candidate.rule.formula(), req.amount, member_multiplier=await multiplier.get())
     if wanted <= 0:
-        return miss("the formula gives 0 points for this event", trace)
-
-    periods: list[tuple[str, date]] = []
-    day = _local_day(occurred_at, who.timezone)
-    if rule["cap_per_day"] is not None:
-        periods.append(("day", day))
-    if rule["cap_per_month"] is not None:
-        periods.append(("month", day.replace(day=1)))
-    used = await repository.lock_usage(conn, who.programme_id, member_id, rule["id"], periods)
+        return _miss(rule, "the formula gives 0 points for this event", trace)
     grant = core.capped(
-        wanted, [(rule["cap_per_day"], used.get("day", 0)), (rule["cap_per_month"], used.get("month", 0))]
+        wanted,
+        [
+            (rule["cap_per_day"], used.get((rule["id"], "day"), 0)),
+            (rule["cap_per_month"], used.get((rule["id"], "month"), 0)),
+        ],
     )
     if grant <= 0:
         return s.RuleOutcome(
-            code=code,
+            code=rule["code"],
             fired=True,
             points=0,
             requested=wanted,
@@ -470,21 +542,34 @@ async def _plan_rule(
             reason="the member reached the rule's cap for this period",
             condition=trace,
         )
-    return _Plan(rule=rule, wanted=wanted, grant=grant, periods=periods, trace=trace)
+    return _Plan(rule=rule, wanted=wanted, grant=grant, periods=candidate.periods, trace=trace)
 
 
-async def _post_plan(
-    conn: AsyncConnection, who: Principal, req: s.EventIn, member_id: int, plan: _Plan
-) -> tuple[s.RuleOutcome, bool]:
-    """The plan's earn through the ledger and its cap usage: (outcome, whether its points
-    qualify). The ledger writes the points.earned event, with the rule and event id from the
-    earn's metadata."""
-    rule, wanted, grant, periods, trace = plan.rule, plan.wanted, plan.grant, plan.periods, plan.trace
-    code = rule["code"]
+def _indexed(slots: list[s.RuleOutcome | _Plan]) -> list[tuple[int, _Plan]]:
+    return [(i, slot) for i, slot in enumerate(slots) if isinstance(slot, _Plan)]
+
+
+def _paired(
+    outcomes: list[s.RuleOutcome], slots: list[s.RuleOutcome | _Plan]
+) -> list[tuple[s.RuleOutcome, _Plan]]:
+    return [(o, slot) for o, slot in zip(outcomes, slots, strict=True) if isinstance(slot, _Plan)]
+
+
+def _counted(facts: Facts, earned: list[tuple[int, bool]]) -> Facts:
+    """The facts once the earns are counted: (points, whether they qualify) per earn."""
+    points = sum(n for n, _ in earned)
+    qualifying = sum(n for n, q in earned if q)
+    return _with_points(facts, points, qualifying) if points or qualifying else facts
+
+
+def _earn_args(who: Principal, req: s.EventIn, slot: int, plan: _Plan) -> dict[str, Any]:
+    """One earn of activity_event_apply: ledger_earn's arguments (earn_params), the rule's cap
+    periods and where its outcome sits in the answer."""
+    rule, code = plan.rule, plan.rule["code"]
     earn = ls.EarnRequest(
         member_id=req.member_id,
         budget=rule["budget"],
-        points=grant,
+        points=plan.grant,
         reference=req.order_ref or req.event_id,
         reason=f"earning rule {code}",
         allow_partial=True,
@@ -492,49 +577,71 @@ async def _post_plan(
         expiry=msgspec.convert(rule["expiry"], ls.ExpiryIn) if rule["expiry"] else None,
         metadata={"event_id": req.event_id, "rule": code},
     )
-    # A budget's refusal undoes only this rule's earn, not the event (see activity_rule_earn).
-    _, body_json, error_code, error_detail = await repository.rule_earn(
-        conn, ledger.earn_params(who, earn, f"event:{req.event_id}:{code}")
+    params = ledger.earn_params(who, earn, f"event:{req.event_id}:{code}")
+    vests_at = params["p_vests_at"]
+    return {
+        "slot": slot,
+        "rule_id": rule["id"],
+        "periods": [[period, start.isoformat()] for period, start in plan.periods],
+        "qualifying": bool(rule["qualifying"]),
+        "pending": vests_at is not None and vests_at > _now(),
+        "key": params["p_key"],
+        "fingerprint": params["p_fingerprint"].hex(),
+        "member": params["p_member"],
+        "budget": params["p_budget"],
+        "amount": params["p_amount"],
+        "reference": params["p_reference"],
+        "reason": params["p_reason"],
+        "vests_at": vests_at,
+        "expires_at": params["p_expires_at"],
+        "metadata": earn.metadata,
+        "actor": params["p_actor"],
+    }
+
+
+def _outcome(
+    plan: _Plan, earned: int, body: dict[str, Any] | None, *, pending: bool = False
+) -> s.RuleOutcome:
+    """The rule's outcome when the ledger gave it ``earned`` points (body: its answer; None
+    for the outcome planned before the earn, whose transaction id is not known yet)."""
+    notes = []
+    if plan.grant < plan.wanted:
+        notes.append(f"capped from {plan.wanted} to {plan.grant} by the rule's cap")
+    if earned < plan.grant:
+        notes.append(f"the budget had only {earned} of {plan.grant} left")
+    if body is not None:
+        pending = body["status"] == "pending"
+    status = "pending" if pending else ("partial" if earned < plan.wanted else "earned")
+    return s.RuleOutcome(
+        code=plan.rule["code"],
+        fired=True,
+        points=earned,
+        requested=plan.wanted,
+        status=status,
+        reason="; ".join(notes) or "the event passed the filter and the condition holds",
+        transaction_id=None if body is None else body["transaction_id"],
+        condition=plan.trace,
     )
-    if error_code is not None:
-        exc = ledger_error(error_code, error_detail)
+
+
+def _earned(plan: _Plan, result: dict[str, Any]) -> s.RuleOutcome:
+    """The outcome of one of activity_event_apply's earns. A budget's refusal (see
+    activity_rule_earn) undoes only this rule's earn; any other refusal fails the event."""
+    if result.get("error_code") is not None:
+        exc = ledger_error(result["error_code"], result["error_detail"])
         if exc.code not in _RULE_REFUSALS:
             raise exc
-        return (
-            s.RuleOutcome(
-                code=code,
-                fired=True,
-                points=0,
-                requested=wanted,
-                status="not_earned",
-                reason=f"{exc.code}: {exc.detail}",
-                condition=trace,
-            ),
-            False,
-        )
-    assert body_json is not None
-    body = msgspec.json.decode(body_json)
-    earned = int(body["amount"])
-    await repository.add_usage(conn, who.programme_id, member_id, rule["id"], periods, earned)
-    notes = []
-    if grant < wanted:
-        notes.append(f"capped from {wanted} to {grant} by the rule's cap")
-    if earned < grant:
-        notes.append(f"the budget had only {earned} of {grant} left")
-    status = "pending" if body["status"] == "pending" else ("partial" if earned < wanted else "earned")
-    return (
-        s.RuleOutcome(
-            code=code,
+        return s.RuleOutcome(
+            code=plan.rule["code"],
             fired=True,
-            points=earned,
-            requested=wanted,
-            status=status,
-            reason="; ".join(notes) or "the event passed the filter and the condition holds",
-            transaction_id=body["transaction_id"],
-            condition=trace,
-        ),
-        bool(rule["qualifying"]),
-    )
+            points=0,
+            requested=plan.wanted,
+            status="not_earned",
+            reason=f"{exc.code}: {exc.detail}",
+            condition=plan.trace,
+        )
+    body = result["body"]
+    return _outcome(plan, int(body["amount"]), body)
 
 
 async def _claw_back(

@@ -242,6 +242,22 @@ async def lock_new_member(conn: AsyncConnection, programme_id: int, member_id: i
     )
 
 
+async def ensure_member_tier(
+    conn: AsyncConnection, programme_id: int, member_id: int, *, tier: str, ladder_version: int, at: datetime
+) -> None:
+    """A row on the base tier ``tier`` for a member who has none (a row someone else inserted
+    meanwhile wins): then there is a row to lock. An event's first promotion inserts its row
+    only if none exists, so neither overwrites a decision made on a row it did not see."""
+    await conn.execute(
+        pg_insert(tiers)
+        .values(
+            programme_id=programme_id, member_id=member_id, tier=tier, rank=0, ladder_version=ladder_version,
+            achieved_at=at,
+        )
+        .on_conflict_do_nothing(index_elements=[tiers.c.programme_id, tiers.c.member_id])
+    )  # fmt: skip
+
+
 async def get_member_tier(conn: AsyncConnection, programme_id: int, member_id: int) -> dict[str, Any] | None:
     row = (
         await conn.execute(

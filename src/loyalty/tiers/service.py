@@ -195,6 +195,118 @@ def _history_worthy(decision: core.TierDecision[Any]) -> bool:
     return not (decision.kind == "pinned" and decision.from_tier == decision.to_tier)
 
 
+@dataclass(frozen=True, slots=True)
+class TierPlan:
+    """What the rules decide for one member, before anything is written (plan_tier)."""
+
+    spec: LadderSpec
+    decision: core.TierDecision[Any]
+    values: dict[str, Any]  # the member_tiers columns after the decision
+    stored_ok: bool  # the stored row already holds ``values`` (but the ladder version)
+    worthy: bool  # a change the history keeps (a pin that merely holds the tier is not)
+
+    @property
+    def quiet(self) -> bool:
+        """Nothing to write but, at most, the member_tiers row (no history, event or bonus)."""
+        return not self.worthy and not self.decision.pin_expired
+
+
+def plan_tier(
+    spec: LadderSpec,
+    row: dict[str, Any] | None,
+    facts: Facts,
+    *,
+    now: datetime,
+    trigger: Literal["event", "scheduled"],
+    tz: str,
+) -> TierPlan:
+    """The decision for a member whose tier row is ``row`` (None: none yet) and whose facts are
+    ``facts``: pure, so that the event path can decide on the row it read with the facts."""
+    state = state_for(spec, row)
+    decision = core.decide(
+        ladder=spec.ladder, state=state, outcomes=outcomes_for(spec, facts), now=now, trigger=trigger, tz=tz
+    )
+    new = decision.new_state
+    values: dict[str, Any] = {
+        "tier": new.tier,
+        "rank": spec.ladder.tier(new.tier).rank,
+        "ladder_version": spec.version,
+        "achieved_at": new.achieved_at,
+        "valid_until": new.valid_until,
+        "grace_until": new.grace_until,
+        "pin_kind": new.pin.kind if new.pin else None,
+        "pin_tier": new.pin.tier if new.pin else None,
+        "pin_until": new.pin.until if new.pin else None,
+        "pin_reason": new.pin.reason if new.pin else None,
+        "next_assessment_at": decision.next_assessment_at,
+    }
+    stored_ok = row is not None and all(row[k] == v for k, v in values.items() if k != "ladder_version")
+    return TierPlan(spec, decision, values, stored_ok, _history_worthy(decision))
+
+
+def tier_records(
+    plan: TierPlan,
+    facts: Facts,
+    *,
+    now: datetime,
+    trigger: Literal["event", "scheduled"],
+    actor: str,
+    external_id: str | None,
+    bonus: dict[str, Any] | None = None,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """What a decision writes after the member_tiers row: history rows (a pin that expired, the
+    change with its deciding rules, the facts and the bonus) and, when the tier moved, the
+    tier.changed domain event of member ``external_id``."""
+    decision, spec = plan.decision, plan.spec
+    facts_json = facts_to_json(facts)
+    trace = trace_of(decision, trigger=trigger, at=now)
+    common = {"at": now, "ladder_version": spec.version, "facts": facts_json, "actor": actor}
+    history: list[dict[str, Any]] = []
+    if decision.pin_expired:
+        history.append(
+            {**common, "kind": "pin_expired", "reason": "pin_expired", "from_tier": decision.from_tier,
+             "to_tier": decision.from_tier, "trace": trace}
+        )  # fmt: skip
+    if plan.worthy:
+        history.append(
+            {**common, "kind": decision.kind, "reason": decision.reason, "from_tier": decision.from_tier,
+             "to_tier": decision.to_tier, "trace": trace if bonus is None else {**trace, "bonus": bonus}}
+        )  # fmt: skip
+    events: list[dict[str, Any]] = []
+    if decision.from_tier != decision.to_tier:
+        events.append(
+            {
+                "type": "tier.changed",
+                "subject": f"member:{external_id}",
+                "payload": {
+                    "member_id": external_id,
+                    "from_tier": decision.from_tier,
+                    "to_tier": decision.to_tier,
+                    "kind": decision.kind,
+                    "reason": decision.reason,
+                    "ladder_version": spec.version,
+                    "trigger": trigger,
+                    "at": now.isoformat(),
+                },
+            }
+        )
+    return history, events
+
+
+def tier_change(plan: TierPlan, member_id: int, bonus: dict[str, Any] | None = None) -> TierChange:
+    decision = plan.decision
+    return TierChange(
+        member_id=member_id,
+        kind=decision.kind,
+        reason=decision.reason,
+        from_tier=decision.from_tier,
+        to_tier=decision.to_tier,
+        ladder_version=plan.spec.version,
+        decision=decision,
+        bonus=bonus,
+    )
+
+
 async def assess_member(
     conn: AsyncConnection,
     *,
@@ -226,79 +338,28 @@ async def assess_member(
     if facts is None:
         raise NotFound("No such member.", code="member_not_found", extra={"member_id": member_id})
     tz = await repository.programme_timezone(conn, programme_id) if preloaded is None else preloaded.timezone
-    state = state_for(spec, row)
-    decision = core.decide(
-        ladder=spec.ladder, state=state, outcomes=outcomes_for(spec, facts), now=now, trigger=trigger, tz=tz
-    )
-    new = decision.new_state
-    values: dict[str, Any] = {
-        "tier": new.tier,
-        "rank": spec.ladder.tier(new.tier).rank,
-        "ladder_version": spec.version,
-        "achieved_at": new.achieved_at,
-        "valid_until": new.valid_until,
-        "grace_until": new.grace_until,
-        "pin_kind": new.pin.kind if new.pin else None,
-        "pin_tier": new.pin.tier if new.pin else None,
-        "pin_until": new.pin.until if new.pin else None,
-        "pin_reason": new.pin.reason if new.pin else None,
-        "next_assessment_at": decision.next_assessment_at,
-    }
-    worthy = _history_worthy(decision)
-    if row is None and not worthy and not decision.pin_expired:
+    plan = plan_tier(spec, row, facts, now=now, trigger=trigger, tz=tz)
+    if row is None and plan.quiet:
         return None  # a member without a row is on the base tier: nothing to store
-    stored_ok = row is not None and all(row[k] == v for k, v in values.items() if k != "ladder_version")
-    if not stored_ok:
-        await repository.save_member_tier(conn, programme_id, member_id, **values)
-    if not worthy and not decision.pin_expired:
+    if not plan.stored_ok:
+        await repository.save_member_tier(conn, programme_id, member_id, **plan.values)
+    if plan.quiet:
         return None
-    facts_json = facts_to_json(facts)
-    trace = trace_of(decision, trigger=trigger, at=now)
-    if decision.pin_expired:
-        await repository.add_history(
-            conn, programme_id, member_id, at=now, kind="pin_expired", reason="pin_expired",
-            from_tier=decision.from_tier, to_tier=decision.from_tier, ladder_version=spec.version,
-            trace=trace, facts=facts_json, actor=actor,
-        )  # fmt: skip
+    decision = plan.decision
     bonus = None
     if decision.kind == "promoted":
         bonus = await _promotion_bonus(conn, spec, programme_id, member_id, decision.to_tier, tz)
-        if bonus is not None:
-            trace["bonus"] = bonus
-    if worthy:
-        await repository.add_history(
-            conn, programme_id, member_id, at=now, kind=decision.kind, reason=decision.reason,
-            from_tier=decision.from_tier, to_tier=decision.to_tier, ladder_version=spec.version,
-            trace=trace, facts=facts_json, actor=actor,
-        )  # fmt: skip
+    external = None
     if decision.from_tier != decision.to_tier:
         external = await repository.member_external_id(conn, programme_id, member_id) or ""
-        await outbox.add(
-            conn,
-            programme_id,
-            "tier.changed",
-            f"member:{external}",
-            {
-                "member_id": external,
-                "from_tier": decision.from_tier,
-                "to_tier": decision.to_tier,
-                "kind": decision.kind,
-                "reason": decision.reason,
-                "ladder_version": spec.version,
-                "trigger": trigger,
-                "at": now.isoformat(),
-            },
-        )
-    return TierChange(
-        member_id=member_id,
-        kind=decision.kind,
-        reason=decision.reason,
-        from_tier=decision.from_tier,
-        to_tier=decision.to_tier,
-        ladder_version=spec.version,
-        decision=decision,
-        bonus=bonus,
+    history, events = tier_records(
+        plan, facts, now=now, trigger=trigger, actor=actor, external_id=external, bonus=bonus
     )
+    for values in history:
+        await repository.add_history(conn, programme_id, member_id, **values)
+    for event in events:
+        await outbox.add(conn, programme_id, event["type"], event["subject"], event["payload"])
+    return tier_change(plan, member_id, bonus)
 
 
 async def _promotion_bonus(
@@ -412,6 +473,12 @@ async def pin(conn: AsyncConnection, who: Principal, external_id: str, req: s.Pi
     if not spec.has(req.tier):
         raise InvalidInput("tier", "is not a tier of the published ladder")
     row = await repository.lock_member_tier(conn, who.programme_id, member_id)
+    if row is None:
+        base = spec.ladder.base.code
+        await repository.ensure_member_tier(
+            conn, who.programme_id, member_id, tier=base, ladder_version=spec.version, at=now
+        )
+        row = await repository.lock_member_tier(conn, who.programme_id, member_id)
     state = state_for(spec, row)
     current = state.tier if state else spec.ladder.base.code
     await repository.save_member_tier(
