@@ -44,6 +44,7 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
             webhook_tasks.notify_expiring_soon,
             benefit_tasks.release_expired_reservations,
             benefit_tasks.pay_benefit_gifts,
+            benefit_tasks.announce_benefit_campaigns,
         ],
         "cron_jobs": [
             cron(ledger_tasks.expire_holds, second=EVERY_10_SECONDS, unique=True, run_at_startup=True),
@@ -71,6 +72,8 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
             ),
             # Birthdays in every programme's time zone: hourly, idempotent by ledger key.
             cron(benefit_tasks.pay_benefit_gifts, minute={23}, second={0}, unique=True),
+            # Campaigns that started: their members are told within a minute.
+            cron(benefit_tasks.announce_benefit_campaigns, second={50}, unique=True, run_at_startup=True),
         ],
         "on_startup": startup,
         "on_shutdown": shutdown,

@@ -4,6 +4,7 @@ a revocation waits for a consumption holding the grant, and nothing is consumed 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import pytest
@@ -134,3 +135,47 @@ async def test_consumes_racing_a_revocation_never_pass_it(wide: AsyncEngine) -> 
     assert any(before_revoke), "nothing was consumed before the revocation"
     assert len(after_revoke) >= 64
     assert not any(after_revoke), "a consumption that started after the revocation committed succeeded"
+
+
+async def test_revoking_an_upgrade_waits_for_a_consumption_relying_on_it(wide: AsyncEngine) -> None:
+    """A quota the member has only through an upgrade grant: the consumption locks that grant
+    as it locks the benefit's own, so its revocation waits, and nothing is consumed after it."""
+    programme = await make_programme(wide)
+    who = Principal(programme_id=programme.id, programme_code=programme.code, role="operator", key_id=1)
+    ladder = {"tiers": [{"code": "base", "rank": 0}, {"code": "gold", "rank": 1}]}
+    async with wide.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO tier_ladder_versions (programme_id, version, status, definition, effective_at) "
+                "VALUES (:p, 1, 'published', CAST(:d AS jsonb), now() - interval '1 minute')"
+            ),
+            {"p": programme.id, "d": json.dumps(ladder)},
+        )
+        await enrol(conn, who, MemberCreate(member_id="m1"), new_key())
+        await service.create(
+            conn,
+            who,
+            s.BenefitCreate(code="q", type="quota", names=NAMES, params={"limit": 100, "period": "day"}),
+        )
+        await service.create(
+            conn, who, s.BenefitCreate(code="to-gold", type="upgrade", names=NAMES, params={"tier": "gold"})
+        )
+        await service.set_tier_benefits(
+            conn, who, "gold", s.TierBenefitsSet(benefits=[s.TierBenefitItem(benefit="q")])
+        )
+        grant_id = (await service.grant(conn, who, "m1", s.GrantCreate(benefit="to-gold", reason="test"))).id
+
+    async with wide.connect() as a:
+        tx = await a.begin()
+        await service.consume(
+            a, who, "q", s.ConsumeRequest(member_id="m1", order_reference="a"), reserve=False
+        )
+        async with wide.connect() as b:
+            await b.begin()
+            await b.execute(text("SET LOCAL lock_timeout = '200ms'"))
+            with pytest.raises(DBAPIError, match="lock timeout"):
+                await service.revoke(b, who, "m1", grant_id, s.RevokeRequest(reason="fraud"))
+        await tx.commit()
+    async with wide.begin() as b:
+        await service.revoke(b, who, "m1", grant_id, s.RevokeRequest(reason="fraud"))
+    assert not await _consume(wide, who, "after")

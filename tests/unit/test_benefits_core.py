@@ -77,3 +77,82 @@ def test_birthday() -> None:
     assert core.birthday_due("02-29", date(2026, 2, 28))
     assert not core.birthday_due("02-29", date(2028, 2, 28))
     assert not core.birthday_due(None, date(2026, 11, 22))
+
+
+# Upgrades ------------------------------------------------------------------------------------
+
+NOW = datetime(2026, 11, 22, tzinfo=UTC)
+RANKS = {"bronze": 0, "silver": 1, "gold": 2}
+TO_GOLD = core.BenefitDef(id=10, code="to-gold", type="upgrade", params={"tier": "gold"})
+LOUNGE = core.BenefitDef(id=11, code="lounge", type="flag", params={})
+RETURNS = core.BenefitDef(id=12, code="returns", type="quota", params={"limit": 1, "period": "month"})
+
+
+def _lifts(upgrade: core.BenefitDef, source: core.Source, rank: int = 1) -> list[core.Lift]:
+    return core.lifts([(upgrade, source)], rank=rank, ranks=RANKS, now=NOW)
+
+
+def test_an_upgrade_lifts_only_above_the_members_own_tier_and_on_the_ladder() -> None:
+    grant = core.Source("grant", "7", {}, until=NOW + timedelta(days=3))
+    assert [(x.tier, x.upgrade.code) for x in _lifts(TO_GOLD, grant, rank=1)] == [("gold", "to-gold")]
+    assert _lifts(TO_GOLD, grant, rank=2) == []  # already gold: adds nothing
+    assert _lifts(TO_GOLD, core.Source("grant", "7", {"tier": "bronze"}), rank=0) == []  # not above
+    assert _lifts(TO_GOLD, core.Source("grant", "7", {"tier": "diamond"}), rank=0) == []  # not on it
+    # The source's override wins over the upgrade's default tier.
+    assert [x.tier for x in _lifts(TO_GOLD, core.Source("grant", "7", {"tier": "silver"}), rank=0)] == [
+        "silver"
+    ]
+    inactive = core.BenefitDef(id=10, code="to-gold", type="upgrade", params={"tier": "gold"}, active=False)
+    assert _lifts(inactive, grant, rank=0) == []
+    expired = core.BenefitDef(id=10, code="to-gold", type="upgrade", params={"tier": "gold"}, valid_until=NOW)
+    assert _lifts(expired, grant, rank=0) == []
+
+
+def test_member_rank_reads_the_ladder_in_force() -> None:
+    assert core.member_rank(None, None, RANKS) == 0  # no tier row: the base tier
+    assert core.member_rank("gold", 0, RANKS) == 2  # the ladder's rank, not a stale stored one
+    assert core.member_rank("platinum", 3, RANKS) == 3  # gone from the ladder: the stored rank
+
+
+def test_through_upgrades_names_the_upgrade_and_never_chains() -> None:
+    grant = core.Source("grant", "7", {}, until=NOW + timedelta(days=3))
+    lifts = _lifts(TO_GOLD, grant, rank=1)
+    includes = {"gold": {"limit": 5}, "silver": {"limit": 3}}
+    (source,) = core.through_upgrades(RETURNS, lifts, includes)
+    assert (source.kind, source.ref, source.tier, source.params) == (
+        "upgrade",
+        "to-gold",
+        "gold",
+        {"limit": 5},
+    )
+    assert (source.via, source.until) == (grant, grant.until)
+    assert core.through_upgrades(RETURNS, lifts, {"silver": {"limit": 3}}) == []  # gold lacks it
+    to_silver = core.BenefitDef(id=13, code="to-silver", type="upgrade", params={"tier": "silver"})
+    assert core.through_upgrades(to_silver, lifts, {"gold": {}}) == []  # no upgrade through upgrades
+
+
+def test_an_upgrade_never_lowers_what_the_member_has() -> None:
+    own = core.Source("tier", "silver", {"limit": 8})
+    lifted = core.through_upgrades(
+        RETURNS, _lifts(TO_GOLD, core.Source("grant", "7", {})), {"gold": {"limit": 5}}
+    )
+    assert core.best_source("quota", [own, *lifted], RETURNS.params) == own
+    better = core.through_upgrades(
+        RETURNS, _lifts(TO_GOLD, core.Source("grant", "7", {})), {"gold": {"limit": 9}}
+    )
+    assert core.best_source("quota", [own, *better], RETURNS.params) == better[0]
+    # On a tie the member's own source is shown.
+    same = core.through_upgrades(LOUNGE, _lifts(TO_GOLD, core.Source("grant", "7", {})), {"gold": {}})
+    assert core.best_source("flag", [*same, core.Source("tier", "silver", {})]).kind == "tier"
+
+
+def test_announcement_of_a_started_campaign() -> None:
+    later = NOW + timedelta(days=1)
+    assert core.announcement(LOUNGE, later, NOW) == "announce"
+    assert core.announcement(LOUNGE, NOW, NOW) == "skip"  # ended: gives nobody anything any more
+    expired = core.BenefitDef(id=11, code="lounge", type="flag", params={}, valid_until=NOW)
+    assert core.announcement(expired, later, NOW) == "skip"
+    inactive = core.BenefitDef(id=11, code="lounge", type="flag", params={}, active=False)
+    assert core.announcement(inactive, later, NOW) == "wait"
+    not_yet = core.BenefitDef(id=11, code="lounge", type="flag", params={}, valid_from=later)
+    assert core.announcement(not_yet, later + timedelta(days=1), NOW) == "wait"

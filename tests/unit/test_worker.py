@@ -21,7 +21,13 @@ def test_every_cron_job_is_a_registered_function() -> None:
     names = {getattr(f, "__name__", "") for f in built["functions"]}
     crons = {job.coroutine.__name__ for job in built["cron_jobs"]}
     assert crons <= names, crons - names
-    for expected in ("expire_holds", "assess_due_tiers", "deliver_webhooks", "purge_webhook_history"):
+    for expected in (
+        "expire_holds",
+        "assess_due_tiers",
+        "deliver_webhooks",
+        "purge_webhook_history",
+        "announce_benefit_campaigns",
+    ):
         assert expected in crons
     # arq registers each cron job beside the plain functions, as "cron:<name>".
     assert set(worker.functions) == names | {f"cron:{name}" for name in crons}

@@ -2,11 +2,12 @@
 
 One statement per check on the asyncpg pool (repository.CHECK_SQL) reads everything that can
 change between two checks: the member's tier, grants and revocations, running campaigns with
-their segment rules, the quota counter and the facts campaigns are evaluated on. Only the
-catalogue (benefit definitions, tier -> benefit map) is cached per process, stamped with
-benefit_catalogue_versions.version, which the same statement returns: when it moved, the
-cache reloads and the check is decided again. So the cache can never make a check more
-permissive than the database it just read.
+their segment rules, the quota counter and the facts campaigns are evaluated on, and, when an
+upgrade benefit could bring the benefit, the member's upgrade grants and campaigns and the
+ranks of the ladder in force. Only the catalogue (benefit definitions, tier -> benefit map) is
+cached per process, stamped with benefit_catalogue_versions.version, which the same statement
+returns: when it moved, the cache reloads and the check is decided again. So the cache can
+never make a check more permissive than the database it just read.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from loyalty.benefits import core, repository
 from loyalty.benefits import schemas as s
 from loyalty.benefits.service import parsed_rule, source_view
 from loyalty.errors import InvalidInput, NotFound
+from loyalty.rules.facts import Facts
 from loyalty.web import require_role, send_json
 
 _ENCODE = msgspec.json.Encoder()
@@ -38,6 +40,18 @@ class Catalogue:
     by_code: dict[str, core.BenefitDef]
     # benefit id -> tier code -> parameters the tier gives
     tiers: dict[int, dict[str, dict[str, Any]]]
+    by_id: dict[int, core.BenefitDef] = field(default_factory=dict)
+    # The upgrade benefits, and the tiers that include one of them.
+    upgrades: tuple[core.BenefitDef, ...] = ()
+    upgrade_tiers: tuple[str, ...] = ()
+
+    def upgrade_filter(self, benefit: core.BenefitDef) -> tuple[list[int], list[str]]:
+        """The upgrade benefits that could bring ``benefit`` and the tiers including one, for
+        the check's statement; empty when no tier includes ``benefit`` (then no upgrade can
+        bring it) or it is an upgrade itself (upgrades do not chain)."""
+        if not self.upgrades or benefit.type == "upgrade" or not self.tiers.get(benefit.id):
+            return [], []
+        return [u.id for u in self.upgrades], list(self.upgrade_tiers)
 
 
 @dataclass
@@ -53,7 +67,10 @@ class CatalogueCache:
         tiers: dict[int, dict[str, dict[str, Any]]] = {}
         for r in tier_rows:
             tiers.setdefault(int(r["benefit_id"]), {})[r["tier"]] = _DECODE.decode(r["params"])
-        entry = Catalogue(version, by_code, tiers)
+        upgrades = tuple(b for b in by_code.values() if b.type == "upgrade")
+        upgrade_tiers = tuple(sorted({t for u in upgrades for t in tiers.get(u.id, {})}))
+        by_id = {b.id: b for b in by_code.values()}
+        entry = Catalogue(version, by_code, tiers, by_id, upgrades, upgrade_tiers)
         self.entries[programme_id] = entry
         self.reloads += 1
         return entry
@@ -80,6 +97,7 @@ def _sources(
         params = catalogue.tiers.get(benefit.id, {}).get(tier)
         if params is not None:
             found.append(core.Source("tier", tier, params))
+    facts: Facts | None = None
     if row["campaigns"] is not None:
         facts = row_to_facts(_Row(row), now=now)
         for c in _DECODE.decode(row["campaigns"]):
@@ -88,7 +106,35 @@ def _sources(
     if row["grants"] is not None:
         for g in _DECODE.decode(row["grants"]):
             found.append(core.Source("grant", str(g["id"]), g["params"], _time(g["expires_at"])))
+    if row["ranks"] is not None:
+        found.extend(_upgraded(benefit, catalogue, row, facts, now))
     return found
+
+
+def _upgraded(
+    benefit: core.BenefitDef, catalogue: Catalogue, row: asyncpg.Record, facts: Facts | None, now: datetime
+) -> list[core.Source]:
+    """What the member's upgrades bring of ``benefit`` (core.lifts, core.through_upgrades)."""
+    tier = row["tier"]
+    upgrades: list[tuple[core.BenefitDef, core.Source]] = []
+    if tier is not None:
+        for upgrade in catalogue.upgrades:
+            params = catalogue.tiers.get(upgrade.id, {}).get(tier)
+            if params is not None:
+                upgrades.append((upgrade, core.Source("tier", tier, params)))
+    for u in _DECODE.decode(row["upgrades"]) if row["upgrades"] is not None else ():
+        given = catalogue.by_id.get(int(u["benefit_id"]))
+        if given is None:  # created after the cache was loaded: the version check reloads it
+            continue
+        if u["kind"] == "segment":
+            if facts is None:
+                facts = row_to_facts(_Row(row), now=now)
+            if not rules.evaluate(parsed_rule(_ENCODE.encode(u["rule"]).decode()), facts):
+                continue
+        upgrades.append((given, core.Source(u["kind"], u["ref"], u["params"], _time(u["until"]))))
+    ranks: dict[str, int] = _DECODE.decode(row["ranks"])
+    lifts = core.lifts(upgrades, rank=core.member_rank(tier, row["tier_rank"], ranks), ranks=ranks, now=now)
+    return core.through_upgrades(benefit, lifts, catalogue.tiers.get(benefit.id, {}))
 
 
 def _time(value: str | None) -> datetime | None:
@@ -106,7 +152,10 @@ async def _read(
         if benefit.type == "quota"
         else None
     )
-    row = await repository.check_row(conn, who.programme_id, external_id, benefit.id, now, period_start)
+    upgrade_ids, upgrade_tiers = catalogue.upgrade_filter(benefit)
+    row = await repository.check_row(
+        conn, who.programme_id, external_id, benefit.id, now, period_start, upgrade_ids, upgrade_tiers
+    )
     if row is None:
         raise NotFound(
             "No member with this id in the programme.",

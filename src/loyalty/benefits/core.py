@@ -4,7 +4,7 @@ checkout decision. No I/O here: the service feeds it rows and the clock."""
 from __future__ import annotations
 
 import calendar
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
@@ -16,9 +16,11 @@ from loyalty.errors import InvalidInput
 
 Period = Literal["day", "week", "month", "year"]
 PERIODS: Final[tuple[str, ...]] = ("day", "week", "month", "year")
-SourceKind = Literal["grant", "segment", "tier"]
-# When two sources are equally good, the more specific one is shown: a grant, then a campaign.
-_PRECEDENCE: Final[dict[str, int]] = {"grant": 0, "segment": 1, "tier": 2}
+SourceKind = Literal["grant", "segment", "tier", "upgrade"]
+# When two sources are equally good, the more specific one is shown: a grant, then a campaign,
+# then the member's own tier, and only then what an upgrade brings.
+_PRECEDENCE: Final[dict[str, int]] = {"grant": 0, "segment": 1, "tier": 2, "upgrade": 3}
+Announcement = Literal["announce", "wait", "skip"]
 
 
 # Parameters ------------------------------------------------------------------------------
@@ -113,9 +115,12 @@ def period_bounds(period: str, now: datetime, tz: str) -> tuple[date, datetime]:
 @dataclass(frozen=True, slots=True)
 class Source:
     kind: SourceKind
-    ref: str  # tier code, campaign code or grant id
+    ref: str  # tier code, campaign code or grant id; for "upgrade" the upgrade benefit's code
     params: dict[str, Any]
     until: datetime | None = None
+    # "upgrade" only: the tier whose benefit it is, and the source giving the member the upgrade.
+    tier: str | None = None
+    via: Source | None = None
 
 
 def strength(kind: str, params: Mapping[str, Any]) -> Fraction:
@@ -138,7 +143,10 @@ def best_source(
     if not sources:
         return None
     base = defaults or {}
-    return min(sources, key=lambda s: (-strength(kind, merged(base, s.params)), _PRECEDENCE[s.kind], s.ref))
+    return min(
+        sources,
+        key=lambda s: (-strength(kind, merged(base, s.params)), _PRECEDENCE[s.kind], s.ref, s.tier or ""),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +231,87 @@ def quota_period(benefit: BenefitDef, sources: Sequence[Source]) -> str | None:
     source = best_source(benefit.type, sources, benefit.params)
     params = merged(benefit.params, source.params if source else {})
     return str(params["period"])
+
+
+# Upgrades ------------------------------------------------------------------------------------
+#
+# An upgrade benefit ({"tier": T}) makes the member be treated as tier T while it is in force:
+# every (non-upgrade) benefit T includes becomes a source of kind "upgrade" beside the member's
+# own sources, and the best parameters win as usual, so nothing drops below what the member has.
+# An upgrade counts only when T is on the ladder in force and ranks above the member's own
+# tier; the upgrades T itself includes are not followed (no chains).
+
+
+@dataclass(frozen=True, slots=True)
+class Lift:
+    """An upgrade in force that lifts the member to ``tier``."""
+
+    tier: str
+    upgrade: BenefitDef
+    source: Source
+
+
+def upgrade_tier(upgrade: BenefitDef, source: Source) -> str:
+    """The tier an upgrade benefit treats the member as, given the source's override."""
+    return str(merged(upgrade.params, source.params).get("tier") or "")
+
+
+def member_rank(tier: str | None, stored_rank: int | None, ranks: Mapping[str, int]) -> int:
+    """The member's rank on the ladder in force: no tier row is the base tier (0); a tier the
+    ladder no longer has keeps the rank stored with it."""
+    if tier is None:
+        return 0
+    return ranks.get(tier, stored_rank or 0)
+
+
+def lifts(
+    upgrades: Iterable[tuple[BenefitDef, Source]], *, rank: int, ranks: Mapping[str, int], now: datetime
+) -> list[Lift]:
+    """The member's upgrades that lift them: the upgrade benefit is active and valid now (its
+    channels do not matter: it is never used at checkout itself), and its tier is on the ladder
+    in force (``ranks``, code -> rank) above the member's own ``rank``."""
+    out: list[Lift] = []
+    for upgrade, source in upgrades:
+        if upgrade.type != "upgrade" or availability(upgrade, now, None) is not None:
+            continue
+        tier = upgrade_tier(upgrade, source)
+        if tier in ranks and ranks[tier] > rank:
+            out.append(Lift(tier, upgrade, source))
+    return out
+
+
+def through_upgrades(
+    benefit: BenefitDef, found: Sequence[Lift], includes: Mapping[str, Mapping[str, Any]]
+) -> list[Source]:
+    """The sources of ``benefit`` the member has through their upgrades; ``includes`` maps a
+    tier code to the parameters that tier gives this benefit. An upgrade brings no upgrade."""
+    if benefit.type == "upgrade":
+        return []
+    return [
+        Source(
+            "upgrade", lift.upgrade.code, dict(includes[lift.tier]), lift.source.until, lift.tier, lift.source
+        )
+        for lift in found
+        if lift.tier in includes
+    ]
+
+
+# Campaign announcements ------------------------------------------------------------------
+
+
+def announcement(benefit: BenefitDef, ends_at: datetime, now: datetime) -> Announcement:
+    """What to do with a started campaign not announced yet: ``announce`` (write benefit.granted
+    for its members, mark it), ``skip`` (mark it without events: it ended, or its benefit
+    expired, so it gives nobody anything any more) or ``wait`` (its benefit is inactive or not
+    valid yet: announce when it starts giving)."""
+    if now >= ends_at:
+        return "skip"
+    reason = availability(benefit, now, None)
+    if reason == "benefit_expired":
+        return "skip"
+    if reason is not None:
+        return "wait"
+    return "announce"
 
 
 def birthday_due(birthday: Any, today: date) -> bool:

@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -89,7 +90,8 @@ class TierBenefit(Base):
 
 
 class BenefitCampaign(Base):
-    """Members of a segment get a benefit from starts_at to ends_at."""
+    """Members of a segment get a benefit from starts_at to ends_at. ``announced_at``: when the
+    worker wrote benefit.granted for the members it started with (tasks.announce_campaigns)."""
 
     __tablename__ = "benefit_campaigns"
     __table_args__ = (
@@ -98,6 +100,7 @@ class BenefitCampaign(Base):
         ),
         UniqueConstraint("programme_id", "code"),
         CheckConstraint("ends_at > starts_at", name="period"),
+        Index("ix_benefit_campaigns_unannounced", "starts_at", postgresql_where=text("announced_at IS NULL")),
     )
 
     programme_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
@@ -109,6 +112,7 @@ class BenefitCampaign(Base):
     ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     params: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    announced_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class BenefitGrant(Base):

@@ -4,12 +4,15 @@ on the request's SQLAlchemy connection."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, cast
 
 import asyncpg
 import msgspec
-from sqlalchemy import Table, and_, exists, func, insert, literal, or_, select, text, update
+from sqlalchemy import Table, and_, case, exists, func, insert, literal, or_, select, text, update
+from sqlalchemy import cast as sql_cast
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -25,6 +28,7 @@ from loyalty.benefits.models import (
     TierBenefit,
 )
 from loyalty.errors import Conflict
+from loyalty.events.models import DomainEvent
 from loyalty.members.models import Member
 from loyalty.tiers.models import MemberTier
 
@@ -36,6 +40,7 @@ usage = cast(Table, BenefitUsage.__table__)
 consumptions = cast(Table, BenefitConsumption.__table__)
 members = cast(Table, Member.__table__)
 member_tiers = cast(Table, MemberTier.__table__)
+events = cast(Table, DomainEvent.__table__)
 
 _BENEFIT_COLUMNS = (
     benefits.c.id,
@@ -164,6 +169,7 @@ async def create_campaign(conn: AsyncConnection, programme_id: int, values: dict
                         campaigns.c.starts_at,
                         campaigns.c.ends_at,
                         campaigns.c.params,
+                        campaigns.c.announced_at,
                     )
                 )
             ).one()
@@ -184,6 +190,7 @@ async def all_campaigns(conn: AsyncConnection, programme_id: int) -> list[dict[s
             campaigns.c.starts_at,
             campaigns.c.ends_at,
             campaigns.c.params,
+            campaigns.c.announced_at,
         )
         .join(
             benefits,
@@ -231,27 +238,88 @@ async def member(conn: AsyncConnection, programme_id: int, external_id: str) -> 
 
 async def member_tier(
     conn: AsyncConnection, programme_id: int, member_id: int, *, lock: bool = False
-) -> str | None:
-    """The member's tier; with ``lock`` the tier row is locked (FOR NO KEY UPDATE) so that a tier
-    change waits for this transaction (a consumption cannot slip past a demotion). Not FOR
-    SHARE: a stream of share lockers can starve the updater; this lock queues fairly."""
-    stmt = select(member_tiers.c.tier).where(
+) -> tuple[str, int] | None:
+    """The member's tier and its stored rank; with ``lock`` the tier row is locked (FOR NO KEY
+    UPDATE) so that a tier change waits for this transaction (a consumption cannot slip past a
+    demotion). Not FOR SHARE: a stream of share lockers can starve the updater; this lock
+    queues fairly."""
+    stmt = select(member_tiers.c.tier, member_tiers.c.rank).where(
         member_tiers.c.programme_id == programme_id, member_tiers.c.member_id == member_id
     )
     if lock:
         stmt = stmt.with_for_update(key_share=True)
-    return cast(str | None, await conn.scalar(stmt))
+    row = (await conn.execute(stmt)).first()
+    return (str(row[0]), int(row[1] or 0)) if row else None
 
 
 async def tier_benefit_params(
-    conn: AsyncConnection, programme_id: int, tier: str, benefit_id: int | None = None
+    conn: AsyncConnection, programme_id: int, tier: str, benefit_ids: Sequence[int] | None = None
 ) -> dict[int, dict[str, Any]]:
     stmt = select(tier_benefits.c.benefit_id, tier_benefits.c.params).where(
         tier_benefits.c.programme_id == programme_id, tier_benefits.c.tier == tier
     )
+    if benefit_ids is not None:
+        stmt = stmt.where(tier_benefits.c.benefit_id.in_(list(benefit_ids)))
+    return {int(r[0]): dict(r[1]) for r in await conn.execute(stmt)}
+
+
+async def tier_map(
+    conn: AsyncConnection, programme_id: int, benefit_id: int | None = None
+) -> dict[int, dict[str, dict[str, Any]]]:
+    """benefit id -> tier code -> the parameters the tier gives (what each tier includes)."""
+    stmt = select(tier_benefits.c.benefit_id, tier_benefits.c.tier, tier_benefits.c.params).where(
+        tier_benefits.c.programme_id == programme_id
+    )
     if benefit_id is not None:
         stmt = stmt.where(tier_benefits.c.benefit_id == benefit_id)
-    return {int(r[0]): dict(r[1]) for r in await conn.execute(stmt)}
+    out: dict[int, dict[str, dict[str, Any]]] = {}
+    for b, tier, params in await conn.execute(stmt):
+        out.setdefault(int(b), {})[tier] = dict(params)
+    return out
+
+
+async def upgrade_benefits(conn: AsyncConnection, programme_id: int) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        select(*_BENEFIT_COLUMNS).where(benefits.c.programme_id == programme_id, benefits.c.type == "upgrade")
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+# The version of the ladder in force at :now, as tiers.repository.current_version picks it.
+_VERSION_IN_FORCE = (
+    "SELECT v.version FROM tier_ladder_versions v "
+    "WHERE v.programme_id = :p AND v.status IN ('published', 'superseded') AND v.effective_at <= :now "
+    "ORDER BY v.effective_at DESC, v.version DESC LIMIT 1"
+)
+
+
+async def ladder_ranks(conn: AsyncConnection, programme_id: int, now: datetime) -> dict[str, int]:
+    """Tier code -> rank on the ladder in force (empty without a published ladder)."""
+    rows = await conn.execute(
+        text(
+            "SELECT e->>'code', (e->>'rank')::int FROM tier_ladder_versions v, "
+            "jsonb_array_elements(v.definition->'tiers') e "
+            f"WHERE v.programme_id = :p AND v.version = ({_VERSION_IN_FORCE})"
+        ),
+        {"p": programme_id, "now": now},
+    )
+    return {str(code): int(rank) for code, rank in rows}
+
+
+async def ladder_tier_codes(conn: AsyncConnection, programme_id: int, now: datetime) -> set[str] | None:
+    """Tier codes of the ladder in force and of every version published to take over later;
+    None when the programme has never published a ladder."""
+    rows = await conn.execute(
+        text(
+            "SELECT v.version, e->>'code' FROM tier_ladder_versions v "
+            "LEFT JOIN LATERAL jsonb_array_elements(v.definition->'tiers') e ON true "
+            "WHERE v.programme_id = :p AND v.status IN ('published', 'superseded') "
+            f"AND (v.effective_at > :now OR v.version = ({_VERSION_IN_FORCE}))"
+        ),
+        {"p": programme_id, "now": now},
+    )
+    found = rows.all()
+    return {str(code) for _, code in found if code is not None} if found else None
 
 
 async def active_grants(
@@ -259,7 +327,7 @@ async def active_grants(
     programme_id: int,
     member_id: int,
     now: datetime,
-    benefit_id: int | None = None,
+    benefit_ids: Sequence[int] | None = None,
     *,
     lock: bool = False,
 ) -> list[dict[str, Any]]:
@@ -274,15 +342,15 @@ async def active_grants(
         grants.c.revoked_at.is_(None),
         or_(grants.c.expires_at.is_(None), grants.c.expires_at > now),
     )
-    if benefit_id is not None:
-        stmt = stmt.where(grants.c.benefit_id == benefit_id)
+    if benefit_ids is not None:
+        stmt = stmt.where(grants.c.benefit_id.in_(list(benefit_ids)))
     if lock:
         stmt = stmt.with_for_update(key_share=True)
     return [dict(r._mapping) for r in await conn.execute(stmt.order_by(grants.c.id))]
 
 
 async def active_campaigns(
-    conn: AsyncConnection, programme_id: int, now: datetime, benefit_id: int | None = None
+    conn: AsyncConnection, programme_id: int, now: datetime, benefit_ids: Sequence[int] | None = None
 ) -> list[dict[str, Any]]:
     """Campaigns running now, with their segment's rule (JSON)."""
     sql = (
@@ -291,9 +359,9 @@ async def active_campaigns(
         "WHERE c.programme_id = :p AND c.starts_at <= :now AND c.ends_at > :now"
     )
     params: dict[str, Any] = {"p": programme_id, "now": now}
-    if benefit_id is not None:
-        sql += " AND c.benefit_id = :b"
-        params["b"] = benefit_id
+    if benefit_ids is not None:
+        sql += " AND c.benefit_id = ANY(:b)"
+        params["b"] = list(benefit_ids)
     return [dict(r._mapping) for r in await conn.execute(text(sql + " ORDER BY c.code"), params)]
 
 
@@ -499,6 +567,57 @@ async def programmes_with_gifts(conn: AsyncConnection) -> list[dict[str, Any]]:
 # Marketing: who is entitled --------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class UpgradePath:
+    """One way to a benefit through an upgrade: upgrade benefit ``benefit_id`` treating the
+    member as ``tier`` (rank ``rank`` on the ladder in force, which includes the benefit), given
+    by a grant of it (the grant's tier, else ``default_tier``), by a running campaign of it
+    whose merged tier is ``tier`` (``segment_rules``) or by a member tier that includes it so
+    (``via_tiers``)."""
+
+    benefit_id: int
+    tier: str
+    rank: int
+    default_tier: str
+    via_tiers: tuple[str, ...] = ()
+    segment_rules: tuple[rules.Rule, ...] = ()
+
+
+def _member_rank_sql(ranks: dict[str, int]) -> Any:
+    """core.member_rank in SQL over facts_from(): the rank of the member's tier on the ladder in
+    force, its stored rank when the ladder lacks it, 0 without a tier row."""
+    stored = func.coalesce(member_tiers.c.rank, 0)
+    if not ranks:
+        return stored
+    return case(*[(member_tiers.c.tier == code, rank) for code, rank in ranks.items()], else_=stored)
+
+
+def _upgrade_condition(
+    programme_id: int, paths: Sequence[UpgradePath], ranks: dict[str, int], now: datetime
+) -> Any:
+    if not paths:
+        return literal(False)
+    columns = fact_columns(now)
+    rank = _member_rank_sql(ranks)
+    parts = []
+    for path in paths:
+        by_grant = exists(
+            select(literal(1)).where(
+                grants.c.programme_id == programme_id,
+                grants.c.member_id == members.c.id,
+                grants.c.benefit_id == path.benefit_id,
+                grants.c.revoked_at.is_(None),
+                or_(grants.c.expires_at.is_(None), grants.c.expires_at > now),
+                func.coalesce(grants.c.params["tier"].astext, path.default_tier) == path.tier,
+            )
+        )
+        sources = [by_grant, *[rules.to_sql(r, columns) for r in path.segment_rules]]
+        if path.via_tiers:
+            sources.append(member_tiers.c.tier.in_(list(path.via_tiers)))
+        parts.append(and_(rank < path.rank, or_(*sources)))
+    return or_(*parts)
+
+
 def _entitled_condition(
     programme_id: int, benefit_id: int, tiers: Sequence[str], rule_sql: Sequence[Any], now: datetime
 ) -> Any:
@@ -527,6 +646,8 @@ async def entitled_members(
     limit: int,
     *,
     birthday: str | None = None,
+    upgrades: Sequence[UpgradePath] = (),
+    ranks: dict[str, int] | None = None,
 ) -> list[str]:
     """External ids of the active members entitled now, in order, after the cursor (keyset);
     with ``birthday`` ("MM-DD") only those whose CRM attribute ``birthday`` ends with it."""
@@ -534,6 +655,8 @@ async def entitled_members(
     condition = _entitled_condition(
         programme_id, benefit_id, tiers, [rules.to_sql(r, columns) for r in segment_rules], now
     )
+    if upgrades:
+        condition = or_(condition, _upgrade_condition(programme_id, upgrades, ranks or {}, now))
     if birthday is not None:
         condition = and_(condition, members.c.attributes["birthday"].astext.like(f"%{birthday}"))
     stmt = (
@@ -555,35 +678,135 @@ async def entitled_count(
     tiers: Sequence[str],
     segment_rules: Sequence[rules.Rule],
     now: datetime,
+    *,
+    upgrades: Sequence[UpgradePath] = (),
+    ranks: dict[str, int] | None = None,
 ) -> dict[str, int]:
     columns = fact_columns(now)
     by_grant = _entitled_condition(programme_id, benefit_id, (), (), now)
     by_segment = or_(*[rules.to_sql(r, columns) for r in segment_rules]) if segment_rules else literal(False)
     by_tier = member_tiers.c.tier.in_(list(tiers)) if tiers else literal(False)
+    by_upgrade = _upgrade_condition(programme_id, upgrades, ranks or {}, now)
     stmt = (
         select(
-            func.count().filter(or_(by_grant, by_segment, by_tier)),
+            func.count().filter(or_(by_grant, by_segment, by_tier, by_upgrade)),
             func.count().filter(by_tier),
             func.count().filter(by_segment),
             func.count().filter(by_grant),
+            func.count().filter(by_upgrade),
         )
         .select_from(facts_from())
         .where(members.c.programme_id == programme_id, members.c.status == "active")
     )
-    total, tier_n, segment_n, grant_n = (await conn.execute(stmt)).one()
-    return {"total": int(total), "tier": int(tier_n), "segment": int(segment_n), "grant": int(grant_n)}
+    total, tier_n, segment_n, grant_n, upgrade_n = (await conn.execute(stmt)).one()
+    return {
+        "total": int(total),
+        "tier": int(tier_n),
+        "segment": int(segment_n),
+        "grant": int(grant_n),
+        "upgrade": int(upgrade_n),
+    }
+
+
+# Campaign announcements ------------------------------------------------------------------
+
+
+async def due_campaigns(conn: AsyncConnection, now: datetime, limit: int = 1000) -> list[tuple[int, int]]:
+    """(programme, campaign) of campaigns started and not announced yet whose benefit is giving
+    now, or that have ended (to be marked without events); oldest start first."""
+    rows = await conn.execute(
+        text(
+            "SELECT c.programme_id, c.id FROM benefit_campaigns c "
+            "JOIN benefits b ON b.programme_id = c.programme_id AND b.id = c.benefit_id "
+            "WHERE c.announced_at IS NULL AND c.starts_at <= :now "
+            "AND (c.ends_at <= :now OR (b.active AND (b.valid_from IS NULL OR b.valid_from <= :now))) "
+            "ORDER BY c.starts_at, c.programme_id, c.id LIMIT :limit"
+        ),
+        {"now": now, "limit": limit},
+    )
+    return [(int(p), int(c)) for p, c in rows]
+
+
+async def claim_campaign(
+    conn: AsyncConnection, programme_id: int, campaign_id: int, now: datetime
+) -> dict[str, Any] | None:
+    """The campaign with its benefit, locked, if it has started and is still not announced; None
+    if another run holds it (SKIP LOCKED) or announced it meanwhile. Its segment's rule is None
+    when the segment is gone."""
+    row = (
+        await conn.execute(
+            text(
+                "SELECT c.code, c.params, c.ends_at, s.rule, b.id, b.code AS benefit, b.type, "
+                "b.params AS benefit_params, b.channels, b.valid_from, b.valid_until, b.active "
+                "FROM benefit_campaigns c "
+                "JOIN benefits b ON b.programme_id = c.programme_id AND b.id = c.benefit_id "
+                "LEFT JOIN segments s ON s.programme_id = c.programme_id AND s.code = c.segment "
+                "WHERE c.programme_id = :p AND c.id = :c AND c.announced_at IS NULL AND c.starts_at <= :now "
+                "FOR UPDATE OF c SKIP LOCKED"
+            ),
+            {"p": programme_id, "c": campaign_id, "now": now},
+        )
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+async def mark_announced(conn: AsyncConnection, programme_id: int, campaign_id: int, now: datetime) -> None:
+    await conn.execute(
+        update(campaigns)
+        .where(campaigns.c.programme_id == programme_id, campaigns.c.id == campaign_id)
+        .values(announced_at=now)
+    )
+
+
+async def announce_campaign(
+    conn: AsyncConnection, programme_id: int, rule: rules.Rule, payload: dict[str, Any], now: datetime
+) -> int:
+    """benefit.granted for every active member the segment's rule selects now, in one
+    INSERT ... SELECT (the rule compiled to SQL as segments count their members); ``payload``
+    is what every event carries besides the member's id. Written only when an active endpoint
+    of the programme subscribes to benefit.granted (or '*'), like the tier trigger's events."""
+    subscribed = text(
+        "EXISTS (SELECT 1 FROM webhook_endpoints ep WHERE ep.programme_id = :p AND ep.active "
+        "AND ('benefit.granted' = ANY (ep.event_types) OR '*' = ANY (ep.event_types)))"
+    ).bindparams(p=programme_id)
+    body = func.jsonb_build_object("member_id", members.c.external_id).op("||")(
+        sql_cast(literal(_json(payload)), JSONB)
+    )
+    rows = (
+        select(
+            literal(programme_id),
+            literal("benefit.granted"),
+            literal("member:") + members.c.external_id,
+            body,
+        )
+        .select_from(facts_from())
+        .where(
+            members.c.programme_id == programme_id,
+            members.c.status == "active",
+            rules.to_sql(rule, fact_columns(now)),
+            subscribed,
+        )
+        .order_by(members.c.id)
+    )
+    result = await conn.execute(
+        insert(events).from_select(["programme_id", "type", "subject", "payload"], rows)
+    )
+    return int(result.rowcount or 0)
 
 
 # The checkout check: one statement -------------------------------------------------------
 
 # $1 programme, $2 member external id, $3 benefit id, $4 now, $5 the quota period's start (or
-# null). Everything that may change between two checks (tier, grants, revocations, campaigns
-# and their segment rules, usage, facts) is read here live; only the catalogue version is
-# compared with the cache.
+# null), $6 the ids of the upgrade benefits that could bring $3 and $7 the tiers that include
+# one of them (both from the cached catalogue; empty when no upgrade can bring $3, which skips
+# that part). Everything that may change between two checks (tier, grants, revocations,
+# campaigns and their segment rules, usage, facts, the ladder in force) is read here live;
+# only the catalogue version is compared with the cache. The upgrade grants and campaigns of
+# the member, and the ranks of the ladder in force, are read only when an upgrade may apply.
 CHECK_SQL = """
 SELECT m.id AS member_id, m.status,
        (SELECT v.version FROM benefit_catalogue_versions v WHERE v.programme_id = $1) AS version,
-       t.tier,
+       t.tier, t.rank AS tier_rank,
        (SELECT jsonb_agg(jsonb_build_object('id', g.id, 'params', g.params, 'expires_at', g.expires_at)
                          ORDER BY g.id)
           FROM benefit_grants g
@@ -598,12 +821,36 @@ SELECT m.id AS member_id, m.status,
        (SELECT u.used + u.reserved FROM benefit_usage u
          WHERE u.programme_id = $1 AND u.member_id = m.id AND u.benefit_id = $3
            AND u.period_start = $5) AS used,
+       up.upgrades::text AS upgrades,
+       (SELECT jsonb_object_agg(e->>'code', (e->>'rank')::int)
+          FROM (SELECT lv.definition FROM tier_ladder_versions lv
+                 WHERE lv.programme_id = $1 AND lv.status IN ('published', 'superseded')
+                   AND lv.effective_at <= $4
+                 ORDER BY lv.effective_at DESC, lv.version DESC LIMIT 1) l,
+               jsonb_array_elements(l.definition->'tiers') e
+         WHERE up.upgrades IS NOT NULL OR t.tier = ANY($7::text[]))::text AS ranks,
        f.qualifying_points, f.spend, f.orders, f.lifetime_points, f.lifetime_spend, f.lifetime_orders,
        f.last_order_at, m.enrolled_at, f.recency_score, f.frequency_score, f.monetary_score,
        f.lifecycle, f.tags, m.attributes::text AS attributes
   FROM members m
   LEFT JOIN member_facts f ON f.programme_id = m.programme_id AND f.member_id = m.id
   LEFT JOIN member_tiers t ON t.programme_id = m.programme_id AND t.member_id = m.id
+  LEFT JOIN LATERAL (
+       SELECT jsonb_agg(x ORDER BY x.kind, x.ref) AS upgrades
+         FROM (SELECT 'grant' AS kind, g.id::text AS ref, g.benefit_id, g.params,
+                      g.expires_at AS until, NULL::jsonb AS rule
+                 FROM benefit_grants g
+                WHERE cardinality($6::bigint[]) > 0
+                  AND g.programme_id = $1 AND g.member_id = m.id AND g.benefit_id = ANY($6::bigint[])
+                  AND g.revoked_at IS NULL AND (g.expires_at IS NULL OR g.expires_at > $4)
+               UNION ALL
+               SELECT 'segment', c.code, c.benefit_id, c.params, c.ends_at, s.rule
+                 FROM benefit_campaigns c
+                 JOIN segments s ON s.programme_id = c.programme_id AND s.code = c.segment
+                WHERE cardinality($6::bigint[]) > 0
+                  AND c.programme_id = $1 AND c.benefit_id = ANY($6::bigint[])
+                  AND c.starts_at <= $4 AND c.ends_at > $4) x
+       ) up ON true
  WHERE m.programme_id = $1 AND m.external_id = $2
 """
 
@@ -615,8 +862,19 @@ async def check_row(
     benefit_id: int,
     now: datetime,
     period_start: date | None,
+    upgrade_ids: Sequence[int] = (),
+    upgrade_tiers: Sequence[str] = (),
 ) -> asyncpg.Record | None:
-    return await conn.fetchrow(CHECK_SQL, programme_id, external_id, benefit_id, now, period_start)
+    return await conn.fetchrow(
+        CHECK_SQL,
+        programme_id,
+        external_id,
+        benefit_id,
+        now,
+        period_start,
+        list(upgrade_ids),
+        list(upgrade_tiers),
+    )
 
 
 def catalogue_row(row: Any) -> BenefitDef:

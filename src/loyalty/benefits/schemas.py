@@ -96,6 +96,8 @@ class CampaignView(msgspec.Struct, kw_only=True):
     starts_at: datetime
     ends_at: datetime
     params: dict[str, Any]
+    # When benefit.granted went out for the members it started with (the worker's job).
+    announced_at: datetime | None = None
 
 
 class CampaignList(msgspec.Struct):
@@ -121,11 +123,20 @@ class RevokeRequest(Strict):
     reason: Reason
 
 
-class SourceView(msgspec.Struct, kw_only=True, omit_defaults=True):
+class SourceRef(msgspec.Struct, kw_only=True, omit_defaults=True):
     kind: str  # tier | segment | grant
     ref: str  # tier code, campaign code or grant id
+    until: datetime | None = None
+
+
+class SourceView(msgspec.Struct, kw_only=True, omit_defaults=True):
+    kind: str  # tier | segment | grant | upgrade
+    ref: str  # tier code, campaign code or grant id; for an upgrade the upgrade benefit's code
     params: dict[str, Any]
     until: datetime | None = None
+    # kind "upgrade": the tier whose benefit this is, and where the member's upgrade comes from.
+    tier: str | None = None
+    via: SourceRef | None = None
 
 
 class Entitlement(msgspec.Struct, kw_only=True):
@@ -196,6 +207,7 @@ class EntitledCount(msgspec.Struct, kw_only=True):
     by_tier: int
     by_segment: int
     by_grant: int
+    by_upgrade: int
 
 
 class Profile(msgspec.Struct, kw_only=True):

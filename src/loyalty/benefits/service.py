@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import calendar
 import functools
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
 from typing import Any, cast
@@ -74,6 +75,27 @@ def override_params(benefit: core.BenefitDef, override: dict[str, Any], path: st
     return dict(override)
 
 
+async def _check_upgrade_tier(
+    conn: AsyncConnection, who: Principal, params: dict[str, Any], path: str
+) -> None:
+    """An upgrade's tier must be on the programme's published ladder (the one in force or one
+    published to take over later). Without any published ladder there is nothing to check
+    against: the tier is accepted and the upgrade brings nothing until a ladder has it."""
+    codes = await repository.ladder_tier_codes(conn, who.programme_id, _now())
+    if codes is not None and params.get("tier") not in codes:
+        raise InvalidInput(f"{path}.tier", "is not a tier of the programme's published ladder")
+
+
+async def _source_params(
+    conn: AsyncConnection, who: Principal, benefit: core.BenefitDef, override: dict[str, Any], path: str
+) -> dict[str, Any]:
+    """override_params, and for an upgrade the check of the tier it treats the member as."""
+    params = override_params(benefit, override, path)
+    if benefit.type == "upgrade":
+        await _check_upgrade_tier(conn, who, core.merged(benefit.params, params), path)
+    return params
+
+
 # Catalogue -------------------------------------------------------------------------------
 
 
@@ -92,6 +114,8 @@ async def create(conn: AsyncConnection, who: Principal, req: s.BenefitCreate) ->
     _check_texts(req.names, "names")
     _check_validity(req.valid_from, req.valid_until)
     params = core.check_params(req.type, req.params)
+    if req.type == "upgrade":
+        await _check_upgrade_tier(conn, who, params, "params")
     row = await repository.create_benefit(
         conn,
         who.programme_id,
@@ -138,6 +162,8 @@ async def update(conn: AsyncConnection, who: Principal, code: str, req: s.Benefi
                 "params.period", "the period of a quota cannot change (usage is kept per period)"
             )
         values["params"] = core.check_params(current.type, req.params)
+        if current.type == "upgrade":
+            await _check_upgrade_tier(conn, who, values["params"], "params")
     _check_validity(req.valid_from or current.valid_from, req.valid_until or current.valid_until)
     row = await repository.update_benefit(conn, who.programme_id, code, values)
     assert row is not None
@@ -152,7 +178,9 @@ async def set_tier_benefits(
     items: list[tuple[int, dict[str, Any]]] = []
     for i, item in enumerate(req.benefits):
         benefit = await _benefit(conn, who, item.benefit)
-        items.append((benefit.id, override_params(benefit, item.params, f"benefits[{i}].params")))
+        items.append(
+            (benefit.id, await _source_params(conn, who, benefit, item.params, f"benefits[{i}].params"))
+        )
     if len({b for b, _ in items}) != len(items):
         raise InvalidInput("benefits", "a benefit is listed twice")
     await repository.set_tier_benefits(conn, who.programme_id, tier, items)
@@ -172,7 +200,7 @@ async def create_campaign(conn: AsyncConnection, who: Principal, req: s.Campaign
     if await segments.get(conn, who.programme_id, req.segment) is None:
         raise NotFound("No segment with this code.", code="segment_not_found", extra={"code": req.segment})
     benefit = await _benefit(conn, who, req.benefit)
-    params = override_params(benefit, req.params, "params")
+    params = await _source_params(conn, who, benefit, req.params, "params")
     row = await repository.create_campaign(
         conn,
         who.programme_id,
@@ -210,7 +238,7 @@ async def grant(conn: AsyncConnection, who: Principal, external_id: str, req: s.
         raise InvalidInput("expires_at", "must be in the future")
     member_id = await _member(conn, who, external_id)
     benefit = await _benefit(conn, who, req.benefit)
-    params = override_params(benefit, req.params, "params")
+    params = await _source_params(conn, who, benefit, req.params, "params")
     row = await repository.insert_grant(
         conn,
         who.programme_id,
@@ -258,16 +286,38 @@ async def revoke(
 # Entitlements ----------------------------------------------------------------------------
 
 
-async def _all_sources(
-    conn: AsyncConnection, programme_id: int, member_id: int, now: datetime, benefit_id: int | None = None
+async def _sources(
+    conn: AsyncConnection,
+    programme_id: int,
+    member_id: int,
+    now: datetime,
+    defs: dict[int, core.BenefitDef],
+    *,
+    only: core.BenefitDef | None = None,
+    lock: bool = False,
 ) -> tuple[str | None, dict[int, list[core.Source]]]:
-    """Every source of every (or one) benefit the member has now: tier, campaigns, grants."""
+    """Every source of every benefit the member has now (or, with ``only``, of that one): tier,
+    campaigns, grants, and what their upgrades bring. ``defs`` holds at least the programme's
+    upgrade benefits (and ``only``). With ``lock`` the tier row and the grants relied on,
+    upgrade grants included, are held FOR NO KEY UPDATE (see repository.active_grants)."""
+    upgrade_ids = [b for b, d in defs.items() if d.type == "upgrade"]
+    includes: dict[int, dict[str, dict[str, Any]]] | None = None
+    ids: list[int] | None = None
+    if only is not None:
+        # An upgrade can bring the benefit only if some tier includes it; upgrades do not chain.
+        if only.type == "upgrade":
+            upgrade_ids = []
+        includes = await repository.tier_map(conn, programme_id, only.id) if upgrade_ids else {}
+        if not includes:
+            upgrade_ids = []
+        ids = [only.id, *upgrade_ids]
+    found = await repository.member_tier(conn, programme_id, member_id, lock=lock)
+    tier, stored_rank = found if found is not None else (None, 0)
     sources: dict[int, list[core.Source]] = {}
-    tier = await repository.member_tier(conn, programme_id, member_id)
     if tier is not None:
-        for b, params in (await repository.tier_benefit_params(conn, programme_id, tier, benefit_id)).items():
+        for b, params in (await repository.tier_benefit_params(conn, programme_id, tier, ids)).items():
             sources.setdefault(b, []).append(core.Source("tier", tier, params))
-    running = await repository.active_campaigns(conn, programme_id, now, benefit_id)
+    running = await repository.active_campaigns(conn, programme_id, now, ids)
     if running:
         facts = await load_facts(conn, programme_id=programme_id, member_id=member_id, now=now)
         assert facts is not None
@@ -276,22 +326,68 @@ async def _all_sources(
                 sources.setdefault(int(c["benefit_id"]), []).append(
                     core.Source("segment", c["code"], dict(c["params"]), c["ends_at"])
                 )
-    for g in await repository.active_grants(conn, programme_id, member_id, now, benefit_id):
+    for g in await repository.active_grants(conn, programme_id, member_id, now, ids, lock=lock):
         sources.setdefault(int(g["benefit_id"]), []).append(
             core.Source("grant", str(g["id"]), dict(g["params"]), g["expires_at"])
         )
+    upgrades = [(defs[b], x) for b in upgrade_ids if b in sources for x in sources[b]]
+    if upgrades:
+        ranks = await repository.ladder_ranks(conn, programme_id, now)
+        lifts = core.lifts(upgrades, rank=core.member_rank(tier, stored_rank, ranks), ranks=ranks, now=now)
+        if lifts:
+            if includes is None:
+                includes = await repository.tier_map(conn, programme_id)
+            for b, by_tier in includes.items():
+                benefit = defs.get(b)
+                if benefit is None:
+                    continue
+                brought = core.through_upgrades(benefit, lifts, by_tier)
+                if brought:
+                    sources.setdefault(b, []).extend(brought)
+    if only is not None:  # the upgrades were read only for what they bring
+        sources = {only.id: sources[only.id]} if only.id in sources else {}
     return tier, sources
 
 
+async def _defs(conn: AsyncConnection, programme_id: int) -> dict[int, core.BenefitDef]:
+    return {int(r["id"]): _def(r) for r in await repository.all_benefits(conn, programme_id)}
+
+
+async def _with_upgrades(
+    conn: AsyncConnection, programme_id: int, benefit: core.BenefitDef
+) -> dict[int, core.BenefitDef]:
+    """The benefit and the programme's upgrade benefits: what _sources needs for ``only``."""
+    defs = {int(r["id"]): _def(r) for r in await repository.upgrade_benefits(conn, programme_id)}
+    defs[benefit.id] = benefit
+    return defs
+
+
 def source_view(source: core.Source) -> s.SourceView:
-    return s.SourceView(kind=source.kind, ref=source.ref, params=source.params, until=source.until)
+    via = source.via
+    return s.SourceView(
+        kind=source.kind,
+        ref=source.ref,
+        params=source.params,
+        until=source.until,
+        tier=source.tier,
+        via=s.SourceRef(kind=via.kind, ref=via.ref, until=via.until) if via is not None else None,
+    )
+
+
+def source_ref(source: core.Source) -> dict[str, Any]:
+    """A source as events name it: {kind, ref}, and for an upgrade the tier and its origin."""
+    out: dict[str, Any] = {"kind": source.kind, "ref": source.ref}
+    if source.via is not None:
+        out["tier"] = source.tier
+        out["via"] = {"kind": source.via.kind, "ref": source.via.ref}
+    return out
 
 
 async def member_entitlements(
     conn: AsyncConnection, programme_id: int, tz: str, member_id: int, now: datetime
 ) -> tuple[str | None, list[s.Entitlement]]:
-    tier, sources = await _all_sources(conn, programme_id, member_id, now)
-    defs = {int(r["id"]): _def(r) for r in await repository.all_benefits(conn, programme_id)}
+    defs = await _defs(conn, programme_id)
+    tier, sources = await _sources(conn, programme_id, member_id, now, defs)
     periods = {
         b: core.period_bounds(str(defs[b].params["period"]), now, tz)[0]
         for b in sources
@@ -330,16 +426,14 @@ async def entitlements(conn: AsyncConnection, who: Principal, external_id: str) 
 
 
 async def multiplier_for(conn: AsyncConnection, programme_id: int, member_id: int, now: datetime) -> Fraction:
-    """The member's best active points multiplier (1 without one)."""
-    tier, sources = await _all_sources(conn, programme_id, member_id, now)
-    if not sources:
-        return Fraction(1)
+    """The member's best active points multiplier (1 without one), upgrades included."""
+    defs = await _defs(conn, programme_id)
+    _, sources = await _sources(conn, programme_id, member_id, now, defs)
     best = Fraction(1)
-    for row in await repository.all_benefits(conn, programme_id):
-        found = sources.get(int(row["id"]))
-        if row["type"] != "multiplier" or not found:
+    for b, found in sources.items():
+        benefit = defs[b]
+        if benefit.type != "multiplier":
             continue
-        benefit = _def(row)
         decision = core.decide(benefit, found, used=0, now=now, tz="UTC", channel=None)
         if decision.allowed:
             best = max(best, core.multiplier_of(decision.params))
@@ -357,24 +451,15 @@ async def _entitled_now(
     channel: str | None,
     now: datetime,
 ) -> core.Decision:
-    """The decision inside the write's transaction, with the tier row and the grants locked: a concurrent demotion or revocation waits for this transaction, and one that
-    committed before it is seen (READ COMMITTED re-reads the locked rows)."""
-    sources: list[core.Source] = []
-    tier = await repository.member_tier(conn, who.programme_id, member_id, lock=True)
-    if tier is not None:
-        params = await repository.tier_benefit_params(conn, who.programme_id, tier, benefit.id)
-        if benefit.id in params:
-            sources.append(core.Source("tier", tier, params[benefit.id]))
-    running = await repository.active_campaigns(conn, who.programme_id, now, benefit.id)
-    if running:
-        facts = await load_facts(conn, programme_id=who.programme_id, member_id=member_id, now=now)
-        assert facts is not None
-        for c in running:
-            if rules.evaluate(parsed_rule(msgspec.json.encode(c["rule"]).decode()), facts):
-                sources.append(core.Source("segment", c["code"], dict(c["params"]), c["ends_at"]))
-    for g in await repository.active_grants(conn, who.programme_id, member_id, now, benefit.id, lock=True):
-        sources.append(core.Source("grant", str(g["id"]), dict(g["params"]), g["expires_at"]))
-    return core.decide(benefit, sources, used=0, now=now, tz=who.timezone, channel=channel)
+    """The decision inside the write's transaction, with the tier row and the grants locked
+    (those of the benefit and of the upgrades that could bring it): a concurrent demotion or
+    revocation waits for this transaction, and one that committed before it is seen (READ
+    COMMITTED re-reads the locked rows)."""
+    defs = await _with_upgrades(conn, who.programme_id, benefit)
+    _, sources = await _sources(conn, who.programme_id, member_id, now, defs, only=benefit, lock=True)
+    return core.decide(
+        benefit, sources.get(benefit.id, []), used=0, now=now, tz=who.timezone, channel=channel
+    )
 
 
 def _refused(decision: core.Decision, member: str, benefit: str) -> Conflict:
@@ -613,12 +698,22 @@ async def grant_gifts(conn: AsyncConnection, who: Principal, now: datetime) -> i
             continue
         period = str(benefit.params.get("period", "year"))
         start = core.period_bounds(period, now, who.timezone)[0]
-        benefit_id, tiers, segment_rules = await _who_gets(conn, who, benefit.code, now)
+        whom = await _who_gets(conn, who, benefit.code, now)
         for day in days:
             after: str | None = None
             while True:
                 page = await repository.entitled_members(
-                    conn, who.programme_id, benefit_id, tiers, segment_rules, now, after, 1000, birthday=day
+                    conn,
+                    who.programme_id,
+                    whom.benefit_id,
+                    whom.tiers,
+                    whom.segment_rules,
+                    now,
+                    after,
+                    1000,
+                    birthday=day,
+                    upgrades=whom.upgrades,
+                    ranks=whom.ranks,
                 )
                 for external_id in page:
                     paid += await _pay_gift(conn, who, benefit, external_id, start, ledger, ls)
@@ -638,7 +733,8 @@ async def _pay_gift(
     ls: Any,
 ) -> int:
     member_id = await _member(conn, who, external_id)
-    _, sources = await _all_sources(conn, who.programme_id, member_id, _now(), benefit.id)
+    defs = await _with_upgrades(conn, who.programme_id, benefit)
+    _, sources = await _sources(conn, who.programme_id, member_id, _now(), defs, only=benefit)
     source = core.best_source(benefit.type, sources.get(benefit.id, []), benefit.params)
     if source is None:
         return 0
@@ -663,7 +759,7 @@ async def _pay_gift(
                     {
                         "member_id": external_id,
                         "benefit": benefit.code,
-                        "source": {"kind": source.kind, "ref": source.ref},
+                        "source": source_ref(source),
                         "params": params,
                         "period_start": start.isoformat(),
                         "points": int(params["points"]),
@@ -674,28 +770,122 @@ async def _pay_gift(
     return 0 if posted.replayed else 1
 
 
+# Campaign announcements ------------------------------------------------------------------
+
+
+async def announce_campaign(
+    conn: AsyncConnection, programme_id: int, campaign_id: int, now: datetime
+) -> int | None:
+    """A started campaign's benefit.granted events, one per active member of its segment now
+    (one INSERT ... SELECT, written only if an endpoint subscribes), and the campaign marked
+    announced, both in the caller's transaction: announced once however often this runs.
+    Returns the events written, or None when nothing was done (another run holds the campaign
+    or announced it, or its benefit is not giving yet: see core.announcement)."""
+    row = await repository.claim_campaign(conn, programme_id, campaign_id, now)
+    if row is None:
+        return None
+    benefit = core.BenefitDef(
+        id=int(row["id"]),
+        code=row["benefit"],
+        type=row["type"],
+        params=dict(row["benefit_params"]),
+        channels=tuple(row["channels"] or ()),
+        valid_from=row["valid_from"],
+        valid_until=row["valid_until"],
+        active=bool(row["active"]),
+    )
+    what = core.announcement(benefit, row["ends_at"], now)
+    if what == "wait":
+        return None
+    written = 0
+    if what == "announce" and row["rule"] is not None:  # a campaign whose segment is gone gives nothing
+        payload = {
+            "benefit": benefit.code,
+            "source": {"kind": "segment", "ref": row["code"]},
+            "params": core.merged(benefit.params, dict(row["params"])),
+            "expires_at": row["ends_at"].isoformat(),
+        }
+        rule = parsed_rule(msgspec.json.encode(row["rule"]).decode())
+        written = await repository.announce_campaign(conn, programme_id, rule, payload, now)
+    await repository.mark_announced(conn, programme_id, campaign_id, now)
+    return written
+
+
 # Marketing -------------------------------------------------------------------------------
 
 
-async def _who_gets(
-    conn: AsyncConnection, who: Principal, code: str, now: datetime
-) -> tuple[int, list[str], list[rules.Rule]]:
+@dataclass(frozen=True, slots=True)
+class _Whom:
+    """Who gets a benefit, as the marketing SQL asks: the tiers including it, the rules of the
+    running campaigns giving it, and the upgrade paths that bring it (ranks: the ladder in
+    force)."""
+
+    benefit_id: int
+    tiers: list[str]
+    segment_rules: list[rules.Rule]
+    upgrades: list[repository.UpgradePath]
+    ranks: dict[str, int]
+
+
+async def _who_gets(conn: AsyncConnection, who: Principal, code: str, now: datetime) -> _Whom:
     benefit = await _benefit(conn, who, code)
-    tiers = [
-        r["tier"] for r in await repository.all_tier_benefits(conn, who.programme_id) if r["code"] == code
+    tier_map = await repository.tier_map(conn, who.programme_id)
+    includes = tier_map.get(benefit.id, {})
+    running = await repository.active_campaigns(conn, who.programme_id, now)
+    segment_rules = [
+        parsed_rule(msgspec.json.encode(c["rule"]).decode()) for c in running if c["benefit_id"] == benefit.id
     ]
-    running = await repository.active_campaigns(conn, who.programme_id, now, benefit.id)
-    return benefit.id, tiers, [parsed_rule(msgspec.json.encode(c["rule"]).decode()) for c in running]
+    paths: list[repository.UpgradePath] = []
+    ranks: dict[str, int] = {}
+    if includes and benefit.type != "upgrade":
+        upgrades = [
+            u
+            for u in map(_def, await repository.upgrade_benefits(conn, who.programme_id))
+            if core.availability(u, now, None) is None
+        ]
+        ranks = await repository.ladder_ranks(conn, who.programme_id, now) if upgrades else {}
+        for upgrade in upgrades:
+            default = str(upgrade.params.get("tier") or "")
+            for tier in sorted(includes):
+                if tier not in ranks:  # not on the ladder in force: lifts nobody (core.lifts)
+                    continue
+                via_tiers = tuple(
+                    sorted(
+                        t
+                        for t, params in tier_map.get(upgrade.id, {}).items()
+                        if core.upgrade_tier(upgrade, core.Source("tier", t, params)) == tier
+                    )
+                )
+                campaign_rules = tuple(
+                    parsed_rule(msgspec.json.encode(c["rule"]).decode())
+                    for c in running
+                    if c["benefit_id"] == upgrade.id
+                    and core.upgrade_tier(upgrade, core.Source("segment", c["code"], dict(c["params"])))
+                    == tier
+                )
+                paths.append(
+                    repository.UpgradePath(upgrade.id, tier, ranks[tier], default, via_tiers, campaign_rules)
+                )
+    return _Whom(benefit.id, sorted(includes), segment_rules, paths, ranks)
 
 
 async def entitled_members(
     conn: AsyncConnection, who: Principal, code: str, cursor: str | None, limit: int
 ) -> s.EntitledMembers:
     now = _now()
-    benefit_id, tiers, segment_rules = await _who_gets(conn, who, code, now)
+    whom = await _who_gets(conn, who, code, now)
     after = _decode_cursor(cursor) if cursor else None
     ids = await repository.entitled_members(
-        conn, who.programme_id, benefit_id, tiers, segment_rules, now, after, limit + 1
+        conn,
+        who.programme_id,
+        whom.benefit_id,
+        whom.tiers,
+        whom.segment_rules,
+        now,
+        after,
+        limit + 1,
+        upgrades=whom.upgrades,
+        ranks=whom.ranks,
     )
     more = len(ids) > limit
     ids = ids[:limit]
@@ -704,14 +894,24 @@ async def entitled_members(
 
 async def entitled_count(conn: AsyncConnection, who: Principal, code: str) -> s.EntitledCount:
     now = _now()
-    benefit_id, tiers, segment_rules = await _who_gets(conn, who, code, now)
-    counts = await repository.entitled_count(conn, who.programme_id, benefit_id, tiers, segment_rules, now)
+    whom = await _who_gets(conn, who, code, now)
+    counts = await repository.entitled_count(
+        conn,
+        who.programme_id,
+        whom.benefit_id,
+        whom.tiers,
+        whom.segment_rules,
+        now,
+        upgrades=whom.upgrades,
+        ranks=whom.ranks,
+    )
     return s.EntitledCount(
         benefit=code,
         total=counts["total"],
         by_tier=counts["tier"],
         by_segment=counts["segment"],
         by_grant=counts["grant"],
+        by_upgrade=counts["upgrade"],
     )
 
 

@@ -1,6 +1,8 @@
-"""Benefit jobs for the arq worker: reservations past their timeout are released, and the
-day's one-time gifts (birthdays) are paid. Each batch is its own transaction; both are safe to
-run twice (SKIP LOCKED; gift payments are idempotent by ledger key)."""
+"""Benefit jobs for the arq worker: reservations past their timeout are released, the day's
+one-time gifts (birthdays) are paid, and campaigns that started are announced (benefit.granted
+to their segment's members). Each batch or campaign is its own transaction; all are safe to
+run twice (SKIP LOCKED; gift payments are idempotent by ledger key; a campaign is marked
+announced in the transaction of its events)."""
 
 from __future__ import annotations
 
@@ -54,3 +56,25 @@ async def pay_benefit_gifts(ctx: dict[str, Any]) -> int:
     if n:
         log.info("paid %d benefit gifts", n)
     return n
+
+
+async def announce_campaigns(engine: AsyncEngine, *, now: datetime) -> tuple[int, int]:
+    """(campaigns announced, benefit.granted events written), a campaign per transaction."""
+    async with engine.connect() as conn:
+        due = await repository.due_campaigns(conn, now)
+    announced = written = 0
+    for programme_id, campaign_id in due:
+        async with engine.begin() as conn:
+            n = await service.announce_campaign(conn, programme_id, campaign_id, now)
+        if n is not None:
+            announced += 1
+            written += n
+    return announced, written
+
+
+async def announce_benefit_campaigns(ctx: dict[str, Any]) -> int:
+    """Every minute: benefit.granted for the members of campaigns that have started."""
+    announced, written = await announce_campaigns(ctx["engine"], now=datetime.now(UTC))
+    if announced:
+        log.info("announced %d benefit campaigns: %d benefit.granted events", announced, written)
+    return announced
