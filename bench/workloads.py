@@ -11,6 +11,7 @@ import json
 import random
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.httpload import HttpConnection, Operation, Recorder, encode_request
@@ -147,22 +148,32 @@ def batch_earn(target: Target) -> Workload:
     return Workload("batch-earn", operation, units_per_op=BATCH_ITEMS, unit="points-transfers")
 
 
-def events(target: Target) -> Workload:
-    """order_completed events, each with a fresh event_id: facts, earning rules and the tier check
-    run in the request (see bench/tiers.py for the rules and the ladder)."""
+def event_requests(target: Target) -> Callable[[int], bytes]:
+    """The n-th order_completed event's request: a fresh event_id, a random member and amount."""
     factory = RequestFactory(target, "/v1/events")
     prefix = secrets.token_hex(4)
-    counter = itertools.count()
     randint = random.randint
 
-    async def operation(conn: HttpConnection, recorder: Recorder) -> None:
-        n = next(counter)
+    def make(n: int) -> bytes:
         body = (
             f'{{"event_id":"e-{prefix}-{n}","member_id":"m{randint(1, MEMBERS)}","type":"order_completed",'
             f'"order_ref":"o-{prefix}-{n}","amount":{randint(1_000, 60_000)},"currency":"CNY"}}'
         )
+        return factory.build(body.encode())
+
+    return make
+
+
+def events(target: Target) -> Workload:
+    """order_completed events, each with a fresh event_id: facts, earning rules and the tier check
+    run in the request (see bench/tiers.py for the rules and the ladder)."""
+    make = event_requests(target)
+    counter = itertools.count()
+
+    async def operation(conn: HttpConnection, recorder: Recorder) -> None:
+        request = make(next(counter))
         started = time.perf_counter_ns()
-        status, _ = await timed(conn, recorder, "event", factory.build(body.encode()))
+        status, _ = await timed(conn, recorder, "event", request)
         if 200 <= status < 300:
             recorder.op_done(started, time.perf_counter_ns())
 
