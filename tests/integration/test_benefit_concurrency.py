@@ -87,14 +87,14 @@ async def test_same_order_concurrently_is_one_use(wide: AsyncEngine) -> None:
     assert used == 1
 
 
-async def test_revocation_waits_for_an_open_consumption_and_wins_after(wide: AsyncEngine) -> None:
-    who, grant_id = await _setup(wide, 100)
+async def _revocation_waits_for_consumption(wide: AsyncEngine, who: Principal, grant_id: int) -> None:
+    """A consumption of "q" open in one transaction holds the grant FOR SHARE: the revocation
+    cannot pass it, and wins once it has committed (the next consumption is refused)."""
     async with wide.connect() as a:
         tx = await a.begin()
         await service.consume(
             a, who, "q", s.ConsumeRequest(member_id="m1", order_reference="a"), reserve=False
         )
-        # The consumption holds the grant FOR SHARE: the revocation cannot pass it.
         async with wide.connect() as b:
             await b.begin()
             await b.execute(text("SET LOCAL lock_timeout = '200ms'"))
@@ -104,6 +104,11 @@ async def test_revocation_waits_for_an_open_consumption_and_wins_after(wide: Asy
     async with wide.begin() as b:
         await service.revoke(b, who, "m1", grant_id, s.RevokeRequest(reason="fraud"))
     assert not await _consume(wide, who, "after")
+
+
+async def test_revocation_waits_for_an_open_consumption_and_wins_after(wide: AsyncEngine) -> None:
+    who, grant_id = await _setup(wide, 100)
+    await _revocation_waits_for_consumption(wide, who, grant_id)
 
 
 async def test_consumes_racing_a_revocation_never_pass_it(wide: AsyncEngine) -> None:
@@ -165,17 +170,4 @@ async def test_revoking_an_upgrade_waits_for_a_consumption_relying_on_it(wide: A
         )
         grant_id = (await service.grant(conn, who, "m1", s.GrantCreate(benefit="to-gold", reason="test"))).id
 
-    async with wide.connect() as a:
-        tx = await a.begin()
-        await service.consume(
-            a, who, "q", s.ConsumeRequest(member_id="m1", order_reference="a"), reserve=False
-        )
-        async with wide.connect() as b:
-            await b.begin()
-            await b.execute(text("SET LOCAL lock_timeout = '200ms'"))
-            with pytest.raises(DBAPIError, match="lock timeout"):
-                await service.revoke(b, who, "m1", grant_id, s.RevokeRequest(reason="fraud"))
-        await tx.commit()
-    async with wide.begin() as b:
-        await service.revoke(b, who, "m1", grant_id, s.RevokeRequest(reason="fraud"))
-    assert not await _consume(wide, who, "after")
+    await _revocation_waits_for_consumption(wide, who, grant_id)

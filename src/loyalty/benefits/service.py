@@ -784,15 +784,8 @@ async def announce_campaign(
     row = await repository.claim_campaign(conn, programme_id, campaign_id, now)
     if row is None:
         return None
-    benefit = core.BenefitDef(
-        id=int(row["id"]),
-        code=row["benefit"],
-        type=row["type"],
-        params=dict(row["benefit_params"]),
-        channels=tuple(row["channels"] or ()),
-        valid_from=row["valid_from"],
-        valid_until=row["valid_until"],
-        active=bool(row["active"]),
+    benefit = _def(
+        {**row, "code": row["benefit"], "params": row["benefit_params"], "names": {}, "descriptions": {}}
     )
     what = core.announcement(benefit, row["ends_at"], now)
     if what == "wait":
