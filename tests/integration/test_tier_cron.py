@@ -77,6 +77,8 @@ def member_rows(draw: st.DrawFn) -> dict[str, Any]:
 
 
 async def _setup(engine: AsyncEngine, rows: list[dict[str, Any]]) -> tuple[int, LadderSpec, list[int]]:
+    """A programme with LADDER published and one member per row: facts, and a tier row unless
+    the row says has_row=False."""
     programme = await make_programme(engine, timezone=TZ)
     who = Principal(programme_id=programme.id, programme_code=programme.code, role="operator", key_id=0)
     ids = []
@@ -92,13 +94,15 @@ async def _setup(engine: AsyncEngine, rows: list[dict[str, Any]]) -> tuple[int, 
                 {"p": programme.id, "e": f"m{index:03d}"},
             )
             ids.append(member_id)
-            pin = row["pin"] or (None, None, None)
             await conn.execute(
                 text(
-                    "INSERT INTO member_facts (programme_id, member_id, qualifying_points) VALUES (:p, :m, :q);"
+                    "INSERT INTO member_facts (programme_id, member_id, qualifying_points) VALUES (:p, :m, :q)"
                 ),
                 {"p": programme.id, "m": member_id, "q": row["qp"]},
             )
+            if not row.get("has_row", True):
+                continue
+            pin = row["pin"] or (None, None, None)
             await conn.execute(
                 text(
                     "INSERT INTO member_tiers (programme_id, member_id, tier, rank, ladder_version, achieved_at,"

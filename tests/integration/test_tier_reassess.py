@@ -8,7 +8,7 @@ members that have no member_tiers row at all.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -18,13 +18,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from loyalty import rules
 from loyalty.activity.facts import load_facts
-from loyalty.auth.core import Principal
-from loyalty.members import repository as members
 from loyalty.tiers import core, service, tasks
-from loyalty.tiers import schemas as s
 from loyalty.tiers.definition import LadderSpec, state_for
-from tests.integration.test_tier_cron import LADDER, NOW, TZ, _spec, _stored, member_rows
-from tests.support import make_programme
+from tests.integration.test_tier_cron import NOW, TZ, _setup, _stored, member_rows
 
 
 @st.composite
@@ -32,48 +28,6 @@ def maybe_rows(draw: st.DrawFn) -> dict[str, Any]:
     row = draw(member_rows())
     row["has_row"] = draw(st.integers(0, 3)) > 0
     return row
-
-
-async def _setup(engine: AsyncEngine, rows: list[dict[str, Any]]) -> tuple[int, LadderSpec, list[int]]:
-    programme = await make_programme(engine, timezone=TZ)
-    who = Principal(programme_id=programme.id, programme_code=programme.code, role="operator", key_id=0)
-    ids = []
-    async with engine.begin() as conn:
-        created = await service.create_version(conn, who, LADDER)
-        await service.publish(
-            conn, who, created.version, s.PublishRequest(effective_at=datetime(2020, 1, 1, tzinfo=UTC))
-        )
-        for index, row in enumerate(rows):
-            await members.enrol(conn, programme.id, f"m{index:03d}", "{}")
-            member_id = await conn.scalar(
-                text("SELECT id FROM members WHERE programme_id = :p AND external_id = :e"),
-                {"p": programme.id, "e": f"m{index:03d}"},
-            )
-            ids.append(member_id)
-            await conn.execute(
-                text(
-                    "INSERT INTO member_facts (programme_id, member_id, qualifying_points) VALUES (:p, :m, :q)"
-                ),
-                {"p": programme.id, "m": member_id, "q": row["qp"]},
-            )
-            if not row.get("has_row", True):
-                continue
-            pin = row["pin"] or (None, None, None)
-            await conn.execute(
-                text(
-                    "INSERT INTO member_tiers (programme_id, member_id, tier, rank, ladder_version, achieved_at,"
-                    " valid_until, grace_until, pin_kind, pin_tier, pin_until, pin_reason, next_assessment_at)"
-                    " VALUES (:p, :m, :tier, 0, 1, :achieved, :valid, :grace, :pk, :pt, :pu, :pr, :next)"
-                ),
-                {
-                    "p": programme.id, "m": member_id, "tier": row["tier"], "achieved": row["achieved_at"],
-                    "valid": row["valid_until"], "grace": row["grace_until"], "pk": pin[0], "pt": pin[1],
-                    "pu": pin[2], "pr": "because" if pin[0] else None,
-                    "next": NOW - timedelta(minutes=1) if row["due"] else NOW + timedelta(days=1),
-                },
-            )  # fmt: skip
-        spec = await _spec(conn, programme.id)
-    return programme.id, spec, ids
 
 
 async def _row(conn: AsyncConnection, programme_id: int, member_id: int) -> dict[str, Any] | None:

@@ -9,6 +9,8 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty.tiers.repository import TIER_COLUMNS
+
 _DEFAULT_SETTINGS: dict[str, Any] = {
     "window_kind": "rolling_months",
     "window_months": 12,
@@ -439,26 +441,11 @@ _REFRESH_ALL = text(_REFRESH_SQL.replace("{member_filter}", ""))
 _REFRESH_ONE = text(_REFRESH_SQL.replace("{member_filter}", "AND m.id = :m"))
 
 
-# One member's refresh that also answers the member's facts as they are after it (the columns
-# of facts.row_to_facts), saving the read that would follow.
 _REFRESH_HEAD, _REFRESH_TAIL = _REFRESH_ONE.text.split("INSERT INTO member_facts AS mf", 1)
-_REFRESH_ONE_LOADED = text(
-    _REFRESH_HEAD
-    + ", up AS (INSERT INTO member_facts AS mf"
-    + _REFRESH_TAIL
-    + """
-        RETURNING mf.*)
-    SELECT up.qualifying_points, up.spend, up.orders, up.lifetime_points, up.lifetime_spend,
-           up.lifetime_orders, up.last_order_at, mm.enrolled_at, up.recency_score, up.frequency_score,
-           up.monetary_score, up.lifecycle, tt.tier, up.tags, CAST(mm.attributes AS text) AS attributes
-    FROM up JOIN members mm ON mm.id = up.member_id
-    LEFT JOIN member_tiers tt ON tt.programme_id = up.programme_id AND tt.member_id = up.member_id
-    """
-)
 
 
-# The middle of an event: the member's facts refreshed (as _REFRESH_ONE_LOADED), with the
-# member's tier row taken (FOR UPDATE: the tier is decided on it) and the cap usage rows of the
+# The middle of an event: the member's facts refreshed and answered as they are after it (the
+# columns of facts.row_to_facts), with the member's tier row taken (FOR UPDATE: the tier is decided on it) and the cap usage rows of the
 # rules that may earn taken too, created at 0 if need be (in one order, rule, period, start).
 # The facts row is held already (begin_event), so these locks are always taken after it.
 _REFRESH_FOR_EVENT = text(
@@ -488,10 +475,7 @@ _REFRESH_FOR_EVENT = text(
     LEFT JOIN tl ON true
     """
 )
-TIER_ROW_COLUMNS = (
-    "tier", "rank", "ladder_version", "achieved_at", "valid_until", "grace_until", "pin_kind", "pin_tier",
-    "pin_until", "pin_reason", "next_assessment_at",
-)  # fmt: skip
+_TIER_ROW = tuple(column.name for column in TIER_COLUMNS)
 
 
 async def refresh_for_event(
@@ -518,7 +502,7 @@ async def refresh_for_event(
             },
         )
     ).one()
-    tier_row = None if row.tier_row is None else {k: row._mapping[k] for k in TIER_ROW_COLUMNS}
+    tier_row = None if row.tier_row is None else {k: row._mapping[k] for k in _TIER_ROW}
     used = {(rule_id, period): points for rule_id, period, points in row.usage}
     return row, tier_row, used
 
@@ -568,17 +552,6 @@ async def apply_event(
         )
     ).one()
     return bool(row[0]), msgspec.json.decode(row[1])
-
-
-async def refresh_member_facts(
-    conn: AsyncConnection, programme_id: int, member_id: int, *, now: datetime
-) -> Any:
-    """Refresh one member's facts; returns the refreshed row for facts.row_to_facts."""
-    return (
-        await conn.execute(
-            _REFRESH_ONE_LOADED, {"p": programme_id, "now": now, "rebuild": False, "m": member_id}
-        )
-    ).one()
 
 
 async def refresh_facts(

@@ -274,37 +274,18 @@ async def record(
     plans = [slot for slot in slots if isinstance(slot, _Plan)]
 
     # Everything is decided here on the planned points and written in one call, which finishes
-    # the event when every budget pays what was planned (the usual case). A promotion that pays
-    # a bonus (an earn of its own) is left to assess_member after it.
-    facts = _counted(base, [(p.grant, p.rule["qualifying"]) for p in plans])
-    spec = config.ladder(now)
-    tier_plan = (
-        None
-        if spec is None
-        else tiers.plan_tier(spec, tier_row, facts, now=now, trigger="event", tz=config.timezone)
+    # the event when every budget pays what was planned (the usual case).
+    planned = [(p.grant, bool(p.rule["qualifying"])) for p in plans]
+    facts = _counted(base, planned)
+    tier = _tier_writes(
+        config, tier_row, facts, now=now, who=who, member_id=member_id, external_id=req.member_id
     )
-    here = tier_plan is None or not (
-        tier_plan.decision.kind == "promoted" and tier_plan.spec.rules_of(tier_plan.decision.to_tier).bonus
-    )
-    store_tier: dict[str, Any] | None = None
-    history: list[dict[str, Any]] = []
-    tier_events: list[dict[str, Any]] = []
-    change = None
-    if tier_plan is not None and here:
-        if not tier_plan.stored_ok and not (tier_row is None and tier_plan.quiet):
-            store_tier = tier_plan.values
-        if not tier_plan.quiet:
-            history, tier_events = tiers.tier_records(
-                tier_plan, facts, now=now, trigger="event", actor=who.actor, external_id=req.member_id
-            )
-            change = tiers.tier_change(tier_plan, member_id)
     earns = {i: _earn_args(who, req, i, plan) for i, plan in _indexed(slots)}
     outcomes: list[s.RuleOutcome] = [
         _outcome(slot, slot.grant, None, pending=earns[i]["pending"]) if isinstance(slot, _Plan) else slot
         for i, slot in enumerate(slots)
     ]
-    result = _result(req, occurred_at, outcomes, None, facts, change, simulate)
-    qualifying = sum(p.grant for p in plans if p.rule["qualifying"])
+    result = _result(req, occurred_at, outcomes, None, facts, tier.change, simulate)
     finished, results = await repository.apply_event(
         conn,
         who.programme_id,
@@ -313,12 +294,12 @@ async def record(
         day=day,
         amount=amount,
         earns=list(earns.values()),
-        tier=store_tier,
+        tier=tier.row,
         tier_new=tier_row is None,
-        history=history,
-        events=tier_events,
-        outcome=_outcome_json(result, qualifying),
-        response=msgspec.to_builtins(result) if here else None,
+        history=tier.history,
+        events=tier.events,
+        outcome=_outcome_json(result, _qualifying(planned)),
+        response=msgspec.to_builtins(result) if tier.here else None,
     )
     done = iter(results)
     outcomes = [_earned(slot, next(done)) if isinstance(slot, _Plan) else slot for slot in slots]
@@ -331,12 +312,48 @@ async def record(
     facts = _counted(base, earned)
     change = await _assess(conn, who, member_id, now, config, facts)
     result = _result(req, occurred_at, outcomes, None, facts, change, simulate)
-    qualifying = sum(n for n, q in earned if q)
     await repository.finish_event(
-        conn, who.programme_id, member_id, row_id, amount, result.points, _outcome_json(result, qualifying),
+        conn, who.programme_id, member_id, row_id, amount, result.points, _outcome_json(result, _qualifying(earned)),
         msgspec.to_builtins(result),
     )  # fmt: skip
     return False, result
+
+
+@dataclasses.dataclass(slots=True)
+class _TierWrites:
+    """What activity_event_apply writes of the member's tier, as plan_tier decided it."""
+
+    here: bool = True  # False: a promotion pays a bonus (an earn of its own): assess_member writes
+    row: dict[str, Any] | None = None  # the member_tiers values to store, if they changed
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    events: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    change: tiers.TierChange | None = None
+
+
+def _tier_writes(
+    config: _Config,
+    tier_row: dict[str, Any] | None,
+    facts: Facts,
+    *,
+    now: datetime,
+    who: Principal,
+    member_id: int,
+    external_id: str,
+) -> _TierWrites:
+    spec = config.ladder(now)
+    if spec is None:
+        return _TierWrites()
+    plan = tiers.plan_tier(spec, tier_row, facts, now=now, trigger="event", tz=config.timezone)
+    if plan.decision.kind == "promoted" and spec.rules_of(plan.decision.to_tier).bonus:
+        return _TierWrites(here=False)
+    # A member without a row is on the base tier: a quiet decision stores nothing.
+    writes = _TierWrites(row=None if plan.stored_ok or (tier_row is None and plan.quiet) else plan.values)
+    if not plan.quiet:
+        writes.history, writes.events = tiers.tier_records(
+            plan, facts, now=now, trigger="event", actor=who.actor, external_id=external_id
+        )
+        writes.change = tiers.tier_change(plan, member_id)
+    return writes
 
 
 async def _record_refund(
@@ -358,9 +375,8 @@ async def _record_refund(
     amount = -refund_amount
     await repository.add_activity(conn, who.programme_id, member_id, day, spend=amount)
     # The facts row is held from begin_event on; the refresh answers the facts it leaves.
-    base = row_to_facts(
-        await repository.refresh_member_facts(conn, who.programme_id, member_id, now=now), now=now
-    )
+    row, _, _ = await repository.refresh_for_event(conn, who.programme_id, member_id, now=now, usage=[])
+    base = row_to_facts(row, now=now)
     clawback, qualifying = await _claw_back(conn, who, req, history, refund_amount)
     points = -clawback.points
     facts = base
@@ -558,8 +574,12 @@ def _paired(
 def _counted(facts: Facts, earned: list[tuple[int, bool]]) -> Facts:
     """The facts once the earns are counted: (points, whether they qualify) per earn."""
     points = sum(n for n, _ in earned)
-    qualifying = sum(n for n, q in earned if q)
+    qualifying = _qualifying(earned)
     return _with_points(facts, points, qualifying) if points or qualifying else facts
+
+
+def _qualifying(earned: list[tuple[int, bool]]) -> int:
+    return sum(n for n, q in earned if q)
 
 
 def _earn_args(who: Principal, req: s.EventIn, slot: int, plan: _Plan) -> dict[str, Any]:

@@ -278,6 +278,17 @@ async def tier_map(
     return out
 
 
+async def benefit_with_upgrades(conn: AsyncConnection, programme_id: int, code: str) -> list[dict[str, Any]]:
+    """The benefit ``code`` and the programme's upgrade benefits, in one read."""
+    rows = await conn.execute(
+        select(*_BENEFIT_COLUMNS).where(
+            benefits.c.programme_id == programme_id,
+            or_(benefits.c.code == code, benefits.c.type == "upgrade"),
+        )
+    )
+    return [dict(r._mapping) for r in rows]
+
+
 async def upgrade_benefits(conn: AsyncConnection, programme_id: int) -> list[dict[str, Any]]:
     rows = await conn.execute(
         select(*_BENEFIT_COLUMNS).where(benefits.c.programme_id == programme_id, benefits.c.type == "upgrade")

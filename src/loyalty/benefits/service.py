@@ -362,6 +362,19 @@ async def _with_upgrades(
     return defs
 
 
+async def _benefit_with_upgrades(
+    conn: AsyncConnection, who: Principal, code: str
+) -> tuple[core.BenefitDef, dict[int, core.BenefitDef]]:
+    """_benefit and _with_upgrades in one read: the benefit, and the definitions _sources needs."""
+    defs = {
+        int(r["id"]): _def(r) for r in await repository.benefit_with_upgrades(conn, who.programme_id, code)
+    }
+    benefit = next((d for d in defs.values() if d.code == code), None)
+    if benefit is None:
+        raise _benefit_not_found(code)
+    return benefit, defs
+
+
 def source_view(source: core.Source) -> s.SourceView:
     via = source.via
     return s.SourceView(
@@ -447,6 +460,7 @@ async def _entitled_now(
     conn: AsyncConnection,
     who: Principal,
     benefit: core.BenefitDef,
+    defs: dict[int, core.BenefitDef],
     member_id: int,
     channel: str | None,
     now: datetime,
@@ -455,7 +469,6 @@ async def _entitled_now(
     (those of the benefit and of the upgrades that could bring it): a concurrent demotion or
     revocation waits for this transaction, and one that committed before it is seen (READ
     COMMITTED re-reads the locked rows)."""
-    defs = await _with_upgrades(conn, who.programme_id, benefit)
     _, sources = await _sources(conn, who.programme_id, member_id, now, defs, only=benefit, lock=True)
     return core.decide(
         benefit, sources.get(benefit.id, []), used=0, now=now, tz=who.timezone, channel=channel
@@ -486,7 +499,7 @@ async def consume(
     """One use of the benefit for an order (reserve: pending until commit, release or timeout).
     Idempotent by (benefit, order_reference); 409 when the quota is exhausted."""
     now = _now()
-    benefit = await _benefit(conn, who, code)
+    benefit, defs = await _benefit_with_upgrades(conn, who, code)
     found = await repository.member(conn, who.programme_id, req.member_id)
     if found is None:
         raise _member_not_found(req.member_id)
@@ -515,7 +528,7 @@ async def consume(
         raise Conflict(
             "The member is not active.", code="member_not_active", extra={"member_id": req.member_id}
         )
-    decision = await _entitled_now(conn, who, benefit, member_id, req.channel, now)
+    decision = await _entitled_now(conn, who, benefit, defs, member_id, req.channel, now)
     if not decision.allowed:
         raise _refused(decision, req.member_id, code)
     remaining = None

@@ -60,7 +60,8 @@ _VERSION_COLUMNS = (
     versions.c.created_by,
     versions.c.definition,
 )
-_TIER_COLUMNS = (
+# A member's tier row as the tier engine reads it (tiers.definition.state_for).
+TIER_COLUMNS = (
     tiers.c.tier,
     tiers.c.rank,
     tiers.c.ladder_version,
@@ -226,7 +227,7 @@ async def programmes_with_ladders(conn: AsyncConnection, now: datetime) -> list[
 async def lock_member_tier(conn: AsyncConnection, programme_id: int, member_id: int) -> dict[str, Any] | None:
     row = (
         await conn.execute(
-            select(*_TIER_COLUMNS)
+            select(*TIER_COLUMNS)
             .where(tiers.c.programme_id == programme_id, tiers.c.member_id == member_id)
             .with_for_update()
         )
@@ -261,7 +262,7 @@ async def ensure_member_tier(
 async def get_member_tier(conn: AsyncConnection, programme_id: int, member_id: int) -> dict[str, Any] | None:
     row = (
         await conn.execute(
-            select(*_TIER_COLUMNS).where(tiers.c.programme_id == programme_id, tiers.c.member_id == member_id)
+            select(*TIER_COLUMNS).where(tiers.c.programme_id == programme_id, tiers.c.member_id == member_id)
         )
     ).first()
     return dict(row._mapping) if row else None
