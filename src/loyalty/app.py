@@ -38,15 +38,31 @@ def create_app(settings: Settings) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url or "", pool_size=settings.db_pool_size)
-        redis = Redis.from_url(settings.redis_url or "")
+        engine = create_engine(
+            settings.database_url or "",
+            pool_size=settings.db_pool_size,
+            connect_timeout=settings.db_timeout_seconds,
+            pool_timeout=settings.db_timeout_seconds,
+            command_timeout=settings.db_command_timeout_seconds,
+        )
+        # Short socket timeouts: with Redis gone, what needs it answers 503 at once.
+        redis = Redis.from_url(
+            settings.redis_url or "",
+            socket_connect_timeout=settings.redis_timeout_seconds,
+            socket_timeout=settings.redis_timeout_seconds,
+        )
         app.state.settings = settings
         app.state.engine = engine
         # Postings are single statements: they go through a plain asyncpg pool, without
         # SQLAlchemy's connection and transaction machinery on the hottest path.
         app.state.posting_pool = await create_posting_pool(
-            settings.database_url or "", size=settings.db_pool_size
+            settings.database_url or "",
+            size=settings.db_pool_size,
+            connect_timeout=settings.db_timeout_seconds,
+            command_timeout=settings.db_command_timeout_seconds,
         )
+        # How long a request waits for a pooled posting connection before it answers 503.
+        app.state.pool_timeout = settings.db_timeout_seconds
         app.state.redis = redis
         # Benefit definitions and tier maps for the checkout check, stamped with their version.
         app.state.benefit_catalogues = CatalogueCache()

@@ -35,17 +35,42 @@ def plain_url(url: str) -> str:
     return "postgresql://" + async_url(url)[len("postgresql+asyncpg://") :]
 
 
-def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 0, echo: bool = False) -> AsyncEngine:
+# Defaults for tools and the worker: generous, but never "wait forever" on a dead server.
+CONNECT_TIMEOUT = 10.0
+POOL_TIMEOUT = 30.0
+
+
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    max_overflow: int = 0,
+    echo: bool = False,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    pool_timeout: float = POOL_TIMEOUT,
+    command_timeout: float | None = None,
+) -> AsyncEngine:
+    """An engine whose every wait is bounded: opening a connection (``connect_timeout``),
+    waiting for a pooled one (``pool_timeout``) and, when given, each statement
+    (``command_timeout``: asyncpg cancels the statement on the server and raises TimeoutError).
+    The API passes short ones so that a dead or frozen server gives a quick 503, not a hang.
+    No pre-ping: a connection that died is invalidated on its first error and replaced."""
     # A fixed pool by default: under load, overflow connections would be opened and closed per
     # request, which costs more than waiting a moment for a pooled one.
+    connect_args: dict[str, object] = {
+        "server_settings": {"application_name": "loyalty"},
+        "timeout": connect_timeout,
+    }
+    if command_timeout is not None:
+        connect_args["command_timeout"] = command_timeout
     return create_async_engine(
         async_url(url),
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_timeout=30,
+        pool_timeout=pool_timeout,
         pool_pre_ping=False,
         echo=echo,
-        connect_args={"server_settings": {"application_name": "loyalty"}},
+        connect_args=connect_args,
     )
 
 
@@ -62,12 +87,25 @@ async def _reset_posting_connection(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-async def create_posting_pool(url: str, *, size: int) -> asyncpg.Pool:
-    """A plain asyncpg pool for single-statement postings, each call its own transaction."""
+async def create_posting_pool(
+    url: str,
+    *,
+    size: int,
+    connect_timeout: float = CONNECT_TIMEOUT,
+    command_timeout: float | None = None,
+) -> asyncpg.Pool:
+    """A plain asyncpg pool for single-statement postings, each call its own transaction.
+
+    Built lazily (min_size=0): the API starts, and answers 503, while PostgreSQL is down, and a
+    connection is opened on first use. Acquiring is bounded by the caller (``acquire(timeout=)``);
+    opening a connection by ``connect_timeout``; each statement by
+    ``command_timeout``. A connection that broke is closed by asyncpg and reopened on demand."""
     return await asyncpg.create_pool(
         plain_url(url),
-        min_size=1,
+        min_size=0,
         max_size=size,
         reset=_reset_posting_connection,
         server_settings={"application_name": "loyalty"},
+        timeout=connect_timeout,
+        command_timeout=command_timeout,
     )

@@ -6,7 +6,10 @@ import logging
 import re
 from typing import Any
 
+import asyncpg
 import msgspec
+import redis.exceptions
+import sqlalchemy.exc
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
@@ -49,7 +52,12 @@ TITLES = {
 
 
 def problem(
-    status: int, code: str, detail: str, request: Request | None = None, extra: dict[str, Any] | None = None
+    status: int,
+    code: str,
+    detail: str,
+    request: Request | None = None,
+    extra: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> Response[bytes]:
     body: dict[str, Any] = {
         "type": TYPE_BASE + code,
@@ -63,7 +71,8 @@ def problem(
     for key, value in (extra or {}).items():
         # Extension members never replace the standard ones (RFC 9457, section 3.2).
         body.setdefault(key, value)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return Response(
         content=msgspec.json.encode(body), status_code=status, media_type=MEDIA_TYPE, headers=headers
     )
@@ -123,7 +132,61 @@ def http_to_problem(request: Request, exc: HTTPException) -> Response[bytes]:
     return problem(exc.status_code, code, exc.detail, request)
 
 
+# A backing service that does not answer is a 503 with Retry-After, not a 500: the request may
+# be retried as it was (writes carry an Idempotency-Key, so a retry never doubles one).
+RETRY_AFTER_SECONDS = 2
+# Errors that say "the server is gone, hung or refusing connections", not "this statement is wrong".
+_POSTGRES_DOWN: tuple[type[BaseException], ...] = (
+    asyncpg.PostgresConnectionError,  # class 08, and a connection that was closed under us
+    asyncpg.exceptions.OperatorInterventionError,  # 57: shutting down, starting up, cancelled
+    asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.InterfaceError,  # the connection or pool was closed
+    sqlalchemy.exc.TimeoutError,  # no pooled connection within pool_timeout
+    TimeoutError,  # connect, pool acquire or statement timeout (asyncio.TimeoutError is this)
+    OSError,  # refused, reset, no such socket
+)
+_REDIS_DOWN: tuple[type[BaseException], ...] = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+
+
+def unavailable_service(exc: BaseException) -> str | None:
+    """'redis' or 'postgresql' when ``exc`` (or what it wraps) means that service is unreachable."""
+    seen = 0
+    current: BaseException | None = exc
+    while current is not None and seen < 8:
+        if isinstance(current, _REDIS_DOWN):
+            return "redis"
+        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+            return "postgresql"
+        if isinstance(current, _POSTGRES_DOWN):
+            return "postgresql"
+        # SQLAlchemy keeps the driver's error in .orig; asyncpg's adapter chains the original.
+        wrapped = getattr(current, "orig", None)
+        current = wrapped if isinstance(wrapped, BaseException) else current.__cause__
+        seen += 1
+    return None
+
+
+def unavailable_to_problem(request: Request, service: str, exc: BaseException) -> Response[bytes]:
+    # One line, no traceback: during an outage every request ends here.
+    log.warning("%s unavailable on %s %s: %s", service, request.method, request.url.path, type(exc).__name__)
+    name = "PostgreSQL" if service == "postgresql" else "Redis"
+    return problem(
+        503,
+        f"{'database' if service == 'postgresql' else 'redis'}_unavailable",
+        f"{name} does not answer. Retry later: a write retried with its Idempotency-Key applies once.",
+        request,
+        {"service": service},
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 def internal_to_problem(request: Request, exc: Exception) -> Response[bytes]:
+    service = unavailable_service(exc)
+    if service is not None:
+        return unavailable_to_problem(request, service, exc)
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem(500, "internal_error", "The request failed and nothing was committed.", request)
 

@@ -27,6 +27,12 @@ class Settings:
     worker_enabled: bool = True
     log_level: str = "INFO"
     db_pool_size: int = 10
+    # The API's bounds on PostgreSQL: opening a connection and waiting for a pooled one
+    # (db_timeout), and each statement (db_command_timeout). Past them the request answers 503.
+    db_timeout_seconds: float = 2.0
+    db_command_timeout_seconds: float = 2.0
+    # The API's bound on each Redis call (connect and read); past it, 503.
+    redis_timeout_seconds: float = 1.0
     member_token_ttl_seconds: int = 3600
     key_cache_ttl_seconds: int = 10
     # Seed a demo programme when the database holds none.
@@ -46,6 +52,9 @@ class Settings:
             worker_enabled=env.boolean("WORKER_ENABLED", True),
             log_level=env.text("LOG_LEVEL", "INFO").upper(),
             db_pool_size=env.integer("DB_POOL_SIZE", 10),
+            db_timeout_seconds=env.number("DB_TIMEOUT_SECONDS", 2.0),
+            db_command_timeout_seconds=env.number("DB_COMMAND_TIMEOUT_SECONDS", 2.0),
+            redis_timeout_seconds=env.number("REDIS_TIMEOUT_SECONDS", 1.0),
             member_token_ttl_seconds=env.integer("MEMBER_TOKEN_TTL_SECONDS", 3600),
             key_cache_ttl_seconds=env.integer("KEY_CACHE_TTL_SECONDS", 10),
             demo=env.boolean("DEMO", True),
@@ -67,6 +76,9 @@ class Settings:
             "WORKER_ENABLED": str(self.worker_enabled).lower(),
             "LOG_LEVEL": self.log_level,
             "DB_POOL_SIZE": str(self.db_pool_size),
+            "DB_TIMEOUT_SECONDS": str(self.db_timeout_seconds),
+            "DB_COMMAND_TIMEOUT_SECONDS": str(self.db_command_timeout_seconds),
+            "REDIS_TIMEOUT_SECONDS": str(self.redis_timeout_seconds),
             "MEMBER_TOKEN_TTL_SECONDS": str(self.member_token_ttl_seconds),
             "KEY_CACHE_TTL_SECONDS": str(self.key_cache_ttl_seconds),
             "DEMO": str(self.demo).lower(),
@@ -119,6 +131,18 @@ class _Env:
             return int(raw)
         except ValueError:
             raise ValueError(f"{ENV_PREFIX}{name} must be an integer, got {raw!r}") from None
+
+    def number(self, name: str, default: float) -> float:
+        raw = self.str_or_none(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"{ENV_PREFIX}{name} must be a number, got {raw!r}") from None
+        if not value > 0:
+            raise ValueError(f"{ENV_PREFIX}{name} must be greater than 0, got {raw!r}")
+        return value
 
     def boolean(self, name: str, default: bool) -> bool:
         raw = self.str_or_none(name)

@@ -70,8 +70,9 @@ async def provide_posting(request: Request) -> AsyncIterator[PostingConnection]:
     transaction (autocommit), so the write costs one round trip instead of BEGIN, call and
     COMMIT. The statement commits before it returns; if the commit fails, the call raises and
     the client gets a 5xx."""
-    pool: asyncpg.Pool = request.app.state.posting_pool
-    async with pool.acquire() as conn:
+    state = request.app.state
+    pool: asyncpg.Pool = state.posting_pool
+    async with pool.acquire(timeout=state.pool_timeout) as conn:
         yield conn
 
 
@@ -182,8 +183,9 @@ class PostingLane:
         if self.body_type is not None:
             data = decode_body(await _read_body(receive), self.body_type)
         key = _idempotency_key(scope["headers"])
-        pool: asyncpg.Pool = scope["litestar_app"].state.posting_pool
-        async with pool.acquire() as conn:
+        state = scope["litestar_app"].state
+        pool: asyncpg.Pool = state.posting_pool
+        async with pool.acquire(timeout=state.pool_timeout) as conn:
             result = await self.call(conn, principal, data, key, scope["path_params"])
         replayed = [(b"idempotent-replayed", b"true")] if result.replayed else []
         await send_json(send, self.status, result.body, replayed)

@@ -228,7 +228,7 @@ class CheckLane:
         channel = query.get("channel") or None
         state = scope["litestar_app"].state
         pool: asyncpg.Pool = state.posting_pool
-        async with pool.acquire() as conn:
+        async with pool.acquire(timeout=state.pool_timeout) as conn:
             result = await check(
                 conn, state.benefit_catalogues, principal, scope["path_params"]["code"], member, channel
             )
