@@ -29,8 +29,14 @@ from loyalty.settings import Settings, ensure_secret_key
 log = logging.getLogger("loyalty.cli")
 
 API_FACTORY = "loyalty.app:app_from_env"
-_CHILD_STOP_TIMEOUT = 15.0
+# SIGTERM, then SIGKILL to a child's whole session after this long.
+_CHILD_STOP_TIMEOUT = 8.0
 _API_READY_TIMEOUT = 30.0
+# A child that dies is restarted after a backoff: 0.5 s doubling to 10 s, back to 0.5 s once it
+# has run for 30 s.
+_RESTART_BACKOFF_MIN = 0.5
+_RESTART_BACKOFF_MAX = 10.0
+_RESTART_STABLE_AFTER = 30.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -299,21 +305,98 @@ def _seed_demo_if_empty(settings: Settings) -> None:
     asyncio.run(seed_once())
 
 
+class _Child:
+    """One supervised child (the API or the worker) in its own session, so that it and every
+    process it starts (granian's workers) can be signalled and waited for as one group."""
+
+    def __init__(self, name: str, command: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.command = command
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self.backoff = _RESTART_BACKOFF_MIN
+        self.started_at = 0.0
+
+    def start(self) -> None:
+        # Own session: a terminal Ctrl-C reaches only us, and we stop the children in order.
+        self.process = subprocess.Popen(self.command, env=self.env, start_new_session=True)
+        self.started_at = time.monotonic()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def exited(self) -> int | None:
+        """The exit status if the child's main process has ended, else None."""
+        return self.process.poll() if self.process is not None else None
+
+    def stop(self, timeout: float = _CHILD_STOP_TIMEOUT) -> None:
+        if self.process is not None:
+            _stop_session(self.process, timeout)
+
+
+def _session_members(sid: int) -> list[Any]:
+    """Live processes (not zombies) of session ``sid``: the child and whatever it spawned,
+    even those whose parent died and that were re-parented."""
+    import psutil
+
+    members = []
+    for proc in psutil.process_iter(["status"]):
+        try:
+            if os.getsid(proc.pid) == sid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                members.append(proc)
+        except (OSError, psutil.Error):
+            continue
+    return members
+
+
+def _signal_session(sid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(sid, signum)
+    for proc in _session_members(sid):  # any that moved to another process group
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(proc.pid, signum)
+
+
+def _stop_session(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM to the child's whole session, wait up to ``timeout`` for all of it to end, then
+    SIGKILL whatever is left. Always reaps the child itself."""
+    sid = process.pid  # start_new_session: the child leads its session and its process group
+    _signal_session(sid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(0.1)
+        if not _session_members(sid):
+            break
+    else:
+        log.warning("%s ignored SIGTERM for %ss; killing its processes", process.pid, timeout)
+        _signal_session(sid, signal.SIGKILL)
+        kill_deadline = time.monotonic() + 5
+        while _session_members(sid) and time.monotonic() < kill_deadline:
+            time.sleep(0.05)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(5)
+
+
 @contextlib.contextmanager
-def _children(settings: Settings) -> Iterator[list[subprocess.Popen[bytes]]]:
+def _children(settings: Settings) -> Iterator[list[_Child]]:
     env = {**os.environ, **settings.to_env()}
-    commands = [_api_command(settings)]
+    children = [_Child("api", _api_command(settings), env)]
     if settings.worker_enabled:
-        commands.append([sys.executable, "-m", "loyalty.cli", "worker"])
-    children: list[subprocess.Popen[bytes]] = []
+        children.append(_Child("worker", [sys.executable, "-m", "loyalty.cli", "worker"], env))
     try:
-        for command in commands:
-            # Own session: a terminal Ctrl-C reaches only us, and we stop the children in order.
-            children.append(subprocess.Popen(command, env=env, start_new_session=True))
+        for child in children:
+            child.start()
         yield children
     finally:
+        # Ignore further signals while stopping: a second Ctrl-C must not leave children behind.
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for child in children:
-            _stop_child(child)
+            child.stop()
 
 
 def _api_command(settings: Settings) -> list[str]:
@@ -330,26 +413,15 @@ def _api_command(settings: Settings) -> list[str]:
     ]  # fmt: skip
 
 
-def _stop_child(child: subprocess.Popen[bytes]) -> None:
-    if child.poll() is not None:
-        return
-    child.terminate()
-    try:
-        child.wait(_CHILD_STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        log.warning("pid %s ignored SIGTERM for %ss; killing it", child.pid, _CHILD_STOP_TIMEOUT)
-        child.kill()
-        child.wait()
-
-
-def _wait_for_port(
-    host: str, port: int, children: list[subprocess.Popen[bytes]], stop: threading.Event
-) -> bool:
+def _wait_for_port(host: str, port: int, children: list[_Child], stop: threading.Event) -> bool:
     deadline = time.monotonic() + _API_READY_TIMEOUT
     while not stop.is_set() and time.monotonic() < deadline:
-        if any(child.poll() is not None for child in children):
-            log.error("a child process exited during start-up")
-            return False
+        for child in children:
+            if child.exited() is not None:
+                log.error(
+                    "the %s (pid %s) exited during start-up with %s", child.name, child.pid, child.exited()
+                )
+                return False
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
             return True
         stop.wait(0.1)
@@ -358,13 +430,36 @@ def _wait_for_port(
     return False
 
 
-def _supervise(children: list[subprocess.Popen[bytes]], stop: threading.Event) -> int:
-    """Block until a signal (exit 0) or until a child dies on its own (exit 1)."""
-    while not stop.wait(0.5):
+def _supervise(children: list[_Child], stop: threading.Event) -> int:
+    """Until a signal (exit 0): a child that dies is cleaned up (its whole session) and
+    started again after a backoff that doubles up to a cap, and resets once it has run a while.
+    One child dying never takes the other down."""
+    due: dict[str, float] = {}
+    while not stop.wait(0.2):
+        now = time.monotonic()
         for child in children:
-            if child.poll() is not None:
-                log.error("child pid %s exited with %s; stopping", child.pid, child.returncode)
-                return 1
+            if child.name in due:
+                if now >= due[child.name]:
+                    del due[child.name]
+                    child.restarts += 1
+                    child.start()
+                    log.warning("%s restarted (pid %s, restart %d)", child.name, child.pid, child.restarts)
+                continue
+            status = child.exited()
+            if status is None:
+                if now - child.started_at > _RESTART_STABLE_AFTER:
+                    child.backoff = _RESTART_BACKOFF_MIN
+                continue
+            child.stop(_CHILD_STOP_TIMEOUT)  # its orphans (granian workers) go with it
+            log.error(
+                "%s (pid %s) exited with %s; restarting in %.1fs",
+                child.name,
+                child.pid,
+                status,
+                child.backoff,
+            )
+            due[child.name] = now + child.backoff
+            child.backoff = min(child.backoff * 2, _RESTART_BACKOFF_MAX)
     return 0
 
 

