@@ -1,4 +1,9 @@
-"""Alembic environment: async (asyncpg), target metadata from every domain's models."""
+"""Alembic environment: async (asyncpg), target metadata from every domain's models.
+
+After the versioned revisions, a run that ends at head applies the SQL function files whose
+checksum changed (loyalty.sql_files, the repeatable migrations); a run that ends below head
+forgets the recorded checksums, so the next upgrade applies every file again.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,13 @@ import os
 from logging.config import fileConfig
 
 from alembic import context
+from alembic.script import ScriptDirectory
 from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 import loyalty.models_registry  # noqa: F401  (registers every table on db.metadata)
+from loyalty import sql_files
 from loyalty.db import async_url, metadata
 
 config = context.config
@@ -33,6 +40,7 @@ def _configure(**kwargs: object) -> None:
     context.configure(
         target_metadata=target_metadata,
         compare_type=True,
+        include_name=sql_files.include_name,
         # One transaction per migration: a failure leaves the database at the last good revision.
         transaction_per_migration=True,
         **kwargs,
@@ -44,12 +52,24 @@ def run_migrations_offline() -> None:
     _configure(url=_database_url(), literal_binds=True, dialect_opts={"paramstyle": "named"})
     with context.begin_transaction():
         context.run_migrations()
+        if context.get_revision_argument() in ("head", "heads", *_script_heads()):
+            for statement in sql_files.offline_script():
+                context.execute(statement)
+
+
+def _script_heads() -> tuple[str, ...]:
+    return tuple(ScriptDirectory.from_config(config).get_heads())
 
 
 def _run_sync(connection: Connection) -> None:
     _configure(connection=connection)
     with context.begin_transaction():
         context.run_migrations()
+    # Committed by run_migrations_online, in one transaction with the records.
+    if set(context.get_context().get_current_heads()) == set(_script_heads()):
+        sql_files.apply_changed(connection)
+    else:
+        sql_files.forget(connection)
 
 
 async def run_migrations_online() -> None:

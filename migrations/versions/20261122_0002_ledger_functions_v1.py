@@ -2,19 +2,18 @@
 
 Revision ID: 0002
 Revises: 0001
+
+The functions themselves are in src/loyalty/ledger/sql/ledger_v1.sql (loyalty.sql_files).
 """
 
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from alembic import op
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sql import SRC, run_sql_file  # noqa: E402
+from loyalty.sql_files import PACKAGE_DIR
 
 revision: str = "0002"
 down_revision: str | None = "0001"
@@ -25,10 +24,13 @@ FILE = "ledger/sql/ledger_v1.sql"
 
 
 def upgrade() -> None:
-    run_sql_file(FILE)
+    # The functions are the repeatable migration ledger/sql/ledger_v1.sql (loyalty.sql_files),
+    # run after the last revision and again whenever the file changes: run here, it would be
+    # today's file against this revision's tables.
+    pass
 
 
 def downgrade() -> None:
-    names = re.findall(r"CREATE OR REPLACE FUNCTION (\w+)", (SRC / FILE).read_text())
+    names = re.findall(r"CREATE OR REPLACE FUNCTION (\w+)", (PACKAGE_DIR / FILE).read_text())
     for name in reversed(names):
         op.execute(f"DROP FUNCTION IF EXISTS {name} CASCADE")

@@ -8,14 +8,9 @@ Triggers on member_tiers (src/loyalty/benefits/sql/benefit_events_v1.sql).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from alembic import op
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sql import run_sql_file  # noqa: E402
 
 revision: str = "0010"
 down_revision: str | None = "0009"
@@ -24,7 +19,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    run_sql_file("benefits/sql/benefit_events_v1.sql")
+    # The triggers and their function are the repeatable migration benefits/sql/benefit_events_v1.sql (loyalty.sql_files),
+    # run after the last revision and again whenever the file changes: run here, it would be
+    # today's file against this revision's tables.
+    pass
 
 
 def downgrade() -> None:

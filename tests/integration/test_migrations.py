@@ -11,12 +11,16 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import loyalty.models_registry  # noqa: F401  (every table on db.metadata)
+from loyalty import sql_files
 from loyalty.db import metadata
 from loyalty.migrate import alembic_config
 
 
 def _diff(connection: Connection) -> list[Any]:
-    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    # The record table of the SQL files is the migration tool's own, as alembic_version is.
+    context = MigrationContext.configure(
+        connection, opts={"compare_type": True, "include_name": sql_files.include_name}
+    )
     return list(compare_metadata(context, metadata))
 
 

@@ -10,6 +10,19 @@
 --   * business failures raise SQLSTATE 'LY000' with MESSAGE = a code and DETAIL = JSON, and
 --     so roll back everything the call did (the idempotency claim included).
 -- docs/ledger.md explains the chart of accounts and the buckets (0 available, 1 pending, 2 held).
+--
+-- This file is a repeatable migration (loyalty.sql_files): it runs again on every database
+-- whose copy of it is older, so each statement must be safe on any earlier version. A function
+-- whose result type or arguments change needs its old form dropped below.
+
+-- ledger_expire_member_now returned void before it returned the points it expired.
+DO $$
+BEGIN
+    IF (SELECT prorettype FROM pg_proc
+        WHERE oid = to_regprocedure('ledger_expire_member_now(bigint, bigint, bigint)')) = 'void'::regtype THEN
+        DROP FUNCTION ledger_expire_member_now(bigint, bigint, bigint);
+    END IF;
+END $$;
 
 CREATE OR REPLACE FUNCTION loyalty_ts(p_ts timestamptz)
 RETURNS text LANGUAGE sql IMMUTABLE AS $$
