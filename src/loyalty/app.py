@@ -20,6 +20,7 @@ from loyalty.auth.service import Authenticator
 from loyalty.benefits.checkout import CatalogueCache
 from loyalty.benefits.routes import ROUTES as BENEFIT_ROUTES
 from loyalty.db import create_engine, create_posting_pool
+from loyalty.jobs.routes import ROUTES as JOB_ROUTES
 from loyalty.ledger.routes import ROUTES as LEDGER_ROUTES
 from loyalty.members.routes import ROUTES as MEMBER_ROUTES
 from loyalty.programmes.routes import ROUTES as PROGRAMME_ROUTES
@@ -104,6 +105,7 @@ def create_app(settings: Settings) -> Litestar:
             *TIER_ROUTES,
             *WEBHOOK_ROUTES,
             *BENEFIT_ROUTES,
+            *JOB_ROUTES,
         ],
         lifespan=[lifespan],
         middleware=[auth],

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from fractions import Fraction
 from typing import Any, Final
+from zoneinfo import ZoneInfo
 
 from loyalty.errors import InvalidInput
 
@@ -24,6 +25,16 @@ MAX_POINTS: Final = 10**12
 RFM_DIMENSIONS: Final = ("recency_days", "frequency", "monetary")
 DEFAULT_LIFECYCLE: Final = {"new_days": 30, "active_days": 90, "silent_days": 180}
 FILTER_KEYS: Final = frozenset({"min_amount", "max_amount", "channels", "currency", "categories", "skus"})
+
+
+# The qualification window ------------------------------------------------------------------
+
+
+def in_window(day: date, window_start: datetime | None, tz: str) -> bool:
+    """Whether activity on ``day`` (local to the programme) counts in the window starting at
+    ``window_start``: the same test as the refresh's ``day >= (window_start AT TIME ZONE tz)::date``,
+    so that what an event adds to the window sums is what a rebuild of the facts finds."""
+    return window_start is None or day >= window_start.astimezone(ZoneInfo(tz)).date()
 
 
 # Formulas ----------------------------------------------------------------------------------

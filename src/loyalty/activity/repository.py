@@ -222,8 +222,9 @@ async def finish_event(
 
 async def order_history(
     conn: AsyncConnection, programme_id: int, member_id: int, order_ref: str
-) -> dict[str, int]:
-    """What an order earned and what its earlier refunds took: the basis of a proportional clawback."""
+) -> dict[str, Any]:
+    """What an order earned and what its earlier refunds took: the basis of a proportional
+    clawback; and when the order was placed (ordered_at, None without an order)."""
     row = (
         await conn.execute(
             text(
@@ -234,7 +235,8 @@ async def order_history(
                        coalesce(sum((outcome->>'qualifying')::bigint) FILTER (WHERE type = 'order_completed'), 0)
                            AS qualifying,
                        coalesce(-sum(amount) FILTER (WHERE type = 'order_refunded'), 0) AS refunded,
-                       coalesce(-sum(points) FILTER (WHERE type = 'order_refunded'), 0) AS clawed
+                       coalesce(-sum(points) FILTER (WHERE type = 'order_refunded'), 0) AS clawed,
+                       min(occurred_at) FILTER (WHERE type = 'order_completed') AS ordered_at
                 FROM member_events
                 WHERE programme_id = :p AND order_ref = :o AND member_id = :m AND response IS NOT NULL
                 """
@@ -307,10 +309,18 @@ async def note_order(conn: AsyncConnection, programme_id: int, member_id: int, o
 
 
 async def add_points_and_activity(
-    conn: AsyncConnection, programme_id: int, member_id: int, day: date, *, lifetime: int, qualifying: int
+    conn: AsyncConnection,
+    programme_id: int,
+    member_id: int,
+    day: date,
+    *,
+    lifetime: int,
+    qualifying: int,
+    in_window: bool,
 ) -> None:
     """add_activity(qualifying_points=qualifying) and the facts' points in one statement; the caller
-    holds the facts row already (no lock order to keep between the two rows)."""
+    holds the facts row already (no lock order to keep between the two rows). The facts' window
+    sum takes the qualifying points only when ``day`` is in the window (core.in_window)."""
     await conn.execute(
         text(
             """
@@ -321,13 +331,20 @@ async def add_points_and_activity(
                     qualifying_points = member_activity_days.qualifying_points + excluded.qualifying_points
             )
             INSERT INTO member_facts (programme_id, member_id, lifetime_points, qualifying_points)
-            VALUES (:p, :m, greatest(:l, 0), greatest(:q, 0))
+            VALUES (:p, :m, greatest(:l, 0), greatest(:wq, 0))
             ON CONFLICT (programme_id, member_id) DO UPDATE SET
                 lifetime_points = member_facts.lifetime_points + :l,
-                qualifying_points = member_facts.qualifying_points + :q, updated_at = now()
+                qualifying_points = member_facts.qualifying_points + :wq, updated_at = now()
             """
         ),
-        {"p": programme_id, "m": member_id, "d": day, "l": lifetime, "q": qualifying},
+        {
+            "p": programme_id,
+            "m": member_id,
+            "d": day,
+            "l": lifetime,
+            "q": qualifying,
+            "wq": qualifying if in_window else 0,
+        },
     )
 
 
@@ -372,10 +389,12 @@ _REFRESH_SQL = """
         WHERE CAST(:rebuild AS boolean) AND e.programme_id = :p AND e.type = 'order_completed'
         GROUP BY e.member_id
     ), t AS (
-        SELECT t.member_id, sum(t.amount) AS points
-        FROM transactions t JOIN m ON m.member_id = t.member_id
-        WHERE CAST(:rebuild AS boolean) AND t.programme_id = :p AND t.kind = 'earn'
-        GROUP BY t.member_id
+        -- What events earned, as the event path counts it (greatest(points, 0) per event):
+        -- a promotion bonus or a manual earn is in the ledger, not in the activity facts.
+        SELECT e.member_id, sum(greatest(e.points, 0)) AS points
+        FROM member_events e JOIN m ON m.member_id = e.member_id
+        WHERE CAST(:rebuild AS boolean) AND e.programme_id = :p
+        GROUP BY e.member_id
     ), f AS (
         SELECT m.member_id, m.enrolled_at, m.window_start,
                coalesce(d.orders, 0) AS orders, coalesce(d.spend, 0) AS spend,
@@ -467,6 +486,7 @@ _REFRESH_FOR_EVENT = text(
     SELECT up.qualifying_points, up.spend, up.orders, up.lifetime_points, up.lifetime_spend,
            up.lifetime_orders, up.last_order_at, mm.enrolled_at, up.recency_score, up.frequency_score,
            up.monetary_score, up.lifecycle, tl.tier, up.tags, CAST(mm.attributes AS text) AS attributes,
+           up.window_start,
            tl.rank, tl.ladder_version, tl.achieved_at, tl.valid_until, tl.grace_until, tl.pin_kind,
            tl.pin_tier, tl.pin_until, tl.pin_reason, tl.next_assessment_at, tl.member_id AS tier_row,
            (SELECT coalesce(jsonb_agg(jsonb_build_array(us.rule_id, us.period, us.points)), '[]') FROM us)

@@ -264,6 +264,8 @@ async def record(
         conn, who.programme_id, member_id, now=now, usage=usage
     )
     base = row_to_facts(row, now=now)
+    # A late event (its day before the window) earns, but its points do not qualify now.
+    qualifies = core.in_window(day, row.window_start, who.timezone)
     multiplier = MemberMultiplier(
         conn, who.programme_id, member_id, now, any_in_programme=config.has_multipliers
     )
@@ -276,7 +278,7 @@ async def record(
     # Everything is decided here on the planned points and written in one call, which finishes
     # the event when every budget pays what was planned (the usual case).
     planned = [(p.grant, bool(p.rule["qualifying"])) for p in plans]
-    facts = _counted(base, planned)
+    facts = _counted(base, planned, qualifies=qualifies)
     tier = _tier_writes(
         config, tier_row, facts, now=now, who=who, member_id=member_id, external_id=req.member_id
     )
@@ -309,7 +311,7 @@ async def record(
     # A budget paid less than planned, a bonus is due, or a tier row appeared meanwhile: the
     # tier is decided again on what was earned, with everything a change writes.
     earned = [(o.points, bool(p.rule["qualifying"])) for o, p in _paired(outcomes, slots)]
-    facts = _counted(base, earned)
+    facts = _counted(base, earned, qualifies=qualifies)
     change = await _assess(conn, who, member_id, now, config, facts)
     result = _result(req, occurred_at, outcomes, None, facts, change, simulate)
     await repository.finish_event(
@@ -373,18 +375,25 @@ async def _record_refund(
     history = await repository.order_history(conn, who.programme_id, member_id, req.order_ref or "")
     refund_amount = _refund_amount(req, history)
     amount = -refund_amount
+    # A refund takes the order's spend and qualifying points back on the order's own day (its
+    # own day when the order is unknown): from the window the order counted in, if it still does,
+    # and never twice once the order's day has left the window.
+    if history["ordered_at"] is not None:
+        day = _local_day(history["ordered_at"], who.timezone)
     await repository.add_activity(conn, who.programme_id, member_id, day, spend=amount)
     # The facts row is held from begin_event on; the refresh answers the facts it leaves.
     row, _, _ = await repository.refresh_for_event(conn, who.programme_id, member_id, now=now, usage=[])
     base = row_to_facts(row, now=now)
+    qualifies = core.in_window(day, row.window_start, who.timezone)
     clawback, qualifying = await _claw_back(conn, who, req, history, refund_amount)
     points = -clawback.points
     facts = base
     if points or qualifying:
         await repository.add_points_and_activity(
-            conn, who.programme_id, member_id, day, lifetime=max(points, 0), qualifying=qualifying
-        )
-        facts = _with_points(base, points, qualifying)
+            conn, who.programme_id, member_id, day, lifetime=max(points, 0), qualifying=qualifying,
+            in_window=qualifies,
+        )  # fmt: skip
+        facts = _with_points(base, points, qualifying if qualifies else 0)
     # An event never demotes (the schedule does); a refund may still meet a pin's expiry.
     change = await _assess(conn, who, member_id, now, config, facts)
     result = _result(req, occurred_at, [], clawback, facts, change, simulate, points=points)
@@ -455,7 +464,7 @@ async def _assess(
     )
 
 
-def _refund_amount(req: s.EventIn, history: dict[str, int]) -> int:
+def _refund_amount(req: s.EventIn, history: dict[str, Any]) -> int:
     left = history["order_amount"] - history["refunded"]
     if req.amount is None:
         return max(left, 0)  # a full refund: whatever of the order is not refunded yet
@@ -571,10 +580,12 @@ def _paired(
     return [(o, slot) for o, slot in zip(outcomes, slots, strict=True) if isinstance(slot, _Plan)]
 
 
-def _counted(facts: Facts, earned: list[tuple[int, bool]]) -> Facts:
-    """The facts once the earns are counted: (points, whether they qualify) per earn."""
+def _counted(facts: Facts, earned: list[tuple[int, bool]], *, qualifies: bool) -> Facts:
+    """The facts once the earns are counted: (points, whether they qualify) per earn. Their
+    qualifying points count only when the event's day is in the window (``qualifies``), as
+    activity_event_apply counts them."""
     points = sum(n for n, _ in earned)
-    qualifying = _qualifying(earned)
+    qualifying = _qualifying(earned) if qualifies else 0
     return _with_points(facts, points, qualifying) if points or qualifying else facts
 
 
@@ -665,7 +676,7 @@ def _earned(plan: _Plan, result: dict[str, Any]) -> s.RuleOutcome:
 
 
 async def _claw_back(
-    conn: AsyncConnection, who: Principal, req: s.EventIn, history: dict[str, int], refund: int
+    conn: AsyncConnection, who: Principal, req: s.EventIn, history: dict[str, Any], refund: int
 ) -> tuple[s.ClawbackOutcome, int]:
     """(what was clawed back, qualifying points to take off)."""
     order_ref = req.order_ref or ""

@@ -536,7 +536,11 @@ def _assessment_statement(
     r = {t.tier.code: b[f"r_{i}"] for i, t in enumerate(upper)}
 
     def by_tier(mapping: dict[str, Any], else_: Any) -> ColumnElement[Any]:
-        return case(mapping, value=b.tier, else_=else_) if mapping else else_
+        # A one-tier ladder has no upper tiers, hence an empty mapping: the default alone must
+        # still be a SQL expression (it is labelled and compared below).
+        if not mapping:
+            return else_ if isinstance(else_, ColumnElement) else literal(else_, Integer)
+        return case(mapping, value=b.tier, else_=else_)
 
     cur_rank = case(rank_of, value=b.tier)
     cur_entry = by_tier(dict(e), true())

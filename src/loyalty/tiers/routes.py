@@ -12,6 +12,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.auth.core import Principal
+from loyalty.jobs import repository as job_runs
 from loyalty.ledger.routes import READ, STAFF_READ, WRITE
 from loyalty.tiers import schemas as s
 from loyalty.tiers import service, tasks
@@ -82,12 +83,24 @@ class TierJobController(Controller):
     tags = ["tiers"]
     guards = [OPERATOR]
 
-    @post("/reassess", status_code=202)
-    async def reassess(self, who: NamedDependency[Principal], request: Request) -> s.ReassessQueued:
+    @post("/reassess", dependencies=WRITE, status_code=202)
+    async def reassess(
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], request: Request
+    ) -> Response[s.ReassessQueued]:
         """Queue a full re-evaluation of every member against the ladder in force (the worker
-        runs it set-based, in slices). Always asynchronous: it writes nothing in the request."""
-        job_id = await tasks.enqueue_reassess(request.app.state.redis, programme_id=who.programme_id)
-        return s.ReassessQueued(job_id=job_id)
+        runs it set-based, in slices). Its outcome: GET /v1/jobs/{job_id} (the Location)."""
+        job_id = tasks.new_reassess_job_id(who.programme_id)
+        # The queued row first, then the job: if Redis refuses it, the row rolls back with the
+        # request. The worker upserts the same row, so it may start before this commit.
+        await job_runs.record_queued(
+            tx, job_id=job_id, programme_id=who.programme_id, name=tasks.JOB_NAME, run_at=None
+        )
+        await tasks.enqueue_reassess(request.app.state.redis, programme_id=who.programme_id, job_id=job_id)
+        return Response(
+            s.ReassessQueued(job_id=job_id, status_url=f"/v1/jobs/{job_id}"),
+            status_code=202,
+            headers={"Location": f"/v1/jobs/{job_id}"},
+        )
 
 
 class MemberTierController(Controller):

@@ -51,6 +51,8 @@ class PublishRequest(Strict, kw_only=True):
 class ReassessQueued(msgspec.Struct, kw_only=True):
     job_id: str
     status: str = "queued"
+    # Where the job's status is read (also the answer's Location header).
+    status_url: str | None = None
     run_at: datetime | None = None
 
 

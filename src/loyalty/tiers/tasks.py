@@ -19,6 +19,7 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from loyalty.jobs import runs
 from loyalty.tiers import repository, service
 
 log = logging.getLogger("loyalty.tiers.tasks")
@@ -30,6 +31,7 @@ REASSESS_ACTOR = "system:tiers-reassess"
 # Slices in flight at once: one per core of a small server (the engine's pool must allow it).
 REASSESS_CONCURRENCY = 2
 QUEUE_NAME = "loyalty:queue"  # worker.py's queue_name
+JOB_NAME = "reassess_tiers"
 
 
 async def assess_due(
@@ -113,23 +115,38 @@ async def reassess_programme(
 
 
 async def reassess_tiers(ctx: dict[str, Any], programme_id: int) -> dict[str, Any]:
-    """arq job: the full re-evaluation of one programme (enqueued by publish or the operator)."""
-    result = await reassess_programme(ctx["engine"], programme_id=programme_id)
-    log.info(
-        "re-assessed %d members of programme %d (%d changed) in %.1f s",
-        result.members, programme_id, result.changed, result.seconds,
-    )  # fmt: skip
-    return {"members": result.members, "changed": result.changed, "seconds": round(result.seconds, 3)}
+    """arq job: the full re-evaluation of one programme (enqueued by publish or the operator).
+    Its run is recorded in job_runs (GET /v1/jobs/{job_id}), a failure included."""
+    engine = ctx["engine"]
+    async with runs.recorded(
+        engine, job_id=ctx.get("job_id"), programme_id=programme_id, name=JOB_NAME
+    ) as run:
+        result = await reassess_programme(engine, programme_id=programme_id)
+        log.info(
+            "re-assessed %d members of programme %d (%d changed) in %.1f s",
+            result.members, programme_id, result.changed, result.seconds,
+        )  # fmt: skip
+        run.result = {
+            "members": result.members,
+            "changed": result.changed,
+            "seconds": round(result.seconds, 3),
+        }
+    return run.result
 
 
-async def enqueue_reassess(redis: Redis, *, programme_id: int, defer_until: datetime | None = None) -> str:
-    """Put a full re-evaluation of the programme on the worker's queue; answers the job id.
-    Callers enqueue only after their transaction committed (or when they wrote nothing)."""
+def new_reassess_job_id(programme_id: int) -> str:
+    return f"tiers-reassess:{programme_id}:{uuid.uuid4().hex[:12]}"
+
+
+async def enqueue_reassess(
+    redis: Redis, *, programme_id: int, defer_until: datetime | None = None, job_id: str | None = None
+) -> str:
+    """Put a full re-evaluation of the programme on the worker's queue; answers the job id."""
     arq = ArqRedis(connection_pool=redis.connection_pool)
     job = await arq.enqueue_job(
-        "reassess_tiers",
+        JOB_NAME,
         programme_id,
-        _job_id=f"tiers-reassess:{programme_id}:{uuid.uuid4().hex[:12]}",
+        _job_id=job_id or new_reassess_job_id(programme_id),
         _queue_name=QUEUE_NAME,
         _defer_until=defer_until,
     )

@@ -70,9 +70,16 @@ BEGIN
         VALUES (p_programme, p_member, p_day, 0, 0, v_qualifying)
         ON CONFLICT (programme_id, member_id, day) DO UPDATE SET
             qualifying_points = d.qualifying_points + excluded.qualifying_points;
-        UPDATE member_facts SET lifetime_points = lifetime_points + greatest(v_points, 0),
-                                qualifying_points = qualifying_points + v_qualifying, updated_at = now()
-        WHERE programme_id = p_programme AND member_id = p_member;
+        -- Qualifying points count in the facts only when the event's day is in the window
+        -- (the refresh, run just before, set window_start): a late event's points stay on its
+        -- own day, out of the window, as a rebuild of the facts from the days finds them.
+        UPDATE member_facts f SET lifetime_points = f.lifetime_points + greatest(v_points, 0),
+            qualifying_points = f.qualifying_points + CASE
+                WHEN coalesce(p_day >= CAST(f.window_start AT TIME ZONE p.timezone AS date), true)
+                THEN v_qualifying ELSE 0 END,
+            updated_at = now()
+        FROM programmes p
+        WHERE f.programme_id = p_programme AND f.member_id = p_member AND p.id = p_programme;
     END IF;
     IF p_response IS NULL THEN
         finished := false;  -- the caller finishes (a tier change writes more than a row)
