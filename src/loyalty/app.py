@@ -20,6 +20,7 @@ from loyalty.auth.service import Authenticator
 from loyalty.benefits.checkout import CatalogueCache
 from loyalty.benefits.routes import ROUTES as BENEFIT_ROUTES
 from loyalty.db import create_engine, create_posting_pool
+from loyalty.edge import MAX_BODY, EdgeChecks
 from loyalty.ledger.routes import ROUTES as LEDGER_ROUTES
 from loyalty.members.routes import ROUTES as MEMBER_ROUTES
 from loyalty.programmes.routes import ROUTES as PROGRAMME_ROUTES
@@ -90,7 +91,9 @@ def create_app(settings: Settings) -> Litestar:
             *BENEFIT_ROUTES,
         ],
         lifespan=[lifespan],
-        middleware=[auth],
+        # EdgeChecks first: bad ids, NUL characters, non-JSON and oversized bodies never reach a route.
+        middleware=[EdgeChecks, auth],
+        request_max_body_size=MAX_BODY,
         dependencies={"who": Provide(provide_principal)},
         before_request=strict_body,
         exception_handlers=problems.EXCEPTION_HANDLERS,  # type: ignore[arg-type]

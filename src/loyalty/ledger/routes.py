@@ -14,6 +14,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.auth.core import Principal
+from loyalty.edge import PathId, TransactionKind
 from loyalty.ledger import schemas as s
 from loyalty.ledger import service
 from loyalty.programmes import repository as programmes
@@ -158,7 +159,7 @@ class PointsController(Controller):
         self,
         tx: NamedDependency[PoolConnectionProxy],
         who: NamedDependency[Principal],
-        hold_id: FromPath[int],
+        hold_id: PathId,
         data: JSONBody[s.CaptureRequest],
         idempotency_key: IdempotencyKey,
     ) -> Response[bytes]:
@@ -177,7 +178,7 @@ class PointsController(Controller):
         self,
         tx: NamedDependency[PoolConnectionProxy],
         who: NamedDependency[Principal],
-        hold_id: FromPath[int],
+        hold_id: PathId,
         idempotency_key: IdempotencyKey,
     ) -> Response[bytes]:
         """Give a hold's points back to the member."""
@@ -185,7 +186,7 @@ class PointsController(Controller):
 
     @get("/holds/{hold_id:int}", dependencies=READ, guards=[STAFF_READ])
     async def get_hold(
-        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], hold_id: FromPath[int]
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], hold_id: PathId
     ) -> s.HoldResult:
         return await service.get_hold(tx, who, hold_id)
 
@@ -230,7 +231,7 @@ class PointsController(Controller):
 
     @get("/transactions/{txn_id:int}", dependencies=READ, guards=[STAFF_READ])
     async def transaction(
-        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], txn_id: FromPath[int]
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], txn_id: PathId
     ) -> dict[str, Any]:
         """One transaction with its entries."""
         return await service.transaction(tx, who, txn_id)
@@ -281,7 +282,7 @@ class MemberPointsController(Controller):
         member_id: FromPath[str],
         cursor: Annotated[str | None, QueryParameter(max_length=100)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
-        kind: FromQuery[list[str] | None] = None,
+        kind: FromQuery[list[TransactionKind] | None] = None,
         reference: FromQuery[str | None] = None,
         since: FromQuery[datetime | None] = None,
         until: FromQuery[datetime | None] = None,

@@ -11,6 +11,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.auth.core import Principal
+from loyalty.edge import TransactionKind
 from loyalty.ledger import schemas as ls
 from loyalty.ledger import service as ledger
 from loyalty.ledger.repository import Posted
@@ -116,7 +117,7 @@ class MeController(Controller):
         who: NamedDependency[Principal],
         cursor: Annotated[str | None, QueryParameter(max_length=100)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
-        kind: FromQuery[list[str] | None] = None,
+        kind: FromQuery[list[TransactionKind] | None] = None,
         since: FromQuery[datetime | None] = None,
         until: FromQuery[datetime | None] = None,
     ) -> ls.HistoryPage:
