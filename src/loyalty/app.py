@@ -20,7 +20,7 @@ from loyalty.auth.service import Authenticator
 from loyalty.benefits.checkout import CatalogueCache
 from loyalty.benefits.routes import ROUTES as BENEFIT_ROUTES
 from loyalty.db import create_engine, create_posting_pool
-from loyalty.edge import MAX_BODY, EdgeChecks
+from loyalty.edge import MAX_BODY, EdgeChecks, ProblemDocs
 from loyalty.ledger.routes import ROUTES as LEDGER_ROUTES
 from loyalty.members.routes import ROUTES as MEMBER_ROUTES
 from loyalty.programmes.routes import ROUTES as PROGRAMME_ROUTES
@@ -77,7 +77,7 @@ def create_app(settings: Settings) -> Litestar:
         security=[{"bearer": []}],
     )
     auth = DefineMiddleware(AuthMiddleware, exclude=["^/schema", *(f"^{p}$" for p in PUBLIC_PATHS)])
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             health.live,
             health.ready,
@@ -100,6 +100,8 @@ def create_app(settings: Settings) -> Litestar:
         openapi_config=openapi,
         debug=False,
     )
+    ProblemDocs.install(app)
+    return app
 
 
 def app_from_env() -> Litestar:

@@ -207,7 +207,13 @@ class PointsController(Controller):
         """A refund: reverse what an order's reference earned, all or part."""
         return posted(await service.clawback(tx, who, data, idempotency_key))
 
-    @post("/adjustments", dependencies=POSTING, guards=[allow("operator")], status_code=201)
+    @post(
+        "/adjustments",
+        dependencies=POSTING,
+        guards=[allow("operator")],
+        responses=_spec(s.AdjustResult),
+        status_code=201,
+    )
     async def adjust(
         self,
         tx: NamedDependency[PoolConnectionProxy],
@@ -218,7 +224,13 @@ class PointsController(Controller):
         """An operator's manual credit or debit, with a mandatory reason kept in the audit trail."""
         return posted(await service.adjust(tx, who, data, idempotency_key))
 
-    @post("/transfers", dependencies=POSTING, guards=[allow("ecommerce", "crm", "operator")], status_code=201)
+    @post(
+        "/transfers",
+        dependencies=POSTING,
+        guards=[allow("ecommerce", "crm", "operator")],
+        responses=_spec(s.TransferResult),
+        status_code=201,
+    )
     async def transfer(
         self,
         tx: NamedDependency[PoolConnectionProxy],
@@ -331,7 +343,13 @@ class BudgetController(Controller):
         """Allocated (cap), issued and remaining points, and the money cost issued."""
         return await service.get_budget(tx, who, code)
 
-    @post("/{code:str}/top-up", dependencies=POSTING, guards=[allow("operator")], status_code=201)
+    @post(
+        "/{code:str}/top-up",
+        dependencies=POSTING,
+        guards=[allow("operator")],
+        responses=_spec(s.BudgetView),
+        status_code=201,
+    )
     async def top_up(
         self,
         tx: NamedDependency[PoolConnectionProxy],
@@ -342,7 +360,13 @@ class BudgetController(Controller):
     ) -> Response[bytes]:
         return posted(await service.top_up_budget(tx, who, code, data, idempotency_key))
 
-    @post("/moves", dependencies=POSTING, guards=[allow("operator")], status_code=201)
+    @post(
+        "/moves",
+        dependencies=POSTING,
+        guards=[allow("operator")],
+        responses=_spec(s.BudgetMoveResult),
+        status_code=201,
+    )
     async def move(
         self,
         tx: NamedDependency[PoolConnectionProxy],
@@ -353,7 +377,13 @@ class BudgetController(Controller):
         """Move unissued points from one budget to another."""
         return posted(await service.move_budget(tx, who, data, idempotency_key))
 
-    @post("/{code:str}/close", dependencies=POSTING, guards=[allow("operator")], status_code=200)
+    @post(
+        "/{code:str}/close",
+        dependencies=POSTING,
+        guards=[allow("operator")],
+        responses=_spec(s.BudgetView, 200),
+        status_code=200,
+    )
     async def close(
         self,
         tx: NamedDependency[PoolConnectionProxy],

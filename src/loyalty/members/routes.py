@@ -15,7 +15,7 @@ from loyalty.edge import TransactionKind
 from loyalty.ledger import schemas as ls
 from loyalty.ledger import service as ledger
 from loyalty.ledger.repository import Posted
-from loyalty.ledger.routes import READ, STAFF_READ, WRITE
+from loyalty.ledger.routes import READ, STAFF_READ, WRITE, _spec
 from loyalty.members import schemas as s
 from loyalty.members import service
 from loyalty.web import IdempotencyKey, allow, posted
@@ -27,7 +27,7 @@ class MemberController(Controller):
     path = "/v1/members"
     tags = ["members"]
 
-    @post("/", dependencies=WRITE, guards=[MEMBER_WRITE], status_code=201)
+    @post("/", dependencies=WRITE, guards=[MEMBER_WRITE], responses=_spec(s.MemberView), status_code=201)
     async def enrol(
         self,
         tx: NamedDependency[AsyncConnection],
