@@ -20,6 +20,7 @@ from loyalty.auth.service import Authenticator
 from loyalty.benefits.checkout import CatalogueCache
 from loyalty.benefits.routes import ROUTES as BENEFIT_ROUTES
 from loyalty.db import create_engine, create_posting_pool
+from loyalty.edge import MAX_BODY, EdgeChecks, ProblemDocs
 from loyalty.jobs.routes import ROUTES as JOB_ROUTES
 from loyalty.ledger.routes import ROUTES as LEDGER_ROUTES
 from loyalty.members.routes import ROUTES as MEMBER_ROUTES
@@ -93,7 +94,7 @@ def create_app(settings: Settings) -> Litestar:
         security=[{"bearer": []}],
     )
     auth = DefineMiddleware(AuthMiddleware, exclude=["^/schema", *(f"^{p}$" for p in PUBLIC_PATHS)])
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             health.live,
             health.ready,
@@ -108,13 +109,17 @@ def create_app(settings: Settings) -> Litestar:
             *JOB_ROUTES,
         ],
         lifespan=[lifespan],
-        middleware=[auth],
+        # EdgeChecks first: bad ids, NUL characters, non-JSON and oversized bodies never reach a route.
+        middleware=[EdgeChecks, auth],
+        request_max_body_size=MAX_BODY,
         dependencies={"who": Provide(provide_principal)},
         before_request=strict_body,
         exception_handlers=problems.EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=openapi,
         debug=False,
     )
+    ProblemDocs.install(app)
+    return app
 
 
 def app_from_env() -> Litestar:

@@ -44,6 +44,7 @@ TITLES = {
     405: "Method not allowed",
     409: "Conflict",
     413: "Request too large",
+    415: "Unsupported media type",
     422: "Unprocessable",
     429: "Too many requests",
     500: "Internal error",
@@ -127,6 +128,7 @@ def http_to_problem(request: Request, exc: HTTPException) -> Response[bytes]:
         404: "not_found",
         405: "method_not_allowed",
         413: "request_too_large",
+        415: "unsupported_media_type",
         429: "too_many_requests",
     }.get(exc.status_code, "http_error")
     return problem(exc.status_code, code, exc.detail, request)

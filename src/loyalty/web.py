@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from loyalty.auth.core import Principal
 from loyalty.auth.service import Authenticator
+from loyalty.edge import nul_field
 from loyalty.errors import Forbidden, InvalidInput
 from loyalty.ledger.repository import Posted, PostingConnection
 
@@ -39,7 +40,10 @@ def allow(*roles: str) -> Callable[[ASGIConnection, BaseRouteHandler], Awaitable
     """
 
     async def guard(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-        require_role(connection.user, roles)
+        # OPTIONS only answers which methods a path has (and CORS preflights): it is not
+        # authenticated, so no role applies to it.
+        if connection.scope.get("method") != "OPTIONS":
+            require_role(connection.user, roles)
 
     return guard
 
@@ -130,7 +134,7 @@ async def strict_body(request: Request) -> None:
 def decode_body(body: bytes, body_type: Any) -> Any:
     """Strict msgspec decode of a request body; every failure is a 400 naming the field."""
     try:
-        return msgspec.json.decode(body, type=body_type)
+        data = msgspec.json.decode(body, type=body_type)
     except msgspec.ValidationError as exc:
         message = str(exc)
         match = _AT_PATH.search(message)
@@ -142,6 +146,12 @@ def decode_body(body: bytes, body_type: Any) -> Any:
         raise InvalidBody(path or "body", reason) from None
     except msgspec.DecodeError as exc:
         raise InvalidBody("body", f"not valid JSON: {exc}") from None
+    # PostgreSQL stores no NUL in text or jsonb; raw JSON can only carry one escaped.
+    if b"\\u0000" in body:
+        field = nul_field(msgspec.json.decode(body))
+        if field is not None:
+            raise InvalidBody(field, "must not contain a NUL character")
+    return data
 
 
 # One posting: (connection, caller, decoded body or None, idempotency key, path parameters).

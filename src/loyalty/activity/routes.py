@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from loyalty.activity import schemas as s
 from loyalty.activity import service
 from loyalty.auth.core import Principal
-from loyalty.ledger.routes import READ, STAFF_READ, WRITE
+from loyalty.ledger.routes import READ, STAFF_READ, WRITE, _spec
 from loyalty.web import JSON, TransactionLane, allow
 
 EVENT_SENDER_ROLES = ("ecommerce", "crm", "operator")
@@ -35,7 +35,14 @@ class EventController(Controller):
     path = "/v1/events"
     tags = ["activity"]
 
-    @post("/", dependencies=WRITE, guards=[EVENT_SENDERS], middleware=EVENT_LANE, status_code=201)
+    @post(
+        "/",
+        dependencies=WRITE,
+        guards=[EVENT_SENDERS],
+        middleware=EVENT_LANE,
+        responses=_spec(s.EventResult),
+        status_code=201,
+    )
     async def record(
         self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], data: JSONBody[s.EventIn]
     ) -> Response[bytes]:

@@ -15,6 +15,7 @@ from loyalty.auth.core import Principal
 from loyalty.benefits import schemas as s
 from loyalty.benefits import service
 from loyalty.benefits.checkout import CheckLane
+from loyalty.edge import PathId
 from loyalty.ledger import service as ledger
 from loyalty.ledger.routes import READ, STAFF_READ, WRITE
 from loyalty.members import service as members
@@ -211,7 +212,7 @@ class MemberBenefitController(Controller):
         tx: NamedDependency[AsyncConnection],
         who: NamedDependency[Principal],
         member_id: FromPath[str],
-        grant_id: FromPath[int],
+        grant_id: PathId,
         data: JSONBody[s.RevokeRequest],
     ) -> None:
         await service.revoke(tx, who, member_id, grant_id, data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeAlias
@@ -172,7 +173,7 @@ async def history(
     *,
     before_id: int | None,
     limit: int,
-    kinds: list[str] | None,
+    kinds: Sequence[str] | None,
     reference: str | None,
     since: datetime | None,
     until: datetime | None,
@@ -184,7 +185,7 @@ async def history(
         params["before"] = before_id
     if kinds:
         clauses.append("t.kind = ANY(:kinds)")
-        params["kinds"] = kinds
+        params["kinds"] = list(kinds)
     if reference is not None:
         clauses.append("t.reference = :ref")
         params["ref"] = reference

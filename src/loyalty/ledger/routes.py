@@ -14,6 +14,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.auth.core import Principal
+from loyalty.edge import PathId, TransactionKind
 from loyalty.ledger import schemas as s
 from loyalty.ledger import service
 from loyalty.programmes import repository as programmes
@@ -158,7 +159,7 @@ class PointsController(Controller):
         self,
         tx: NamedDependency[PoolConnectionProxy],
         who: NamedDependency[Principal],
-        hold_id: FromPath[int],
+        hold_id: PathId,
         data: JSONBody[s.CaptureRequest],
         idempotency_key: IdempotencyKey,
     ) -> Response[bytes]:
@@ -177,7 +178,7 @@ class PointsController(Controller):
         self,
         tx: NamedDependency[PoolConnectionProxy],
         who: NamedDependency[Principal],
-        hold_id: FromPath[int],
+        hold_id: PathId,
         idempotency_key: IdempotencyKey,
     ) -> Response[bytes]:
         """Give a hold's points back to the member."""
@@ -185,7 +186,7 @@ class PointsController(Controller):
 
     @get("/holds/{hold_id:int}", dependencies=READ, guards=[STAFF_READ])
     async def get_hold(
-        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], hold_id: FromPath[int]
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], hold_id: PathId
     ) -> s.HoldResult:
         return await service.get_hold(tx, who, hold_id)
 
@@ -206,7 +207,13 @@ class PointsController(Controller):
         """A refund: reverse what an order's reference earned, all or part."""
         return posted(await service.clawback(tx, who, data, idempotency_key))
 
-    @post("/adjustments", dependencies=POSTING, guards=[allow("operator")], status_code=201)
+    @post(
+        "/adjustments",
+        dependencies=POSTING,
+        guards=[allow("operator")],
+        responses=_spec(s.AdjustResult),
+        status_code=201,
+    )
     async def adjust(
         self,
         tx: NamedDependency[PoolConnectionProxy],
@@ -217,7 +224,13 @@ class PointsController(Controller):
         """An operator's manual credit or debit, with a mandatory reason kept in the audit trail."""
         return posted(await service.adjust(tx, who, data, idempotency_key))
 
-    @post("/transfers", dependencies=POSTING, guards=[allow("ecommerce", "crm", "operator")], status_code=201)
+    @post(
+        "/transfers",
+        dependencies=POSTING,
+        guards=[allow("ecommerce", "crm", "operator")],
+        responses=_spec(s.TransferResult),
+        status_code=201,
+    )
     async def transfer(
         self,
         tx: NamedDependency[PoolConnectionProxy],
@@ -230,7 +243,7 @@ class PointsController(Controller):
 
     @get("/transactions/{txn_id:int}", dependencies=READ, guards=[STAFF_READ])
     async def transaction(
-        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], txn_id: FromPath[int]
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], txn_id: PathId
     ) -> dict[str, Any]:
         """One transaction with its entries."""
         return await service.transaction(tx, who, txn_id)
@@ -281,7 +294,7 @@ class MemberPointsController(Controller):
         member_id: FromPath[str],
         cursor: Annotated[str | None, QueryParameter(max_length=100)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=200)] = 50,
-        kind: FromQuery[list[str] | None] = None,
+        kind: FromQuery[list[TransactionKind] | None] = None,
         reference: FromQuery[str | None] = None,
         since: FromQuery[datetime | None] = None,
         until: FromQuery[datetime | None] = None,
@@ -330,7 +343,13 @@ class BudgetController(Controller):
         """Allocated (cap), issued and remaining points, and the money cost issued."""
         return await service.get_budget(tx, who, code)
 
-    @post("/{code:str}/top-up", dependencies=POSTING, guards=[allow("operator")], status_code=201)
+    @post(
+        "/{code:str}/top-up",
+        dependencies=POSTING,
+        guards=[allow("operator")],
+        responses=_spec(s.BudgetView),
+        status_code=201,
+    )
     async def top_up(
         self,
         tx: NamedDependency[PoolConnectionProxy],
@@ -341,7 +360,13 @@ class BudgetController(Controller):
     ) -> Response[bytes]:
         return posted(await service.top_up_budget(tx, who, code, data, idempotency_key))
 
-    @post("/moves", dependencies=POSTING, guards=[allow("operator")], status_code=201)
+    @post(
+        "/moves",
+        dependencies=POSTING,
+        guards=[allow("operator")],
+        responses=_spec(s.BudgetMoveResult),
+        status_code=201,
+    )
     async def move(
         self,
         tx: NamedDependency[PoolConnectionProxy],
@@ -352,7 +377,13 @@ class BudgetController(Controller):
         """Move unissued points from one budget to another."""
         return posted(await service.move_budget(tx, who, data, idempotency_key))
 
-    @post("/{code:str}/close", dependencies=POSTING, guards=[allow("operator")], status_code=200)
+    @post(
+        "/{code:str}/close",
+        dependencies=POSTING,
+        guards=[allow("operator")],
+        responses=_spec(s.BudgetView, 200),
+        status_code=200,
+    )
     async def close(
         self,
         tx: NamedDependency[PoolConnectionProxy],

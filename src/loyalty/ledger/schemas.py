@@ -209,6 +209,35 @@ class BudgetView(msgspec.Struct):
     issued_cost_micros: int
 
 
+class AdjustResult(msgspec.Struct):
+    transaction_id: int
+    kind: str
+    member_id: str
+    amount: int
+    reason: str
+    expires_at: datetime | None
+    cost_micros: int
+    balance: Balance
+
+
+class TransferResult(msgspec.Struct):
+    """``balance`` is the sender's."""
+
+    transaction_id: int
+    kind: str
+    from_member_id: str
+    to_member_id: str
+    amount: int
+    cost_micros: int
+    balance: Balance
+
+
+class BudgetMoveResult(msgspec.Struct, rename={"from_": "from"}):
+    transaction_id: int
+    from_: BudgetView
+    to: BudgetView
+
+
 class HistoryItem(msgspec.Struct):
     id: int
     kind: str

@@ -7,6 +7,7 @@ functions of ledger/sql/ that these call (one round trip each).
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -337,7 +338,7 @@ async def history(
     *,
     cursor: str | None,
     limit: int,
-    kinds: list[str] | None,
+    kinds: Sequence[str] | None,
     reference: str | None,
     since: datetime | None,
     until: datetime | None,

@@ -11,10 +11,11 @@ from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.auth.core import Principal
+from loyalty.edge import TransactionKind
 from loyalty.ledger import schemas as ls
 from loyalty.ledger import service as ledger
 from loyalty.ledger.repository import Posted
-from loyalty.ledger.routes import READ, STAFF_READ, WRITE
+from loyalty.ledger.routes import READ, STAFF_READ, WRITE, _spec
 from loyalty.members import schemas as s
 from loyalty.members import service
 from loyalty.web import IdempotencyKey, allow, posted
@@ -26,7 +27,7 @@ class MemberController(Controller):
     path = "/v1/members"
     tags = ["members"]
 
-    @post("/", dependencies=WRITE, guards=[MEMBER_WRITE], status_code=201)
+    @post("/", dependencies=WRITE, guards=[MEMBER_WRITE], responses=_spec(s.MemberView), status_code=201)
     async def enrol(
         self,
         tx: NamedDependency[AsyncConnection],
@@ -116,7 +117,7 @@ class MeController(Controller):
         who: NamedDependency[Principal],
         cursor: Annotated[str | None, QueryParameter(max_length=100)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=100)] = 20,
-        kind: FromQuery[list[str] | None] = None,
+        kind: FromQuery[list[TransactionKind] | None] = None,
         since: FromQuery[datetime | None] = None,
         until: FromQuery[datetime | None] = None,
     ) -> ls.HistoryPage:

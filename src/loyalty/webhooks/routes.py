@@ -6,10 +6,11 @@ from typing import Annotated
 
 from litestar import Controller, delete, get, patch, post, put
 from litestar.di import NamedDependency
-from litestar.params import FromPath, JSONBody, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.auth.core import Principal
+from loyalty.edge import BIGINT_MAX, PathId
 from loyalty.ledger.routes import READ, WRITE
 from loyalty.web import allow
 from loyalty.webhooks import schemas as s
@@ -44,7 +45,7 @@ class WebhookEndpointController(Controller):
         self,
         tx: NamedDependency[AsyncConnection],
         who: NamedDependency[Principal],
-        endpoint_id: FromPath[int],
+        endpoint_id: PathId,
     ) -> s.EndpointView:
         return await service.get_endpoint(tx, who, endpoint_id)
 
@@ -53,7 +54,7 @@ class WebhookEndpointController(Controller):
         self,
         tx: NamedDependency[AsyncConnection],
         who: NamedDependency[Principal],
-        endpoint_id: FromPath[int],
+        endpoint_id: PathId,
         data: JSONBody[s.EndpointUpdate],
     ) -> s.EndpointView:
         """Change the URL, the event types or the description; active=false pauses deliveries."""
@@ -64,7 +65,7 @@ class WebhookEndpointController(Controller):
         self,
         tx: NamedDependency[AsyncConnection],
         who: NamedDependency[Principal],
-        endpoint_id: FromPath[int],
+        endpoint_id: PathId,
     ) -> None:
         """Remove the endpoint and its delivery log."""
         await service.delete_endpoint(tx, who, endpoint_id)
@@ -74,7 +75,7 @@ class WebhookEndpointController(Controller):
         self,
         tx: NamedDependency[AsyncConnection],
         who: NamedDependency[Principal],
-        endpoint_id: FromPath[int],
+        endpoint_id: PathId,
     ) -> s.EndpointWithSecret:
         return await service.rotate_secret(tx, who, endpoint_id)
 
@@ -83,7 +84,7 @@ class WebhookEndpointController(Controller):
         self,
         tx: NamedDependency[AsyncConnection],
         who: NamedDependency[Principal],
-        endpoint_id: FromPath[int],
+        endpoint_id: PathId,
     ) -> s.PingResult:
         """Send a signed webhook.ping now and show the endpoint's answer."""
         return await service.ping(tx, who, endpoint_id)
@@ -99,7 +100,7 @@ class WebhookDeliveryController(Controller):
         self,
         tx: NamedDependency[AsyncConnection],
         who: NamedDependency[Principal],
-        endpoint: Annotated[int | None, QueryParameter(ge=1)] = None,
+        endpoint: Annotated[int | None, QueryParameter(ge=1, le=BIGINT_MAX)] = None,
         status: Annotated[str | None, QueryParameter(max_length=20)] = None,
         cursor: Annotated[str | None, QueryParameter(max_length=100)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
@@ -114,7 +115,7 @@ class WebhookDeliveryController(Controller):
         self,
         tx: NamedDependency[AsyncConnection],
         who: NamedDependency[Principal],
-        delivery_id: FromPath[int],
+        delivery_id: PathId,
     ) -> s.DeliveryView:
         """Queue the delivery again (with a fresh retry budget); the worker sends it shortly."""
         return await service.redeliver(tx, who, delivery_id)

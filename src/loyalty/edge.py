@@ -1,0 +1,248 @@
+"""Checks every request passes before any route sees it: ids in range, no NUL, JSON bodies only,
+and a body size limit. One ASGI middleware after routing, so that the lanes are covered too.
+
+PostgreSQL refuses a NUL in text and a bigint beyond 64 bits; without these checks such input
+reaches the database and comes back as a 500. The checks cost a few dictionary and byte
+lookups per request: the hot lanes keep their one round trip.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl
+
+from litestar._openapi.plugin import OpenAPIPlugin
+from litestar.exceptions import HTTPException
+from litestar.params import PathParameter, QueryParameter
+
+from loyalty.errors import InvalidInput, NotFound
+
+BIGINT_MAX = 2**63 - 1
+# One limit for every body; a route may raise it (batch earn) with request_max_body_size.
+MAX_BODY = 1024 * 1024
+# A body over the limit that declares its length is read and dropped up to this size, so the
+# client finishes sending and reads the 413 instead of meeting a reset connection.
+_DRAIN_LIMIT = 64 * 1024 * 1024
+
+# A database id in a path (holds, transactions, tier versions, webhook endpoints ...).
+PathId = Annotated[int, PathParameter(ge=1, le=BIGINT_MAX, description="A positive 64-bit id.")]
+QueryId = Annotated[int, QueryParameter(ge=1, le=BIGINT_MAX, description="A positive 64-bit id.")]
+
+# The kinds of ledger transaction a member's history can show (?kind=).
+TransactionKind = Literal[
+    "earn",
+    "spend",
+    "hold",
+    "capture",
+    "void",
+    "hold_expiry",
+    "clawback",
+    "adjust",
+    "transfer",
+    "vest",
+    "expire",
+]
+
+
+class UnsupportedMediaType(HTTPException):
+    status_code = 415
+
+
+class EdgeChecks:
+    """ASGI middleware (app level, so it runs after routing and before authentication)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if "\x00" in scope["path"]:
+            raise InvalidInput(_nul_path_field(scope), "must not contain a NUL character")
+        for name, value in scope["path_params"].items():
+            if type(value) is int and not -BIGINT_MAX - 1 <= value <= BIGINT_MAX:
+                raise NotFound(f"No {name} {value}: ids are 64-bit integers.", code="not_found")
+        query = scope["query_string"]
+        if query and (b"%00" in query or b"\x00" in query):
+            raise InvalidInput(_nul_query_field(query), "must not contain a NUL character")
+        length = -1
+        content_type = b""
+        chunked = False
+        for name, value in scope["headers"]:
+            if b"\x00" in value:
+                raise InvalidInput(name.decode("latin-1"), "must not contain a NUL character")
+            if name == b"content-length":
+                length = int(value) if value.isdigit() else 0
+            elif name == b"content-type":
+                content_type = value
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value.lower()
+        if length > 0 or chunked:
+            if not _is_json(content_type):
+                raise UnsupportedMediaType(
+                    detail="The body must be JSON: send Content-Type: application/json.",
+                )
+            limit = _body_limit(scope["route_handler"])
+            if length > limit:
+                if length <= _DRAIN_LIMIT:
+                    await _drain(receive)
+                raise HTTPException(status_code=413, detail=f"The body is larger than {limit} bytes.")
+            if chunked:
+                receive = _limited(receive, limit)
+        await self.app(scope, receive, send)
+
+
+def _is_json(content_type: bytes) -> bool:
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+
+
+_LIMITS: dict[Any, int] = {}
+
+
+def _body_limit(handler: Any) -> int:
+    limit = _LIMITS.get(handler)
+    if limit is None:
+        limit = _LIMITS[handler] = handler.resolve_request_max_body_size() or MAX_BODY
+    return limit
+
+
+async def _drain(receive: Any) -> None:
+    while True:
+        message = await receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+
+
+def _limited(receive: Any, limit: int) -> Any:
+    """A receive that refuses a chunked body once it passes the limit."""
+    size = 0
+
+    async def receive_within_limit() -> Any:
+        nonlocal size
+        message = await receive()
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise HTTPException(status_code=413, detail=f"The body is larger than {limit} bytes.")
+        return message
+
+    return receive_within_limit
+
+
+def _nul_path_field(scope: Any) -> str:
+    for name, value in scope["path_params"].items():
+        if isinstance(value, str) and "\x00" in value:
+            return str(name)
+    return "path"
+
+
+def _nul_query_field(query: bytes) -> str:
+    for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+        if "\x00" in name or "\x00" in value:
+            return name.replace("\x00", "") or "query"
+    return "query"
+
+
+def nul_field(value: Any, path: str = "") -> str | None:
+    """The JSON path of the first string (or key) in a decoded body that holds a NUL."""
+    if isinstance(value, str):
+        return (path or "body") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            here = f"{path}.{key}" if path else str(key)
+            if "\x00" in key:
+                return here.replace("\x00", "\\u0000")
+            found = nul_field(item, here)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = nul_field(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
+# --- What the OpenAPI says about errors ---------------------------------------------------------
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "An RFC 9457 problem; 4xx answers name the field and the reason.",
+    "required": ["type", "title", "status", "code", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "code": {"type": "string", "description": "Stable, machine-readable."},
+        "detail": {"type": "string"},
+        "instance": {"type": "string"},
+        "field": {"type": "string"},
+        "reason": {"type": "string"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["field", "reason"],
+                "properties": {"field": {"type": "string"}, "reason": {"type": "string"}},
+            },
+        },
+    },
+    "additionalProperties": True,
+}
+_ERRORS = {
+    400: "The input is not valid: a field, parameter or header is named with the reason.",
+    401: "No valid API key or member token.",
+    403: "The caller's role may not do this.",
+    404: "No such resource (or an id out of range).",
+    409: "A conflict: the idempotency key was used with another body, or the state forbids it.",
+    413: "The body is larger than the route's limit.",
+    415: "The body is not JSON.",
+    422: "Refused by a business rule (insufficient points, budget exhausted ...).",
+    429: "Too many requests.",
+    503: "A backing service is unavailable; retry later.",
+}
+_METHODS = ("get", "put", "post", "delete", "patch")
+
+
+def document_problems(schema: dict[str, Any], public_paths: set[str]) -> dict[str, Any]:
+    """Every operation documents its error answers as problem+json (not Litestar's default)."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["Problem"] = PROBLEM_SCHEMA
+    reference = {"$ref": "#/components/schemas/Problem"}
+    for path, item in schema.get("paths", {}).items():
+        for method in _METHODS:
+            operation = item.get(method)
+            if operation is None:
+                continue
+            responses = operation.setdefault("responses", {})
+            for status, description in _ERRORS.items():
+                if status in (401, 403) and path in public_paths:
+                    continue
+                if status in (413, 415) and "requestBody" not in operation:
+                    continue
+                responses[str(status)] = {
+                    "description": description,
+                    "content": {PROBLEM_MEDIA_TYPE: {"schema": reference}},
+                }
+    return schema
+
+
+class ProblemDocs(OpenAPIPlugin):
+    """Litestar's OpenAPI plugin, with the error answers documented as they really are."""
+
+    __slots__ = ()
+
+    @classmethod
+    def install(cls, app: Any) -> None:
+        # Litestar always adds its own plugin; this one only adds a step after it builds the
+        # schema (same slots, so the instance can take this class).
+        app.plugins.get(OpenAPIPlugin).__class__ = cls
+
+    def provide_openapi_schema(self) -> dict[str, Any]:
+        if not self._openapi_schema:
+            from loyalty.web import PUBLIC_PATHS
+
+            self._openapi_schema = document_problems(self.provide_openapi().to_schema(), PUBLIC_PATHS)
+        return self._openapi_schema

@@ -1,0 +1,229 @@
+"""A seeded schemathesis run over the whole OpenAPI, against a real server on 127.0.0.1.
+
+Every operation gets a fixed number of cases in the examples, coverage and fuzzing phases,
+sent with each role's API key in turn (a member token on /v1/me/*). The answers must never be
+5xx, every error must be application/problem+json, and every answer must match the schema
+documented for its status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from schemathesis import engine
+from schemathesis.engine import Status, events
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from loyalty.settings import Settings
+from tests.support import Programme, make_programme, new_key
+from tests.webhook_receiver import Receiver
+
+CASES_PER_OPERATION = int(os.environ.get("LOYALTY_SCHEMATHESIS_CASES", "12"))
+ROLES = ("operator", "ecommerce", "crm", "marketing")
+PROBLEM = "application/problem+json"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    """The webhook receiver on its own event loop: the test itself blocks on HTTP calls."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    receiver = asyncio.run_coroutine_threadsafe(Receiver().start(), loop).result(10)
+    try:
+        yield receiver
+    finally:
+        asyncio.run_coroutine_threadsafe(receiver.stop(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+@pytest.fixture(scope="module")
+async def live_server(settings: Settings) -> AsyncIterator[str]:
+    """The API under granian, as `loyalty serve` runs it, on a free loopback port."""
+    port = _free_port()
+    env = {**os.environ, **settings.to_env(), "LOYALTY_API_PORT": str(port)}
+    command = [
+        sys.executable,
+        "-m",
+        "granian",
+        "--interface",
+        "asgi",
+        "--factory",
+        "loyalty.app:app_from_env",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--no-ws",
+    ]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with httpx.AsyncClient() as client:
+            for _ in range(200):
+                try:
+                    if (await client.get(f"{base}/health/live")).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if process.poll() is not None:
+                    raise RuntimeError(process.stderr.read().decode() if process.stderr else "granian exited")
+                await asyncio.sleep(0.05)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+@pytest.fixture(scope="module")
+async def seeded(live_server: str, engine: AsyncEngine) -> tuple[Programme, str]:
+    """A programme with a budget, members, points and a hold, and a member token for alice."""
+    programme = await make_programme(engine)
+    async with httpx.AsyncClient(base_url=live_server) as client:
+
+        async def post(path: str, body: dict[str, Any], role: str = "operator") -> Any:
+            r = await client.post(path, json=body, headers=programme.headers(role))
+            assert r.status_code in (200, 201), r.text
+            return r.json()
+
+        await post("/v1/budgets", {"code": "base", "cap": 1_000_000, "unit_cost_micros": 10_000})
+        for member in ("alice", "bob"):
+            await post("/v1/members", {"member_id": member}, role="crm")
+        await post(
+            "/v1/earn", {"member_id": "alice", "budget": "base", "points": 500, "reference": "order-1"}
+        )
+        await post("/v1/holds", {"member_id": "alice", "points": 10}, role="ecommerce")
+        token = (await post("/v1/member-tokens", {"member_id": "alice"}, role="crm"))["token"]
+    return programme, token
+
+
+CHECKS = (
+    "not_a_server_error",
+    "content_type_conformance",
+    "response_schema_conformance",
+    "problem_json_errors",
+)
+
+
+# (method, path) -> the roles it answered 403 to: later cases of that operation take another
+# role, so that most cases get past the guard to the code behind it.
+_FORBIDDEN: dict[tuple[str, str], set[str]] = {}
+
+
+@schemathesis.check
+def problem_json_errors(ctx: Any, response: Any, case: Any) -> bool | None:
+    """Every 4xx/5xx answer is an RFC 9457 problem."""
+    role = (case.headers or {}).get("X-Test-Role")
+    if response.status_code == 403 and role:
+        _FORBIDDEN.setdefault((case.method, case.path), set()).add(role)
+    if response.status_code >= 400:
+        content_type = response.headers.get("content-type", [""])
+        if isinstance(content_type, list):
+            content_type = content_type[0] if content_type else ""
+        assert str(content_type).startswith(PROBLEM), (
+            f"{response.status_code} answered as {content_type!r}, not {PROBLEM}"
+        )
+    return None
+
+
+def test_api_conforms(live_server: str, seeded: tuple[Programme, str], receiver: Receiver) -> None:
+    config = schemathesis.Config.from_dict(
+        {
+            "seed": 20261206,
+            "workers": 2,
+            "generation": {"max-examples": CASES_PER_OPERATION, "deterministic": True},
+            "phases": {
+                "examples": {"enabled": True},
+                "coverage": {"enabled": True},
+                "fuzzing": {"enabled": True},
+                "stateful": {"enabled": True, "max-steps": 6},
+            },
+            "checks": {"enabled": False, **{name: {"enabled": True} for name in CHECKS}},
+        }
+    )
+    schema = schemathesis.openapi.from_url(f"{live_server}/schema/openapi.json", config=config)
+    programme, token = seeded
+    roles = itertools.cycle(ROLES)
+    _FORBIDDEN.clear()
+
+    @schema.hook
+    def map_case(context: Any, case: Any) -> Any:
+        # Deterministic: each case takes the next role, so every operation meets every role.
+        role = "member"
+        if case.path == "/v1/me" or case.path.startswith("/v1/me/"):
+            authorization = f"Bearer {token}"
+        else:
+            forbidden = _FORBIDDEN.get((case.method, case.path), set())
+            role = next(roles)
+            for _ in ROLES:
+                if role not in forbidden:
+                    break
+                role = next(roles)
+            authorization = f"Bearer {programme.keys[role]}"
+        case.headers = {**(case.headers or {}), "Authorization": authorization, "X-Test-Role": role}
+        case.headers.setdefault("Idempotency-Key", new_key())
+        if case.path.startswith("/v1/webhooks/endpoints") and isinstance(case.body, dict):
+            if isinstance(case.body.get("url"), str):
+                case.body["url"] = receiver.url
+        return case
+
+    failures: list[str] = []
+    errors: list[str] = []
+    cases = 0
+    statuses: dict[int, int] = {}
+    succeeded: set[str] = set()
+    for event in engine.from_schema(schema).execute():
+        if isinstance(event, events.NonFatalError | events.FatalError):
+            errors.append(str(getattr(event, "value", None) or getattr(event, "exception", event)))
+        recorder = getattr(event, "recorder", None)
+        if recorder is None or not isinstance(event, events.ScenarioFinished | events.FuzzScenarioFinished):
+            continue
+        cases += len(recorder.cases)
+        for interaction in recorder.interactions.values():
+            if interaction.response is not None:
+                status = interaction.response.status_code
+                statuses[status] = statuses.get(status, 0) + 1
+                if 200 <= status < 300:
+                    succeeded.add(f"{interaction.request.method} {recorder.label}")
+        for case_id, checks in recorder.checks.items():
+            for check in checks:
+                if check.status == Status.FAILURE:
+                    interaction = recorder.interactions.get(case_id)
+                    where = ""
+                    if interaction is not None:
+                        request, response = interaction.request, interaction.response
+                        status = response.status_code if response is not None else "-"
+                        body = request.body[:300] if request.body else b""
+                        where = f"{request.method} {request.uri} {body!r} -> {status}"
+                    failure = check.failure_info.failure if check.failure_info else None
+                    failures.append(
+                        f"{check.name}: {where}: {getattr(failure, 'title', '')} {str(failure)[:400]}"
+                    )
+    print(f"schemathesis: {cases} cases, {len(failures)} failures, answers {sorted(statuses.items())}")
+    print(f"operations with a 2xx answer: {len(succeeded)}: {sorted(succeeded)}")
+    assert not errors, "\n".join(errors[:20])
+    assert not failures, "\n".join(sorted(set(failures))[:60])
