@@ -1,7 +1,7 @@
 """job_runs: the outcome of operator-requested background jobs, kept in PostgreSQL
 
-Revision ID: 0013
-Revises: 0012
+Revision ID: 0014
+Revises: 0013
 
 arq keeps a job's result in Redis for a while only, and loses it with Redis; a row here keeps
 queued / running / succeeded (with the job's result) / failed (with a short error) for as long
@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0013"
-down_revision: str | None = "0012"
+revision: str = "0014"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
