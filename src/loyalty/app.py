@@ -9,12 +9,11 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.middleware.base import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import Redis
 
 import loyalty
-from loyalty import health, problems
+from loyalty import apidocs, health, problems
 from loyalty.activity.routes import ROUTES as ACTIVITY_ROUTES
 from loyalty.auth.service import Authenticator
 from loyalty.benefits.checkout import CatalogueCache
@@ -83,7 +82,7 @@ def create_app(settings: Settings) -> Litestar:
         version=loyalty.__version__,
         description="Points ledger, tiers and benefits of a loyalty programme.",
         path="/schema",
-        render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+        render_plugins=apidocs.render_plugins(),  # scripts served from the package, not a CDN
         components=Components(
             security_schemes={
                 "bearer": SecurityScheme(
@@ -98,6 +97,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             health.live,
             health.ready,
+            apidocs.assets_router(),
             *PROGRAMME_ROUTES,
             *MEMBER_ROUTES,
             *LEDGER_ROUTES,

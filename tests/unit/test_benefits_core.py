@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from fractions import Fraction
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given
@@ -32,7 +33,8 @@ def test_period_bounds_in_the_programme_time_zone() -> None:
     now = datetime(2026, 12, 31, 20, tzinfo=UTC)
     start, resets = core.period_bounds("year", now, "Asia/Shanghai")
     assert start == date(2027, 1, 1)
-    assert resets.year == 2028
+    # Local midnight of 2028-01-01 in Shanghai, given in UTC.
+    assert resets == datetime(2027, 12, 31, 16, tzinfo=UTC) and resets.tzinfo is UTC
     start, resets = core.period_bounds("week", datetime(2026, 11, 22, tzinfo=UTC), "UTC")
     assert start == date(2026, 11, 16)  # Monday
     assert resets == datetime(2026, 11, 23, tzinfo=UTC)
@@ -44,7 +46,8 @@ def test_now_is_inside_its_period(now: datetime) -> None:
         start, resets = core.period_bounds(period, now, "Asia/Shanghai")
         assert now < resets
         assert resets - now <= timedelta(days=366)
-        assert start <= now.astimezone(resets.tzinfo).date()
+        assert start <= now.astimezone(ZoneInfo("Asia/Shanghai")).date()
+        assert resets.astimezone(ZoneInfo("Asia/Shanghai")).time() == time(0)
 
 
 def test_best_source_takes_the_largest_quota_then_the_most_specific() -> None:

@@ -19,6 +19,11 @@ async def principal_row(conn: AsyncConnection, key_hash: bytes) -> tuple[int, in
     return (row[0], row[1], row[2], row[3], row[4]) if row else None
 
 
+async def programme_timezone(conn: AsyncConnection, programme_id: int) -> str | None:
+    tz = await conn.scalar(text("SELECT timezone FROM programmes WHERE id = :p"), {"p": programme_id})
+    return None if tz is None else str(tz)
+
+
 async def insert_key(
     conn: AsyncConnection, programme_id: int, role: str, name: str, key_hash: bytes, prefix: str
 ) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING
@@ -43,11 +44,33 @@ class KeyCache:
         self._items.clear()
 
 
+class ProgrammeZones:
+    """Programme time zones for member tokens, which do not carry one (a programme may change
+    its zone while tokens are out). Kept ``ttl`` seconds, as keys are."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._items: dict[int, tuple[float, str]] = {}
+
+    async def get(self, engine: AsyncEngine, programme_id: int) -> str | None:
+        item = self._items.get(programme_id)
+        if item is not None and item[0] >= time.monotonic():
+            return item[1]
+        async with engine.connect() as conn:
+            tz = await repository.programme_timezone(conn, programme_id)
+        if tz is not None:
+            if len(self._items) >= 10_000:
+                self._items.clear()
+            self._items[programme_id] = (time.monotonic() + self.ttl, tz)
+        return tz
+
+
 class Authenticator:
     def __init__(self, *, engine: AsyncEngine, secret: str, cache_ttl: float) -> None:
         self.engine = engine
         self.secret = secret
         self.cache = KeyCache(cache_ttl)
+        self.zones = ProgrammeZones(cache_ttl)
 
     async def authenticate(self, authorization: str | None) -> core.Principal:
         if not authorization:
@@ -59,7 +82,10 @@ class Authenticator:
             raise Unauthorized("Use the Bearer scheme.", code="invalid_credentials")
         credential = credential.strip()
         if not core.looks_like_api_key(credential):
-            return core.read_member_token(credential, secret=self.secret)
+            member = core.read_member_token(credential, secret=self.secret)
+            # A member sees dates in the programme's time zone, as staff do (quota resets...).
+            tz = await self.zones.get(self.engine, member.programme_id)
+            return member if tz is None else dataclasses.replace(member, timezone=tz)
         key_hash = core.hash_key(credential)
         principal = self.cache.get(key_hash)
         if principal is None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import calendar
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from typing import Any, Final, Literal
@@ -106,7 +106,8 @@ def period_bounds(period: str, now: datetime, tz: str) -> tuple[date, datetime]:
         start, end = date(today.year, 1, 1), date(today.year + 1, 1, 1)
     else:
         raise ValueError(period)
-    return start, datetime.combine(end, time(), zone)
+    # Local midnight in the programme's zone, given in UTC like every other instant of the API.
+    return start, datetime.combine(end, time(), zone).astimezone(UTC)
 
 
 # Sources and decisions -------------------------------------------------------------------

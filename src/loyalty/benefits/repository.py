@@ -236,20 +236,37 @@ async def member(conn: AsyncConnection, programme_id: int, external_id: str) -> 
     return (int(row[0]), str(row[1])) if row else None
 
 
+_LADDER_TIERS = text(
+    "SELECT lv.definition->'tiers' FROM tier_ladder_versions lv WHERE lv.programme_id = :p"
+    " AND lv.status IN ('published', 'superseded') AND lv.effective_at <= :now"
+    " ORDER BY lv.effective_at DESC, lv.version DESC LIMIT 1"
+)
+
+
 async def member_tier(
-    conn: AsyncConnection, programme_id: int, member_id: int, *, lock: bool = False
+    conn: AsyncConnection, programme_id: int, member_id: int, now: datetime, *, lock: bool = False
 ) -> tuple[str, int] | None:
-    """The member's tier and its stored rank; with ``lock`` the tier row is locked (FOR NO KEY
-    UPDATE) so that a tier change waits for this transaction (a consumption cannot slip past a
-    demotion). Not FOR SHARE: a stream of share lockers can starve the updater; this lock
-    queues fairly."""
+    """The member's tier and its rank as the tier engine reads them (definition.state_for): no
+    row, or a tier the ladder in force no longer has, is that ladder's base tier; without a
+    ladder, the row as stored (None without one). With ``lock`` the tier row is locked (FOR NO
+    KEY UPDATE) so that a tier change waits for this transaction (a consumption cannot slip
+    past a demotion). Not FOR SHARE: a stream of share lockers can starve the updater; this
+    lock queues fairly."""
     stmt = select(member_tiers.c.tier, member_tiers.c.rank).where(
         member_tiers.c.programme_id == programme_id, member_tiers.c.member_id == member_id
     )
     if lock:
         stmt = stmt.with_for_update(key_share=True)
     row = (await conn.execute(stmt)).first()
-    return (str(row[0]), int(row[1] or 0)) if row else None
+    stored = (str(row[0]), int(row[1] or 0)) if row else None
+    ladder = await conn.scalar(_LADDER_TIERS, {"p": programme_id, "now": now})
+    if not ladder:
+        return stored
+    ranks = {str(t["code"]): int(t["rank"]) for t in ladder}
+    if stored is not None and stored[0] in ranks:
+        return stored[0], ranks[stored[0]]
+    base = min(ranks, key=lambda code: ranks[code])
+    return base, ranks[base]
 
 
 async def tier_benefit_params(
@@ -817,7 +834,7 @@ async def announce_campaign(
 CHECK_SQL = """
 SELECT m.id AS member_id, m.status,
        (SELECT v.version FROM benefit_catalogue_versions v WHERE v.programme_id = $1) AS version,
-       t.tier, t.rank AS tier_rank,
+       et.tier, et.rank AS tier_rank,
        (SELECT jsonb_agg(jsonb_build_object('id', g.id, 'params', g.params, 'expires_at', g.expires_at)
                          ORDER BY g.id)
           FROM benefit_grants g
@@ -833,19 +850,29 @@ SELECT m.id AS member_id, m.status,
          WHERE u.programme_id = $1 AND u.member_id = m.id AND u.benefit_id = $3
            AND u.period_start = $5) AS used,
        up.upgrades::text AS upgrades,
-       (SELECT jsonb_object_agg(e->>'code', (e->>'rank')::int)
-          FROM (SELECT lv.definition FROM tier_ladder_versions lv
-                 WHERE lv.programme_id = $1 AND lv.status IN ('published', 'superseded')
-                   AND lv.effective_at <= $4
-                 ORDER BY lv.effective_at DESC, lv.version DESC LIMIT 1) l,
-               jsonb_array_elements(l.definition->'tiers') e
-         WHERE up.upgrades IS NOT NULL OR t.tier = ANY($7::text[]))::text AS ranks,
+       (SELECT jsonb_object_agg(e->>'code', (e->>'rank')::int) FROM jsonb_array_elements(lad.tiers) e
+         WHERE up.upgrades IS NOT NULL OR et.tier = ANY($7::text[]))::text AS ranks,
        f.qualifying_points, f.spend, f.orders, f.lifetime_points, f.lifetime_spend, f.lifetime_orders,
        f.last_order_at, m.enrolled_at, f.recency_score, f.frequency_score, f.monetary_score,
        f.lifecycle, f.tags, m.attributes::text AS attributes
   FROM members m
   LEFT JOIN member_facts f ON f.programme_id = m.programme_id AND f.member_id = m.id
   LEFT JOIN member_tiers t ON t.programme_id = m.programme_id AND t.member_id = m.id
+  LEFT JOIN LATERAL (
+       SELECT lv.definition->'tiers' AS tiers FROM tier_ladder_versions lv
+        WHERE lv.programme_id = $1 AND lv.status IN ('published', 'superseded') AND lv.effective_at <= $4
+        ORDER BY lv.effective_at DESC, lv.version DESC LIMIT 1
+       ) lad ON true
+  -- The tier as the tier engine reads it (definition.state_for): no row, or a tier the ladder
+  -- in force no longer has, is its base tier; without a ladder, the row as stored.
+  CROSS JOIN LATERAL (
+       SELECT coalesce(k.code, t.tier) AS tier, coalesce(k.rank, t.rank) AS rank
+         FROM (SELECT NULL) one
+         LEFT JOIN LATERAL (
+              SELECT e->>'code' AS code, (e->>'rank')::int AS rank FROM jsonb_array_elements(lad.tiers) e
+               ORDER BY e->>'code' IS NOT DISTINCT FROM t.tier DESC, (e->>'rank')::int LIMIT 1
+              ) k ON true
+       ) et
   LEFT JOIN LATERAL (
        SELECT jsonb_agg(x ORDER BY x.kind, x.ref) AS upgrades
          FROM (SELECT 'grant' AS kind, g.id::text AS ref, g.benefit_id, g.params,

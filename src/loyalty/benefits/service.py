@@ -311,7 +311,7 @@ async def _sources(
         if not includes:
             upgrade_ids = []
         ids = [only.id, *upgrade_ids]
-    found = await repository.member_tier(conn, programme_id, member_id, lock=lock)
+    found = await repository.member_tier(conn, programme_id, member_id, now, lock=lock)
     tier, stored_rank = found if found is not None else (None, 0)
     sources: dict[int, list[core.Source]] = {}
     if tier is not None:
