@@ -58,6 +58,13 @@ class EdgeChecks:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["method"] == "OPTIONS" and not _is_preflight(scope["headers"]):
+            # Litestar's own OPTIONS answer lists only some of a path's methods; a CORS
+            # preflight (with Access-Control-Request-Method) still goes to Litestar's CORS.
+            allow = _allowed_methods(scope)
+            await send({"type": "http.response.start", "status": 204, "headers": [(b"allow", allow)]})
+            await send({"type": "http.response.body", "body": b""})
+            return
         if "\x00" in scope["path"]:
             raise InvalidInput(_nul_path_field(scope), "must not contain a NUL character")
         for name, value in scope["path_params"].items():
@@ -91,6 +98,23 @@ class EdgeChecks:
             if chunked:
                 receive = _limited(receive, limit)
         await self.app(scope, receive, send)
+
+
+def _is_preflight(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(name == b"access-control-request-method" for name, _ in headers)
+
+
+_ALLOWED: dict[str, bytes] = {}
+
+
+def _allowed_methods(scope: Any) -> bytes:
+    if not _ALLOWED:
+        for route in scope["litestar_app"].routes:
+            methods = getattr(route, "methods", None)
+            if methods:
+                value = ", ".join(sorted(methods)).encode()
+                _ALLOWED[route.path] = _ALLOWED[route.path_format] = value
+    return _ALLOWED.get(scope.get("path_template", ""), b"OPTIONS")
 
 
 def _is_json(content_type: bytes) -> bool:
