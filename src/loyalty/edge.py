@@ -132,9 +132,11 @@ def _body_limit(handler: Any) -> int:
     return limit
 
 
-async def _drain(receive: Any) -> None:
-    while True:
+async def _drain(receive: Any, budget: int = _DRAIN_LIMIT) -> None:
+    """Read and drop the rest of a body (up to ``budget`` bytes)."""
+    while budget > 0:
         message = await receive()
+        budget -= len(message.get("body", b""))
         if message["type"] != "http.request" or not message.get("more_body", False):
             return
 
@@ -148,6 +150,8 @@ def _limited(receive: Any, limit: int) -> Any:
         message = await receive()
         size += len(message.get("body", b""))
         if size > limit:
+            if message.get("more_body", False):
+                await _drain(receive, _DRAIN_LIMIT - size)
             raise HTTPException(status_code=413, detail=f"The body is larger than {limit} bytes.")
         return message
 
