@@ -27,6 +27,8 @@ _DRAIN_LIMIT = 64 * 1024 * 1024
 # A database id in a path (holds, transactions, tier versions, webhook endpoints ...).
 PathId = Annotated[int, PathParameter(ge=1, le=BIGINT_MAX, description="A positive 64-bit id.")]
 QueryId = Annotated[int, QueryParameter(ge=1, le=BIGINT_MAX, description="A positive 64-bit id.")]
+# A ladder version is a 32-bit integer in the database.
+PathVersion = Annotated[int, PathParameter(ge=1, le=2**31 - 1, description="A ladder version number.")]
 
 # The kinds of ledger transaction a member's history can show (?kind=).
 TransactionKind = Literal[

@@ -153,8 +153,9 @@ def problem_json_errors(ctx: Any, response: Any, case: Any) -> bool | None:
 def test_api_conforms(live_server: str, seeded: tuple[Programme, str], receiver: Receiver) -> None:
     config = schemathesis.Config.from_dict(
         {
-            "seed": 20261206,
-            "workers": 2,
+            "seed": int(os.environ.get("LOYALTY_SCHEMATHESIS_SEED", "20261206")),
+            # One worker: generation in threads is not safe (hypothesis imports, regex compiles).
+            "workers": 1,
             "generation": {"max-examples": CASES_PER_OPERATION, "deterministic": True},
             "phases": {
                 "examples": {"enabled": True},
@@ -225,8 +226,8 @@ def test_api_conforms(live_server: str, seeded: tuple[Programme, str], receiver:
                     )
     print(f"schemathesis: {cases} cases, {len(failures)} failures, answers {sorted(statuses.items())}")
     print(f"operations with a 2xx answer: {len(succeeded)}: {sorted(succeeded)}")
-    assert not errors, "\n".join(errors[:20])
     assert not failures, "\n".join(sorted(set(failures))[:60])
+    assert not errors, "\n".join(errors[:20])
 
 
 async def test_a_10_mib_body_gets_a_413_problem_from_the_real_server(
