@@ -27,6 +27,8 @@ _DRAIN_LIMIT = 64 * 1024 * 1024
 # A database id in a path (holds, transactions, tier versions, webhook endpoints ...).
 PathId = Annotated[int, PathParameter(ge=1, le=BIGINT_MAX, description="A positive 64-bit id.")]
 QueryId = Annotated[int, QueryParameter(ge=1, le=BIGINT_MAX, description="A positive 64-bit id.")]
+# A ladder version is a 32-bit integer in the database.
+PathVersion = Annotated[int, PathParameter(ge=1, le=2**31 - 1, description="A ladder version number.")]
 
 # The kinds of ledger transaction a member's history can show (?kind=).
 TransactionKind = Literal[
@@ -57,6 +59,13 @@ class EdgeChecks:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
+            return
+        if scope["method"] == "OPTIONS" and not _is_preflight(scope["headers"]):
+            # Litestar's own OPTIONS answer lists only some of a path's methods; a CORS
+            # preflight (with Access-Control-Request-Method) still goes to Litestar's CORS.
+            allow = _allowed_methods(scope)
+            await send({"type": "http.response.start", "status": 204, "headers": [(b"allow", allow)]})
+            await send({"type": "http.response.body", "body": b""})
             return
         if "\x00" in scope["path"]:
             raise InvalidInput(_nul_path_field(scope), "must not contain a NUL character")
@@ -93,6 +102,23 @@ class EdgeChecks:
         await self.app(scope, receive, send)
 
 
+def _is_preflight(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(name == b"access-control-request-method" for name, _ in headers)
+
+
+_ALLOWED: dict[str, bytes] = {}
+
+
+def _allowed_methods(scope: Any) -> bytes:
+    if not _ALLOWED:
+        for route in scope["litestar_app"].routes:
+            methods = getattr(route, "methods", None)
+            if methods:
+                value = ", ".join(sorted(methods)).encode()
+                _ALLOWED[route.path] = _ALLOWED[route.path_format] = value
+    return _ALLOWED.get(scope.get("path_template", ""), b"OPTIONS")
+
+
 def _is_json(content_type: bytes) -> bool:
     media = content_type.split(b";", 1)[0].strip().lower()
     return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
@@ -108,9 +134,11 @@ def _body_limit(handler: Any) -> int:
     return limit
 
 
-async def _drain(receive: Any) -> None:
-    while True:
+async def _drain(receive: Any, budget: int = _DRAIN_LIMIT) -> None:
+    """Read and drop the rest of a body (up to ``budget`` bytes)."""
+    while budget > 0:
         message = await receive()
+        budget -= len(message.get("body", b""))
         if message["type"] != "http.request" or not message.get("more_body", False):
             return
 
@@ -124,6 +152,8 @@ def _limited(receive: Any, limit: int) -> Any:
         message = await receive()
         size += len(message.get("body", b""))
         if size > limit:
+            if message.get("more_body", False):
+                await _drain(receive, _DRAIN_LIMIT - size)
             raise HTTPException(status_code=413, detail=f"The body is larger than {limit} bytes.")
         return message
 

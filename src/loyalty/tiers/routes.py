@@ -12,7 +12,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.auth.core import Principal
-from loyalty.edge import PathId
+from loyalty.edge import PathId, PathVersion
 from loyalty.jobs import repository as job_runs
 from loyalty.ledger.routes import READ, STAFF_READ, WRITE
 from loyalty.tiers import schemas as s
@@ -45,13 +45,13 @@ class TierVersionController(Controller):
 
     @get("/{version:int}", dependencies=READ)
     async def show(
-        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], version: PathId
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], version: PathVersion
     ) -> s.VersionView:
         return await service.get_version(tx, who, version)
 
     @post("/{version:int}/backtest", dependencies=READ, status_code=200)
     async def backtest(
-        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], version: PathId
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], version: PathVersion
     ) -> s.BacktestView:
         """Dry run: who would move up, down or stay under this version. Nothing is written."""
         return await service.backtest(tx, who, version)
@@ -61,7 +61,7 @@ class TierVersionController(Controller):
         self,
         tx: NamedDependency[AsyncConnection],
         who: NamedDependency[Principal],
-        version: PathId,
+        version: PathVersion,
         data: JSONBody[s.PublishRequest],
         request: Request,
     ) -> Response[s.VersionView]:
