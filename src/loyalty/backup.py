@@ -13,12 +13,18 @@ Restore never mixes two databases' contents:
   into a new database next to it, and only when that succeeded is the old one dropped (its
   connections closed) and the new one renamed in its place. A failure leaves the old database
   as it was. This needs the CREATEDB privilege on an external server.
+
+A server older than the client programs (Debian 12's PostgreSQL 15, say) gets pg_restore's
+script through psql, without the settings it does not know (pg_restore 18 always sets
+transaction_timeout), still in one transaction.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,15 +73,91 @@ class _Target:
         return env
 
 
+def _failure(program: str, stderr: str, returncode: int) -> BackupError:
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    # "pg_dump: error: connection to server at ... failed: ..." says the most in one line.
+    errors = [line for line in lines if line.startswith(f"{program}: error: ") or "ERROR:" in line]
+    reason = errors[0].removeprefix(f"{program}: error: ") if errors else (lines or [""])[-1]
+    return BackupError(f"{program} failed: {' '.join(reason.split()) or f'exit code {returncode}'}")
+
+
 def _run(command: Sequence[str], env: dict[str, str]) -> None:
     result = subprocess.run(list(command), env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if result.returncode != 0:
-        program = Path(command[0]).name
-        lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
-        # "pg_dump: error: connection to server at ... failed: ..." says the most in one line.
-        errors = [line for line in lines if line.startswith(f"{program}: error: ")]
-        reason = errors[0].removeprefix(f"{program}: error: ") if errors else (lines or [""])[-1]
-        raise BackupError(f"{program} failed: {reason or f'exit code {result.returncode}'}")
+        raise _failure(Path(command[0]).name, result.stderr, result.returncode)
+
+
+# pg_restore 18 starts every script with this setting, which servers before 17 do not know.
+_NEW_SETTINGS = (b"SET transaction_timeout = 0;",)
+
+
+def _restore_into_older_server(file: Path, url: str, env: dict[str, str]) -> None:
+    """pg_restore's script, less the settings the server lacks, through psql in one transaction."""
+    pg_restore = [
+        str(pg_binary("pg_restore")),
+        "--no-owner",
+        "--no-privileges",
+        "--exit-on-error",
+        "--file=-",
+    ]
+    psql = [
+        str(pg_binary("psql")),
+        "-X",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "--single-transaction",
+        f"--dbname={url}",
+    ]
+    with tempfile.TemporaryFile() as restore_err, tempfile.TemporaryFile() as psql_err:
+        script = subprocess.Popen(
+            [*pg_restore, str(file)], stdout=subprocess.PIPE, stderr=restore_err, env=env
+        )
+        applier = subprocess.Popen(
+            psql, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=psql_err, env=env
+        )
+        assert script.stdout is not None and applier.stdin is not None
+        try:
+            for number, line in enumerate(script.stdout):
+                if number < 100 and line.strip() in _NEW_SETTINGS:
+                    continue  # only in the script's header, never in data
+                applier.stdin.write(line)
+        except BrokenPipeError:
+            pass  # psql stopped at an error: its stderr says which
+        finally:
+            with contextlib.suppress(BrokenPipeError):
+                applier.stdin.close()
+            script.stdout.close()
+            script.wait()
+            applier.wait()
+        for process, err, name in ((applier, psql_err, "psql"), (script, restore_err, "pg_restore")):
+            if process.returncode != 0:
+                err.seek(0)
+                raise _failure(name, err.read().decode(errors="replace"), process.returncode)
+
+
+def _client_major() -> int:
+    out = subprocess.run(
+        [str(pg_binary("pg_restore")), "--version"], capture_output=True, text=True, check=True
+    )
+    return int(out.stdout.split()[-1].split(".")[0])
+
+
+async def _server_major(url: str) -> int:
+    connection = await asyncpg.connect(url)
+    try:
+        return int(connection.get_server_version().major)
+    finally:
+        await connection.close()
+
+
+async def _restore_into(target: _Target, file: Path, database: str | None = None) -> None:
+    url = target.libpq_url(database)
+    if await _server_major(target.asyncpg_url(database)) < _client_major():
+        _restore_into_older_server(file, url, target.env())
+        return
+    command = [str(pg_binary("pg_restore")), "--exit-on-error", "--no-owner", "--no-privileges"]
+    _run([*command, "--single-transaction", f"--dbname={url}", str(file)], target.env())
 
 
 def backup(database_url: str, file: Path) -> None:
@@ -122,13 +204,11 @@ async def restore(database_url: str, file: Path, *, force: bool = False) -> str:
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no such backup file")
     target = _Target.parse(database_url)
-    pg_restore = str(pg_binary("pg_restore"))
-    common = ["--exit-on-error", "--no-owner", "--no-privileges", "--single-transaction"]
     # A file pg_restore cannot read is refused before anything is touched.
-    _run([pg_restore, "--list", str(file)], target.env())
+    _run([str(pg_binary("pg_restore")), "--list", str(file)], target.env())
 
     if await _is_empty(target.asyncpg_url()):
-        _run([pg_restore, *common, f"--dbname={target.libpq_url()}", str(file)], target.env())
+        await _restore_into(target, file)
         return f"restored {file} into the empty database {target.database}{await _revision(target)}"
     if not force:
         raise BackupError(
@@ -143,7 +223,7 @@ async def restore(database_url: str, file: Path, *, force: bool = False) -> str:
     try:
         await admin.execute(f"CREATE DATABASE {_quote(scratch)} TEMPLATE template0")
         try:
-            _run([pg_restore, *common, f"--dbname={target.libpq_url(scratch)}", str(file)], target.env())
+            await _restore_into(target, file, scratch)
         except BaseException:
             await admin.execute(f"DROP DATABASE IF EXISTS {_quote(scratch)} WITH (FORCE)")
             raise

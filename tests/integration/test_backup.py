@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -78,11 +80,20 @@ def _error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
-async def _cli(monkeypatch: pytest.MonkeyPatch, url: str, *argv: str) -> int:
+async def _cli(monkeypatch: pytest.MonkeyPatch, url: str, *argv: str) -> tuple[int, str, str]:
+    """Run one command; its exit code, stdout and stderr.
+
+    Not pytest's capture fixture: the apps these tests create bind their log handler to the
+    sys.stderr of the moment, and that fixture closes its stream when the test ends, under
+    later tests' log lines.
+    """
     monkeypatch.setenv("LOYALTY_DATABASE_URL", url)
     monkeypatch.setenv("LOYALTY_DATA_DIR", str(TEST_DATA_DIR))
-    # The commands call asyncio.run(): off this test's event loop.
-    return await asyncio.to_thread(cli.main, list(argv))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        # The commands call asyncio.run(): off this test's event loop.
+        code = await asyncio.to_thread(cli.main, list(argv))
+    return code, out.getvalue(), err.getvalue()
 
 
 async def test_a_restored_backup_gives_back_every_row_and_balance(
@@ -92,7 +103,6 @@ async def test_a_restored_backup_gives_back_every_row_and_balance(
     worker_id: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
 ) -> None:
     engine = create_engine(source, pool_size=1)
     try:
@@ -107,14 +117,12 @@ async def test_a_restored_backup_gives_back_every_row_and_balance(
         await api.hold("bob", 50)
     before = await _balances(source, redis_url, programme)
     contents = await _contents(source)
-    assert await _cli(monkeypatch, source, "ledger", "verify") == 0
-    verify_before = capsys.readouterr().out
-    assert verify_before.rstrip().endswith("clean")
+    code, verify_before, _ = await _cli(monkeypatch, source, "ledger", "verify")
+    assert code == 0 and verify_before.rstrip().endswith("clean")
 
     backup = tmp_path / "nightly" / "loyalty.dump"
-    assert await _cli(monkeypatch, source, "backup", str(backup)) == 0
+    assert (await _cli(monkeypatch, source, "backup", str(backup)))[0] == 0
     assert backup.read_bytes().startswith(b"PGDMP")  # pg_dump's custom format
-    capsys.readouterr()
 
     # Things change after the backup.
     async for api in _api(source, redis_url, programme):
@@ -124,45 +132,49 @@ async def test_a_restored_backup_gives_back_every_row_and_balance(
     assert await _balances(source, redis_url, programme) != before
 
     # A database that holds data is not overwritten without --force.
-    assert await _cli(monkeypatch, source, "restore", str(backup)) == 1
-    (refused,) = _error_lines(capsys.readouterr().err)
+    code, _, err = await _cli(monkeypatch, source, "restore", str(backup))
+    assert code == 1
+    (refused,) = _error_lines(err)
     assert refused.startswith("error: database ") and "not empty" in refused and "--force" in refused
 
-    assert await _cli(monkeypatch, source, "restore", "--force", str(backup)) == 0
-    assert "replacing what it held" in capsys.readouterr().out
+    code, out, err = await _cli(monkeypatch, source, "restore", "--force", str(backup))
+    assert code == 0, err
+    assert "replacing what it held" in out
 
     assert await _balances(source, redis_url, programme) == before
     assert await _contents(source) == contents
-    assert await _cli(monkeypatch, source, "ledger", "verify") == 0
-    assert capsys.readouterr().out == verify_before
+    assert await _cli(monkeypatch, source, "ledger", "verify") == (0, verify_before, "")
 
     # Into an empty database, no --force is needed; a fresh server would get the same.
     async with Scratch(servers, "restore", worker_id).database() as empty:
-        assert await _cli(monkeypatch, empty, "restore", str(backup)) == 0
-        assert "into the empty database" in capsys.readouterr().out
+        code, out, err = await _cli(monkeypatch, empty, "restore", str(backup))
+        assert code == 0, err
+        assert "into the empty database" in out
         assert await _contents(empty) == contents
         assert await _balances(empty, redis_url, programme) == before
 
 
 async def test_a_file_that_is_no_backup_leaves_the_database_as_it_was(
-    source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     contents = await _contents(source)
     bogus = tmp_path / "bogus.dump"
     bogus.write_bytes(b"not a dump at all\n" * 100)
 
-    assert await _cli(monkeypatch, source, "restore", "--force", str(bogus)) == 1
+    code, _, err = await _cli(monkeypatch, source, "restore", "--force", str(bogus))
 
-    (error,) = _error_lines(capsys.readouterr().err)
+    assert code == 1
+    (error,) = _error_lines(err)
     assert error.startswith("error: pg_restore failed: ")
     assert await _contents(source) == contents
 
 
 async def test_restore_of_a_missing_file_is_one_line(
-    source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    source: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     missing = tmp_path / "nope.dump"
 
-    assert await _cli(monkeypatch, source, "restore", str(missing)) == 1
+    code, _, err = await _cli(monkeypatch, source, "restore", str(missing))
 
-    assert _error_lines(capsys.readouterr().err) == [f"error: {missing}: no such backup file"]
+    assert code == 1
+    assert _error_lines(err) == [f"error: {missing}: no such backup file"]
