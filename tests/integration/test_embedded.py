@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,3 +63,31 @@ async def test_embedded_servers_keep_data_across_a_restart(scratch_dir: Path) ->
         client = redis.asyncio.Redis.from_url(servers.redis_url)
         assert await client.get("kept") == b"yes"
         await client.aclose()
+
+
+_JOIN_AND_LEAVE = """
+import logging, os, sys
+from pathlib import Path
+from loyalty.embedded import EmbeddedServers
+
+# A log stream that is closed before the interpreter exits, as pytest's capture and Litestar's
+# queue listener are: a log call from an exit hook would print '--- Logging error ---'.
+stream = open(os.devnull, "w")
+logging.basicConfig(level=logging.DEBUG, stream=stream)
+servers = EmbeddedServers(Path(sys.argv[1]), redis=False).start()
+servers.stop()
+stream.close()
+"""
+
+
+def test_leaving_the_embedded_server_logs_nothing_at_exit(servers: object) -> None:
+    # `servers` keeps the suite's embedded PostgreSQL running, so the child only joins it.
+    child = subprocess.run(
+        [sys.executable, "-c", _JOIN_AND_LEAVE, str(TEST_DATA_DIR)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert child.returncode == 0, child.stderr
+    assert "Logging error" not in child.stderr

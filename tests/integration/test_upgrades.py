@@ -9,9 +9,7 @@ sequence with a database built from nothing by the same command.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -23,7 +21,8 @@ from loyalty import sql_files
 from loyalty.db import plain_url
 from loyalty.migrate import alembic_config, upgrade_async
 from tests.catalogue import Catalogue, differences, read
-from tests.conftest import ServerURLs, _with_database
+from tests.conftest import ServerURLs
+from tests.scratch import Scratch
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "fixtures" / "schemas"
 DUMPS = sorted(SCHEMAS.glob("*.sql"))
@@ -39,36 +38,9 @@ def _restorable(dump: str) -> str:
     return "\n".join(kept)
 
 
-class Scratch:
-    def __init__(self, servers: ServerURLs, worker_id: str) -> None:
-        self.servers = servers
-        self.prefix = f"loyalty_test_upg_{worker_id}_{os.getpid()}"
-        self.count = 0
-
-    @asynccontextmanager
-    async def database(self) -> AsyncIterator[str]:
-        self.count += 1
-        name = f"{self.prefix}_{self.count}"
-        admin = await asyncpg.connect(plain_url(self.servers.database_url))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            await admin.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await admin.close()
-        try:
-            yield _with_database(self.servers.database_url, name)
-        finally:
-            admin = await asyncpg.connect(plain_url(self.servers.database_url))
-            try:
-                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            finally:
-                await admin.close()
-
-
 @pytest.fixture(scope="module")
 def scratch(servers: ServerURLs, worker_id: str) -> Scratch:
-    # The names start with loyalty_test_ and end in the pid: conftest drops those of dead runs.
-    return Scratch(servers, worker_id)
+    return Scratch(servers, "upgrade", worker_id)
 
 
 async def _catalogue(url: str) -> Catalogue:

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from alembic.script import ScriptDirectory
 
 from loyalty import sql_files
 from loyalty.db import plain_url
 from loyalty.migrate import alembic_config
-from tests.conftest import PROJECT_ROOT, ServerURLs, _with_database
+from tests.conftest import PROJECT_ROOT, ServerURLs
+from tests.scratch import Scratch
 
 
 def _run(command: list[str | Path], **kwargs: object) -> subprocess.CompletedProcess[str]:
@@ -64,23 +66,15 @@ def test_the_wheel_carries_the_migrations_and_uses_them(installed: Path) -> None
 async def test_an_installed_loyalty_migrates_from_any_folder(
     installed: Path, servers: ServerURLs, redis_url: str, worker_id: str, tmp_path: Path
 ) -> None:
-    name = f"loyalty_test_wheel_{worker_id}_{os.getpid()}"
-    admin = await asyncpg.connect(plain_url(servers.database_url))
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    url = _with_database(servers.database_url, name)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("LOYALTY_", "PYTHON"))}
-    env |= {
-        "LOYALTY_DATABASE_URL": url,
-        "LOYALTY_REDIS_URL": redis_url,
-        "LOYALTY_DATA_DIR": str(tmp_path / "data"),
-    }
-    try:
+    async with Scratch(servers, "wheel", worker_id).database() as url:
+        env |= {
+            "LOYALTY_DATABASE_URL": url,
+            "LOYALTY_REDIS_URL": redis_url,
+            "LOYALTY_DATA_DIR": str(tmp_path / "data"),
+        }
         await asyncio.to_thread(_run, [installed / "loyalty", "migrate"], cwd=elsewhere, env=env)
 
         connection = await asyncpg.connect(plain_url(url))
@@ -90,14 +84,6 @@ async def test_an_installed_loyalty_migrates_from_any_folder(
             earn = await connection.fetchval("SELECT to_regproc('ledger_earn') IS NOT NULL")
         finally:
             await connection.close()
-    finally:
-        admin = await asyncpg.connect(plain_url(servers.database_url))
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    from alembic.script import ScriptDirectory
 
     assert revision == ScriptDirectory.from_config(alembic_config(url)).get_current_head()
     assert recorded == len(sql_files.FILES)
