@@ -7,15 +7,17 @@ STAMP := $(VENV)/.installed
 TEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
+CHAOS_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test test-external stress bench lint typecheck fmt clean
+.PHONY: help serve test test-external stress chaos bench lint typecheck fmt clean
 
 help:
 	@echo "make serve     run the API and the worker (embedded PostgreSQL/Redis unless LOYALTY_*_URL are set)"
 	@echo "make test      run the tests on $(TEST_WORKERS) xdist workers (PYTEST_ARGS=... to pass options)"
 	@echo "make test-external  the tests against Debian's PostgreSQL and redis-server (installs them; root)"
 	@echo "make stress    run the long concurrency tests (-m stress)"
+	@echo "make chaos     kill and stop the API, worker, PostgreSQL and Redis under load (CHAOS_ARGS=--short)"
 	@echo "make bench     run the benchmarks"
 	@echo "make lint      ruff check + ruff format --check"
 	@echo "make typecheck mypy"
@@ -42,6 +44,10 @@ test-external: $(STAMP)
 stress: $(STAMP)
 	$(BIN)/python -m pytest -m stress -n 0 $(PYTEST_ARGS); rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "no stress tests collected"; exit 0; fi; exit $$rc
+
+# The last -m wins over the "not chaos" in pyproject's addopts.
+chaos: $(STAMP)
+	$(BIN)/python -m pytest tests/chaos -m chaos -n 0 -s $(CHAOS_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

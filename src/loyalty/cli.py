@@ -32,10 +32,10 @@ API_FACTORY = "loyalty.app:app_from_env"
 # SIGTERM, then SIGKILL to a child's whole session after this long.
 _CHILD_STOP_TIMEOUT = 8.0
 _API_READY_TIMEOUT = 30.0
-# A child that dies is restarted after a backoff: 0.5 s doubling to 10 s, back to 0.5 s once it
+# A child that dies is restarted after a backoff: 0.5 s doubling to 5 s, back to 0.5 s once it
 # has run for 30 s.
 _RESTART_BACKOFF_MIN = 0.5
-_RESTART_BACKOFF_MAX = 10.0
+_RESTART_BACKOFF_MAX = 5.0
 _RESTART_STABLE_AFTER = 30.0
 
 

@@ -443,7 +443,9 @@ def _is_redis_process(pid: int) -> bool:
     import psutil
 
     try:
-        return "redis-server" in psutil.Process(pid).name()
+        process = psutil.Process(pid)
+        # A zombie (exited, not yet reaped by its parent) is not a server to adopt or stop.
+        return process.status() != psutil.STATUS_ZOMBIE and "redis-server" in process.name()
     except psutil.Error:
         return False
 
