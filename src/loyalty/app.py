@@ -14,8 +14,10 @@ from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import Redis
 
 import loyalty
-from loyalty import health, problems
+from loyalty import health, problems, ratelimit, security
 from loyalty.activity.routes import ROUTES as ACTIVITY_ROUTES
+from loyalty.auth.revocation import RevocationListener
+from loyalty.auth.routes import ROUTES as KEY_ROUTES
 from loyalty.auth.service import Authenticator
 from loyalty.benefits.checkout import CatalogueCache
 from loyalty.benefits.routes import ROUTES as BENEFIT_ROUTES
@@ -53,9 +55,12 @@ def create_app(settings: Settings) -> Litestar:
         app.state.authenticator = Authenticator(
             engine=engine, secret=settings.secret_key or "", cache_ttl=settings.key_cache_ttl_seconds
         )
+        revocations = RevocationListener(settings.database_url or "", app.state.authenticator.cache)
+        revocations.start()
         try:
             yield
         finally:
+            await revocations.stop()
             await redis.aclose()
             await app.state.posting_pool.close()
             await engine.dispose()
@@ -76,7 +81,7 @@ def create_app(settings: Settings) -> Litestar:
         security=[{"bearer": []}],
     )
     auth = DefineMiddleware(AuthMiddleware, exclude=["^/schema", *(f"^{p}$" for p in PUBLIC_PATHS)])
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             health.live,
             health.ready,
@@ -88,6 +93,7 @@ def create_app(settings: Settings) -> Litestar:
             *TIER_ROUTES,
             *WEBHOOK_ROUTES,
             *BENEFIT_ROUTES,
+            *KEY_ROUTES,
         ],
         lifespan=[lifespan],
         middleware=[auth],
@@ -97,6 +103,9 @@ def create_app(settings: Settings) -> Litestar:
         openapi_config=openapi,
         debug=False,
     )
+    ratelimit.install(app, settings)
+    security.install(app, settings)  # outermost: its headers are on every answer, 429s included
+    return app
 
 
 def app_from_env() -> Litestar:
