@@ -57,6 +57,7 @@ def create_app(settings: Settings) -> Litestar:
         )
         revocations = RevocationListener(settings.database_url or "", app.state.authenticator.cache)
         revocations.start()
+        app.state.revocations = revocations
         try:
             yield
         finally:

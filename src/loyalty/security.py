@@ -119,7 +119,11 @@ class SecurityHeaders:
 
     async def _preflight(self, send: Any, origin: bytes, extra: Headers) -> None:
         if self.cors.allows(origin):
-            head = [*self.cors.preflight_headers(origin), (b"content-length", b"0")]
+            head = [
+                *self.cors.preflight_headers(origin),
+                (b"content-length", b"0"),
+                (b"cache-control", b"no-store"),
+            ]
             await send({"type": "http.response.start", "status": 204, "headers": [*head, *extra]})
             await send({"type": "http.response.body", "body": b""})
             return
