@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator
@@ -182,3 +183,25 @@ async def _flush(settings: Settings) -> None:
                 await client.delete(*keys)
     finally:
         await client.aclose()
+
+
+async def test_limits_hold_across_api_processes(settings: Settings, programme: Programme) -> None:
+    """Two app instances (two API processes) share the counters through Redis."""
+    await _flush(settings)
+    limited = dataclasses.replace(settings, rate_limit_per_credential=3, rate_limit_window_seconds=30)
+    headers = programme.headers("crm")
+    async with (
+        AsyncTestClient(app=create_app(limited)) as first,
+        AsyncTestClient(app=create_app(limited)) as second,
+    ):
+        codes = [(await first.get("/v1/programme", headers=headers)).status_code for _ in range(2)]
+        await asyncio.sleep(0.3)  # a sync or two
+        codes.append((await second.get("/v1/programme", headers=headers)).status_code)
+        await asyncio.sleep(0.3)
+        codes.append((await second.get("/v1/programme", headers=headers)).status_code)
+        # The first process learns the other's counts at its next sync (100 ms): it may let one
+        # more through, then refuses too.
+        await first.get("/v1/programme", headers=headers)
+        await asyncio.sleep(0.3)
+        codes.append((await first.get("/v1/programme", headers=headers)).status_code)
+    assert codes == [200, 200, 200, 429, 429]
