@@ -140,6 +140,10 @@ def settings(database_url: str, redis_url: str) -> Settings:
         demo=False,
         db_pool_size=5,
         log_level="WARNING",
+        # The webhook tests' receivers listen on 127.0.0.1.
+        webhook_allow_private_targets=True,
+        # Every test request comes from one address, and many tests check 401s on purpose.
+        auth_failure_limit=0,
     )
 
 

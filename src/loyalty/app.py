@@ -13,8 +13,10 @@ from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import Redis
 
 import loyalty
-from loyalty import apidocs, health, problems
+from loyalty import apidocs, health, problems, ratelimit, security
 from loyalty.activity.routes import ROUTES as ACTIVITY_ROUTES
+from loyalty.auth.revocation import RevocationListener
+from loyalty.auth.routes import ROUTES as KEY_ROUTES
 from loyalty.auth.service import Authenticator
 from loyalty.benefits.checkout import CatalogueCache
 from loyalty.benefits.routes import ROUTES as BENEFIT_ROUTES
@@ -70,9 +72,13 @@ def create_app(settings: Settings) -> Litestar:
         app.state.authenticator = Authenticator(
             engine=engine, secret=settings.secret_key or "", cache_ttl=settings.key_cache_ttl_seconds
         )
+        revocations = RevocationListener(settings.database_url or "", app.state.authenticator.cache)
+        revocations.start()
+        app.state.revocations = revocations
         try:
             yield
         finally:
+            await revocations.stop()
             await redis.aclose()
             await app.state.posting_pool.close()
             await engine.dispose()
@@ -107,6 +113,7 @@ def create_app(settings: Settings) -> Litestar:
             *WEBHOOK_ROUTES,
             *BENEFIT_ROUTES,
             *JOB_ROUTES,
+            *KEY_ROUTES,
         ],
         lifespan=[lifespan],
         # EdgeChecks first: bad ids, NUL characters, non-JSON and oversized bodies never reach a route.
@@ -119,6 +126,8 @@ def create_app(settings: Settings) -> Litestar:
         debug=False,
     )
     ProblemDocs.install(app)
+    ratelimit.install(app, settings)
+    security.install(app, settings)  # outermost: its headers are on every answer, 429s included
     return app
 
 

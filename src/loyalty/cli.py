@@ -79,8 +79,14 @@ def _parser() -> argparse.ArgumentParser:
     create = keys.add_parser("create", help="create an API key and print it once")
     create.add_argument("--programme", required=True, help="programme code")
     create.add_argument("--role", required=True)
-    create.add_argument("--name", default=None)
+    create.add_argument("--name", default=None, help="a label (default: the role and the key's prefix)")
     create.set_defaults(handler=cmd_keys_create)
+    key_list = keys.add_parser("list", help="list API keys (prefixes only, never secrets)")
+    key_list.add_argument("--programme", default=None, help="programme code (default: all)")
+    key_list.set_defaults(handler=cmd_keys_list)
+    revoke = keys.add_parser("revoke", help="revoke an API key; every API process refuses it within a second")
+    revoke.add_argument("key", metavar="KEY_ID_OR_PREFIX", help="the key's id or its prefix (lk_...)")
+    revoke.set_defaults(handler=cmd_keys_revoke)
 
     programmes = commands.add_parser("programmes", help="programmes").add_subparsers(
         dest="programmes_command", required=True
@@ -182,10 +188,49 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_keys_create(args: argparse.Namespace, settings: Settings) -> int:
     from loyalty.auth.service import create_api_key_cli
+    from loyalty.errors import DomainError
 
     with resolved(settings) as full:
-        key = _run(create_api_key_cli(full, args.programme, args.role, args.name))
+        try:
+            key = _run(create_api_key_cli(full, args.programme, args.role, args.name))
+        except DomainError as exc:
+            print(f"error: {exc.detail}", file=sys.stderr)
+            return 1
     print(key)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace, settings: Settings) -> int:
+    from loyalty.auth.service import list_api_keys_cli
+    from loyalty.errors import DomainError
+
+    with resolved(settings) as full:
+        try:
+            rows = list_api_keys_cli(full, args.programme)
+        except DomainError as exc:
+            print(f"error: {exc.detail}", file=sys.stderr)
+            return 1
+    print(f"{'ID':<6} {'PROGRAMME':<16} {'PREFIX':<11} {'ROLE':<10} {'CREATED':<20} {'REVOKED':<20} NAME")
+    for row in rows:
+        created = row["created_at"].strftime("%Y-%m-%d %H:%M:%S")
+        revoked = row["revoked_at"].strftime("%Y-%m-%d %H:%M:%S") if row["revoked_at"] else "-"
+        print(
+            f"{row['id']:<6} {row['programme']:<16} {row['prefix']:<11} {row['role']:<10} {created:<20} {revoked:<20} {row['name']}"
+        )
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from loyalty.auth.service import revoke_api_key_cli
+    from loyalty.errors import DomainError
+
+    with resolved(settings) as full:
+        try:
+            row = revoke_api_key_cli(full, args.key)
+        except DomainError as exc:
+            print(f"error: {exc.detail}", file=sys.stderr)
+            return 1
+    print(f"key {row['id']} ({row['prefix']}, {row['role']} of {row['programme']}) revoked")
     return 0
 
 

@@ -37,6 +37,20 @@ class Settings:
     key_cache_ttl_seconds: int = 10
     # Seed a demo programme when the database holds none.
     demo: bool = True
+    # Browser origins allowed to call the API (CORS); empty: no CORS headers at all.
+    cors_origins: tuple[str, ...] = ()
+    # Set when clients reach the API over https (directly or through a proxy): adds HSTS.
+    https: bool = False
+    # Fixed-window rate limits in Redis, per credential and per client IP; 0 turns one off.
+    rate_limit_window_seconds: int = 10
+    rate_limit_per_credential: int = 20_000
+    rate_limit_per_ip: int = 40_000
+    # Failed authentications per client IP within the window before it gets 429s.
+    auth_failure_limit: int = 20
+    auth_failure_window_seconds: int = 60
+    # Webhook endpoints on private, loopback or link-local addresses: for a deployment whose
+    # receivers live on its own network. Programme admins cannot change it.
+    webhook_allow_private_targets: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -58,6 +72,14 @@ class Settings:
             member_token_ttl_seconds=env.integer("MEMBER_TOKEN_TTL_SECONDS", 3600),
             key_cache_ttl_seconds=env.integer("KEY_CACHE_TTL_SECONDS", 10),
             demo=env.boolean("DEMO", True),
+            cors_origins=env.items("CORS_ORIGINS"),
+            https=env.boolean("HTTPS", False),
+            rate_limit_window_seconds=env.integer("RATE_LIMIT_WINDOW_SECONDS", 10),
+            rate_limit_per_credential=env.integer("RATE_LIMIT_PER_CREDENTIAL", 20_000),
+            rate_limit_per_ip=env.integer("RATE_LIMIT_PER_IP", 40_000),
+            auth_failure_limit=env.integer("AUTH_FAILURE_LIMIT", 20),
+            auth_failure_window_seconds=env.integer("AUTH_FAILURE_WINDOW_SECONDS", 60),
+            webhook_allow_private_targets=env.boolean("WEBHOOK_ALLOW_PRIVATE_TARGETS", False),
         )
 
     def with_urls(self, database_url: str | None, redis_url: str | None) -> Settings:
@@ -82,6 +104,14 @@ class Settings:
             "MEMBER_TOKEN_TTL_SECONDS": str(self.member_token_ttl_seconds),
             "KEY_CACHE_TTL_SECONDS": str(self.key_cache_ttl_seconds),
             "DEMO": str(self.demo).lower(),
+            "CORS_ORIGINS": ",".join(self.cors_origins),
+            "HTTPS": str(self.https).lower(),
+            "RATE_LIMIT_WINDOW_SECONDS": str(self.rate_limit_window_seconds),
+            "RATE_LIMIT_PER_CREDENTIAL": str(self.rate_limit_per_credential),
+            "RATE_LIMIT_PER_IP": str(self.rate_limit_per_ip),
+            "AUTH_FAILURE_LIMIT": str(self.auth_failure_limit),
+            "AUTH_FAILURE_WINDOW_SECONDS": str(self.auth_failure_window_seconds),
+            "WEBHOOK_ALLOW_PRIVATE_TARGETS": str(self.webhook_allow_private_targets).lower(),
         }
         return {ENV_PREFIX + key: value for key, value in values.items() if value is not None}
 
@@ -143,6 +173,11 @@ class _Env:
         if not value > 0:
             raise ValueError(f"{ENV_PREFIX}{name} must be greater than 0, got {raw!r}")
         return value
+
+    def items(self, name: str) -> tuple[str, ...]:
+        """A comma-separated list; blanks dropped."""
+        raw = self.str_or_none(name) or ""
+        return tuple(item.strip() for item in raw.split(",") if item.strip())
 
     def boolean(self, name: str, default: bool) -> bool:
         raw = self.str_or_none(name)

@@ -14,8 +14,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from loyalty.auth.core import Principal
 from loyalty.webhooks import core, repository, service, tasks
 from loyalty.webhooks import schemas as ws
+from loyalty.webhooks.targets import TargetPolicy
 from tests.support import Programme, make_programme
 from tests.webhook_receiver import Receiver
+
+# The receivers listen on 127.0.0.1: these tests run as a deployment that allows it.
+LOCAL = TargetPolicy(allow_private=True)
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +47,7 @@ def _who(programme: Programme) -> Principal:
 async def _endpoint(engine: AsyncEngine, programme: Programme, receiver: Receiver, types: list[str]) -> int:
     async with engine.begin() as conn:
         created = await service.create_endpoint(
-            conn, _who(programme), ws.EndpointCreate(url=receiver.url, event_types=types)
+            conn, _who(programme), ws.EndpointCreate(url=receiver.url, event_types=types), policy=LOCAL
         )
     receiver.secret = created.secret
     return created.id
@@ -116,7 +120,7 @@ async def test_events_fan_out_in_their_transaction_and_arrive_signed(engine, rec
             await tx.rollback()
         assert len(await _deliveries(engine, programme)) == 3
 
-        assert await tasks.deliver_webhooks({"engine": engine}) == 3
+        assert await tasks.deliver_webhooks({"engine": engine, "webhook_policy": LOCAL}) == 3
     finally:
         await everything.stop()
 
@@ -138,7 +142,7 @@ async def test_a_500_is_retried_with_backoff_then_succeeds(engine, receiver) -> 
     receiver.respond = lambda r, seen: 500 if len(seen) == 1 else 200
     await _event(engine, programme, "points.earned", "bo", points=5)
 
-    assert await tasks.deliver_webhooks({"engine": engine}) == 1
+    assert await tasks.deliver_webhooks({"engine": engine, "webhook_policy": LOCAL}) == 1
     [delivery] = await _deliveries(engine, programme)
     assert (delivery["status"], delivery["attempts"], delivery["last_status_code"]) == ("failed", 1, 500)
     async with engine.connect() as conn:
@@ -152,10 +156,10 @@ async def test_a_500_is_retried_with_backoff_then_succeeds(engine, receiver) -> 
         ).scalar_one()
     assert 5 < wait <= 12  # 10 s +- 20 % jitter
     # Not due yet: nothing is sent.
-    assert await tasks.deliver_webhooks({"engine": engine}) == 0
+    assert await tasks.deliver_webhooks({"engine": engine, "webhook_policy": LOCAL}) == 0
 
     await _make_due(engine, programme)
-    assert await tasks.deliver_webhooks({"engine": engine}) == 1
+    assert await tasks.deliver_webhooks({"engine": engine, "webhook_policy": LOCAL}) == 1
     [delivery] = await _deliveries(engine, programme)
     assert (delivery["status"], delivery["attempts"], delivery["last_status_code"]) == ("succeeded", 2, 200)
     assert len(receiver.received) == 2
@@ -180,12 +184,12 @@ async def test_each_members_events_arrive_in_order_under_retries(engine, receive
         await _event(engine, programme, "points.earned", "ben", n=n)
 
     # ann's first event fails: her later ones wait; ben's all go through, in order.
-    await tasks.deliver_webhooks({"engine": engine})
+    await tasks.deliver_webhooks({"engine": engine, "webhook_policy": LOCAL})
     assert [r.json["data"]["n"] for r in receiver.of("ben")] == [1, 2, 3]
     assert [r.json["data"]["n"] for r in receiver.of("ann")] == [1]
     for _ in range(2):
         await _make_due(engine, programme)
-        await tasks.deliver_webhooks({"engine": engine})
+        await tasks.deliver_webhooks({"engine": engine, "webhook_policy": LOCAL})
 
     ann = receiver.of("ann")
     assert [(r.json["data"]["n"], r.status) for r in ann] == [
@@ -206,7 +210,7 @@ async def test_a_worker_killed_mid_delivery_loses_nothing(engine, receiver) -> N
 
     # The worker claims, posts, and dies while the endpoint is still answering.
     receiver.gate.clear()
-    worker = asyncio.create_task(tasks.deliver_webhooks({"engine": engine}))
+    worker = asyncio.create_task(tasks.deliver_webhooks({"engine": engine, "webhook_policy": LOCAL}))
     await asyncio.wait_for(receiver.arrived.wait(), 10)
     worker.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -218,11 +222,11 @@ async def test_a_worker_killed_mid_delivery_loses_nothing(engine, receiver) -> N
     assert first["lease_until"] is not None
     assert second["attempts"] == 0
     # While the dead worker's lease lasts, no other worker takes the delivery (nor the next one).
-    assert await tasks.deliver_webhooks({"engine": engine}) == 0
+    assert await tasks.deliver_webhooks({"engine": engine, "webhook_policy": LOCAL}) == 0
 
     # The lease runs out: the delivery is sent again, with the same webhook-id, then the next.
     await _make_due(engine, programme)
-    assert await tasks.deliver_webhooks({"engine": engine}) == 2
+    assert await tasks.deliver_webhooks({"engine": engine, "webhook_policy": LOCAL}) == 2
     ids = [r.webhook_id for r in receiver.received]
     assert ids[0] == ids[1] != ids[2]
     assert [r.json["data"]["n"] for r in receiver.received] == [1, 1, 2]
@@ -239,7 +243,7 @@ async def test_claimed_then_abandoned_and_a_late_outcome_is_ignored(engine, rece
     async with engine.begin() as conn:
         [stale] = await repository.claim_due(conn, limit=10, lease_seconds=60)
     await _make_due(engine, programme)
-    assert await tasks.deliver_webhooks({"engine": engine}) == 1
+    assert await tasks.deliver_webhooks({"engine": engine, "webhook_policy": LOCAL}) == 1
     # The first worker wakes up and reports a failure for its old attempt: it is not written.
     async with engine.begin() as conn:
         kept = await repository.record_outcome(
@@ -268,7 +272,7 @@ async def test_a_dead_delivery_stops_blocking_and_can_be_redelivered(engine, rec
             text("UPDATE webhook_deliveries SET attempts = :a WHERE programme_id = :p"),
             {"a": core.MAX_ATTEMPTS - 1, "p": programme.id},
         )
-    await tasks.deliver_webhooks({"engine": engine})
+    await tasks.deliver_webhooks({"engine": engine, "webhook_policy": LOCAL})
     first, second = await _deliveries(engine, programme)
     assert first["status"] == "dead" and second["status"] == "succeeded"
 
@@ -276,7 +280,7 @@ async def test_a_dead_delivery_stops_blocking_and_can_be_redelivered(engine, rec
     async with engine.begin() as conn:
         view = await service.redeliver(conn, _who(programme), first["id"])
     assert (view.status, view.attempts) == ("pending", 0)
-    assert await tasks.deliver_webhooks({"engine": engine}) == 1
+    assert await tasks.deliver_webhooks({"engine": engine, "webhook_policy": LOCAL}) == 1
     first, _ = await _deliveries(engine, programme)
     assert (first["status"], first["attempts"]) == ("succeeded", 1)
 
@@ -286,11 +290,15 @@ async def test_paused_endpoints_keep_their_deliveries_until_resumed(engine, rece
     endpoint = await _endpoint(engine, programme, receiver, ["*"])
     await _event(engine, programme, "points.earned", "fay", n=1)
     async with engine.begin() as conn:
-        await service.update_endpoint(conn, _who(programme), endpoint, ws.EndpointUpdate(active=False))
-    assert await tasks.deliver_webhooks({"engine": engine}) == 0
+        await service.update_endpoint(
+            conn, _who(programme), endpoint, ws.EndpointUpdate(active=False), policy=LOCAL
+        )
+    assert await tasks.deliver_webhooks({"engine": engine, "webhook_policy": LOCAL}) == 0
     async with engine.begin() as conn:
-        await service.update_endpoint(conn, _who(programme), endpoint, ws.EndpointUpdate(active=True))
-    assert await tasks.deliver_webhooks({"engine": engine}) == 1
+        await service.update_endpoint(
+            conn, _who(programme), endpoint, ws.EndpointUpdate(active=True), policy=LOCAL
+        )
+    assert await tasks.deliver_webhooks({"engine": engine, "webhook_policy": LOCAL}) == 1
     assert len(receiver.received) == 1
 
 
@@ -299,7 +307,7 @@ async def test_an_unreachable_endpoint_is_retried_and_catches_up(engine, receive
     await _endpoint(engine, programme, receiver, ["*"])
     await receiver.stop()  # the endpoint is down
     await _event(engine, programme, "points.earned", "gus", n=1)
-    await tasks.deliver_webhooks({"engine": engine})
+    await tasks.deliver_webhooks({"engine": engine, "webhook_policy": LOCAL})
     [delivery] = await _deliveries(engine, programme)
     assert delivery["status"] == "failed" and delivery["last_status_code"] is None
     back = await Receiver(secret=receiver.secret).start()
@@ -310,7 +318,7 @@ async def test_an_unreachable_endpoint_is_retried_and_catches_up(engine, receive
                 {"u": back.url, "p": programme.id},
             )
         await _make_due(engine, programme)
-        assert await tasks.deliver_webhooks({"engine": engine}) == 1
+        assert await tasks.deliver_webhooks({"engine": engine, "webhook_policy": LOCAL}) == 1
         assert back.received[0].verified
     finally:
         await back.stop()
@@ -348,7 +356,7 @@ async def test_expiring_soon_is_announced_once_per_lot(engine, receiver) -> None
 
     assert await tasks.notify_expiring_soon({"engine": engine}) == 2
     assert await tasks.notify_expiring_soon({"engine": engine}) == 0
-    await tasks.deliver_webhooks({"engine": engine})
+    await tasks.deliver_webhooks({"engine": engine, "webhook_policy": LOCAL})
     [notice] = receiver.received
     assert notice.json["type"] == "points.expiring_soon"
     data = notice.json["data"]
@@ -361,7 +369,7 @@ async def test_expiring_soon_is_announced_once_per_lot(engine, receiver) -> None
             {"p": programme.id},
         )
     assert await tasks.notify_expiring_soon({"engine": engine}) == 1
-    await tasks.deliver_webhooks({"engine": engine})
+    await tasks.deliver_webhooks({"engine": engine, "webhook_policy": LOCAL})
     assert [r.json["data"]["member_id"] for r in receiver.received] == ["hal", "ida"]
 
 

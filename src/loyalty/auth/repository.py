@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -38,11 +40,41 @@ async def insert_key(
     ).scalar_one()
 
 
-async def revoke_key(conn: AsyncConnection, programme_id: int, key_id: int) -> bool:
-    result = await conn.execute(
+# Every API process LISTENs here and empties its key cache when a key is revoked.
+REVOCATION_CHANNEL = "loyalty_api_keys"
+_KEY_COLUMNS = (
+    "k.id, p.code AS programme, k.prefix, k.name, k.role, k.created_at, k.revoked_at "
+    "FROM api_keys k JOIN programmes p ON p.id = k.programme_id"
+)
+
+
+async def list_keys(conn: AsyncConnection, programme_id: int | None = None) -> list[dict[str, Any]]:
+    where = "" if programme_id is None else " WHERE k.programme_id = :p"
+    rows = await conn.execute(text(f"SELECT {_KEY_COLUMNS}{where} ORDER BY k.id"), {"p": programme_id})
+    return [dict(r._mapping) for r in rows]
+
+
+async def find_keys(
+    conn: AsyncConnection,
+    *,
+    key_id: int | None = None,
+    prefix: str | None = None,
+    programme_id: int | None = None,
+) -> list[dict[str, Any]]:
+    """Keys with this id or this public prefix (a prefix may, rarely, match several)."""
+    rows = await conn.execute(
         text(
-            "UPDATE api_keys SET revoked_at = now() WHERE programme_id = :p AND id = :k AND revoked_at IS NULL"
+            f"SELECT {_KEY_COLUMNS} WHERE (k.id = :k OR k.prefix = :x) "
+            "AND (CAST(:p AS bigint) IS NULL OR k.programme_id = :p) ORDER BY k.id"
         ),
-        {"p": programme_id, "k": key_id},
+        {"k": key_id, "x": prefix, "p": programme_id},
     )
-    return result.rowcount == 1
+    return [dict(r._mapping) for r in rows]
+
+
+async def revoke_key(conn: AsyncConnection, key_id: int) -> None:
+    """Revokes the key (a no-op if it already is) and tells every API process, at commit."""
+    await conn.execute(
+        text("UPDATE api_keys SET revoked_at = now() WHERE id = :k AND revoked_at IS NULL"), {"k": key_id}
+    )
+    await conn.execute(text("SELECT pg_notify(:c, :k)"), {"c": REVOCATION_CHANNEL, "k": str(key_id)})

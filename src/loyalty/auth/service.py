@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from loyalty.auth import core, repository
 from loyalty.errors import InvalidInput, NotFound, Unauthorized
@@ -16,16 +16,24 @@ if TYPE_CHECKING:
     from loyalty.settings import Settings
 
 
+# The longest a revoked key may still be accepted while no revocation listener is connected.
+UNLISTENED_TTL_SECONDS = 1.0
+
+
 class KeyCache:
     """Recently verified keys, so that a hot path does not look its key up on every request.
 
-    Bounded in size and age: a revoked key stops working within ``ttl`` seconds on every
-    process, and nothing here outlives the process, so API processes stay interchangeable.
+    Bounded in size and age. A revocation empties it at once on every process (see
+    auth/revocation.py); while a process's listener is not connected, entries live at most
+    ``UNLISTENED_TTL_SECONDS``, so a revoked key stops working within a second either way.
+    Nothing here outlives the process, so API processes stay interchangeable.
     """
 
     def __init__(self, ttl: float, size: int = 10_000) -> None:
         self.ttl = ttl
         self.size = size
+        # Set by the revocation listener while its connection is up.
+        self.listening = False
         self._items: OrderedDict[bytes, tuple[float, core.Principal]] = OrderedDict()
 
     def get(self, key_hash: bytes) -> core.Principal | None:
@@ -35,7 +43,8 @@ class KeyCache:
         return item[1]
 
     def put(self, key_hash: bytes, principal: core.Principal) -> None:
-        self._items[key_hash] = (time.monotonic() + self.ttl, principal)
+        ttl = self.ttl if self.listening else min(self.ttl, UNLISTENED_TTL_SECONDS)
+        self._items[key_hash] = (time.monotonic() + ttl, principal)
         self._items.move_to_end(key_hash)
         while len(self._items) > self.size:
             self._items.popitem(last=False)
@@ -106,32 +115,102 @@ class Authenticator:
 
 
 async def create_api_key(
-    conn: AsyncConnection, *, programme_id: int, role: str, name: str = ""
+    conn: AsyncConnection, *, programme_id: int, role: str, name: str | None = None
 ) -> tuple[int, str]:
     if role not in core.KEY_ROLES:
         raise InvalidInput("role", f"must be one of {', '.join(core.KEY_ROLES)}")
     key, prefix, key_hash = core.new_api_key()
-    key_id = await repository.insert_key(conn, programme_id, role, name, key_hash, prefix)
+    # The name is a label for people; without one, the role and public prefix tell keys apart.
+    key_id = await repository.insert_key(
+        conn, programme_id, role, name or f"{role} {prefix}", key_hash, prefix
+    )
     return key_id, key
 
 
-def create_api_key_cli(settings: Settings, programme_code: str, role: str, name: str = "") -> str:
-    """For `loyalty keys create`: makes a key in its own transaction and returns it."""
+async def list_api_keys(conn: AsyncConnection, programme_id: int | None = None) -> list[dict[str, Any]]:
+    return await repository.list_keys(conn, programme_id)
+
+
+async def revoke_api_key(
+    conn: AsyncConnection,
+    *,
+    key_id: int | None = None,
+    prefix: str | None = None,
+    programme_id: int | None = None,
+) -> dict[str, Any]:
+    """Revoke one key, named by id or public prefix (within a programme when given); repeating
+    it is harmless. Every API process stops accepting the key once this commits."""
+    found = await repository.find_keys(conn, key_id=key_id, prefix=prefix, programme_id=programme_id)
+    if not found:
+        raise NotFound(
+            "No API key with this id or prefix.", code="api_key_not_found", extra={"key": key_id or prefix}
+        )
+    if len(found) > 1:
+        raise InvalidInput("key", f"the prefix {prefix!r} matches {len(found)} keys; give the key's id")
+    await repository.revoke_key(conn, found[0]["id"])
+    [row] = await repository.find_keys(conn, key_id=found[0]["id"])
+    return row
+
+
+def parse_key_ref(ref: str) -> tuple[int | None, str | None]:
+    """`loyalty keys revoke` takes a key's id (digits) or its public prefix (lk_...)."""
+    ref = ref.strip()
+    if ref.isdigit() and len(ref) <= 18:
+        return int(ref), None
+    if ref.startswith(core.KEY_PREFIX):
+        # A whole key works too: its first characters are the prefix.
+        return None, ref[: len(core.KEY_PREFIX) + 7]
+    raise InvalidInput("key", "give a key id (digits) or its prefix (lk_...)")
+
+
+def _on_cli_engine(settings: Settings, work: Any) -> Any:
     import asyncio
 
     from loyalty.db import create_engine
-    from loyalty.programmes import repository as programmes
 
-    async def run() -> str:
+    async def run() -> Any:
         engine = create_engine(settings.database_url or "", pool_size=1)
         try:
             async with engine.begin() as conn:
-                programme = await programmes.by_code(conn, programme_code)
-                if programme is None:
-                    raise NotFound(f"No programme {programme_code!r}.")
-                _, key = await create_api_key(conn, programme_id=programme["id"], role=role, name=name)
-                return key
+                return await work(conn)
         finally:
             await engine.dispose()
 
     return asyncio.run(run())
+
+
+async def _programme_id(conn: AsyncConnection, programme_code: str) -> int:
+    from loyalty.programmes import repository as programmes
+
+    programme = await programmes.by_code(conn, programme_code)
+    if programme is None:
+        raise NotFound(f"no programme {programme_code!r}")
+    return int(programme["id"])
+
+
+def create_api_key_cli(settings: Settings, programme_code: str, role: str, name: str | None = None) -> str:
+    """For `loyalty keys create`: makes a key in its own transaction and returns it."""
+
+    async def work(conn: AsyncConnection) -> str:
+        programme_id = await _programme_id(conn, programme_code)
+        _, key = await create_api_key(conn, programme_id=programme_id, role=role, name=name)
+        return key
+
+    return str(_on_cli_engine(settings, work))
+
+
+def list_api_keys_cli(settings: Settings, programme_code: str | None = None) -> list[dict[str, Any]]:
+    async def work(conn: AsyncConnection) -> list[dict[str, Any]]:
+        programme_id = None if programme_code is None else await _programme_id(conn, programme_code)
+        return await list_api_keys(conn, programme_id)
+
+    return list(_on_cli_engine(settings, work))
+
+
+def revoke_api_key_cli(settings: Settings, ref: str) -> dict[str, Any]:
+    key_id, prefix = parse_key_ref(ref)
+
+    async def work(conn: AsyncConnection) -> dict[str, Any]:
+        return await revoke_api_key(conn, key_id=key_id, prefix=prefix)
+
+    return dict(_on_cli_engine(settings, work))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from litestar import Controller, delete, get, patch, post, put
+from litestar import Controller, Request, delete, get, patch, post, put
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -15,8 +15,14 @@ from loyalty.ledger.routes import READ, WRITE
 from loyalty.web import allow
 from loyalty.webhooks import schemas as s
 from loyalty.webhooks import service
+from loyalty.webhooks.targets import TargetPolicy
 
 OPERATOR = allow("operator")
+
+
+def _policy(request: Request) -> TargetPolicy:
+    # A deployment setting: nothing a programme sends can widen it.
+    return TargetPolicy.from_settings(request.app.state.settings)
 
 
 class WebhookEndpointController(Controller):
@@ -30,9 +36,10 @@ class WebhookEndpointController(Controller):
         tx: NamedDependency[AsyncConnection],
         who: NamedDependency[Principal],
         data: JSONBody[s.EndpointCreate],
+        request: Request,
     ) -> s.EndpointWithSecret:
         """Register an endpoint; the answer shows its signing secret, this once."""
-        return await service.create_endpoint(tx, who, data)
+        return await service.create_endpoint(tx, who, data, policy=_policy(request))
 
     @get("/", dependencies=READ)
     async def list(
@@ -56,9 +63,10 @@ class WebhookEndpointController(Controller):
         who: NamedDependency[Principal],
         endpoint_id: PathId,
         data: JSONBody[s.EndpointUpdate],
+        request: Request,
     ) -> s.EndpointView:
         """Change the URL, the event types or the description; active=false pauses deliveries."""
-        return await service.update_endpoint(tx, who, endpoint_id, data)
+        return await service.update_endpoint(tx, who, endpoint_id, data, policy=_policy(request))
 
     @delete("/{endpoint_id:int}", dependencies=WRITE, status_code=204)
     async def remove(
@@ -85,9 +93,10 @@ class WebhookEndpointController(Controller):
         tx: NamedDependency[AsyncConnection],
         who: NamedDependency[Principal],
         endpoint_id: PathId,
+        request: Request,
     ) -> s.PingResult:
         """Send a signed webhook.ping now and show the endpoint's answer."""
-        return await service.ping(tx, who, endpoint_id)
+        return await service.ping(tx, who, endpoint_id, policy=_policy(request))
 
 
 class WebhookDeliveryController(Controller):

@@ -11,8 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.auth.core import Principal
 from loyalty.errors import InvalidInput, NotFound
-from loyalty.webhooks import core, repository
+from loyalty.webhooks import core, repository, targets
 from loyalty.webhooks import schemas as s
+from loyalty.webhooks.targets import TargetPolicy
 
 TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 MAX_ERROR = 500
@@ -27,8 +28,8 @@ def _endpoint_not_found(endpoint_id: int) -> NotFound:
     )
 
 
-def _checked_url(url: str) -> str:
-    reason = core.check_url(url)
+async def _checked_url(url: str, policy: TargetPolicy | None) -> str:
+    reason = core.check_url(url) or await targets.url_refusal(url, policy or TargetPolicy())
     if reason:
         raise InvalidInput("url", reason)
     return url
@@ -42,13 +43,14 @@ def _checked_types(types: list[str]) -> list[str]:
 
 
 async def create_endpoint(
-    conn: AsyncConnection, who: Principal, req: s.EndpointCreate
+    conn: AsyncConnection, who: Principal, req: s.EndpointCreate, *, policy: TargetPolicy | None = None
 ) -> s.EndpointWithSecret:
+    """``policy`` is the deployment's webhook target policy (default: public targets only)."""
     secret = core.new_secret()
     row = await repository.create_endpoint(
         conn,
         who.programme_id,
-        url=_checked_url(req.url),
+        url=await _checked_url(req.url, policy),
         description=req.description,
         event_types=_checked_types(req.event_types),
         secret=secret,
@@ -68,13 +70,18 @@ async def get_endpoint(conn: AsyncConnection, who: Principal, endpoint_id: int) 
 
 
 async def update_endpoint(
-    conn: AsyncConnection, who: Principal, endpoint_id: int, req: s.EndpointUpdate
+    conn: AsyncConnection,
+    who: Principal,
+    endpoint_id: int,
+    req: s.EndpointUpdate,
+    *,
+    policy: TargetPolicy | None = None,
 ) -> s.EndpointView:
     row = await repository.update_endpoint(
         conn,
         who.programme_id,
         endpoint_id,
-        url=_checked_url(req.url) if req.url is not None else None,
+        url=await _checked_url(req.url, policy) if req.url is not None else None,
         description=req.description,
         event_types=_checked_types(req.event_types) if req.event_types is not None else None,
         active=req.active,
@@ -132,7 +139,9 @@ async def redeliver(conn: AsyncConnection, who: Principal, delivery_id: int) -> 
     return s.DeliveryView(**row)
 
 
-async def ping(conn: AsyncConnection, who: Principal, endpoint_id: int) -> s.PingResult:
+async def ping(
+    conn: AsyncConnection, who: Principal, endpoint_id: int, *, policy: TargetPolicy | None = None
+) -> s.PingResult:
     """Sends a signed webhook.ping now and reports the answer; it is not logged as a delivery."""
     row = await repository.get_endpoint(conn, who.programme_id, endpoint_id)
     if row is None:
@@ -148,7 +157,7 @@ async def ping(conn: AsyncConnection, who: Principal, endpoint_id: int) -> s.Pin
         data={"endpoint_id": endpoint_id},
         now=now,
     )
-    async with httpx.AsyncClient(timeout=TIMEOUT) as client:
+    async with targets.delivery_client(policy or TargetPolicy(), TIMEOUT) as client:
         status_code, error = await send(client, row["url"], message)
     return s.PingResult(
         webhook_id=message.id,

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from loyalty.webhooks import core, repository, service
+from loyalty.webhooks import core, repository, service, targets
 
 log = logging.getLogger("loyalty.webhooks.tasks")
 BATCH = 100
@@ -26,12 +26,17 @@ ROUND_BUDGET_SECONDS = 4.0
 
 
 async def deliver_webhooks(ctx: dict[str, Any], *, budget_seconds: float = ROUND_BUDGET_SECONDS) -> int:
-    """Claims and sends due deliveries in rounds until none is due or the time budget is spent."""
+    """Claims and sends due deliveries in rounds until none is due or the time budget is spent.
+
+    Every connection goes through the webhook target policy: ``ctx["webhook_policy"]``, else
+    the one of ``ctx["settings"]``, else public targets only.
+    """
     engine: AsyncEngine = ctx["engine"]
     client: httpx.AsyncClient | None = ctx.get("webhook_client")
     own_client = client is None
     if client is None:
-        client = httpx.AsyncClient(timeout=service.TIMEOUT)
+        policy = ctx.get("webhook_policy") or targets.TargetPolicy.from_settings(ctx.get("settings"))
+        client = targets.delivery_client(policy, service.TIMEOUT)
     sent = 0
     deadline = time.monotonic() + budget_seconds
     try:

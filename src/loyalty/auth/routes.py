@@ -1,0 +1,35 @@
+"""The programme's API keys: operators list them and revoke them."""
+
+from __future__ import annotations
+
+from litestar import Controller, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from loyalty.auth import schemas as s
+from loyalty.auth import service
+from loyalty.auth.core import Principal
+from loyalty.ledger.routes import READ, WRITE
+from loyalty.web import allow
+
+
+class ApiKeyController(Controller):
+    path = "/v1/keys"
+    tags = ["keys"]
+    guards = [allow("operator")]
+
+    @get("/", dependencies=READ)
+    async def list(self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal]) -> s.KeyList:
+        """The programme's API keys, revoked ones included; secrets are never shown."""
+        return s.KeyList(items=[s.view(r) for r in await service.list_api_keys(tx, who.programme_id)])
+
+    @post("/{key_id:int}/revoke", dependencies=WRITE, status_code=200)
+    async def revoke(
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], key_id: FromPath[int]
+    ) -> s.KeyView:
+        """Revoke a key of the programme; every API process refuses it within a second."""
+        return s.view(await service.revoke_api_key(tx, key_id=key_id, programme_id=who.programme_id))
+
+
+ROUTES = [ApiKeyController]
