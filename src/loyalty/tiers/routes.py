@@ -12,7 +12,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.auth.core import Principal
-from loyalty.edge import PathId, PathVersion
+from loyalty.edge import PathVersion
 from loyalty.jobs import repository as job_runs
 from loyalty.ledger.routes import READ, STAFF_READ, WRITE
 from loyalty.tiers import schemas as s
