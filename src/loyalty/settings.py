@@ -31,6 +31,20 @@ class Settings:
     key_cache_ttl_seconds: int = 10
     # Seed a demo programme when the database holds none.
     demo: bool = True
+    # Observability (docs/observability.md). auto: JSON for serve/worker, console in a terminal.
+    log_format: str = "auto"
+    # /metrics: with a token, only `Authorization: Bearer <token>`; without, only loopback clients.
+    metrics_token: str | None = None
+    # The edge middleware (request metrics, request ids) and the ledger counters; off only to
+    # measure what they cost.
+    metrics_enabled: bool = True
+    # One log line per request (off by default: the hot paths log nothing when all is well).
+    access_log: bool = False
+    # OpenTelemetry tracing (the [otel] extra); the exporter reads the standard OTEL_* variables.
+    otel_enabled: bool = False
+    # A standalone `loyalty worker` serves its metrics on this loopback port (0: off). Under
+    # `loyalty serve` the worker's metrics are in the API's /metrics.
+    worker_metrics_port: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -49,6 +63,12 @@ class Settings:
             member_token_ttl_seconds=env.integer("MEMBER_TOKEN_TTL_SECONDS", 3600),
             key_cache_ttl_seconds=env.integer("KEY_CACHE_TTL_SECONDS", 10),
             demo=env.boolean("DEMO", True),
+            log_format=env.text("LOG_FORMAT", "auto").lower(),
+            metrics_token=env.str_or_none("METRICS_TOKEN"),
+            metrics_enabled=env.boolean("METRICS_ENABLED", True),
+            access_log=env.boolean("ACCESS_LOG", False),
+            otel_enabled=env.boolean("OTEL_ENABLED", False),
+            worker_metrics_port=env.integer("WORKER_METRICS_PORT", 0),
         )
 
     def with_urls(self, database_url: str | None, redis_url: str | None) -> Settings:
@@ -70,6 +90,12 @@ class Settings:
             "MEMBER_TOKEN_TTL_SECONDS": str(self.member_token_ttl_seconds),
             "KEY_CACHE_TTL_SECONDS": str(self.key_cache_ttl_seconds),
             "DEMO": str(self.demo).lower(),
+            "LOG_FORMAT": self.log_format,
+            "METRICS_TOKEN": self.metrics_token,
+            "METRICS_ENABLED": str(self.metrics_enabled).lower(),
+            "ACCESS_LOG": str(self.access_log).lower(),
+            "OTEL_ENABLED": str(self.otel_enabled).lower(),
+            "WORKER_METRICS_PORT": str(self.worker_metrics_port),
         }
         return {ENV_PREFIX + key: value for key, value in values.items() if value is not None}
 

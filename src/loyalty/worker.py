@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from arq import cron
@@ -13,6 +12,7 @@ from loyalty.activity import tasks as activity_tasks
 from loyalty.benefits import tasks as benefit_tasks
 from loyalty.db import create_engine
 from loyalty.ledger import tasks as ledger_tasks
+from loyalty.observability import wiring as observability
 from loyalty.settings import Settings
 from loyalty.tiers import tasks as tier_tasks
 from loyalty.webhooks import tasks as webhook_tasks
@@ -29,7 +29,7 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
     async def shutdown(ctx: dict[str, Any]) -> None:
         await ctx["engine"].dispose()
 
-    return {
+    worker = {
         "functions": [
             ledger_tasks.expire_holds,
             ledger_tasks.vest_points,
@@ -83,11 +83,11 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
         "job_timeout": 300,
         "handle_signals": True,
     }
+    return observability.instrument_worker(worker, settings)
 
 
 def run_worker(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    if settings.log_level != "DEBUG":
-        # arq logs every cron run at INFO (several a minute); the jobs log what they changed.
-        logging.getLogger("arq.worker").setLevel(logging.WARNING)
+    # JSON lines by default; arq's cron chatter is quieted there (the jobs log what they changed).
+    observability.configure_process_logging(settings, default_format="json")
+    observability.serve_worker_metrics(settings)
     arq_run_worker(build_worker_settings(settings))

@@ -19,6 +19,7 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from loyalty.observability.metrics import job_context
 from loyalty.tiers import repository, service
 
 log = logging.getLogger("loyalty.tiers.tasks")
@@ -132,6 +133,7 @@ async def enqueue_reassess(redis: Redis, *, programme_id: int, defer_until: date
         _job_id=f"tiers-reassess:{programme_id}:{uuid.uuid4().hex[:12]}",
         _queue_name=QUEUE_NAME,
         _defer_until=defer_until,
+        **job_context(),  # the request id, so the job's log lines carry it
     )
     assert job is not None  # the id is fresh, so arq never refuses it as a duplicate
     return job.job_id
