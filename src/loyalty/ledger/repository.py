@@ -13,6 +13,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.ledger.errors import ledger_error
+from loyalty.observability.metrics import metered_post
 
 DOMAIN_SQLSTATE = "LY000"
 
@@ -53,7 +54,12 @@ PostingConnection: TypeAlias = AsyncConnection | asyncpg.Connection | asyncpg.po
 
 
 async def post(conn: PostingConnection, function: str, **params: Any) -> Posted:
-    """Calls one posting function; a business failure comes back as a domain error."""
+    """Calls one posting function; a business failure comes back as a domain error. Counted in
+    the ledger operation metrics by kind and outcome."""
+    return await metered_post(function, _post(conn, function, params))
+
+
+async def _post(conn: PostingConnection, function: str, params: dict[str, Any]) -> Posted:
     if not isinstance(conn, AsyncConnection):
         sql = _DRIVER_SQL.get((function, len(params)))
         if sql is None:

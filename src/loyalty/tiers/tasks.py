@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from loyalty.jobs import runs
+from loyalty.observability.metrics import job_context
 from loyalty.tiers import repository, service
 
 log = logging.getLogger("loyalty.tiers.tasks")
@@ -149,6 +150,7 @@ async def enqueue_reassess(
         _job_id=job_id or new_reassess_job_id(programme_id),
         _queue_name=QUEUE_NAME,
         _defer_until=defer_until,
+        **job_context(),  # the request id, so the job's log lines carry it
     )
     assert job is not None  # the id is fresh, so arq never refuses it as a duplicate
     return job.job_id
