@@ -24,7 +24,7 @@ from bench import checkout as checkout_bench
 from bench import pgbench, report, stack, tiers, workloads
 from bench.cpu import CpuProbe
 from bench.httpload import connect, drive
-from bench.report import BaselineRow, HttpRow, Report
+from bench.report import OBSERVABILITY_OFF, BaselineRow, HttpRow, Report
 from bench.workloads import CHECKOUT, HTTP_WORKLOADS, TIER_REEVAL, Target
 
 API_FACTORY = "loyalty.app:app_from_env"
@@ -77,6 +77,11 @@ def _parser() -> argparse.ArgumentParser:
         "connections (0.5; 0 to skip)",
     )
     parser.add_argument("--no-minimal", action="store_true", help="skip the minimal HTTP reference app")
+    parser.add_argument(
+        "--no-observability-off",
+        action="store_true",
+        help="skip the second API run with metrics and request ids off (LOYALTY_METRICS_ENABLED=false)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 5 s measured, 1 s warm-up")
     parser.add_argument(
         "--data-dir", type=Path, default=Path(".loyalty/bench"), help="embedded servers' data"
@@ -161,6 +166,15 @@ async def run(args: argparse.Namespace) -> None:
                     )
                     prepared = True
                 await _http(result, server, seeded.keys["ecommerce"], names, n, args, url, postmaster)
+            if not args.no_observability_off:
+                # The same workloads on an API with metrics and request ids off: their cost, in one run.
+                off_env = {**env, "LOYALTY_METRICS_ENABLED": "false"}
+                with stack.Granian(API_FACTORY, off_env, workers=API_WORKERS) as server:
+                    server.start("/health/ready")
+                    await _http(
+                        result, server, seeded.keys["ecommerce"], names, n, args, url, postmaster,
+                        suffix=OBSERVABILITY_OFF,
+                    )  # fmt: skip
         for n in batch_clients if batch else []:
             env = stack.api_env(settings, url, args.pool_size or max(n, 2))
             with stack.Granian(API_FACTORY, env, workers=API_WORKERS) as server:
@@ -229,6 +243,7 @@ async def _http(
     args: argparse.Namespace,
     url: str,
     postmaster: int | None,
+    suffix: str = "",
 ) -> None:
     assert server.process is not None
     target = Target(server.host, server.port, api_key)
@@ -241,18 +256,20 @@ async def _http(
                 _say(f"{name}: skipped: {reason}")
                 result.http.append(HttpRow(name, clients, skipped=reason))
                 continue
-        _say(f"{name}, {clients} clients ...")
+        _say(f"{name}{suffix}, {clients} clients ...")
         await _checkpoint(url)
         measured = await drive(
             target.host, target.port, workload.operation, clients=clients, warmup=args.warmup,
             duration=args.duration, probe=probe,
         )  # fmt: skip
-        row = report.http_row(name, clients, measured, units_per_op=workload.units_per_op, unit=workload.unit)
+        row = report.http_row(
+            name + suffix, clients, measured, units_per_op=workload.units_per_op, unit=workload.unit
+        )
         result.http.append(row)
         _say(
             f"  {row.units_per_s:.0f} {row.unit}/s, p99 {row.main_latency.p99_ms:.1f} ms, statuses {row.statuses}"
         )
-        if name == "events" and args.events_load > 0 and row.units_per_s:
+        if name == "events" and args.events_load > 0 and row.units_per_s and not suffix:
             # The closed loop measures the ceiling: its latency is mostly the queue (clients / rate).
             # The latency a sender sees below the ceiling is measured at a fixed rate.
             rate = row.units_per_s * args.events_load

@@ -18,6 +18,10 @@ RESULTS_FILE = Path(__file__).resolve().parent / "results" / "latest.json"
 BUSINESS_STATUS = "422"
 
 
+# Marks the rows of the second API run, with LOYALTY_METRICS_ENABLED=false.
+OBSERVABILITY_OFF = " (obs. off)"
+
+
 @dataclass
 class Latency:
     p50_ms: float
@@ -201,6 +205,12 @@ def evaluate(report: Report, clients: list[int]) -> None:
             ratio = numerator / denominator
             target = f">= {minimum:.0%}" if minimum is not None else ""
             checks.append(Check(name, n, ratio, target, None if minimum is None else ratio >= minimum))
+        # What metrics and request ids cost: the rate with them on over the rate with them off.
+        for workload in HTTP_WORKLOADS:
+            on, off = report.http_rate(workload, n), report.http_rate(workload + OBSERVABILITY_OFF, n)
+            if on is not None and off:
+                ratio = on / off
+                checks.append(Check(f"{workload}: observability on / off", n, ratio, ">= 95%", ratio >= 0.95))
     for row in report.http:
         if row.workload == "batch-earn" and row.skipped is None:
             rate = row.units_per_s
@@ -258,7 +268,12 @@ def render(report: Report) -> str:
         f"  {'errors':<16} cores busy = client + api + pg + other",
     ]
     order = {name: i for i, name in enumerate(("minimal-select", *HTTP_WORKLOADS))}
-    for row in sorted(report.http, key=lambda r: (order.get(r.workload, 99), r.clients)):
+
+    def place(row: HttpRow) -> tuple[int, int, bool]:
+        base = row.workload.removesuffix(OBSERVABILITY_OFF)
+        return order.get(base, 99), row.clients, base != row.workload
+
+    for row in sorted(report.http, key=place):
         if row.skipped:
             lines.append(f"{row.workload:<28}{row.clients:>8}  skipped: {row.skipped}")
             continue
