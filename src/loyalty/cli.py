@@ -439,7 +439,7 @@ class _Child:
             _stop_session(self.process, timeout)
 
 
-def _session_members(sid: int) -> list[Any]:
+def session_members(sid: int) -> list[Any]:
     """Live processes (not zombies) of session ``sid``: the child and whatever it spawned,
     even those whose parent died and that were re-parented."""
     import psutil
@@ -457,7 +457,7 @@ def _session_members(sid: int) -> list[Any]:
 def _signal_session(sid: int, signum: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(sid, signum)
-    for proc in _session_members(sid):  # any that moved to another process group
+    for proc in session_members(sid):  # any that moved to another process group
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(proc.pid, signum)
 
@@ -471,13 +471,13 @@ def _stop_session(process: subprocess.Popen[bytes], timeout: float) -> None:
     while time.monotonic() < deadline:
         with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(0.1)
-        if not _session_members(sid):
+        if not session_members(sid):
             break
     else:
         log.warning("%s ignored SIGTERM for %ss; killing its processes", process.pid, timeout)
         _signal_session(sid, signal.SIGKILL)
         kill_deadline = time.monotonic() + 5
-        while _session_members(sid) and time.monotonic() < kill_deadline:
+        while session_members(sid) and time.monotonic() < kill_deadline:
             time.sleep(0.05)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(5)

@@ -209,8 +209,7 @@ async def _close(worker: Worker) -> None:
 
 
 def run_worker(settings: Settings) -> None:
-    # JSON lines by default; arq's cron chatter is quieted there (the jobs log what they changed).
-    observability.configure_process_logging(settings, default_format="json")
+    # Logging is set up by the `loyalty worker` command (JSON lines, arq's cron chatter quieted).
     observability.serve_worker_metrics(settings)
 
     async def main() -> None:

@@ -24,6 +24,7 @@ import asyncpg
 import httpx
 import psutil
 
+from loyalty.cli import session_members
 from loyalty.embedded import DATABASE_NAME
 
 # An answer must come within this (the API's own bounds are 2 s to connect or wait for a
@@ -37,17 +38,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def session_members(sid: int) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["status"]):
-        try:
-            if os.getsid(proc.pid) == sid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(proc)
-        except (OSError, psutil.Error):
-            continue
-    return found
 
 
 def tree(pid: int) -> list[psutil.Process]:
