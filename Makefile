@@ -42,12 +42,12 @@ test-external: $(STAMP)
 
 # The last -m wins over the "not stress" in pyproject's addopts. Exit 5 = none collected yet.
 stress: $(STAMP)
-	$(BIN)/python -m pytest -m stress -n 0 $(PYTEST_ARGS); rc=$$?; \
+	$(BIN)/python -m pytest -m stress -n 0 --timeout 1800 $(PYTEST_ARGS); rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "no stress tests collected"; exit 0; fi; exit $$rc
 
 # The last -m wins over the "not chaos" in pyproject's addopts.
 chaos: $(STAMP)
-	$(BIN)/python -m pytest tests/chaos -m chaos -n 0 -s $(CHAOS_ARGS)
+	$(BIN)/python -m pytest tests/chaos -m chaos -n 0 -s --timeout 1800 $(CHAOS_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)

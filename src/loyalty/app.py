@@ -129,9 +129,12 @@ def create_app(settings: Settings) -> Litestar:
         debug=False,
     )
     ProblemDocs.install(app)
+    # Each install wraps the handler before it, so the last one is outermost: the observability
+    # edge gives every answer (429s and CORS preflights included) a request id and a metric, and
+    # the security headers inside it are on every answer the rate limiter or the app gives.
     ratelimit.install(app, settings)
-    security.install(app, settings)  # outermost: its headers are on every answer, 429s included
-    observability.instrument_app(app, settings)  # request ids and metrics, inside the security headers
+    security.install(app, settings)
+    observability.instrument_app(app, settings)
     return app
 
 

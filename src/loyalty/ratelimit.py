@@ -118,6 +118,11 @@ class RateLimiter:
         self._open_until = 0.0
         self._synced = False
         self._sync_task: asyncio.Task[None] | None = None
+        # The event loop that the sync task and the Redis client belong to. A process normally
+        # has one; tests and embedders that serve the same app from several loops get a fresh
+        # task and client in each, and never await one loop's task from another.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = asyncio.Event()
         # Counter -> count added here since the last sync; counter -> total at the last sync.
         self._pending: dict[str, int] = {}
         self._known: dict[str, int] = {}
@@ -141,25 +146,35 @@ class RateLimiter:
         return self._redis
 
     async def aclose(self) -> None:
-        if self._sync_task is not None:
-            self._sync_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sync_task
-            self._sync_task = None
-        if self._redis is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await self._redis.aclose()
-            self._redis = None
+        task, redis, loop = self._sync_task, self._redis, self._loop
+        self._sync_task, self._redis, self._loop = None, None, None
         self._synced = False
+        self._stop.set()
+        if loop is not asyncio.get_running_loop():
+            # Started in another event loop: stop it there (if that loop still runs); awaiting
+            # it from here would wait forever. Its Redis connections go with that loop.
+            if task is not None and loop is not None and not loop.is_closed():
+                loop.call_soon_threadsafe(task.cancel)
+            return
+        if task is not None:
+            task.cancel()
+            # Bounded: shutting down never waits on Redis for longer than one sync could take.
+            await asyncio.wait({task}, timeout=REDIS_TIMEOUT_SECONDS * 2 + 1)
+        if redis is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await redis.aclose()
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
             await self.app(scope, receive, send)
             return
-        if self._sync_task is None:
+        if self._sync_task is None or self._loop is not asyncio.get_running_loop():
             # The first request of this event loop: learn whether Redis is there, then sync in
             # the background.
-            self._sync_task = asyncio.create_task(self._sync_loop(), name="rate-limit-sync")
+            await self.aclose()
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            self._sync_task = asyncio.create_task(self._sync_loop(self._stop), name="rate-limit-sync")
             await self._sync()
         ip = scope["client"][0] if scope.get("client") else "-"
         credential = b""
@@ -223,10 +238,13 @@ class RateLimiter:
             self._expires[key] = expires
         return self._known.get(key, 0) + pending
 
-    async def _sync_loop(self) -> None:
-        while True:
+    async def _sync_loop(self, stop: asyncio.Event) -> None:
+        # The stop flag ends the loop even if a cancellation is lost inside the Redis client
+        # (a cancel that lands while a call times out can be swallowed there).
+        while not stop.is_set():
             await asyncio.sleep(SYNC_SECONDS)
-            await self._sync()
+            if not stop.is_set():
+                await self._sync()
 
     async def _sync(self) -> None:
         now = time.time()

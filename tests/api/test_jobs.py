@@ -12,16 +12,18 @@ from arq.connections import ArqRedis
 from arq.worker import Worker
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from loyalty.observability.metrics import observed_job
 from loyalty.tiers import tasks
 from tests.api.helpers import Api, problem
 from tests.api.test_tiers import ladder
 
 
 async def run_job(redis_url: str, engine: AsyncEngine, job_id: str) -> None:
-    """Runs this one queued job as the worker would (arq's start_jobs/run_job), nothing else."""
+    """Runs this one queued job as the worker would (arq's start_jobs/run_job, and the wrapper
+    that every worker function gets), nothing else."""
     pool = ArqRedis.from_url(redis_url)
     worker = Worker(
-        functions=[tasks.reassess_tiers],  # type: ignore[list-item]
+        functions=[observed_job(tasks.reassess_tiers)],  # type: ignore[list-item]
         redis_pool=pool,
         queue_name=tasks.QUEUE_NAME,
         ctx={"engine": engine},

@@ -40,8 +40,8 @@ class RevocationListener:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded, so that shutting down never hangs on a connection that will not close.
+            await asyncio.wait({self._task}, timeout=CONNECT_TIMEOUT_SECONDS + PING_SECONDS)
             self._task = None
 
     def _on_notify(self, *_: Any) -> None:
