@@ -525,17 +525,29 @@ def _api_command(settings: Settings) -> list[str]:
     ]  # fmt: skip
 
 
+_START_UP_RESTARTS = 3
+
+
 def _wait_for_port(host: str, port: int, children: list[_Child], stop: threading.Event) -> bool:
     deadline = time.monotonic() + _API_READY_TIMEOUT
     while not stop.is_set() and time.monotonic() < deadline:
-        for child in children:
-            if child.exited() is not None:
-                log.error(
-                    "the %s (pid %s) exited during start-up with %s", child.name, child.pid, child.exited()
-                )
-                return False
         with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-            return True
+            return True  # a child that died meanwhile is _supervise's to restart
+        for child in children:
+            status = child.exited()
+            if status is None:
+                continue
+            if status < 0 and child.restarts < _START_UP_RESTARTS:
+                # Killed from outside (kill -9, the OOM killer): not a start-up error; again.
+                child.restarts += 1
+                log.warning("the %s (pid %s) was killed during start-up (%s); starting it again",
+                            child.name, child.pid, status)  # fmt: skip
+                child.stop(_CHILD_STOP_TIMEOUT)  # its orphans go first
+                child.start()
+                continue
+            # Exited by itself (bad settings, a port in use ...): restarting would loop.
+            log.error("the %s (pid %s) exited during start-up with %s", child.name, child.pid, status)
+            return False
         stop.wait(0.1)
     if not stop.is_set():
         log.error("the API did not listen on %s:%s within %ss", host, port, _API_READY_TIMEOUT)
