@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import hashlib
 import logging
 import time
@@ -174,7 +175,10 @@ class RateLimiter:
             await self.aclose()
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            self._sync_task = asyncio.create_task(self._sync_loop(self._stop), name="rate-limit-sync")
+            # A fresh context: the task outlives this request, and its log lines are not its.
+            self._sync_task = asyncio.create_task(
+                self._sync_loop(self._stop), name="rate-limit-sync", context=contextvars.Context()
+            )
             await self._sync()
         ip = scope["client"][0] if scope.get("client") else "-"
         credential = b""
