@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from loyalty.ledger.verify import verify
 from loyalty.reports import service, tasks
 from tests.api.helpers import Api, problem
+from tests.api.test_tiers import published, set_facts
 from tests.support import make_programme
 
 
@@ -297,3 +298,41 @@ async def test_programmes_see_only_their_own_figures(api: Api, other: Api, engin
 def _days_ago(n: int) -> str:
     # The programmes' day: UTC for `api`, Asia/Shanghai for `clamp`; a day either way is safe.
     return (date.today() - timedelta(days=n)).isoformat()
+
+
+async def test_members_by_tier_and_moves_agree_with_the_tier_rows(api: Api, engine: AsyncEngine) -> None:
+    await published(api)
+    for m, points in (("m1", 6000), ("m2", 1500), ("m3", 1200), ("m4", 0), ("m5", 0)):
+        await api.enrol(m)
+        await set_facts(engine, api, m, points)
+        await api.post(f"/v1/members/{m}/tier/assess", expect=200)
+    await api.post("/v1/members/m4/tier/pin", {"kind": "fixed", "tier": "gold", "reason": "VIP"}, expect=200)
+    await api.post("/v1/members/m5/tier/pin", {"kind": "floor", "tier": "silver", "reason": "x"}, expect=200)
+    r = await api.client.request(
+        "DELETE", "/v1/members/m4/tier/pin", json={"reason": "done"}, headers=api.headers()
+    )
+    assert r.status_code == 200, r.text
+    await rolled_up(engine)
+    truth = await sql(
+        engine,
+        """
+        SELECT jsonb_object_agg(tier, n) FROM (
+            SELECT coalesce(t.tier, 'bronze') AS tier, count(*) AS n
+            FROM members m LEFT JOIN member_tiers t ON t.programme_id = m.programme_id AND t.member_id = m.id
+            WHERE m.programme_id = :p GROUP BY 1) x
+        """,
+        p=api.programme.id,
+    )
+    body = (await api.get("/v1/reports/tiers")).json()
+    assert [t["tier"] for t in body["tiers"]] == ["bronze", "silver", "gold"]
+    assert {t["tier"]: t["members"] for t in body["tiers"] if t["members"]} == truth[0]
+    assert body["total_members"] == 5 and body["untiered"] == 0
+    moves = (await api.get("/v1/reports/tier-moves", params={"since": _days_ago(7)})).json()
+    week = moves["weeks"][-1]
+    assert week["promoted"] == 3  # m1 to gold, m2 and m3 to silver
+    history = await sql(
+        engine,
+        "SELECT count(*) FROM member_tier_history WHERE programme_id = :p AND from_tier IS DISTINCT FROM to_tier",
+        p=api.programme.id,
+    )
+    assert sum(w["promoted"] + w["demoted"] + w["other"] for w in moves["weeks"]) == history[0]

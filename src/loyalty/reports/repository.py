@@ -362,6 +362,24 @@ async def tier_counts(conn: Executor, programme_id: int) -> dict[str, int]:
     return {r.tier: int(r.members) for r in rows}
 
 
+async def ladder_tiers(conn: Executor, programme_id: int) -> list[tuple[str, int]]:
+    """The tiers (code, rank) of the ladder in force, lowest first; empty without a ladder."""
+    rows = await conn.execute(
+        text(
+            """
+            SELECT t->>'code' AS code, (t->>'rank')::int AS rank
+            FROM (SELECT definition FROM tier_ladder_versions
+                  WHERE programme_id = :p AND status IN ('published', 'superseded') AND effective_at <= now()
+                  ORDER BY effective_at DESC, version DESC LIMIT 1) v,
+                 jsonb_array_elements(v.definition->'tiers') t
+            ORDER BY 2
+            """
+        ),
+        {"p": programme_id},
+    )
+    return [(r.code, int(r.rank)) for r in rows]
+
+
 async def tier_moves(conn: Executor, programme_id: int, since: date, until: date) -> list[dict[str, Any]]:
     rows = await conn.execute(
         text(

@@ -222,12 +222,24 @@ async def stock_series(
 
 
 async def members_by_tier(conn: Executor, programme_id: int) -> s.MembersByTier:
-    """Members per tier now (from the tier history's moves) and those in no tier."""
+    """Members per tier now, lowest tier first. The tier engine keeps no row (and writes no
+    history) for a member in the base tier, so the moves count every tier above it, and the
+    base tier holds every other member. Without a ladder, everyone is untiered."""
     await _programme(conn, programme_id)
     counts = await repo.tier_counts(conn, programme_id)
     total = await repo.members_before(conn, programme_id, None)
-    tiers = [s.TierCount(tier=tier, members=n) for tier, n in sorted(counts.items()) if n]
-    return s.MembersByTier(tiers=tiers, untiered=total - sum(counts.values()), total_members=total)
+    ladder = await repo.ladder_tiers(conn, programme_id)
+    if not ladder:
+        placed = {tier: n for tier, n in counts.items() if n > 0}
+        tiers = [s.TierCount(tier=tier, members=n) for tier, n in sorted(placed.items())]
+        return s.MembersByTier(tiers=tiers, untiered=total - sum(placed.values()), total_members=total)
+    base = ladder[0][0]
+    above = {tier: n for tier, n in counts.items() if tier != base}
+    tiers = [s.TierCount(tier=base, members=total - sum(above.values()))]
+    tiers += [s.TierCount(tier=code, members=above.pop(code, 0)) for code, _ in ladder[1:]]
+    # Tiers that left the ladder but still have members.
+    tiers += [s.TierCount(tier=tier, members=n) for tier, n in sorted(above.items()) if n]
+    return s.MembersByTier(tiers=tiers, untiered=0, total_members=total)
 
 
 async def tier_moves_per_week(
