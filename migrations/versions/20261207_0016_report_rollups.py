@@ -66,11 +66,21 @@ def upgrade() -> None:
     op.create_table(
         "daily_budget_flows",
         sa.Column("programme_id", sa.BigInteger(), nullable=False),
-        sa.Column("budget_id", sa.BigInteger(), nullable=False),
         sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("budget_id", sa.BigInteger(), nullable=False),
         _big("issued"),
         _big("cap_change"),
-        _pk("programme_id", "budget_id", "day", name="daily_budget_flows"),
+        # Day before budget: the burn chart reads a period of every budget.
+        _pk("programme_id", "day", "budget_id", name="daily_budget_flows"),
+    )
+    # Each budget's totals so far: a burn chart's opening level without summing its history.
+    op.create_table(
+        "budget_flow_totals",
+        sa.Column("programme_id", sa.BigInteger(), nullable=False),
+        sa.Column("budget_id", sa.BigInteger(), nullable=False),
+        _big("issued"),
+        _big("cap"),
+        _pk("programme_id", "budget_id", name="budget_flow_totals"),
     )
     op.create_table(
         "daily_members",
@@ -164,6 +174,7 @@ def downgrade() -> None:
         "weekly_tier_moves",
         "member_active_days",
         "daily_members",
+        "budget_flow_totals",
         "daily_budget_flows",
         "daily_member_stock",
         "daily_point_flows",

@@ -182,7 +182,7 @@ async def test_every_figure_agrees_with_the_ledger(clamp: Api, engine: AsyncEngi
         own = (await api.get(f"/v1/budgets/{code}")).json()
         assert (burns[code]["cap"], burns[code]["issued"]) == (own["cap"], own["issued"]), code
         assert burns[code]["issued_micros"] == own["issued_cost_micros"]
-        assert burns[code]["days"][-1]["issued"] == own["issued"]
+        assert burns[code]["issued_series"][-1] == own["issued"]
         assert burns[code]["status"] == own["status"]
     assert burns["promo"]["status"] == "closed"
 

@@ -56,10 +56,21 @@ class DailyBudgetFlow(Base):
     __tablename__ = "daily_budget_flows"
 
     programme_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    budget_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     day: Mapped[date] = mapped_column(Date, primary_key=True)
+    budget_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     issued: Mapped[int] = mapped_column(BigInteger, server_default="0")
     cap_change: Mapped[int] = mapped_column(BigInteger, server_default="0")
+
+
+class BudgetFlowTotals(Base):
+    """Each budget's issued points and cap so far: the sum of its daily_budget_flows rows."""
+
+    __tablename__ = "budget_flow_totals"
+
+    programme_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    budget_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    issued: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    cap: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class DailyMembers(Base):

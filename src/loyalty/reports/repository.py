@@ -149,16 +149,23 @@ WITH tx AS (
         available = d.available + EXCLUDED.available, pending = d.pending + EXCLUDED.pending,
         held = d.held + EXCLUDED.held
     RETURNING 1
-), burn AS (
-    INSERT INTO daily_budget_flows AS d (programme_id, budget_id, day, issued, cap_change)
+), burn_days AS (
     SELECT l.programme_id, s.budget_id, l.day,
-           coalesce(-sum(l.amount) FILTER (WHERE l.kind NOT IN {FUNDING_KINDS!r}), 0),
-           coalesce(sum(l.amount) FILTER (WHERE l.kind IN {FUNDING_KINDS!r}), 0)
+           coalesce(-sum(l.amount) FILTER (WHERE l.kind NOT IN {FUNDING_KINDS!r}), 0) AS issued,
+           coalesce(sum(l.amount) FILTER (WHERE l.kind IN {FUNDING_KINDS!r}), 0) AS cap_change
     FROM legs l JOIN system_accounts s ON s.programme_id = l.programme_id AND s.id = l.account_id
     WHERE s.budget_id IS NOT NULL
     GROUP BY l.programme_id, s.budget_id, l.day
+), burn AS (
+    INSERT INTO daily_budget_flows AS d (programme_id, budget_id, day, issued, cap_change)
+    SELECT programme_id, budget_id, day, issued, cap_change FROM burn_days
     ON CONFLICT (programme_id, budget_id, day) DO UPDATE SET
         issued = d.issued + EXCLUDED.issued, cap_change = d.cap_change + EXCLUDED.cap_change
+    RETURNING 1
+), burn_totals AS (
+    INSERT INTO budget_flow_totals AS t (programme_id, budget_id, issued, cap)
+    SELECT programme_id, budget_id, sum(issued), sum(cap_change) FROM burn_days GROUP BY programme_id, budget_id
+    ON CONFLICT (programme_id, budget_id) DO UPDATE SET issued = t.issued + EXCLUDED.issued, cap = t.cap + EXCLUDED.cap
     RETURNING 1
 ), touched AS (
     SELECT programme_id, day, member_id FROM tx WHERE member_id IS NOT NULL
@@ -181,7 +188,7 @@ WITH tx AS (
 )
 SELECT (SELECT count(*) FROM tx) AS transactions,
        (SELECT count(*) FROM flows) + (SELECT count(*) FROM stock) + (SELECT count(*) FROM burn)
-       + (SELECT count(*) FROM active) AS rows
+       + (SELECT count(*) FROM burn_totals) + (SELECT count(*) FROM active) AS rows
 """
 
 
@@ -261,25 +268,42 @@ async def refresh_expiry_forecast(conn: Executor) -> int:
 
 
 async def programme(conn: Executor, programme_id: int) -> dict[str, Any] | None:
+    """The programme's currency and time zone, its local today and the rollup's watermark."""
     row = await conn.execute(
-        text("SELECT id, code, currency, timezone FROM programmes WHERE id = :p"), {"p": programme_id}
+        text(
+            """
+            SELECT p.id, p.code, p.currency, p.timezone, (now() AT TIME ZONE p.timezone)::date AS today,
+                   (SELECT upto FROM report_watermarks WHERE name = :w) AS rolled_up_to
+            FROM programmes p WHERE p.id = :p
+            """
+        ),
+        {"p": programme_id, "w": LEDGER_WATERMARK},
     )
     found = row.one_or_none()
     return dict(found._mapping) if found else None
 
 
-async def today(conn: Executor, timezone: str) -> date:
-    row = await conn.execute(text("SELECT (now() AT TIME ZONE :tz)::date"), {"tz": timezone})
-    value: date = row.scalar_one()
-    return value
+_FLOWS = ("issued", "redeemed", "expired", "clawed_back", "adjusted")
+_PER_KIND = ",\n".join(
+    f"sum(points) FILTER (WHERE kind = '{k}') AS {k}_points, sum(money_micros) FILTER (WHERE kind = '{k}') AS {k}_micros"
+    for k in _FLOWS
+)
+_DENSE = ", ".join(
+    f"coalesce(f.{k}_points, 0)::bigint AS {k}_points, coalesce(f.{k}_micros, 0)::bigint AS {k}_micros"
+    for k in _FLOWS
+)
+_DAYS = "generate_series(CAST(:s AS date), CAST(:u AS date), interval '1 day') AS g(d)"
 
 
-async def flows(conn: Executor, programme_id: int, since: date, until: date) -> list[dict[str, Any]]:
+async def flow_days(conn: Executor, programme_id: int, since: date, until: date) -> list[dict[str, Any]]:
+    """Every day of the period with each flow's points and micros (zeros on quiet days)."""
     rows = await conn.execute(
         text(
-            """
-            SELECT day, kind, points, money_micros, tx_count FROM daily_point_flows
-            WHERE programme_id = :p AND day BETWEEN :s AND :u ORDER BY day, kind
+            f"""
+            WITH f AS (
+                SELECT day, {_PER_KIND}
+                FROM daily_point_flows WHERE programme_id = :p AND day BETWEEN :s AND :u GROUP BY day)
+            SELECT g.d::date AS day, {_DENSE} FROM {_DAYS} LEFT JOIN f ON f.day = g.d::date ORDER BY 1
             """
         ),
         {"p": programme_id, "s": since, "u": until},
@@ -287,26 +311,46 @@ async def flows(conn: Executor, programme_id: int, since: date, until: date) -> 
     return [dict(r._mapping) for r in rows]
 
 
-async def flow_totals_before(conn: Executor, programme_id: int, before: date) -> dict[str, tuple[int, int]]:
-    """Each flow's total over every day before ``before``: the opening level of a series."""
-    rows = await conn.execute(
+async def flow_sums(conn: Executor, programme_id: int, since: date, until: date) -> dict[str, int]:
+    row = await conn.execute(
         text(
-            """
-            SELECT kind, sum(points)::bigint AS points, sum(money_micros)::bigint AS money
-            FROM daily_point_flows WHERE programme_id = :p AND day < :b GROUP BY kind
+            f"""
+            SELECT {_DENSE} FROM (SELECT {_PER_KIND} FROM daily_point_flows
+                                  WHERE programme_id = :p AND day BETWEEN :s AND :u) f
             """
         ),
-        {"p": programme_id, "b": before},
+        {"p": programme_id, "s": since, "u": until},
     )
-    return {r.kind: (int(r.points), int(r.money)) for r in rows}
+    return {k: int(v) for k, v in row.one()._mapping.items()}
 
 
-async def stock_changes(conn: Executor, programme_id: int, since: date, until: date) -> list[dict[str, Any]]:
+# What each flow does to the outstanding points and their value.
+_NET_POINTS = "CASE WHEN kind IN ('issued', 'adjusted') THEN points ELSE -points END"
+_NET_MONEY = "CASE WHEN kind IN ('issued', 'adjusted') THEN money_micros ELSE -money_micros END"
+_NET = f"""
+    coalesce(sum({_NET_POINTS}), 0) AS points, coalesce(sum({_NET_MONEY}), 0) AS money,
+    coalesce(sum(points) FILTER (WHERE kind = 'expired'), 0) AS expired,
+    coalesce(sum(points) FILTER (WHERE kind = 'redeemed'), 0) AS redeemed"""
+
+
+async def liability_days(conn: Executor, programme_id: int, since: date, until: date) -> list[dict[str, Any]]:
+    """At the end of each day: outstanding points and liability (the running net of every
+    flow since the programme began), and expired and redeemed points to date."""
     rows = await conn.execute(
         text(
-            """
-            SELECT day, available, pending, held FROM daily_member_stock
-            WHERE programme_id = :p AND day BETWEEN :s AND :u ORDER BY day
+            f"""
+            WITH o AS (SELECT {_NET} FROM daily_point_flows WHERE programme_id = :p AND day < :s),
+            f AS (SELECT day, {_NET} FROM daily_point_flows
+                  WHERE programme_id = :p AND day BETWEEN :s AND :u GROUP BY day),
+            dense AS (
+                SELECT g.d::date AS day, coalesce(f.points, 0) AS points, coalesce(f.money, 0) AS money,
+                       coalesce(f.expired, 0) AS expired, coalesce(f.redeemed, 0) AS redeemed
+                FROM {_DAYS} LEFT JOIN f ON f.day = g.d::date)
+            SELECT day, (o.points + sum(dense.points) OVER w)::bigint AS outstanding_points,
+                   (o.money + sum(dense.money) OVER w)::bigint AS liability_micros,
+                   (o.expired + sum(dense.expired) OVER w)::bigint AS expired,
+                   (o.redeemed + sum(dense.redeemed) OVER w)::bigint AS redeemed
+            FROM dense, o WINDOW w AS (ORDER BY day) ORDER BY day
             """
         ),
         {"p": programme_id, "s": since, "u": until},
@@ -314,19 +358,41 @@ async def stock_changes(conn: Executor, programme_id: int, since: date, until: d
     return [dict(r._mapping) for r in rows]
 
 
-async def stock_before(conn: Executor, programme_id: int, before: date | None) -> tuple[int, int, int]:
+async def stock_now(conn: Executor, programme_id: int) -> tuple[int, int, int]:
     rows = await conn.execute(
         text(
             """
             SELECT coalesce(sum(available), 0)::bigint, coalesce(sum(pending), 0)::bigint,
                    coalesce(sum(held), 0)::bigint
-            FROM daily_member_stock WHERE programme_id = :p AND (CAST(:b AS date) IS NULL OR day < :b)
+            FROM daily_member_stock WHERE programme_id = :p
             """
         ),
-        {"p": programme_id, "b": before},
+        {"p": programme_id},
     )
     a, p, h = rows.one()
     return int(a), int(p), int(h)
+
+
+async def stock_days(conn: Executor, programme_id: int, since: date, until: date) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        text(
+            f"""
+            WITH o AS (SELECT coalesce(sum(available), 0) AS a, coalesce(sum(pending), 0) AS p,
+                              coalesce(sum(held), 0) AS h
+                       FROM daily_member_stock WHERE programme_id = :p AND day < :s),
+            dense AS (
+                SELECT g.d::date AS day, coalesce(x.available, 0) AS a, coalesce(x.pending, 0) AS p,
+                       coalesce(x.held, 0) AS h
+                FROM {_DAYS} LEFT JOIN daily_member_stock x
+                     ON x.programme_id = :p AND x.day = g.d::date AND x.day BETWEEN :s AND :u)
+            SELECT day, (o.a + sum(dense.a) OVER w)::bigint AS available,
+                   (o.p + sum(dense.p) OVER w)::bigint AS pending, (o.h + sum(dense.h) OVER w)::bigint AS held
+            FROM dense, o WINDOW w AS (ORDER BY day) ORDER BY day
+            """
+        ),
+        {"p": programme_id, "s": since, "u": until},
+    )
+    return [dict(r._mapping) for r in rows]
 
 
 async def expiry_forecast(conn: Executor, programme_id: int) -> list[dict[str, Any]]:
@@ -397,9 +463,17 @@ async def tier_moves(conn: Executor, programme_id: int, since: date, until: date
 async def member_days(conn: Executor, programme_id: int, since: date, until: date) -> list[dict[str, Any]]:
     rows = await conn.execute(
         text(
-            """
-            SELECT day, new_members, active_members FROM daily_members
-            WHERE programme_id = :p AND day BETWEEN :s AND :u ORDER BY day
+            f"""
+            WITH o AS (SELECT coalesce(sum(new_members), 0) AS n FROM daily_members
+                       WHERE programme_id = :p AND day < :s),
+            dense AS (
+                SELECT g.d::date AS day, coalesce(x.new_members, 0) AS new_members,
+                       coalesce(x.active_members, 0) AS active_members
+                FROM {_DAYS} LEFT JOIN daily_members x
+                     ON x.programme_id = :p AND x.day = g.d::date AND x.day BETWEEN :s AND :u)
+            SELECT day, new_members::bigint, active_members::bigint,
+                   (o.n + sum(new_members) OVER (ORDER BY day))::bigint AS total_members
+            FROM dense, o ORDER BY day
             """
         ),
         {"p": programme_id, "s": since, "u": until},
@@ -407,57 +481,49 @@ async def member_days(conn: Executor, programme_id: int, since: date, until: dat
     return [dict(r._mapping) for r in rows]
 
 
-async def members_before(conn: Executor, programme_id: int, before: date | None) -> int:
+async def members_total(conn: Executor, programme_id: int) -> int:
     row = await conn.execute(
-        text(
-            "SELECT coalesce(sum(new_members), 0)::bigint FROM daily_members "
-            "WHERE programme_id = :p AND (CAST(:b AS date) IS NULL OR day < :b)"
-        ),
-        {"p": programme_id, "b": before},
+        text("SELECT coalesce(sum(new_members), 0)::bigint FROM daily_members WHERE programme_id = :p"),
+        {"p": programme_id},
     )
     return int(row.scalar_one())
 
 
-async def budgets(conn: Executor, programme_id: int) -> list[dict[str, Any]]:
+async def budget_series(conn: Executor, programme_id: int, since: date, until: date) -> list[dict[str, Any]]:
+    """Per budget: its issued points and cap now (as rolled up), before the period, and their
+    change on each day of the period (two arrays aligned with the days)."""
     rows = await conn.execute(
         text(
-            """
-            SELECT id, code, name, status, cap, unit_cost_micros FROM budgets
-            WHERE programme_id = :p ORDER BY code
-            """
-        ),
-        {"p": programme_id},
-    )
-    return [dict(r._mapping) for r in rows]
-
-
-async def budget_days(conn: Executor, programme_id: int, since: date, until: date) -> list[dict[str, Any]]:
-    rows = await conn.execute(
-        text(
-            """
-            SELECT budget_id, day, issued, cap_change FROM daily_budget_flows
-            WHERE programme_id = :p AND day BETWEEN :s AND :u ORDER BY budget_id, day
+            f"""
+            WITH f AS (SELECT budget_id, day, issued, cap_change FROM daily_budget_flows
+                       WHERE programme_id = :p AND day >= :s),
+            -- The level before the period: the totals less what came since (a range scan of the
+            -- period and after, never of the whole history).
+            later AS (SELECT budget_id, sum(issued) AS issued, sum(cap_change) AS cap FROM f GROUP BY budget_id),
+            grid AS (
+                SELECT b.id AS budget_id, g.d::date AS day, coalesce(f.issued, 0) AS issued,
+                       coalesce(f.cap_change, 0) AS cap
+                FROM budgets b CROSS JOIN {_DAYS}
+                LEFT JOIN f ON f.budget_id = b.id AND f.day = g.d::date
+                WHERE b.programme_id = :p),
+            series AS (
+                SELECT budget_id, array_agg(issued ORDER BY day) AS issued, array_agg(cap ORDER BY day) AS cap
+                FROM grid GROUP BY budget_id)
+            SELECT b.id, b.code, b.name, b.status, b.unit_cost_micros,
+                   coalesce(t.issued, 0)::bigint AS issued, coalesce(t.cap, 0)::bigint AS cap,
+                   (coalesce(t.issued, 0) - coalesce(later.issued, 0))::bigint AS opening_issued,
+                   (coalesce(t.cap, 0) - coalesce(later.cap, 0))::bigint AS opening_cap,
+                   series.issued AS issued_changes, series.cap AS cap_changes
+            FROM budgets b JOIN series ON series.budget_id = b.id
+            LEFT JOIN budget_flow_totals t ON t.programme_id = b.programme_id AND t.budget_id = b.id
+            LEFT JOIN later ON later.budget_id = b.id
+            WHERE b.programme_id = :p
+            ORDER BY b.code
             """
         ),
         {"p": programme_id, "s": since, "u": until},
     )
     return [dict(r._mapping) for r in rows]
-
-
-async def budget_totals_before(
-    conn: Executor, programme_id: int, before: date | None
-) -> dict[int, tuple[int, int]]:
-    rows = await conn.execute(
-        text(
-            """
-            SELECT budget_id, sum(issued)::bigint AS issued, sum(cap_change)::bigint AS cap
-            FROM daily_budget_flows WHERE programme_id = :p AND (CAST(:b AS date) IS NULL OR day < :b)
-            GROUP BY budget_id
-            """
-        ),
-        {"p": programme_id, "b": before},
-    )
-    return {int(r.budget_id): (int(r.issued), int(r.cap)) for r in rows}
 
 
 async def export_rows(

@@ -148,24 +148,19 @@ class MemberActivity(msgspec.Struct):
     days: list[MemberDay]
 
 
-class BurnDay(msgspec.Struct):
-    day: date
-    # At the end of the day.
-    issued: int
-    cap: int
-
-
 class BudgetBurn(msgspec.Struct):
     code: str
     name: str
     status: str
     unit_cost_micros: int
-    # As rolled up (the same as the budget's own figures once the job has caught up).
+    # Now, as rolled up (the budget's own figures once the job has caught up).
     cap: int
     issued: int
     remaining: int
     issued_micros: int
-    days: list[BurnDay]
+    # At the end of each day of BudgetBurns.days, in the same order (chart-ready columns).
+    issued_series: list[int]
+    cap_series: list[int]
 
 
 class BudgetBurns(msgspec.Struct):
@@ -173,6 +168,7 @@ class BudgetBurns(msgspec.Struct):
     since: date
     until: date
     rolled_up_to: datetime | None
+    days: list[date]
     budgets: list[BudgetBurn]
 
 

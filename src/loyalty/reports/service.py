@@ -12,6 +12,7 @@ import io
 from collections import defaultdict
 from collections.abc import AsyncIterator
 from datetime import date, timedelta
+from itertools import accumulate
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -64,15 +65,8 @@ async def _programme(conn: Executor, programme_id: int) -> dict[str, Any]:
     return found
 
 
-async def _period(
-    conn: Executor, programme: dict[str, Any], since: date | None, until: date | None
-) -> tuple[date, date]:
-    return core.period(since, until, await repo.today(conn, programme["timezone"]))
-
-
-_FLOW_FIELDS = {kind: (f"{kind}_points", f"{kind}_micros") for kind in ("issued", "redeemed", "expired")}
-_FLOW_FIELDS |= {"clawed_back": ("clawed_back_points", "clawed_back_micros")}
-_FLOW_FIELDS |= {"adjusted": ("adjusted_points", "adjusted_micros")}
+def _period(programme: dict[str, Any], since: date | None, until: date | None) -> tuple[date, date]:
+    return core.period(since, until, programme["today"])
 
 
 async def daily_flows(
@@ -81,27 +75,19 @@ async def daily_flows(
     """Points and money issued, redeemed, expired, clawed back and adjusted, per local day
     (every day of the period, zeros included)."""
     programme = await _programme(conn, programme_id)
-    since, until = await _period(conn, programme, since, until)
-    by_day: dict[date, s.FlowDay] = {day: s.FlowDay(day=day) for day in core.days(since, until)}
-    totals = s.FlowFigures()
-    for row in await repo.flows(conn, programme_id, since, until):
-        points_field, micros_field = _FLOW_FIELDS[row["kind"]]
-        for target in (by_day[row["day"]], totals):
-            setattr(target, points_field, getattr(target, points_field) + int(row["points"]))
-            setattr(target, micros_field, getattr(target, micros_field) + int(row["money_micros"]))
+    since, until = _period(programme, since, until)
+    days = [s.FlowDay(**row) for row in await repo.flow_days(conn, programme_id, since, until)]
+    totals = s.FlowFigures(
+        **{field: sum(getattr(d, field) for d in days) for field in s.FlowFigures.__struct_fields__}
+    )
     return s.DailyFlows(
         currency=programme["currency"],
         since=since,
         until=until,
-        rolled_up_to=await repo.watermark(conn),
-        days=list(by_day.values()),
+        rolled_up_to=programme["rolled_up_to"],
+        days=days,
         totals=totals,
     )
-
-
-def _net(kind: str, points: int, money: int) -> tuple[int, int]:
-    """What a flow does to the outstanding points and liability."""
-    return (points, money) if kind in ("issued", "adjusted") else (-points, -money)
 
 
 async def liability_series(
@@ -110,37 +96,22 @@ async def liability_series(
     """Outstanding points and their money value at the end of each day, and the breakage
     rate to date. The last day equals GET /v1/reports/liability (see docs/reports.md)."""
     programme = await _programme(conn, programme_id)
-    since, until = await _period(conn, programme, since, until)
-    points = money = expired = redeemed = 0
-    for kind, (p, m) in (await repo.flow_totals_before(conn, programme_id, since)).items():
-        dp, dm = _net(kind, p, m)
-        points, money = points + dp, money + dm
-        expired += p if kind == "expired" else 0
-        redeemed += p if kind == "redeemed" else 0
-    rows: dict[date, list[dict[str, Any]]] = defaultdict(list)
-    for row in await repo.flows(conn, programme_id, since, until):
-        rows[row["day"]].append(row)
-    out = []
-    for day in core.days(since, until):
-        for row in rows.get(day, ()):
-            dp, dm = _net(row["kind"], int(row["points"]), int(row["money_micros"]))
-            points, money = points + dp, money + dm
-            expired += int(row["points"]) if row["kind"] == "expired" else 0
-            redeemed += int(row["points"]) if row["kind"] == "redeemed" else 0
-        out.append(
-            s.LiabilityDay(
-                day=day,
-                outstanding_points=points,
-                liability_micros=money,
-                breakage_rate=core.breakage_rate(expired, redeemed),
-            )
+    since, until = _period(programme, since, until)
+    days = [
+        s.LiabilityDay(
+            day=row["day"],
+            outstanding_points=row["outstanding_points"],
+            liability_micros=row["liability_micros"],
+            breakage_rate=core.breakage_rate(row["expired"], row["redeemed"]),
         )
+        for row in await repo.liability_days(conn, programme_id, since, until)
+    ]
     return s.LiabilitySeries(
         currency=programme["currency"],
         since=since,
         until=until,
-        rolled_up_to=await repo.watermark(conn),
-        days=out,
+        rolled_up_to=programme["rolled_up_to"],
+        days=days,
     )
 
 
@@ -149,12 +120,10 @@ async def forecast(conn: Executor, programme_id: int) -> s.Forecast:
     last refresh) and the breakage the last 12 months predict: due × expired / (expired +
     redeemed), in points and in money."""
     programme = await _programme(conn, programme_id)
-    today = await repo.today(conn, programme["timezone"])
+    today = programme["today"]
     basis_since = today - timedelta(days=364)
-    expired = redeemed = 0
-    for row in await repo.flows(conn, programme_id, basis_since, today):
-        expired += int(row["points"]) if row["kind"] == "expired" else 0
-        redeemed += int(row["points"]) if row["kind"] == "redeemed" else 0
+    sums = await repo.flow_sums(conn, programme_id, basis_since, today)
+    expired, redeemed = sums["expired_points"], sums["redeemed_points"]
     whole = expired + redeemed
     due = {row["month"]: row for row in await repo.expiry_forecast(conn, programme_id)}
     months = []
@@ -192,10 +161,10 @@ async def forecast(conn: Executor, programme_id: int) -> s.Forecast:
 
 async def stock(conn: Executor, programme_id: int) -> s.Stock:
     """The members' available, pending and held points, as of the watermark."""
-    await _programme(conn, programme_id)
-    available, pending, held = await repo.stock_before(conn, programme_id, None)
+    programme = await _programme(conn, programme_id)
+    available, pending, held = await repo.stock_now(conn, programme_id)
     return s.Stock(
-        rolled_up_to=await repo.watermark(conn),
+        rolled_up_to=programme["rolled_up_to"],
         available=available,
         pending=pending,
         held=held,
@@ -208,17 +177,9 @@ async def stock_series(
 ) -> s.StockSeries:
     """Available, pending and held stock at the end of each day."""
     programme = await _programme(conn, programme_id)
-    since, until = await _period(conn, programme, since, until)
-    available, pending, held = await repo.stock_before(conn, programme_id, since)
-    changes = {row["day"]: row for row in await repo.stock_changes(conn, programme_id, since, until)}
-    out = []
-    for day in core.days(since, until):
-        if (row := changes.get(day)) is not None:
-            available += int(row["available"])
-            pending += int(row["pending"])
-            held += int(row["held"])
-        out.append(s.StockDay(day=day, available=available, pending=pending, held=held))
-    return s.StockSeries(since=since, until=until, rolled_up_to=await repo.watermark(conn), days=out)
+    since, until = _period(programme, since, until)
+    days = [s.StockDay(**row) for row in await repo.stock_days(conn, programme_id, since, until)]
+    return s.StockSeries(since=since, until=until, rolled_up_to=programme["rolled_up_to"], days=days)
 
 
 async def members_by_tier(conn: Executor, programme_id: int) -> s.MembersByTier:
@@ -227,7 +188,7 @@ async def members_by_tier(conn: Executor, programme_id: int) -> s.MembersByTier:
     base tier holds every other member. Without a ladder, everyone is untiered."""
     await _programme(conn, programme_id)
     counts = await repo.tier_counts(conn, programme_id)
-    total = await repo.members_before(conn, programme_id, None)
+    total = await repo.members_total(conn, programme_id)
     ladder = await repo.ladder_tiers(conn, programme_id)
     if not ladder:
         placed = {tier: n for tier, n in counts.items() if n > 0}
@@ -247,14 +208,13 @@ async def tier_moves_per_week(
 ) -> s.TierMoves:
     """Tier changes per week (weeks start on Monday, local time), by kind and by pair of tiers."""
     programme = await _programme(conn, programme_id)
-    since, until = await _period(conn, programme, since, until)
+    since, until = _period(programme, since, until)
     by_week: dict[date, list[dict[str, Any]]] = defaultdict(list)
     for row in await repo.tier_moves(conn, programme_id, since, until):
         by_week[row["week"]].append(row)
     weeks = []
     week = since - timedelta(days=since.weekday())
     while week <= until:
-        rows = by_week.get(week, [])
         moves = [
             s.TierMove(
                 kind=r["kind"],
@@ -262,7 +222,7 @@ async def tier_moves_per_week(
                 to_tier=r["to_tier"] or None,
                 moves=int(r["moves"]),
             )
-            for r in rows
+            for r in by_week.get(week, [])
         ]
         promoted = sum(m.moves for m in moves if m.kind == "promoted")
         demoted = sum(m.moves for m in moves if m.kind == "demoted")
@@ -278,23 +238,9 @@ async def new_and_active_members(
     """New members, members active (an event or a transaction that day) and members enrolled
     by the end of each day."""
     programme = await _programme(conn, programme_id)
-    since, until = await _period(conn, programme, since, until)
-    total = await repo.members_before(conn, programme_id, since)
-    rows = {row["day"]: row for row in await repo.member_days(conn, programme_id, since, until)}
-    out = []
-    for day in core.days(since, until):
-        row = rows.get(day)
-        new = int(row["new_members"]) if row else 0
-        total += new
-        out.append(
-            s.MemberDay(
-                day=day,
-                new_members=new,
-                active_members=int(row["active_members"]) if row else 0,
-                total_members=total,
-            )
-        )
-    return s.MemberActivity(since=since, until=until, rolled_up_to=await repo.watermark(conn), days=out)
+    since, until = _period(programme, since, until)
+    days = [s.MemberDay(**row) for row in await repo.member_days(conn, programme_id, since, until)]
+    return s.MemberActivity(since=since, until=until, rolled_up_to=programme["rolled_up_to"], days=days)
 
 
 async def budget_burn(
@@ -302,45 +248,30 @@ async def budget_burn(
 ) -> s.BudgetBurns:
     """Each budget's issued points against its cap at the end of each day, and now."""
     programme = await _programme(conn, programme_id)
-    since, until = await _period(conn, programme, since, until)
-    opening = await repo.budget_totals_before(conn, programme_id, since)
-    overall = await repo.budget_totals_before(conn, programme_id, None)
-    changes: dict[int, dict[date, dict[str, Any]]] = defaultdict(dict)
-    for row in await repo.budget_days(conn, programme_id, since, until):
-        changes[int(row["budget_id"])][row["day"]] = row
-    burns = []
-    for budget in await repo.budgets(conn, programme_id):
-        issued, cap = opening.get(budget["id"], (0, 0))
-        series = []
-        for day in core.days(since, until):
-            if (change := changes[budget["id"]].get(day)) is not None:
-                issued += int(change["issued"])
-                cap += int(change["cap_change"])
-            series.append(s.BurnDay(day=day, issued=issued, cap=cap))
-        issued_now, cap_now = overall.get(budget["id"], (0, 0))
-        burns.append(
-            s.BudgetBurn(
-                code=budget["code"],
-                name=budget["name"],
-                status=budget["status"],
-                unit_cost_micros=int(budget["unit_cost_micros"]),
-                cap=cap_now,
-                issued=issued_now,
-                remaining=cap_now - issued_now,
-                issued_micros=issued_now * int(budget["unit_cost_micros"]),
-                days=series,
-            )
+    since, until = _period(programme, since, until)
+    burns = [
+        s.BudgetBurn(
+            code=row["code"],
+            name=row["name"],
+            status=row["status"],
+            unit_cost_micros=int(row["unit_cost_micros"]),
+            cap=row["cap"],
+            issued=row["issued"],
+            remaining=row["cap"] - row["issued"],
+            issued_micros=row["issued"] * int(row["unit_cost_micros"]),
+            issued_series=list(accumulate(row["issued_changes"], initial=row["opening_issued"]))[1:],
+            cap_series=list(accumulate(row["cap_changes"], initial=row["opening_cap"]))[1:],
         )
+        for row in await repo.budget_series(conn, programme_id, since, until)
+    ]
     return s.BudgetBurns(
         currency=programme["currency"],
         since=since,
         until=until,
-        rolled_up_to=await repo.watermark(conn),
+        rolled_up_to=programme["rolled_up_to"],
+        days=list(core.days(since, until)),
         budgets=burns,
     )
-
-
-# Export ---------------------------------------------------------------------------------
 
 
 async def export_period(
@@ -348,8 +279,10 @@ async def export_period(
 ) -> tuple[date, date]:
     """Checks the period of an export before the stream starts (a bad one is a 4xx, not a
     broken download)."""
-    programme = await _programme(conn, programme_id)
-    return await _period(conn, programme, since, until)
+    return _period(await _programme(conn, programme_id), since, until)
+
+
+# Export ---------------------------------------------------------------------------------
 
 
 async def export_transactions(
