@@ -549,3 +549,9 @@ async def export_rows(
     )
     async for row in result:
         yield row
+
+
+async def programme_id_by_code(conn: Executor, code: str) -> int | None:
+    row = await conn.execute(text("SELECT id FROM programmes WHERE code = :c"), {"c": code})
+    value = row.scalar_one_or_none()
+    return None if value is None else int(value)
