@@ -27,6 +27,7 @@ from loyalty.ledger.routes import ROUTES as LEDGER_ROUTES
 from loyalty.members.routes import ROUTES as MEMBER_ROUTES
 from loyalty.observability import wiring as observability
 from loyalty.programmes.routes import ROUTES as PROGRAMME_ROUTES
+from loyalty.reports.routes import ROUTES as REPORT_ROUTES
 from loyalty.segments.routes import ROUTES as SEGMENT_ROUTES
 from loyalty.settings import Settings, ensure_secret_key
 from loyalty.tiers.routes import ROUTES as TIER_ROUTES
@@ -115,6 +116,7 @@ def create_app(settings: Settings) -> Litestar:
             *BENEFIT_ROUTES,
             *JOB_ROUTES,
             *KEY_ROUTES,
+            *REPORT_ROUTES,
         ],
         lifespan=[lifespan, observability.lifespan],
         # EdgeChecks first: bad ids, NUL characters, non-JSON and oversized bodies never reach a route.

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +132,18 @@ def _parser() -> argparse.ArgumentParser:
     reassess.add_argument("--programme", required=True, help="programme code")
     reassess.add_argument("--batch", type=int, default=None, help="members per transaction (default 5000)")
     reassess.set_defaults(handler=cmd_tiers_reassess)
+
+    exports = commands.add_parser("export", help="exports for finance").add_subparsers(
+        dest="export_command", required=True
+    )
+    export_tx = exports.add_parser("transactions", help="a period's transactions as CSV (streamed)")
+    export_tx.add_argument("--programme", required=True, help="programme code")
+    export_tx.add_argument(
+        "--since", type=date.fromisoformat, default=None, help="first local day (YYYY-MM-DD)"
+    )
+    export_tx.add_argument("--until", type=date.fromisoformat, default=None, help="last local day, included")
+    export_tx.add_argument("file", type=Path, metavar="FILE", help="where to write it; - for stdout")
+    export_tx.set_defaults(handler=cmd_export_transactions)
     return parser
 
 
@@ -331,6 +344,13 @@ def cmd_tiers_reassess(args: argparse.Namespace, settings: Settings) -> int:
 
     with resolved(settings) as full:
         return int(asyncio.run(run(full)))
+
+
+def cmd_export_transactions(args: argparse.Namespace, settings: Settings) -> int:
+    from loyalty.reports.cli import run_export
+
+    with resolved(settings) as full:
+        return int(_run(run_export(full, args.programme, args.since, args.until, args.file)))
 
 
 @contextlib.contextmanager

@@ -8,5 +8,6 @@ from loyalty.jobs import models as job_models  # noqa: F401
 from loyalty.ledger import models as ledger_models  # noqa: F401
 from loyalty.members import models as member_models  # noqa: F401
 from loyalty.programmes import models as programme_models  # noqa: F401
+from loyalty.reports import models as report_models  # noqa: F401
 from loyalty.tiers import models as tier_models  # noqa: F401
 from loyalty.webhooks import models as webhook_models  # noqa: F401

@@ -21,6 +21,7 @@ from loyalty.benefits import tasks as benefit_tasks
 from loyalty.db import create_engine
 from loyalty.ledger import tasks as ledger_tasks
 from loyalty.observability import wiring as observability
+from loyalty.reports import tasks as report_tasks
 from loyalty.settings import Settings
 from loyalty.tiers import tasks as tier_tasks
 from loyalty.webhooks import tasks as webhook_tasks
@@ -57,6 +58,8 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
             benefit_tasks.release_expired_reservations,
             benefit_tasks.pay_benefit_gifts,
             benefit_tasks.announce_benefit_campaigns,
+            report_tasks.rollup_reports,
+            report_tasks.refresh_expiry_forecast,
         ],
         "cron_jobs": [
             cron(ledger_tasks.expire_holds, second=EVERY_10_SECONDS, unique=True, run_at_startup=True),
@@ -86,6 +89,15 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
             cron(benefit_tasks.pay_benefit_gifts, minute={23}, second={0}, unique=True),
             # Campaigns that started: their members are told within a minute.
             cron(benefit_tasks.announce_benefit_campaigns, second={50}, unique=True, run_at_startup=True),
+            # The dashboard's rollups, from a watermark: seconds behind the ledger.
+            cron(report_tasks.rollup_reports, second=EVERY_10_SECONDS, unique=True, run_at_startup=True),
+            cron(
+                report_tasks.refresh_expiry_forecast,
+                minute=set(range(1, 60, 10)),
+                second={30},
+                unique=True,
+                run_at_startup=True,
+            ),
         ],
         "on_startup": startup,
         "on_shutdown": shutdown,

@@ -231,10 +231,11 @@ def test_api_conforms(live_server: str, seeded: tuple[Programme, str], receiver:
 
 
 async def test_a_10_mib_body_gets_a_413_problem_from_the_real_server(
-    live_server: str, seeded: tuple[Programme, str]
+    live_server: str, engine: AsyncEngine
 ) -> None:
     """Over a real connection the client reads the 413, instead of meeting a closed socket."""
-    programme, _ = seeded
+    # Keys of its own: the conformance run may have revoked the seeded programme's keys.
+    programme = await make_programme(engine)
     raw = b'{"member_id": "' + b"x" * (10 * 1024 * 1024) + b'"}'
     async with httpx.AsyncClient(base_url=live_server, timeout=30) as client:
         for path, role in (("/v1/earn", "ecommerce"), ("/v1/members", "crm")):

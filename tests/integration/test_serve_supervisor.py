@@ -47,6 +47,9 @@ def test_dead_children_are_restarted_and_sigterm_stops_every_process(
     serve.start()
     try:
         wait_until(lambda: _listening(serve), 60, interval=0.05)
+        # The supervisor checks the port on its own clock: until it prints its banner, a child
+        # that dies counts as a failed start-up (serve exits) rather than a restart.
+        wait_until(lambda: "loyalty is running" in serve.log_path.read_text(), 30, interval=0.05)
         worker = serve.child("worker")
         api = serve.child("api")
         assert worker is not None and api is not None
