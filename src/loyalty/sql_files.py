@@ -32,6 +32,7 @@ FILES = (
     "ledger/sql/ledger_events_v1.sql",
     "benefits/sql/benefit_events_v1.sql",
     "activity/sql/activity_events_v1.sql",
+    "imports/sql/imports_v1.sql",
 )
 
 # Written by the migration tool itself, like alembic_version: no model, no revision.
