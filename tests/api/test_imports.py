@@ -6,16 +6,21 @@ applying any row twice. The job is the arq function itself, run here on the real
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
+from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from loyalty.app import create_app
+from loyalty.edge import MAX_BODY
 from loyalty.imports import repository, tasks
 from loyalty.ledger.verify import verify
+from loyalty.settings import Settings
 from tests.api.helpers import Api, problem
 
 
@@ -313,3 +318,29 @@ async def test_a_job_stopped_mid_way_resumes_and_applies_each_row_once(
     total = sum(1 + i % 5 for i in range(1000))
     assert sum((await _balances(api, members)).values()) == total
     problem(await api.post(f"/v1/imports/{import_id}/resume", {}, expect=None), 409, "import_finished")
+
+
+async def test_import_routes_have_their_own_body_limit(api: Api, settings: Settings) -> None:
+    # Over the 1 MiB limit of every other route, well within the import limit.
+    big = csv_text(["member_id", "attributes.note"], [[f"n-{i}", "x" * 400] for i in range(3000)])
+    assert len(big) > MAX_BODY
+    r = await upload(api, "members", big)
+    assert r.status_code == 202, r.text
+    assert r.json()["rows_total"] == 3000
+    problem(
+        await api.client.post(
+            "/v1/earn",
+            content=b"{" + b" " * MAX_BODY + b"}",
+            headers={**api.headers("ecommerce"), "Content-Type": "application/json"},
+        ),
+        413,
+    )
+
+    small = create_app(dataclasses.replace(settings, import_max_bytes=2000))
+    async with AsyncTestClient(app=small) as client:
+        limited = Api(client, api.programme)
+        problem(
+            await upload(limited, "members", csv_text(["member_id"], [[f"m-{i:08d}"] for i in range(300)])),
+            413,
+        )
+        assert (await upload(limited, "members", "member_id\nm-1\n")).status_code == 202

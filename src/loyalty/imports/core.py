@@ -208,6 +208,9 @@ def parse_points(header: list[str], cells: list[str], budget: str) -> PointsRow 
     values = _cells(header, cells)
     if isinstance(values, Rejected):
         return values
+    if "reference" not in values:
+        # Optional in the API, required here: it is what keeps a retried file from granting twice.
+        return Rejected("reference", "is required")
     body: dict[str, Any] = {"budget": budget, **values}
     try:
         # strict=False: a CSV cell is text, "120" is the number 120 (and "12.5" is refused).
@@ -218,7 +221,7 @@ def parse_points(header: list[str], cells: list[str], budget: str) -> PointsRow 
         ledger_core.check_points("points", request.points)
     except InvalidInput as exc:
         return Rejected(exc.field, exc.reason)
-    reference = request.reference or ""
+    reference = request.reference or ""  # never empty: checked above
     return PointsRow(
         member_id=request.member_id,
         points=request.points,

@@ -111,11 +111,16 @@ async def reject_repeated_references(conn: AsyncConnection, import_id: int, colu
     result = await conn.execute(
         text(
             """
+            WITH firsts AS MATERIALIZED (
+                SELECT btrim(cells[:c]) AS reference, min(line) AS first FROM import_rows
+                WHERE import_id = :i AND coalesce(btrim(cells[:c]), '') <> ''
+                GROUP BY 1 HAVING count(*) > 1
+            )
             UPDATE import_rows r SET outcome = 'rejected', field = 'reference', code = 'duplicate_reference',
-                   reason = 'appears on line ' || d.first || ' already'
-            FROM (SELECT line, min(line) OVER (PARTITION BY btrim(cells[:c])) AS first
-                  FROM import_rows WHERE import_id = :i AND coalesce(btrim(cells[:c]), '') <> '') d
-            WHERE r.import_id = :i AND r.line = d.line AND d.first <> d.line AND r.outcome IS NULL
+                   reason = 'appears on line ' || f.first || ' already'
+            FROM firsts f
+            WHERE r.import_id = :i AND btrim(r.cells[:c]) = f.reference AND r.line <> f.first
+              AND r.outcome IS NULL
             """
         ),
         {"i": import_id, "c": column + 1},
