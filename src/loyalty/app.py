@@ -22,6 +22,7 @@ from loyalty.benefits.checkout import CatalogueCache
 from loyalty.benefits.routes import ROUTES as BENEFIT_ROUTES
 from loyalty.db import create_engine, create_posting_pool
 from loyalty.edge import MAX_BODY, EdgeChecks, ProblemDocs
+from loyalty.imports.routes import build_routes as import_routes
 from loyalty.jobs.routes import ROUTES as JOB_ROUTES
 from loyalty.ledger.routes import ROUTES as LEDGER_ROUTES
 from loyalty.members.routes import ROUTES as MEMBER_ROUTES
@@ -115,6 +116,7 @@ def create_app(settings: Settings) -> Litestar:
             *WEBHOOK_ROUTES,
             *BENEFIT_ROUTES,
             *JOB_ROUTES,
+            *import_routes(settings.import_max_bytes),
             *KEY_ROUTES,
             *REPORT_ROUTES,
         ],

@@ -144,6 +144,27 @@ def _parser() -> argparse.ArgumentParser:
     export_tx.add_argument("--until", type=date.fromisoformat, default=None, help="last local day, included")
     export_tx.add_argument("file", type=Path, metavar="FILE", help="where to write it; - for stdout")
     export_tx.set_defaults(handler=cmd_export_transactions)
+    imports = commands.add_parser(
+        "import", help="bulk CSV imports of members and point grants"
+    ).add_subparsers(dest="import_command", required=True)
+    for kind, description in (
+        ("members", "create or update members from a CSV file (member_id, status, attributes.<key>, tags)"),
+        (
+            "points",
+            "grant points from a budget to members from a CSV file (member_id, points, reference, reason)",
+        ),
+    ):
+        command = imports.add_parser(kind, help=description)
+        command.add_argument("file", type=Path, help="the CSV file; its first line is the header")
+        command.add_argument("--programme", required=True, help="programme code")
+        if kind == "points":
+            command.add_argument("--budget", required=True, help="the budget the points are granted from")
+        command.add_argument(
+            "--errors", type=Path, default=None, help="error report path (default FILE.errors.csv)"
+        )
+        command.add_argument("--batch", type=int, default=None, help="rows per transaction (default 500)")
+        command.add_argument("--no-progress", action="store_true", help="no progress bar")
+        command.set_defaults(handler=cmd_import, import_kind=kind)
     return parser
 
 
@@ -351,6 +372,27 @@ def cmd_export_transactions(args: argparse.Namespace, settings: Settings) -> int
 
     with resolved(settings) as full:
         return int(_run(run_export(full, args.programme, args.since, args.until, args.file)))
+
+
+def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
+    from loyalty.imports.cli import run_import_file
+
+    if not args.file.is_file():
+        print(f"error: no file {str(args.file)!r}", file=sys.stderr)
+        return 1
+    with _database_only(settings) as url:
+        return asyncio.run(
+            run_import_file(
+                url,
+                kind=args.import_kind,
+                path=args.file,
+                programme=args.programme,
+                budget=getattr(args, "budget", None),
+                errors=args.errors,
+                batch=args.batch,
+                show_progress=not args.no_progress,
+            )
+        )
 
 
 @contextlib.contextmanager

@@ -65,6 +65,8 @@ class Settings:
     # A standalone `loyalty worker` serves its metrics on this loopback port (0: off). Under
     # `loyalty serve` the worker's metrics are in the API's /metrics.
     worker_metrics_port: int = 0
+    # The body limit of the CSV import routes only (every other route keeps edge.MAX_BODY).
+    import_max_bytes: int = 64 * 1024 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -100,6 +102,7 @@ class Settings:
             access_log=env.boolean("ACCESS_LOG", False),
             otel_enabled=env.boolean("OTEL_ENABLED", False),
             worker_metrics_port=env.integer("WORKER_METRICS_PORT", 0),
+            import_max_bytes=env.integer("IMPORT_MAX_BYTES", 64 * 1024 * 1024),
         )
 
     def with_urls(self, database_url: str | None, redis_url: str | None) -> Settings:
@@ -138,6 +141,7 @@ class Settings:
             "ACCESS_LOG": str(self.access_log).lower(),
             "OTEL_ENABLED": str(self.otel_enabled).lower(),
             "WORKER_METRICS_PORT": str(self.worker_metrics_port),
+            "IMPORT_MAX_BYTES": str(self.import_max_bytes),
         }
         return {ENV_PREFIX + key: value for key, value in values.items() if value is not None}
 

@@ -33,6 +33,7 @@ FILES = (
     "benefits/sql/benefit_events_v1.sql",
     "activity/sql/activity_events_v1.sql",
     "reports/sql/reports_v1.sql",
+    "imports/sql/imports_v1.sql",
 )
 
 # Written by the migration tool itself, like alembic_version: no model, no revision.

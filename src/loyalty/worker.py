@@ -19,6 +19,7 @@ from arq.worker import Worker, create_worker
 from loyalty.activity import tasks as activity_tasks
 from loyalty.benefits import tasks as benefit_tasks
 from loyalty.db import create_engine
+from loyalty.imports import tasks as import_tasks
 from loyalty.ledger import tasks as ledger_tasks
 from loyalty.observability import wiring as observability
 from loyalty.reports import tasks as report_tasks
@@ -60,6 +61,7 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
             benefit_tasks.announce_benefit_campaigns,
             report_tasks.rollup_reports,
             report_tasks.refresh_expiry_forecast,
+            import_tasks.run_import,
         ],
         "cron_jobs": [
             cron(ledger_tasks.expire_holds, second=EVERY_10_SECONDS, unique=True, run_at_startup=True),

@@ -1,0 +1,1 @@
+"""Bulk CSV imports of members and of point grants, run as resumable background jobs."""
