@@ -169,7 +169,7 @@ class RateLimiter:
         if scope["type"] != "http" or scope["path"] in EXEMPT_PATHS:
             await self.app(scope, receive, send)
             return
-        if self._sync_task is None or self._loop is not asyncio.get_running_loop():
+        if self._loop is not asyncio.get_running_loop():  # set with the sync task, cleared with it
             # The first request of this event loop: learn whether Redis is there, then sync in
             # the background.
             await self.aclose()
