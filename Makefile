@@ -10,7 +10,7 @@ BENCH_ARGS ?=
 CHAOS_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test test-external stress chaos bench lint typecheck fmt clean
+.PHONY: help serve test test-external stress chaos bench bench-replay lint typecheck fmt clean
 
 help:
 	@echo "make serve     run the API and the worker (embedded PostgreSQL/Redis unless LOYALTY_*_URL are set)"
@@ -19,6 +19,7 @@ help:
 	@echo "make stress    run the long concurrency tests (-m stress)"
 	@echo "make chaos     kill and stop the API, worker, PostgreSQL and Redis under load (CHAOS_ARGS=--short)"
 	@echo "make bench     run the benchmarks"
+	@echo "make bench-replay  replay a draft earning-rule set over 1M synthetic events"
 	@echo "make lint      ruff check + ruff format --check"
 	@echo "make typecheck mypy"
 	@echo "make fmt       ruff format + ruff check --fix"
@@ -51,6 +52,9 @@ chaos: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+bench-replay: $(STAMP)
+	$(BIN)/python -m bench.replay $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
