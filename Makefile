@@ -10,7 +10,7 @@ BENCH_ARGS ?=
 CHAOS_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test test-external stress chaos bench bench-reports lint typecheck fmt clean
+.PHONY: help serve test test-external stress chaos bench bench-reports bench-replay lint typecheck fmt clean
 
 help:
 	@echo "make serve     run the API and the worker (embedded PostgreSQL/Redis unless LOYALTY_*_URL are set)"
@@ -20,6 +20,7 @@ help:
 	@echo "make chaos     kill and stop the API, worker, PostgreSQL and Redis under load (CHAOS_ARGS=--short)"
 	@echo "make bench     run the benchmarks"
 	@echo "make bench-reports  the dashboard's reads on a 1M-member programme, and the rollup's cost on earns"
+	@echo "make bench-replay  replay a draft earning-rule set over 1M synthetic events"
 	@echo "make lint      ruff check + ruff format --check"
 	@echo "make typecheck mypy"
 	@echo "make fmt       ruff format + ruff check --fix"
@@ -56,6 +57,9 @@ bench: $(STAMP)
 # Not part of `make bench`: building the large programme takes a minute or two.
 bench-reports: $(STAMP)
 	$(BIN)/python -m bench.reports $(BENCH_ARGS)
+
+bench-replay: $(STAMP)
+	$(BIN)/python -m bench.replay $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

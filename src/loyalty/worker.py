@@ -16,6 +16,7 @@ from arq import cron
 from arq.connections import RedisSettings
 from arq.worker import Worker, create_worker
 
+from loyalty.activity import replay_tasks
 from loyalty.activity import tasks as activity_tasks
 from loyalty.benefits import tasks as benefit_tasks
 from loyalty.db import create_engine
@@ -52,6 +53,7 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
             ledger_tasks.purge_idempotency_keys,
             webhook_tasks.purge_webhook_history,
             activity_tasks.refresh_member_facts,
+            replay_tasks.replay_earning_rules,
             tier_tasks.assess_due_tiers,
             tier_tasks.reassess_tiers,
             webhook_tasks.deliver_webhooks,

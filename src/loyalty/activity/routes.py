@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.activity import schemas as s
 from loyalty.activity import service
+from loyalty.activity.replay_routes import ReplayController
 from loyalty.auth.core import Principal
 from loyalty.ledger.routes import READ, STAFF_READ, WRITE, _spec
 from loyalty.web import JSON, TransactionLane, allow
@@ -177,4 +178,10 @@ class EarningRuleController(Controller):
         return await service.deactivate_rule(tx, who, code)
 
 
-ROUTES = [EventController, MemberActivityController, ActivitySettingsController, EarningRuleController]
+ROUTES = [
+    EventController,
+    MemberActivityController,
+    ActivitySettingsController,
+    ReplayController,
+    EarningRuleController,
+]

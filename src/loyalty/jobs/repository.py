@@ -63,3 +63,12 @@ async def get(conn: AsyncConnection, *, programme_id: int, job_id: str) -> dict[
         await conn.execute(select(runs).where(runs.c.job_id == job_id, runs.c.programme_id == programme_id))
     ).first()
     return None if row is None else dict(row._mapping)
+
+
+async def record_progress(conn: AsyncConnection, *, job_id: str, progress: dict[str, Any]) -> None:
+    """A running job's progress, in result until it finishes (record_finished replaces it)."""
+    await conn.execute(
+        runs.update()
+        .where(runs.c.job_id == job_id, runs.c.status == "running")
+        .values(result={"progress": progress})
+    )
