@@ -65,6 +65,8 @@ class Settings:
     # A standalone `loyalty worker` serves its metrics on this loopback port (0: off). Under
     # `loyalty serve` the worker's metrics are in the API's /metrics.
     worker_metrics_port: int = 0
+    # A console session that sees no request for this long ends (the operator logs in again).
+    console_idle_minutes: int = 30
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -100,6 +102,7 @@ class Settings:
             access_log=env.boolean("ACCESS_LOG", False),
             otel_enabled=env.boolean("OTEL_ENABLED", False),
             worker_metrics_port=env.integer("WORKER_METRICS_PORT", 0),
+            console_idle_minutes=env.integer("CONSOLE_IDLE_MINUTES", 30),
         )
 
     def with_urls(self, database_url: str | None, redis_url: str | None) -> Settings:
@@ -138,6 +141,7 @@ class Settings:
             "ACCESS_LOG": str(self.access_log).lower(),
             "OTEL_ENABLED": str(self.otel_enabled).lower(),
             "WORKER_METRICS_PORT": str(self.worker_metrics_port),
+            "CONSOLE_IDLE_MINUTES": str(self.console_idle_minutes),
         }
         return {ENV_PREFIX + key: value for key, value in values.items() if value is not None}
 
