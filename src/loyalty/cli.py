@@ -165,6 +165,17 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--batch", type=int, default=None, help="rows per transaction (default 500)")
         command.add_argument("--no-progress", action="store_true", help="no progress bar")
         command.set_defaults(handler=cmd_import, import_kind=kind)
+    operators = commands.add_parser("operators", help="console operators").add_subparsers(
+        dest="operators_command", required=True
+    )
+    operator_create = operators.add_parser(
+        "create", help="create a console operator; a generated password is printed once"
+    )
+    operator_create.add_argument("email")
+    operator_create.add_argument("--programme", required=True, help="programme code")
+    operator_create.add_argument("--role", required=True, choices=("analyst", "support", "marketer", "admin"))
+    operator_create.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    operator_create.set_defaults(handler=cmd_operators_create)
     return parser
 
 
@@ -436,6 +447,36 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 return 0 if stop.is_set() else 1
             _print_banner(full)
             return _supervise(children, stop)
+
+
+def cmd_operators_create(args: argparse.Namespace, settings: Settings) -> int:
+    from loyalty.console.passwords import generate_password
+    from loyalty.console.service import create_operator
+    from loyalty.db import create_engine
+    from loyalty.errors import DomainError
+
+    password = sys.stdin.readline().rstrip("\n") if args.password_stdin else generate_password()
+
+    async def run(full: Settings) -> int:
+        engine = create_engine(_database_url(full), pool_size=1)
+        try:
+            async with engine.begin() as conn:
+                return await create_operator(
+                    conn, email=args.email, programme_code=args.programme, role=args.role, password=password
+                )
+        finally:
+            await engine.dispose()
+
+    with resolved(settings) as full:
+        try:
+            operator_id = asyncio.run(run(full))
+        except DomainError as exc:
+            print(f"error: {exc.detail}", file=sys.stderr)
+            return 1
+    print(f"operator {operator_id} {args.email.strip().lower()} ({args.role} of {args.programme}) created")
+    if not args.password_stdin:
+        print(f"password (shown once): {password}")
+    return 0
 
 
 # --- serve helpers ----------------------------------------------------------------------------

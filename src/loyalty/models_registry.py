@@ -3,6 +3,7 @@
 from loyalty import db  # noqa: F401
 from loyalty.activity import models as activity_models  # noqa: F401
 from loyalty.benefits import models as benefit_models  # noqa: F401
+from loyalty.console import models as console_models  # noqa: F401
 from loyalty.events import models as event_models  # noqa: F401
 from loyalty.imports import models as import_models  # noqa: F401
 from loyalty.jobs import models as job_models  # noqa: F401

@@ -67,6 +67,8 @@ class Settings:
     worker_metrics_port: int = 0
     # The body limit of the CSV import routes only (every other route keeps edge.MAX_BODY).
     import_max_bytes: int = 64 * 1024 * 1024
+    # A console session that sees no request for this long ends (the operator logs in again).
+    console_idle_minutes: int = 30
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -103,6 +105,7 @@ class Settings:
             otel_enabled=env.boolean("OTEL_ENABLED", False),
             worker_metrics_port=env.integer("WORKER_METRICS_PORT", 0),
             import_max_bytes=env.integer("IMPORT_MAX_BYTES", 64 * 1024 * 1024),
+            console_idle_minutes=env.integer("CONSOLE_IDLE_MINUTES", 30),
         )
 
     def with_urls(self, database_url: str | None, redis_url: str | None) -> Settings:
@@ -142,6 +145,7 @@ class Settings:
             "OTEL_ENABLED": str(self.otel_enabled).lower(),
             "WORKER_METRICS_PORT": str(self.worker_metrics_port),
             "IMPORT_MAX_BYTES": str(self.import_max_bytes),
+            "CONSOLE_IDLE_MINUTES": str(self.console_idle_minutes),
         }
         return {ENV_PREFIX + key: value for key, value in values.items() if value is not None}
 

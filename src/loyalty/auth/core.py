@@ -28,9 +28,13 @@ class Principal:
     key_id: int | None = None
     member_external_id: str | None = None
     timezone: str = "UTC"
+    # Set when an operator acts through the console (roles of the console: console/core.py).
+    operator_id: int | None = None
 
     @property
     def actor(self) -> str:
+        if self.operator_id is not None:
+            return f"operator:{self.operator_id}"
         if self.member_external_id is not None:
             return f"member:{self.member_external_id}"
         return f"key:{self.key_id}:{self.role}"
