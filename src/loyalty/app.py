@@ -20,6 +20,7 @@ from loyalty.auth.routes import ROUTES as KEY_ROUTES
 from loyalty.auth.service import Authenticator
 from loyalty.benefits.checkout import CatalogueCache
 from loyalty.benefits.routes import ROUTES as BENEFIT_ROUTES
+from loyalty.console import web as console_web
 from loyalty.db import create_engine, create_posting_pool
 from loyalty.edge import MAX_BODY, EdgeChecks, ProblemDocs
 from loyalty.imports.routes import build_routes as import_routes
@@ -101,7 +102,10 @@ def create_app(settings: Settings) -> Litestar:
         ),
         security=[{"bearer": []}],
     )
-    auth = DefineMiddleware(AuthMiddleware, exclude=["^/schema", *(f"^{p}$" for p in PUBLIC_PATHS)])
+    # The console authenticates by its session cookie (console.web.console_guard), not a key.
+    auth = DefineMiddleware(
+        AuthMiddleware, exclude=["^/schema", "^/console", *(f"^{p}$" for p in PUBLIC_PATHS)]
+    )
     app = Litestar(
         route_handlers=[
             health.live,
@@ -119,7 +123,9 @@ def create_app(settings: Settings) -> Litestar:
             *import_routes(settings.import_max_bytes),
             *KEY_ROUTES,
             *REPORT_ROUTES,
+            *console_web.routers(),
         ],
+        template_config=console_web.template_config(),
         lifespan=[lifespan, observability.lifespan],
         # EdgeChecks first: bad ids, NUL characters, non-JSON and oversized bodies never reach a route.
         middleware=[EdgeChecks, auth],

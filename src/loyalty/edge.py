@@ -91,10 +91,12 @@ class EdgeChecks:
             handler = scope["route_handler"]
             media_type = handler.opt.get("body_media_type")
             if media_type is not None:
-                # A route that takes another body (the CSV imports) names it in its opt.
-                if content_type.split(b";", 1)[0].strip().lower() != media_type.encode():
+                # A route that takes another body (the CSV imports, the console's forms) names
+                # it, or a tuple of them, in its opt.
+                accepted = (media_type,) if isinstance(media_type, str) else tuple(media_type)
+                if content_type.split(b";", 1)[0].strip().lower().decode("latin-1") not in accepted:
                     raise UnsupportedMediaType(
-                        detail=f"The body must be {media_type}: send Content-Type: {media_type}."
+                        detail=f"The body must be {' or '.join(accepted)}: send Content-Type: {accepted[0]}."
                     )
             elif not _is_json(content_type):
                 raise UnsupportedMediaType(

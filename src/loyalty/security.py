@@ -30,19 +30,28 @@ DOCS_CSP = (
     "img-src 'self' data:; font-src 'self' data:; frame-ancestors 'none'; base-uri 'none'"
 )
 DOCS_PREFIX = "/schema"
+# The console: its own scripts only (no inline script), inline styles (ECharts sets them on its
+# elements), forms posting to itself.
+CONSOLE_CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "font-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+CONSOLE_PREFIX = "/console"
 HSTS = "max-age=31536000; includeSubDomains"
 
 Headers = list[tuple[bytes, bytes]]
 
 
-def response_headers(*, https: bool, docs: bool) -> Headers:
+def response_headers(*, https: bool, docs: bool, console: bool = False) -> Headers:
     """The headers added to every response (cache-control is added separately, if absent)."""
+    csp = CONSOLE_CSP if console else DOCS_CSP if docs else API_CSP
     headers = [
         (b"x-content-type-options", b"nosniff"),
         (b"x-frame-options", b"DENY"),
-        (b"referrer-policy", b"no-referrer"),
+        # The console keeps its own origin in the Referer (its links and htmx requests).
+        (b"referrer-policy", b"same-origin" if console else b"no-referrer"),
         (b"cross-origin-resource-policy", b"same-origin"),
-        (b"content-security-policy", (DOCS_CSP if docs else API_CSP).encode()),
+        (b"content-security-policy", csp.encode()),
     ]
     if https:
         headers.append((b"strict-transport-security", HSTS.encode()))
@@ -89,12 +98,20 @@ class SecurityHeaders:
         vary = [(b"vary", b"Origin")] if self.cors_on else []
         self.api = [*response_headers(https=https, docs=False), *vary]
         self.docs = [*response_headers(https=https, docs=True), *vary]
+        self.console = [*response_headers(https=https, docs=False, console=True), *vary]
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = self.docs if scope["path"].startswith(DOCS_PREFIX) else self.api
+        path = scope["path"]
+        extra = (
+            self.docs
+            if path.startswith(DOCS_PREFIX)
+            else self.console
+            if path.startswith(CONSOLE_PREFIX)
+            else self.api
+        )
         if self.cors_on:
             origin = _header(scope["headers"], b"origin")
             if origin is not None:

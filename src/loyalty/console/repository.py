@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from sqlalchemy import insert, select
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty.console.models import Operator, OperatorProgramme
+from loyalty.console.models import ConsoleSession, Operator, OperatorProgramme
 
 
 async def operator_id_by_email(conn: AsyncConnection, email: str) -> int | None:
@@ -28,3 +31,101 @@ async def set_role(conn: AsyncConnection, operator_id: int, programme_id: int, r
             set_={"role": stmt.excluded.role},
         )
     )
+
+
+async def login_row(conn: AsyncConnection, email: str) -> dict[str, Any] | None:
+    """The operator with this email, locked for the rest of the transaction (its counter)."""
+    row = (
+        await conn.execute(
+            text(
+                "SELECT id, password_hash, disabled, failed_logins, locked_until"
+                " FROM operators WHERE email = :e FOR UPDATE"
+            ),
+            {"e": email},
+        )
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+async def record_failure(
+    conn: AsyncConnection, operator_id: int, failures: int, locked_until: datetime | None
+) -> None:
+    await conn.execute(
+        update(Operator)
+        .where(Operator.id == operator_id)
+        .values(failed_logins=failures, locked_until=locked_until)
+    )
+
+
+async def clear_failures(conn: AsyncConnection, operator_id: int) -> None:
+    await conn.execute(
+        update(Operator).where(Operator.id == operator_id).values(failed_logins=0, locked_until=None)
+    )
+
+
+async def memberships(conn: AsyncConnection, operator_id: int) -> list[dict[str, Any]]:
+    """The programmes an operator may work in, with the role in each, by code."""
+    rows = await conn.execute(
+        text(
+            "SELECT p.id, p.code, p.name, op.role FROM operator_programmes op"
+            " JOIN programmes p ON p.id = op.programme_id WHERE op.operator_id = :o ORDER BY p.code"
+        ),
+        {"o": operator_id},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def insert_session(
+    conn: AsyncConnection, token_hash: bytes, operator_id: int, programme_id: int, expires_at: datetime
+) -> int:
+    row = await conn.execute(
+        insert(ConsoleSession)
+        .values(
+            token_hash=token_hash, operator_id=operator_id, programme_id=programme_id, expires_at=expires_at
+        )
+        .returning(ConsoleSession.id)
+    )
+    return int(row.scalar_one())
+
+
+async def session_row(conn: AsyncConnection, token_hash: bytes) -> dict[str, Any] | None:
+    """A session with its operator, programme and role there; one index probe and two joins."""
+    row = (
+        await conn.execute(
+            text(
+                "SELECT s.id AS session_id, s.operator_id, s.programme_id, s.last_seen_at, s.expires_at,"
+                " o.email, o.disabled, op.role, p.code AS programme_code, p.name AS programme_name,"
+                " p.timezone"
+                " FROM console_sessions s JOIN operators o ON o.id = s.operator_id"
+                " LEFT JOIN operator_programmes op"
+                "   ON op.operator_id = s.operator_id AND op.programme_id = s.programme_id"
+                " LEFT JOIN programmes p ON p.id = s.programme_id"
+                " WHERE s.token_hash = :t"
+            ),
+            {"t": token_hash},
+        )
+    ).first()
+    return dict(row._mapping) if row else None
+
+
+async def touch_session(conn: AsyncConnection, session_id: int, now: datetime) -> None:
+    await conn.execute(update(ConsoleSession).where(ConsoleSession.id == session_id).values(last_seen_at=now))
+
+
+async def set_session_programme(conn: AsyncConnection, session_id: int, programme_id: int) -> None:
+    await conn.execute(
+        update(ConsoleSession).where(ConsoleSession.id == session_id).values(programme_id=programme_id)
+    )
+
+
+async def delete_session(conn: AsyncConnection, token_hash: bytes) -> None:
+    await conn.execute(delete(ConsoleSession).where(ConsoleSession.token_hash == token_hash))
+
+
+async def delete_expired_sessions(conn: AsyncConnection, now: datetime, idle_since: datetime) -> int:
+    result = await conn.execute(
+        delete(ConsoleSession).where(
+            (ConsoleSession.expires_at <= now) | (ConsoleSession.last_seen_at <= idle_since)
+        )
+    )
+    return int(result.rowcount or 0)

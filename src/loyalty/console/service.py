@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty.auth.core import Principal
 from loyalty.console import repository
-from loyalty.console.core import CONSOLE_ROLES
-from loyalty.console.passwords import MIN_LENGTH, hash_password
-from loyalty.errors import Conflict, InvalidInput, NotFound
+from loyalty.console.core import (
+    CONSOLE_ROLES,
+    ConsoleRole,
+    LockoutPolicy,
+    LoginCounter,
+    after_failure,
+    hash_token,
+    idle_expired,
+    locked,
+    new_token,
+)
+from loyalty.console.passwords import MIN_LENGTH, hash_password, verify_password
+from loyalty.errors import Conflict, DomainError, InvalidInput, NotFound
 from loyalty.programmes import repository as programmes
 
 
@@ -30,3 +45,135 @@ async def create_operator(
     operator_id = await repository.insert_operator(conn, email, hash_password(password))
     await repository.set_role(conn, operator_id, programme["id"], role)
     return operator_id
+
+
+# A session ends after this long whatever its activity; idle expiry is the setting.
+SESSION_LIFETIME = timedelta(hours=12)
+# last_seen_at is written at most this often: a page view is a read, not a write, mostly.
+TOUCH_EVERY = timedelta(seconds=30)
+
+
+class LoginRefused(DomainError):
+    """Wrong email or password, or a locked or disabled account. The message never says which
+    of email and password was wrong."""
+
+    code = "login_refused"
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSession:
+    """Who is at the console: the operator, the programme they work in now, and their role there."""
+
+    session_id: int
+    token: str
+    operator_id: int
+    email: str
+    programme_id: int
+    programme_code: str
+    programme_name: str
+    timezone: str
+    role: ConsoleRole
+
+    def principal(self) -> Principal:
+        """The caller as the domain services see it: the programme's operator role, with the
+        operator's id for the record (actor ``operator:<id>``). Which console permissions the
+        operator holds is checked before any service is called (console.core.may)."""
+        return Principal(
+            programme_id=self.programme_id,
+            programme_code=self.programme_code,
+            role="operator",
+            timezone=self.timezone,
+            operator_id=self.operator_id,
+        )
+
+
+async def login(
+    conn: AsyncConnection,
+    *,
+    email: str,
+    password: str,
+    now: datetime,
+    policy: LockoutPolicy = LockoutPolicy(),
+) -> tuple[str, int]:
+    """Check the password and open a session in the operator's first programme.
+
+    Returns (the session token, to put in the cookie, and the operator id). A failure is counted
+    on the account (and the fifth in a row locks it for a while) in this same transaction, so
+    the caller commits after a LoginRefused as well as after a success."""
+    row = await repository.login_row(conn, email.strip().lower())
+    if row is None:
+        verify_password(None, password)  # as slow as a real check: no hint that the email is unknown
+        raise LoginRefused("Wrong email or password.")
+    counter = LoginCounter(failures=row["failed_logins"], locked_until=row["locked_until"])
+    if locked(counter, now):
+        raise LoginRefused(
+            "Too many failed logins: this account is locked for a while. Try again later.",
+            code="login_locked",
+            extra={"locked_until": counter.locked_until.isoformat() if counter.locked_until else None},
+        )
+    if not verify_password(row["password_hash"], password) or row["disabled"]:
+        after = after_failure(counter, now, policy)
+        await repository.record_failure(conn, row["id"], after.failures, after.locked_until)
+        if after.locked_until is not None and locked(after, now):
+            raise LoginRefused(
+                "Too many failed logins: this account is locked for a while. Try again later.",
+                code="login_locked",
+                extra={"locked_until": after.locked_until.isoformat()},
+            )
+        raise LoginRefused("Wrong email or password.")
+    programmes = await repository.memberships(conn, row["id"])
+    if not programmes:
+        raise LoginRefused("This account has no programme to work in.", code="login_no_programme")
+    if counter.failures or counter.locked_until is not None:
+        await repository.clear_failures(conn, row["id"])
+    token, digest = new_token()
+    await repository.insert_session(conn, digest, row["id"], programmes[0]["id"], now + SESSION_LIFETIME)
+    return token, int(row["id"])
+
+
+async def session(
+    conn: AsyncConnection, token: str, *, now: datetime, idle: timedelta
+) -> ConsoleSession | None:
+    """The live session for a cookie's token, or None (unknown, expired, idle too long, the
+    account disabled, or its role in the programme withdrawn). Marks it seen."""
+    row = await repository.session_row(conn, hash_token(token))
+    if row is None:
+        return None
+    if (
+        row["disabled"]
+        or row["role"] is None
+        or now >= row["expires_at"]
+        or idle_expired(row["last_seen_at"], now, idle)
+    ):
+        await repository.delete_session(conn, hash_token(token))
+        return None
+    if now - row["last_seen_at"] >= TOUCH_EVERY:
+        await repository.touch_session(conn, row["session_id"], now)
+    return ConsoleSession(
+        session_id=row["session_id"],
+        token=token,
+        operator_id=row["operator_id"],
+        email=row["email"],
+        programme_id=row["programme_id"],
+        programme_code=row["programme_code"],
+        programme_name=row["programme_name"],
+        timezone=row["timezone"],
+        role=row["role"],
+    )
+
+
+async def logout(conn: AsyncConnection, token: str) -> None:
+    await repository.delete_session(conn, hash_token(token))
+
+
+async def programmes_of(conn: AsyncConnection, operator_id: int) -> list[dict[str, Any]]:
+    return await repository.memberships(conn, operator_id)
+
+
+async def switch_programme(conn: AsyncConnection, current: ConsoleSession, programme_code: str) -> None:
+    """Work in another of the operator's programmes; one they hold no role in is refused."""
+    for membership in await repository.memberships(conn, current.operator_id):
+        if membership["code"] == programme_code:
+            await repository.set_session_programme(conn, current.session_id, membership["id"])
+            return
+    raise NotFound(f"You have no role in a programme {programme_code!r}.", code="programme_not_found")
