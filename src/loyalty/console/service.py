@@ -177,3 +177,113 @@ async def switch_programme(conn: AsyncConnection, current: ConsoleSession, progr
             await repository.set_session_programme(conn, current.session_id, membership["id"])
             return
     raise NotFound(f"You have no role in a programme {programme_code!r}.", code="programme_not_found")
+
+
+# -- a programme's operators, and invitations ----------------------------------------------------
+
+INVITATION_LIFETIME = timedelta(days=7)
+
+
+def _check_role(role: str) -> None:
+    if role not in CONSOLE_ROLES:
+        raise InvalidInput("role", f"must be one of {', '.join(CONSOLE_ROLES)}")
+
+
+async def programme_operators(conn: AsyncConnection, programme_id: int) -> list[dict[str, Any]]:
+    return await repository.programme_operators(conn, programme_id)
+
+
+async def _keep_an_admin(conn: AsyncConnection, programme_id: int, operator_id: int) -> str:
+    """The operator's role here (locked); refuses to take away the programme's last admin."""
+    admins = await repository.lock_admins(conn, programme_id)
+    role = await repository.role_of(conn, operator_id, programme_id, lock=True)
+    if role is None:
+        raise NotFound("This operator has no role in the programme.", code="operator_not_found")
+    if role == "admin" and admins <= 1:
+        raise Conflict(
+            "This is the programme's last admin: make another operator admin first.", code="last_admin"
+        )
+    return role
+
+
+async def change_role(conn: AsyncConnection, programme_id: int, operator_id: int, role: str) -> None:
+    _check_role(role)
+    if role != "admin":
+        await _keep_an_admin(conn, programme_id, operator_id)
+    elif await repository.role_of(conn, operator_id, programme_id, lock=True) is None:
+        raise NotFound("This operator has no role in the programme.", code="operator_not_found")
+    await repository.set_role(conn, operator_id, programme_id, role)
+
+
+async def remove_from_programme(conn: AsyncConnection, programme_id: int, operator_id: int) -> None:
+    """The operator loses their role here; their sessions in this programme end with it."""
+    await _keep_an_admin(conn, programme_id, operator_id)
+    await repository.remove_role(conn, operator_id, programme_id)
+
+
+async def invite(
+    conn: AsyncConnection, *, programme_id: int, email: str, role: str, invited_by: int | None, now: datetime
+) -> str:
+    """An invitation to the programme with a role; returns its one-time token (stored hashed)."""
+    email = email.strip().lower()
+    if "@" not in email or len(email) > 254 or email.startswith("@") or email.endswith("@"):
+        raise InvalidInput("email", "must be an email address")
+    _check_role(role)
+    existing = await repository.operator_id_by_email(conn, email)
+    if existing is not None and await repository.role_of(conn, existing, programme_id) is not None:
+        raise Conflict(
+            f"{email} works in this programme already.", code="operator_exists", extra={"field": "email"}
+        )
+    token, digest = new_token()
+    await repository.insert_invitation(
+        conn,
+        token_hash=digest,
+        email=email,
+        programme_id=programme_id,
+        role=role,
+        invited_by=invited_by,
+        expires_at=now + INVITATION_LIFETIME,
+    )
+    return token
+
+
+async def pending_invitations(
+    conn: AsyncConnection, programme_id: int, now: datetime
+) -> list[dict[str, Any]]:
+    return await repository.pending_invitations(conn, programme_id, now)
+
+
+async def cancel_invitation(conn: AsyncConnection, programme_id: int, invitation_id: int) -> None:
+    if not await repository.delete_invitation(conn, programme_id, invitation_id):
+        raise NotFound("No open invitation with this id.", code="invitation_not_found")
+
+
+class InvitationInvalid(NotFound):
+    code = "invitation_invalid"
+
+
+async def invitation(
+    conn: AsyncConnection, token: str, now: datetime, *, lock: bool = False
+) -> dict[str, Any]:
+    """An open invitation, with whether its email has an account already; else InvitationInvalid."""
+    row = await repository.invitation_row(conn, hash_token(token), lock=lock)
+    if row is None or row["accepted_at"] is not None or now >= row["expires_at"]:
+        raise InvitationInvalid("This invitation is not valid: it was used, cancelled or has expired.")
+    row["operator_id"] = await repository.operator_id_by_email(conn, row["email"])
+    return row
+
+
+async def accept_invitation(conn: AsyncConnection, token: str, *, password: str, now: datetime) -> str:
+    """Use the invitation once: a new account with this password, or, for an email that has an
+    account already, the role added to it (its own password proves it is theirs). Returns the email."""
+    row = await invitation(conn, token, now, lock=True)
+    operator_id = row["operator_id"]
+    if operator_id is None:
+        if len(password) < MIN_LENGTH:
+            raise InvalidInput("password", f"must be at least {MIN_LENGTH} characters")
+        operator_id = await repository.insert_operator(conn, row["email"], hash_password(password))
+    elif not verify_password(await repository.password_hash_of(conn, operator_id), password):
+        raise InvalidInput("password", "is not this account's password")
+    await repository.set_role(conn, operator_id, row["programme_id"], row["role"])
+    await repository.mark_accepted(conn, row["id"], now)
+    return str(row["email"])
