@@ -11,6 +11,7 @@ from typing import Any
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import Cookie
+from litestar.params import FromPath
 from litestar.response import Template
 
 from loyalty.auth import core as auth_core
@@ -91,7 +92,7 @@ async def create_key(request: Request[Any, Any, Any]) -> Template:
 
 
 @post("/admin/keys/{key_id:int}/revoke", opt=needs("keys"), name="console-admin-keys-revoke")
-async def revoke_key(request: Request[Any, Any, Any], key_id: int) -> Response[Any]:
+async def revoke_key(request: Request[Any, Any, Any], key_id: FromPath[int]) -> Response[Any]:
     async with transaction(request) as conn:
         await keys.revoke_api_key(conn, key_id=key_id, programme_id=current(request).programme_id)
     return see_other(request, f"{BASE}/keys")
@@ -127,7 +128,7 @@ async def operators_page(request: Request[Any, Any, Any]) -> Template:
 
 
 @post("/admin/operators/{operator_id:int}/role", opt=needs("operators"), name="console-admin-role")
-async def change_role(request: Request[Any, Any, Any], operator_id: int) -> Response[Any]:
+async def change_role(request: Request[Any, Any, Any], operator_id: FromPath[int]) -> Response[Any]:
     values = await form_data(request)
     try:
         async with transaction(request) as conn:
@@ -140,7 +141,7 @@ async def change_role(request: Request[Any, Any, Any], operator_id: int) -> Resp
 
 
 @post("/admin/operators/{operator_id:int}/remove", opt=needs("operators"), name="console-admin-remove")
-async def remove_operator(request: Request[Any, Any, Any], operator_id: int) -> Response[Any]:
+async def remove_operator(request: Request[Any, Any, Any], operator_id: FromPath[int]) -> Response[Any]:
     try:
         async with transaction(request) as conn:
             await operators.remove_from_programme(conn, current(request).programme_id, operator_id)
@@ -174,7 +175,7 @@ async def invite(request: Request[Any, Any, Any]) -> Template:
 
 
 @post("/admin/invitations/{invitation_id:int}/cancel", opt=needs("operators"), name="console-admin-uninvite")
-async def cancel_invitation(request: Request[Any, Any, Any], invitation_id: int) -> Response[Any]:
+async def cancel_invitation(request: Request[Any, Any, Any], invitation_id: FromPath[int]) -> Response[Any]:
     async with transaction(request) as conn:
         await operators.cancel_invitation(conn, current(request).programme_id, invitation_id)
     return see_other(request, f"{BASE}/operators")
@@ -267,7 +268,7 @@ def _invite_page(
 
 
 @get("/invite/{token:str}", opt=PUBLIC, name="console-invite")
-async def invitation_form(request: Request[Any, Any, Any], token: str) -> Response[Any]:
+async def invitation_form(request: Request[Any, Any, Any], token: FromPath[str]) -> Response[Any]:
     try:
         async with reading(request) as conn:
             row = await operators.invitation(conn, token, now())
@@ -277,7 +278,7 @@ async def invitation_form(request: Request[Any, Any, Any], token: str) -> Respon
 
 
 @post("/invite/{token:str}", opt=PUBLIC, name="console-invite-accept")
-async def accept_invitation(request: Request[Any, Any, Any], token: str) -> Response[Any]:
+async def accept_invitation(request: Request[Any, Any, Any], token: FromPath[str]) -> Response[Any]:
     form = await request.form()
     sent = form.get("_csrf")
     values = await form_data(request)

@@ -13,6 +13,7 @@ from typing import Any
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import UploadFile
+from litestar.params import FromPath
 from litestar.response import Stream, Template
 
 from loyalty.console.web import (
@@ -107,26 +108,28 @@ async def upload(request: Request[Any, Any, Any]) -> Response[Any]:
         errors = errors_of(exc)
         # A file's problems (its header, its encoding) belong next to that form's file input.
         shown = {(k if k in ("kind", "budget") else field): v for k, v in errors.items()}
+        if exc.code == "budget_not_found":
+            shown = {"budget": exc.detail}
         if any(k.startswith("header.") for k in errors):
             shown[field] = "; ".join(f"{k.removeprefix('header.')}: {v}" for k, v in errors.items())
         return await _page(request, status_code=400, errors=shown, values=values)
     return see_other(request, f"/console/imports/{created.id}")
 
 
-async def _one(request: Request[Any, Any, Any], import_id: int) -> ImportView:
+async def _one(request: Request[Any, Any, Any], import_id: FromPath[int]) -> ImportView:
     async with reading(request) as conn:
         return await service.get_import(conn, current(request).principal(), import_id)
 
 
 @get("/imports/{import_id:int}", name="console-import")
-async def show(request: Request[Any, Any, Any], import_id: int) -> Template:
+async def show(request: Request[Any, Any, Any], import_id: FromPath[int]) -> Template:
     found = await _one(request, import_id)
     template = "imports/_progress.html" if is_htmx(request) else "imports/show.html"
     return render(request, template, item=found, done=found.status in DONE)
 
 
 @get("/imports/{import_id:int}/errors.csv", name="console-import-errors")
-async def errors_csv(request: Request[Any, Any, Any], import_id: int) -> Response[bytes]:
+async def errors_csv(request: Request[Any, Any, Any], import_id: FromPath[int]) -> Response[bytes]:
     async with reading(request) as conn:
         body = await service.error_report(conn, current(request).principal(), import_id)
     return Response(
@@ -137,7 +140,7 @@ async def errors_csv(request: Request[Any, Any, Any], import_id: int) -> Respons
 
 
 @post("/imports/{import_id:int}/resume", opt=needs("budgets"), name="console-import-resume")
-async def resume(request: Request[Any, Any, Any], import_id: int) -> Response[Any]:
+async def resume(request: Request[Any, Any, Any], import_id: FromPath[int]) -> Response[Any]:
     async with transaction(request) as conn:
         await service.resume_import(conn, current(request).principal(), import_id)
         await tasks.enqueue_import(request.app.state.redis, import_id=import_id)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, Response, get, post
+from litestar.params import FromPath
 from litestar.response import Template
 
 from loyalty.console.web import (
@@ -103,12 +104,12 @@ async def _detail(
 
 
 @get("/webhooks/{endpoint_id:int}", name="console-webhook")
-async def detail(request: Request[Any, Any, Any], endpoint_id: int) -> Template:
+async def detail(request: Request[Any, Any, Any], endpoint_id: FromPath[int]) -> Template:
     return await _detail(request, endpoint_id)
 
 
 @post("/webhooks/{endpoint_id:int}/active", opt=needs("webhooks"), name="console-webhook-active")
-async def set_active(request: Request[Any, Any, Any], endpoint_id: int) -> Response[Any]:
+async def set_active(request: Request[Any, Any, Any], endpoint_id: FromPath[int]) -> Response[Any]:
     form = await request.form()
     active = form.get("active") == "true"
     async with transaction(request) as conn:
@@ -123,14 +124,14 @@ async def set_active(request: Request[Any, Any, Any], endpoint_id: int) -> Respo
 
 
 @post("/webhooks/{endpoint_id:int}/delete", opt=needs("webhooks"), name="console-webhook-delete")
-async def remove(request: Request[Any, Any, Any], endpoint_id: int) -> Response[Any]:
+async def remove(request: Request[Any, Any, Any], endpoint_id: FromPath[int]) -> Response[Any]:
     async with transaction(request) as conn:
         await service.delete_endpoint(conn, current(request).principal(), endpoint_id)
     return see_other(request, BASE)
 
 
 @post("/webhooks/{endpoint_id:int}/rotate", opt=needs("webhooks"), name="console-webhook-rotate")
-async def rotate(request: Request[Any, Any, Any], endpoint_id: int) -> Template:
+async def rotate(request: Request[Any, Any, Any], endpoint_id: FromPath[int]) -> Template:
     async with transaction(request) as conn:
         rotated = await service.rotate_secret(conn, current(request).principal(), endpoint_id)
     return await _detail(
@@ -142,14 +143,14 @@ async def rotate(request: Request[Any, Any, Any], endpoint_id: int) -> Template:
 
 
 @post("/webhooks/{endpoint_id:int}/test", opt=needs("webhooks"), name="console-webhook-test")
-async def test(request: Request[Any, Any, Any], endpoint_id: int) -> Template:
+async def test(request: Request[Any, Any, Any], endpoint_id: FromPath[int]) -> Template:
     async with reading(request) as conn:
         result = await service.ping(conn, current(request).principal(), endpoint_id, policy=_policy(request))
     return await _detail(request, endpoint_id, ping=result)
 
 
 @post("/webhooks/deliveries/{delivery_id:int}/redeliver", opt=needs("webhooks"), name="console-redeliver")
-async def redeliver(request: Request[Any, Any, Any], delivery_id: int) -> Response[Any]:
+async def redeliver(request: Request[Any, Any, Any], delivery_id: FromPath[int]) -> Response[Any]:
     async with transaction(request) as conn:
         queued = await service.redeliver(conn, current(request).principal(), delivery_id)
     return see_other(request, f"{BASE}/{queued.endpoint_id}")
