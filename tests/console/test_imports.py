@@ -52,7 +52,9 @@ async def _run(engine: AsyncEngine, redis_url: str, import_id: int) -> None:
 
 async def _members(client: AsyncTestClient[Any], programme: Programme, *ids: str) -> None:
     for member in ids:
-        r = await client.post("/v1/members", json={"member_id": member}, headers=programme.headers("operator"))
+        r = await client.post(
+            "/v1/members", json={"member_id": member}, headers=programme.headers("operator")
+        )
         assert r.status_code == 201, r.text
 
 
