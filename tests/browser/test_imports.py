@@ -11,6 +11,7 @@ from pathlib import Path
 from playwright.sync_api import expect
 
 from tests.browser.conftest import Console
+from tests.support import new_key
 
 BAD_LINES = {101: "status", 2502: "member_id", 4999: "attributes"}  # file line -> refused field
 
@@ -63,11 +64,20 @@ def test_import_points_and_export_the_transactions(console: Console) -> None:
     page = console.page
     api = console.api("operator")
     assert (
-        api.post("/v1/budgets", json={"code": "welcome", "cap": 100_000, "unit_cost_micros": 500}).status_code
+        api.post(
+            "/v1/budgets",
+            json={"code": "welcome", "cap": 100_000, "unit_cost_micros": 500},
+            headers={"Idempotency-Key": new_key()},
+        ).status_code
         == 201
     )
     for member in ("pa", "pb"):
-        assert api.post("/v1/members", json={"member_id": member}).status_code == 201
+        assert (
+            api.post(
+                "/v1/members", json={"member_id": member}, headers={"Idempotency-Key": new_key()}
+            ).status_code
+            == 201
+        )
     console.login("admin")
     console.goto("/console/imports")
     page.get_by_label("Budget").select_option("welcome")
