@@ -30,8 +30,10 @@ def test_an_endpoint_gets_a_test_and_a_real_delivery(console: Console, receiver:
     expect(page.get_by_text("No webhook endpoints yet.")).to_be_visible()
     page.get_by_label("URL").fill(receiver.receiver.url)
     page.get_by_label("Description").fill("CRM sync")
+    page.get_by_label("All events").uncheck()
     page.get_by_label("points.earned").check()
     page.get_by_role("button", name="Create endpoint").click()
+    expect(page.get_by_role("definition").filter(has_text="points.earned")).to_have_count(1)
     secret = page.locator("[data-secret]").inner_text()
     assert secret.startswith("whsec_")
     receiver.receiver.secret = secret

@@ -21,7 +21,8 @@ from tests.support import Programme
 async def _as(client: AsyncTestClient[Any], engine: AsyncEngine, programme: Programme, role: str) -> str:
     assert (await login(client, await make_operator(engine, programme.code, role))).status_code == 303
     screen = await client.get("/console/imports")
-    assert screen.status_code == 200 and 'name="_csrf" value=""' not in screen.text  # every form has its token
+    # Every form of the screen carries its CSRF token.
+    assert screen.status_code == 200 and 'name="_csrf" value=""' not in screen.text
     return await console_csrf(client)
 
 
