@@ -11,8 +11,8 @@ from litestar.testing import AsyncTestClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.console.helpers import console_csrf, csrf_of, login, make_operator
-from tests.support import Programme
+from tests.console.helpers import PASSWORD, console_csrf, csrf_of, login, make_operator
+from tests.support import Programme, make_programme
 
 KEY = re.compile(r"<code data-secret>(lk_[^<]+)</code>")
 LINK = re.compile(r"<code data-invite-link>[^<]*(/console/invite/[^<]+)</code>")
@@ -179,3 +179,52 @@ async def test_a_marketer_is_refused_every_admin_write(
             text("SELECT count(*) FROM operator_invitations WHERE programme_id = :p"), {"p": programme.id}
         )
     assert (keys, invites) == (4, 0)
+
+
+async def test_an_existing_account_accepts_with_its_own_password(
+    console_client: AsyncTestClient[Any], engine: AsyncEngine, programme: Programme, app: Any
+) -> None:
+    elsewhere = await make_programme(engine)
+    email = await make_operator(engine, elsewhere.code, "admin")
+    csrf = await _as(console_client, engine, programme, "admin")
+    r = await console_client.post(
+        "/console/admin/invitations", data={"_csrf": csrf, "email": email, "role": "analyst"}
+    )
+    found = LINK.search(r.text)
+    assert found
+    link = found.group(1)
+    async with AsyncTestClient(app=app) as invitee:
+        form = await invitee.get(link)
+        assert "You have an account already" in form.text
+        token = csrf_of(form.text)
+        wrong = await invitee.post(link, data={"_csrf": token, "password": "not my password at all"})
+        assert wrong.status_code == 400 and 'id="e-password"' in wrong.text
+        assert await _role(engine, programme, email) is None
+        done = await invitee.post(link, data={"_csrf": token, "password": PASSWORD})
+        assert done.status_code == 200 and await _role(engine, programme, email) == "analyst"
+    # Inviting someone who works here already is refused next to the email.
+    r = await console_client.post(
+        "/console/admin/invitations", data={"_csrf": csrf, "email": email, "role": "admin"}
+    )
+    assert r.status_code == 409 and 'id="e-email"' in r.text
+
+
+async def test_an_open_invitation_can_be_cancelled(
+    console_client: AsyncTestClient[Any], engine: AsyncEngine, programme: Programme
+) -> None:
+    csrf = await _as(console_client, engine, programme, "admin")
+    email = f"c-{programme.code}@example.invalid"
+    r = await console_client.post(
+        "/console/admin/invitations", data={"_csrf": csrf, "email": email, "role": "support"}
+    )
+    found = LINK.search(r.text)
+    assert found and f'data-invitation="{email}"' in r.text
+    async with engine.connect() as conn:
+        invitation_id = await conn.scalar(
+            text("SELECT id FROM operator_invitations WHERE email = :e"), {"e": email}
+        )
+    r = await console_client.post(
+        f"/console/admin/invitations/{invitation_id}/cancel", data={"_csrf": csrf}, follow_redirects=False
+    )
+    assert r.status_code == 303
+    assert (await console_client.get(found.group(1))).status_code == 404

@@ -14,6 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from loyalty.imports import tasks
+from loyalty.jobs import repository as job_runs
 from tests.console.helpers import console_csrf, login, make_operator
 from tests.support import Programme
 
@@ -156,3 +157,32 @@ async def test_the_transactions_export_streams_the_period(
     assert {row["kind"] for row in rows} == {"earn", "budget_allocation"}
     bad = await console_client.get("/console/exports/transactions.csv?since=2026-13-01")
     assert bad.status_code == 400 and 'id="e-since"' in bad.text
+
+
+async def test_a_failed_import_resumes_where_it_stopped(
+    console_client: AsyncTestClient[Any], engine: AsyncEngine, programme: Programme, redis_url: str
+) -> None:
+    csrf = await _as(console_client, engine, programme, "admin")
+    body = "member_id\n" + "".join(f"r-{n}\n" for n in range(1200))
+    r = await _upload(console_client, csrf, "members", body)
+    import_id = int(r.headers["location"].rsplit("/", 1)[1])
+    await tasks.apply_import(engine, import_id, batch=500, max_batches=1)  # stopped after one batch
+    async with engine.begin() as conn:
+        job_id = await conn.scalar(text("SELECT job_id FROM imports WHERE id = :i"), {"i": import_id})
+        await job_runs.record_finished(conn, job_id=job_id, status="failed", result=None, error="worker lost")
+    page = await console_client.get(f"/console/imports/{import_id}")
+    assert 'data-status="failed"' in page.text and "worker lost" in page.text and ">Resume<" in page.text
+    support = await _as(console_client, engine, programme, "support")
+    refused = await console_client.post(f"/console/imports/{import_id}/resume", data={"_csrf": support})
+    assert refused.status_code == 403
+    csrf = await _as(console_client, engine, programme, "admin")
+    r = await console_client.post(
+        f"/console/imports/{import_id}/resume", data={"_csrf": csrf}, follow_redirects=False
+    )
+    assert r.status_code == 303
+    assert 'data-status="queued"' in (await console_client.get(f"/console/imports/{import_id}")).text
+    await _run(engine, redis_url, import_id)
+    done = await console_client.get(f"/console/imports/{import_id}")
+    assert 'data-status="succeeded"' in done.text and re.search(r'data-figure="applied">1200<', done.text)
+    again = await console_client.post(f"/console/imports/{import_id}/resume", data={"_csrf": csrf})
+    assert again.status_code == 409  # a finished import is not run again

@@ -142,6 +142,7 @@ async def test_a_marketer_may_look_but_not_change(
         (f"/console/webhooks/{endpoint_id}/active", {"active": "false"}),
         (f"/console/webhooks/{endpoint_id}/delete", {}),
         (f"/console/webhooks/{endpoint_id}/test", {}),
+        ("/console/webhooks/deliveries/1/redeliver", {}),
     ):
         r = await console_client.post(path, data={"_csrf": csrf, **data}, follow_redirects=False)
         assert r.status_code == 403, path
