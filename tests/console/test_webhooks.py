@@ -94,6 +94,11 @@ async def test_an_admin_manages_an_endpoint_and_its_log(
     )
     assert r.status_code == 303
     assert 'data-status="pending"' in (await console_client.get(path)).text
+    live = await console_client.get(path, headers={"HX-Request": "true"})  # the log polls itself
+    assert live.text.lstrip().startswith('<div id="delivery-log"') and 'hx-trigger="every 5s"' in live.text
+    await tasks.deliver_webhooks({"engine": engine, "webhook_policy": TargetPolicy(allow_private=True)})
+    settled = await console_client.get(path, headers={"HX-Request": "true"})
+    assert 'data-status="succeeded"' in settled.text and "hx-trigger" not in settled.text
 
     r = await console_client.post(f"{path}/rotate", data={"_csrf": csrf})
     rotated = SECRET.search(r.text)

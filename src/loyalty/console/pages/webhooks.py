@@ -16,6 +16,7 @@ from loyalty.console.web import (
     NavEntry,
     current,
     errors_of,
+    is_htmx,
     needs,
     parse,
     reading,
@@ -93,12 +94,13 @@ async def _detail(
         )
     return render(
         request,
-        "webhooks/detail.html",
+        "webhooks/_log.html" if is_htmx(request) else "webhooks/detail.html",
         status_code=status_code,
         endpoint=endpoint,
         log=log,
         status=status or "",
         statuses=service.DELIVERY_STATUSES,
+        log_cursor=cursor,
         **context,
     )
 
