@@ -21,3 +21,18 @@ async def console_client(app: Litestar) -> AsyncIterator[AsyncTestClient[Any]]:
 @pytest.fixture
 async def programme(engine: AsyncEngine) -> Programme:
     return await make_programme(engine)
+
+
+@pytest.fixture(autouse=True)
+async def _fresh_login_throttle(redis_url: str) -> None:
+    """Every console test logs in from the test client's one address: forget the attempts of
+    earlier tests, so that the per-address throttle (tested on its own) never refuses a login."""
+    from redis.asyncio import Redis
+
+    redis = Redis.from_url(redis_url)
+    try:
+        keys = [key async for key in redis.scan_iter(match="console:login:*")]
+        if keys:
+            await redis.delete(*keys)
+    finally:
+        await redis.aclose()
