@@ -10,7 +10,7 @@ BENCH_ARGS ?=
 CHAOS_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test test-external stress chaos bench bench-reports bench-replay lint typecheck fmt clean
+.PHONY: help serve test test-external stress chaos bench bench-reports bench-replay screenshots lint typecheck fmt clean
 
 help:
 	@echo "make serve     run the API and the worker (embedded PostgreSQL/Redis unless LOYALTY_*_URL are set)"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench     run the benchmarks"
 	@echo "make bench-reports  the dashboard's reads on a 1M-member programme, and the rollup's cost on earns"
 	@echo "make bench-replay  replay a draft earning-rule set over 1M synthetic events"
+	@echo "make screenshots  the console's browser tests, saving docs/console/*.png"
 	@echo "make lint      ruff check + ruff format --check"
 	@echo "make typecheck mypy"
 	@echo "make fmt       ruff format + ruff check --fix"
@@ -60,6 +61,9 @@ bench-reports: $(STAMP)
 
 bench-replay: $(STAMP)
 	$(BIN)/python -m bench.replay $(BENCH_ARGS)
+
+screenshots: $(STAMP)
+	LOYALTY_SCREENSHOTS=1 $(BIN)/python -m pytest tests/browser -q -n 1 -p no:randomly $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

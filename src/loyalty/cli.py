@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import importlib.util
 import inspect
+import json
 import logging
 import os
 import signal
@@ -222,6 +223,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         upgrade(_database_url(full))
         _run(demo.seed(full))
         print(f"demo seeded; API keys in {_demo_keys_file(full)}")
+        login = _demo_console_login(full)
+        if login:
+            print(f"console login: {login}")
     return 0
 
 
@@ -698,6 +702,19 @@ def _demo_keys_file(settings: Settings) -> Path:
     return Path(keys_file(settings)) if callable(keys_file) else settings.data_dir / "demo_keys.json"
 
 
+def _demo_console_login(settings: Settings) -> str | None:
+    """'EMAIL / PASSWORD (also ...)' of the demo's console admin, from the demo keys file."""
+    try:
+        console = json.loads(_demo_keys_file(settings).read_text()).get("console") or {}
+    except (OSError, ValueError):
+        return None
+    if not console.get("email"):
+        return None
+    others = ", ".join(console.get("other_logins") or ())
+    also = f"   (same password: {others})" if others else ""
+    return f"{console['email']} / {console.get('password', '')}{also}"
+
+
 def _print_banner(settings: Settings) -> None:
     base = f"http://{settings.api_host}:{settings.api_port}"
     lines = [
@@ -707,8 +724,12 @@ def _print_banner(settings: Settings) -> None:
         f"  database   {settings.database_url}",
         f"  redis      {settings.redis_url}",
     ]
+    lines.insert(2, f"  console    {base}/console")
     if settings.demo:
         lines.append(f"  demo keys  {_demo_keys_file(settings)}")
+        login = _demo_console_login(settings)
+        if login:
+            lines.append(f"  demo login {login}")
     lines.append("Press Ctrl-C to stop.")
     print("\n".join(lines), flush=True)
 

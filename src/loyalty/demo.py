@@ -29,6 +29,8 @@ from loyalty.auth.service import create_api_key
 from loyalty.benefits import schemas as bs
 from loyalty.benefits import service as benefits
 from loyalty.benefits.schemas import BenefitType
+from loyalty.console.passwords import generate_password
+from loyalty.console.service import create_operator
 from loyalty.db import create_engine
 from loyalty.ledger import schemas as ls
 from loyalty.ledger import service as ledger
@@ -203,6 +205,28 @@ class _Seeder:
         self.available[to_id] += points
 
 
+# One console login per role, sharing one generated password (the keys file holds it).
+CONSOLE_ROLES = ("admin", "support", "marketer", "analyst")
+
+
+def operator_email(role: str) -> str:
+    return f"{role}@demo.example"
+
+
+async def _operators(conn: AsyncConnection) -> dict[str, Any]:
+    password = generate_password()
+    for role in CONSOLE_ROLES:
+        await create_operator(
+            conn, email=operator_email(role), programme_code=CODE, role=role, password=password
+        )
+    return {
+        "path": "/console",
+        "email": operator_email("admin"),
+        "password": password,
+        "other_logins": [operator_email(role) for role in CONSOLE_ROLES[1:]],
+    }
+
+
 async def _seed(conn: AsyncConnection) -> dict[str, Any]:
     programme_id = await create_programme(
         conn,
@@ -253,9 +277,11 @@ async def _seed(conn: AsyncConnection) -> dict[str, Any]:
     await _operator_touches(seeder, member_ids)
     await _programme_rules(seeder)
     await _recent_orders(seeder, member_ids)
+    console = await _operators(conn)
     return {
         "programme": CODE,
         "keys": keys,
+        "console": console,
         "example_member_id": member_ids[0],
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -67,15 +67,49 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.write_line(CHROMIUM_HINT, yellow=True, bold=True)
 
 
+# Playwright's sync API keeps an event loop running in this thread while it is started, and
+# pytest-asyncio cannot run the async tests that xdist gives this worker afterwards. So the
+# Playwright driver and the browser live for one test module (pytest tears module fixtures
+# down before the next module's tests), instead of pytest-playwright's whole session.
+@pytest.fixture(scope="module")
+def playwright() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    driver = sync_playwright().start()
+    yield driver
+    driver.stop()
+
+
+@pytest.fixture(scope="module")
+def browser_type(playwright: Any, browser_name: str) -> Any:
+    return getattr(playwright, browser_name)
+
+
+@pytest.fixture(scope="module")
+def launch_browser(browser_type_launch_args: dict[str, Any], browser_type: Any) -> Any:
+    def launch(**kwargs: Any) -> Any:
+        return browser_type.launch(**{**browser_type_launch_args, **kwargs})
+
+    return launch
+
+
+@pytest.fixture(scope="module")
+def browser(launch_browser: Any) -> Iterator[Any]:
+    opened = launch_browser()
+    yield opened
+    opened.close()
+
+
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
     # --no-sandbox: the tests run as root in CI, where Chromium's sandbox cannot start.
     return {**browser_type_launch_args, "executable_path": chromium_path(), "args": ["--no-sandbox"]}
 
 
-@pytest.fixture(scope="session")
-def browser_context_args(browser_context_args: dict[str, Any]) -> dict[str, Any]:
-    return {**browser_context_args, "viewport": {"width": 1280, "height": 900}}
+@pytest.fixture(scope="module")
+def browser_context_args() -> dict[str, Any]:
+    # Not pytest-playwright's (session scoped, it needs the driver): a desktop viewport.
+    return {"viewport": {"width": 1280, "height": 900}}
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
