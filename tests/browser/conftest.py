@@ -56,6 +56,9 @@ def chromium_path() -> str | None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if chromium_path() is not None:
         return
+    if os.environ.get("LOYALTY_REQUIRE_BROWSER"):
+        # CI sets this: there the browser tests are never skipped.
+        raise pytest.UsageError("LOYALTY_REQUIRE_BROWSER is set but " + CHROMIUM_HINT)
     skip = pytest.mark.skip(reason=CHROMIUM_HINT)
     for item in items:
         if "tests/browser/" in str(item.fspath).replace(os.sep, "/"):
