@@ -253,6 +253,21 @@ class Console:
         )
         return series
 
+    def unlabelled_inputs(self) -> list[str]:
+        """Visible form controls of the current page that no label names."""
+        found: list[str] = self.page.evaluate(
+            """() => Array.from(document.querySelectorAll('input, select, textarea'))
+                .filter(el => el.type !== 'hidden' && el.offsetParent !== null)
+                .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                              && !el.getAttribute('aria-labelledby'))
+                .map(el => el.outerHTML.slice(0, 120))"""
+        )
+        return found
+
+    def overflows_horizontally(self) -> bool:
+        """True when the page is wider than the window (a layout that does not fit a phone)."""
+        return bool(self.page.evaluate("() => document.documentElement.scrollWidth > window.innerWidth + 1"))
+
     def screenshot(self, name: str) -> None:
         """docs/console/NAME.png, when LOYALTY_SCREENSHOTS is set (make screenshots)."""
         if os.environ.get("LOYALTY_SCREENSHOTS"):
