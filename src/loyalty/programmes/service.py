@@ -8,6 +8,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty import audit
+from loyalty.auth.core import Principal
 from loyalty.errors import Conflict, InvalidInput
 from loyalty.ledger import repository as ledger
 from loyalty.programmes import repository
@@ -59,8 +61,20 @@ async def create_programme(
 
 
 async def update_programme(
-    conn: AsyncConnection, programme_id: int, changes: dict[str, Any]
+    conn: AsyncConnection, programme_id: int, changes: dict[str, Any], *, who: Principal | str
 ) -> dict[str, Any]:
     check_settings(**{k: v for k, v in changes.items() if k in ("timezone", "clawback_policy")})
+    before = await repository.by_id(conn, programme_id)
     await repository.update(conn, programme_id, changes)
-    return await repository.by_id(conn, programme_id)
+    after = await repository.by_id(conn, programme_id)
+    await audit.record(
+        conn,
+        who,
+        action="programme.update",
+        entity="programme",
+        entity_id=after["code"],
+        before=before,
+        after=after,
+        programme_id=programme_id,
+    )
+    return after
