@@ -42,7 +42,6 @@ ACTIONS: dict[str, str] = {
     "member.create": "a member was enrolled",
     "member.update": "a member's attributes or status changed",
     "member.tags": "a member's tags changed",
-    "member.erase": "a member's personal data was erased",
     "member.adjust_points": "an operator credited or debited a member's points",
     "member.tier_assess": "an operator had a member's tier assessed",
     "member.tier_pin": "a member's tier was pinned",
@@ -57,7 +56,10 @@ ACTIONS: dict[str, str] = {
     "budget.top_up": "a budget's cap was raised",
     "budget.move": "unissued points moved between budgets (one row per budget)",
     "budget.close": "a budget was closed; what it had not issued went back to funding",
-    "hold.void": "a hold's points were given back to the member",
+    "hold.void": "an operator gave a hold's points back to the member",
+    "import.create": "a CSV import of members or point grants was uploaded and queued (one row per upload)",
+    "import.resume": "a failed or stalled import was queued again",
+    "operator.create": "a console operator was created (the password is never recorded)",
 }
 
 # Keys whose values never go into the trail, at any depth: secrets and their digests.

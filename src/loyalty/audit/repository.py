@@ -109,7 +109,7 @@ def _where(programme_id: int, f: Filter) -> tuple[str, dict[str, Any]]:
 
 
 async def page(
-    conn: AsyncConnection,
+    conn: AsyncConnection | AsyncSession,
     programme_id: int,
     f: Filter,
     *,
@@ -130,9 +130,8 @@ async def page(
 async def stream(
     conn: AsyncConnection, programme_id: int, f: Filter, chunk: int
 ) -> AsyncIterator[list[dict[str, Any]]]:
-    """Every matching row, newest first, through a server-side cursor from one snapshot.
-    Opens the connection's transaction: call it first."""
-    await conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+    """Every matching row, newest first, through a server-side cursor, ``chunk`` rows at a time.
+    The caller's transaction gives the snapshot."""
     where, params = _where(programme_id, f)
     stmt = text(f"{_READ} WHERE {where} ORDER BY at DESC, id DESC").execution_options(yield_per=chunk)
     result = await conn.stream(stmt, params)

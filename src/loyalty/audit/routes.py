@@ -48,13 +48,13 @@ class AuditController(Controller):
         entity: EntityQuery = None,
         entity_id: EntityIdQuery = None,
         cursor: Annotated[str | None, QueryParameter(max_length=200)] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
+        limit: Annotated[int, QueryParameter(ge=1, le=service.MAX_LIMIT)] = service.DEFAULT_LIMIT,
     ) -> s.AuditPage:
         """Who changed what and when, newest first, with before, after and the reason."""
         f = core.Filter(
             since=since, until=until, actor=actor, action=action, entity=entity, entity_id=entity_id
         )
-        return await service.page(tx, who, f, cursor=cursor, limit=limit)
+        return await service.list_entries(tx, who.programme_id, f, cursor, limit)
 
     @get("/audit.csv", media_type="text/csv")
     async def export(
@@ -73,7 +73,7 @@ class AuditController(Controller):
             since=since, until=until, actor=actor, action=action, entity=entity, entity_id=entity_id
         ).check()
         return Stream(
-            service.export_csv(request.app.state.engine, who, f),
+            service.export_csv(request.app.state.engine, who.programme_id, f),
             media_type="text/csv; charset=utf-8",
             headers={"Content-Disposition": f'attachment; filename="audit-{who.programme_code}.csv"'},
         )

@@ -20,12 +20,13 @@ from loyalty.audit import core, repository
 from loyalty.audit import schemas as s
 from loyalty.audit.repository import AuditConnection
 from loyalty.auth.core import Principal
+from loyalty.errors import InvalidInput
 from loyalty.observability.logs import request_id
 
 # A reason given for a whole unit of work (a console form's "why" field, say), used by the
 # rows that carry no reason of their own.
 _reason: ContextVar[str | None] = ContextVar("loyalty_audit_reason", default=None)
-_EXPORT_CHUNK = 1000
+EXPORT_BATCH = 1000
 
 
 @contextmanager
@@ -86,23 +87,37 @@ def decoded(body: bytes) -> Any:
 
 
 # Reading -------------------------------------------------------------------------------------
+# These take a programme id rather than a principal: the API route and the console (which has
+# checked the operator's role itself) call them alike.
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 500
 
 
 def _entry(row: dict[str, Any]) -> s.AuditEntry:
     return s.AuditEntry(**row, changed=core.changed(row["before"], row["after"]))
 
 
-async def page(
-    conn: AsyncConnection, who: Principal, f: core.Filter, *, cursor: str | None, limit: int
+async def list_entries(
+    conn: AsyncConnection | AsyncSession,
+    programme_id: int,
+    filters: core.Filter,
+    cursor: str | None = None,
+    limit: int = DEFAULT_LIMIT,
 ) -> s.AuditPage:
-    f.check()
-    after = core.decode_cursor(cursor) if cursor else None
-    rows = await repository.page(conn, who.programme_id, f, before=after, limit=limit + 1)
+    """One page of the programme's trail, newest first. ``next_cursor`` (None on the last page)
+    continues after this page's last row, whatever was written since. A bad filter, cursor or
+    limit is an InvalidInput naming the field."""
+    filters.check()
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidInput("limit", f"must be between 1 and {MAX_LIMIT}")
+    position = core.decode_cursor(cursor) if cursor else None
+    rows = await repository.page(conn, programme_id, filters, before=position, limit=limit + 1)
     items = [_entry(r) for r in rows[:limit]]
-    more = len(rows) > limit
-    last = items[-1] if items else None
-    next_cursor = core.encode_cursor(last.at, last.id) if more and last else None
-    return s.AuditPage(items=items, next_cursor=next_cursor)
+    last = items[-1] if len(rows) > limit else None
+    return s.AuditPage(
+        items=items, next_cursor=core.encode_cursor(last.at, last.id) if last is not None else None
+    )
 
 
 CSV_COLUMNS = (
@@ -145,21 +160,37 @@ def _csv_row(row: dict[str, Any]) -> list[Any]:
         _cell(row["reason"]),
         row["request_id"],
         " ".join(core.changed(row["before"], row["after"])),
-        "" if row["before"] is None else json(row["before"]).decode(),
-        "" if row["after"] is None else json(row["after"]).decode(),
+        "" if row["before"] is None else _cell(json(row["before"]).decode()),
+        "" if row["after"] is None else _cell(json(row["after"]).decode()),
     ]
 
 
-async def export_csv(engine: AsyncEngine, who: Principal, f: core.Filter) -> AsyncIterator[bytes]:
-    """Every matching row as CSV, newest first, read in one snapshot on a connection of its own
-    that lives as long as the response streams. The caller checks the filter first."""
+async def csv_chunks(
+    conn: AsyncConnection, programme_id: int, filters: core.Filter, batch: int = EXPORT_BATCH
+) -> AsyncIterator[bytes]:
+    """Every matching row as CSV (UTF-8, a header first), newest first, in chunks of ``batch``
+    records, read through a server-side cursor: memory stays flat however long the trail. The
+    connection must be in a transaction (REPEATABLE READ gives one snapshot); check the filter
+    before the response starts (``filters.check()``), so that a bad one is a 4xx."""
+    filters.check()
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
     yield buffer.getvalue().encode()
+    async for rows in repository.stream(conn, programme_id, filters, batch):
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerows(_csv_row(r) for r in rows)
+        yield buffer.getvalue().encode()
+
+
+async def export_csv(
+    engine: AsyncEngine, programme_id: int, filters: core.Filter, batch: int = EXPORT_BATCH
+) -> AsyncIterator[bytes]:
+    """``csv_chunks`` on a connection of its own, in one REPEATABLE READ snapshot, that lives as
+    long as the response streams (the request's connection is gone by then)."""
     async with engine.connect() as conn:
-        async for rows in repository.stream(conn, who.programme_id, f, _EXPORT_CHUNK):
-            buffer.seek(0)
-            buffer.truncate()
-            writer.writerows(_csv_row(r) for r in rows)
-            yield buffer.getvalue().encode()
+        await conn.execution_options(isolation_level="REPEATABLE READ")
+        async with conn.begin():
+            async for chunk in csv_chunks(conn, programme_id, filters, batch):
+                yield chunk

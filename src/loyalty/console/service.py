@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty import audit
 from loyalty.auth.core import Principal
 from loyalty.console import repository
 from loyalty.console.core import (
@@ -27,7 +28,13 @@ from loyalty.programmes import repository as programmes
 
 
 async def create_operator(
-    conn: AsyncConnection, *, email: str, programme_code: str, role: str, password: str
+    conn: AsyncConnection,
+    *,
+    email: str,
+    programme_code: str,
+    role: str,
+    password: str,
+    who: Principal | str = "cli",
 ) -> int:
     """A new operator with a role in one programme; an existing email is a conflict."""
     email = email.strip().lower()
@@ -44,6 +51,15 @@ async def create_operator(
         raise Conflict(f"An operator {email} exists already.", code="operator_exists")
     operator_id = await repository.insert_operator(conn, email, hash_password(password))
     await repository.set_role(conn, operator_id, programme["id"], role)
+    await audit.record(
+        conn,
+        who,
+        action="operator.create",
+        entity="operator",
+        entity_id=operator_id,
+        after={"email": email, "role": role},
+        programme_id=programme["id"],
+    )
     return operator_id
 
 

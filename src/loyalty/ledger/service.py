@@ -172,7 +172,15 @@ async def void(conn: PostingConnection, who: Principal, hold_id: int, key: str |
             "transaction_id": body["transaction_id"],
         }
 
+    if not _is_operator(who):
+        # Checkout code voids its own holds all day: the ledger entry is the record of that.
+        return await posting
     return await _audited(conn, who, posting, action="hold.void", entity="hold", entity_id=hold_id, view=view)
+
+
+def _is_operator(who: Principal) -> bool:
+    """An operator's change (an operator key, or a person in the console), not an integration's."""
+    return who.operator_id is not None or who.role == "operator"
 
 
 async def clawback(
