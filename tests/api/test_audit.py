@@ -223,6 +223,8 @@ async def test_each_kind_of_change_is_recorded(api: Api, engine: AsyncEngine) ->
     await api.patch("/v1/programme", {"name": "Renamed programme"})
     crm_key = await key_id(engine, api, "crm")
     await api.post(f"/v1/keys/{crm_key}/revoke", expect=200)
+    r = await api.client.put("/v1/webhooks/settings", json={"expiring_soon_days": 9}, headers=api.headers())
+    assert r.status_code == 200, r.text
 
     recorded = await actions(api)
     expected = [
@@ -254,6 +256,7 @@ async def test_each_kind_of_change_is_recorded(api: Api, engine: AsyncEngine) ->
         "earning_rule.deactivate",
         "programme.update",
         "api_key.revoke",
+        "webhook_settings.update",
     ]
     assert recorded == expected
     assert set(recorded) <= set(ACTIONS)
@@ -278,6 +281,10 @@ async def test_each_kind_of_change_is_recorded(api: Api, engine: AsyncEngine) ->
     assert revoke["reason"] == "granted twice"
     [programme] = await trail(api, action="programme.update")
     assert programme["changed"] == ["name"] and programme["after"]["name"] == "Renamed programme"
+    [hooks] = await trail(api, action="webhook_settings.update")
+    assert hooks["after"] == {"expiring_soon_days": 9}
+    [created] = await trail(api, action="programme.create")
+    assert created["actor"] == "system" and created["entity_id"] == api.programme.code
     [revoked] = await trail(api, entity="api_key", entity_id=str(crm_key), action="api_key.revoke")
     assert revoked["before"]["revoked_at"] is None and revoked["after"]["revoked_at"] is not None
 

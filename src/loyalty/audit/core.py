@@ -19,6 +19,7 @@ from loyalty.errors import InvalidInput
 # Every action the service writes, and what it means. The API's ?action= filter and the
 # console's choices come from here; docs/audit.md lists them too.
 ACTIONS: dict[str, str] = {
+    "programme.create": "a programme was created (from the command line)",
     "programme.update": "programme settings changed (name, time zone, clawback policy, transfers)",
     "api_key.create": "an API key was created (its secret is never recorded)",
     "api_key.revoke": "an API key was revoked",

@@ -41,7 +41,9 @@ async def create_programme(
     timezone: str = "UTC",
     clawback_policy: str = "negative",
     allow_transfers: bool = False,
+    who: str = "system",
 ) -> int:
+    """``who`` names the creator in the audit trail: "cli", or "system" for the demo and tests."""
     if not CODE.match(code):
         raise InvalidInput("code", "lowercase letters, digits, '-' and '_', at most 63")
     check_settings(timezone=timezone, clawback_policy=clawback_policy, currency=currency)
@@ -57,6 +59,15 @@ async def create_programme(
         allow_transfers=allow_transfers,
     )
     await ledger.open_programme(conn, programme_id)
+    await audit.record(
+        conn,
+        who,
+        action="programme.create",
+        entity="programme",
+        entity_id=code,
+        after=await repository.by_id(conn, programme_id),
+        programme_id=programme_id,
+    )
     return programme_id
 
 
