@@ -269,6 +269,9 @@ async def test_each_kind_of_change_is_recorded(api: Api, engine: AsyncEngine) ->
         "base": (10_500, 10_300),
         "spare": (1_000, 1_200),
     }
+    [close] = await trail(api, action="budget.close")
+    assert close["before"] == {"cap": 1_200, "remaining": 1_200, "status": "active"}
+    assert close["after"]["status"] == "closed" and close["after"]["remaining"] == 0
     [unpin] = await trail(api, action="member.tier_unpin")
     assert unpin["before"]["pin"]["tier"] == "gold" and unpin["after"]["pin"] is None
     assert unpin["reason"] == "partnership over"

@@ -81,3 +81,19 @@ def test_an_action_prefix_covers_exactly_its_subject() -> None:
     f = core.Filter(action="budget.*").check()
     assert f.action_prefix == "budget."
     assert core.Filter(action="budget.create").check().action_prefix is None
+
+
+def test_a_form_becomes_a_checked_filter() -> None:
+    f = core.parse_filter(
+        {"action": " member.* ", "since": "2026-12-01T00:00:00Z", "actor": "", "until": None}
+    )
+    assert f == core.Filter(action="member.*", since=datetime(2026, 12, 1, tzinfo=UTC))
+    for values, field in (
+        ({"since": "yesterday"}, "since"),
+        ({"until": "2026-12-01"}, "until"),
+        ({"action": "member.teleport"}, "action"),
+    ):
+        with pytest.raises(InvalidInput) as caught:
+            core.parse_filter(values)
+        assert caught.value.field == field
+    assert "member.*" in core.subjects() and all(s.endswith(".*") for s in core.subjects())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -180,6 +181,37 @@ class Filter:
         if self.action is not None and self.action.endswith(".*"):
             return self.action[:-1]
         return None
+
+
+FILTER_FIELDS = ("actor", "action", "entity", "entity_id", "since", "until")
+
+
+def parse_filter(values: Mapping[str, str | None]) -> Filter:
+    """A checked Filter from text fields (a console form, a query string): blank means no
+    filter; since and until are ISO 8601 with an offset. A bad value is InvalidInput naming
+    its field."""
+    given = {k: (values.get(k) or "").strip() or None for k in FILTER_FIELDS}
+
+    def moment(field: str) -> datetime | None:
+        raw = given[field]
+        try:
+            return None if raw is None else datetime.fromisoformat(raw)
+        except ValueError:
+            raise InvalidInput(field, "an ISO 8601 time with an offset, e.g. 2026-12-01T00:00:00Z") from None
+
+    return Filter(
+        actor=given["actor"],
+        action=given["action"],
+        entity=given["entity"],
+        entity_id=given["entity_id"],
+        since=moment("since"),
+        until=moment("until"),
+    ).check()
+
+
+def subjects() -> list[str]:
+    """'budget.*', 'member.*', ...: the prefix filters, for a choice beside the single actions."""
+    return sorted({f"{action.split('.')[0]}.*" for action in ACTIONS})
 
 
 def encode_cursor(at: datetime, row_id: int) -> str:

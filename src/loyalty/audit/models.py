@@ -32,7 +32,8 @@ class AuditLog(Base):
     actor: Mapped[str] = mapped_column(Text)
     key_id: Mapped[int | None] = mapped_column(BigInteger)
     operator_id: Mapped[int | None] = mapped_column(BigInteger)
-    action: Mapped[str] = mapped_column(Text)
+    # Byte order: the ?action=subject.* filter is a range on it (see the migration).
+    action: Mapped[str] = mapped_column(Text(collation="C"))
     entity_type: Mapped[str] = mapped_column(Text)
     entity_id: Mapped[str | None] = mapped_column(Text)
     before: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
