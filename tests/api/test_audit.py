@@ -292,6 +292,58 @@ async def test_each_kind_of_change_is_recorded(api: Api, engine: AsyncEngine) ->
     assert revoked["before"]["revoked_at"] is None and revoked["after"]["revoked_at"] is not None
 
 
+async def test_settings_operator_jobs_and_event_imports_are_recorded(api: Api) -> None:
+    settings = {
+        "window_kind": "calendar_year",
+        "window_months": 12,
+        "rfm": {
+            "recency_days": [7, 30, 90, 180],
+            "frequency": [1, 2, 5, 10],
+            "monetary": [100, 1000, 5000, 20000],
+        },
+        "lifecycle": {"new_days": 14, "active_days": 60, "silent_days": 120},
+        "custom_event_types": [],
+    }
+    r = await api.client.put("/v1/activity/settings", json=settings, headers=api.headers())
+    assert r.status_code == 200, r.text
+    await api.enrol("m1")
+    at = (datetime.now(UTC) - timedelta(days=3)).isoformat()
+    events = [
+        {
+            "event_id": f"h{i}",
+            "member_id": "m1",
+            "type": "order_completed",
+            "order_ref": f"o{i}",
+            "amount": 500,
+            "currency": "CNY",
+            "occurred_at": at,
+        }
+        for i in range(3)
+    ]
+    await api.post("/v1/events/import", {"events": events})
+    await api.post("/v1/events/import", {"events": events})  # all seen before: nothing changes
+    version = (await api.post("/v1/tiers/versions", ladder())).json()["version"]
+    await api.post(f"/v1/tiers/versions/{version}/publish", {}, expect=200)
+    await api.post("/v1/members/m1/tier/assess", expect=200)
+    queued = (await api.post("/v1/tiers/reassess", {}, expect=202)).json()
+
+    assert await actions(api) == [
+        "activity_settings.update",
+        "member.create",
+        "events.import",
+        "tier_ladder.draft",
+        "tier_ladder.publish",
+        "member.tier_assess",
+        "tier_ladder.reassess",
+    ]
+    [imported] = await trail(api, action="events.import")
+    assert imported["after"]["imported"] == 3 and imported["after"]["duplicates"] == 0
+    [setting] = await trail(api, action="activity_settings.update")
+    assert setting["after"]["window_kind"] == "calendar_year"
+    [job] = await trail(api, action="tier_ladder.reassess")
+    assert job["entity_id"] == queued["job_id"]
+
+
 async def test_an_import_is_one_row_per_upload_and_per_resume(api: Api, engine: AsyncEngine) -> None:
     body = "member_id,attributes.city\n" + "".join(f"m{i},sh\n" for i in range(50))
     r = await api.client.post(

@@ -817,6 +817,9 @@ async def import_events(conn: AsyncConnection, who: Principal, req: s.ImportRequ
 
 async def _imported(conn: AsyncConnection, who: Principal, result: s.ImportResult) -> s.ImportResult:
     # One row for the whole import: its counts (each earned point is in the ledger itself).
+    # An import of events all seen before changed nothing, like a replay.
+    if result.imported == 0:
+        return result
     await audit.record(
         conn, who, action="events.import", entity="programme", entity_id=who.programme_code, after=result
     )
