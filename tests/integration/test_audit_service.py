@@ -152,3 +152,28 @@ async def test_record_refuses_what_it_does_not_know(engine: AsyncEngine, program
             )
         with pytest.raises(ValueError, match="programme_id"):
             await audit.record(conn, "system", action="member.update", entity="member")
+
+
+async def test_a_reason_for_a_whole_unit_of_work(engine: AsyncEngine, programme: Programme) -> None:
+    async with engine.begin() as conn:
+        with audit.reason("ticket 4411"):
+            await audit.record(
+                conn, "system", action="segment.update", entity="segment", programme_id=programme.id
+            )
+            await audit.record(
+                conn,
+                "system",
+                action="segment.delete",
+                entity="segment",
+                reason="own",
+                programme_id=programme.id,
+            )
+        await audit.record(
+            conn, "system", action="segment.create", entity="segment", programme_id=programme.id
+        )
+        page = await service.list_entries(conn, programme.id, core.Filter(action="segment.*"))
+    assert [(e.action, e.reason) for e in page.items] == [
+        ("segment.create", None),
+        ("segment.delete", "own"),
+        ("segment.update", "ticket 4411"),
+    ]
