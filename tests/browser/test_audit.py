@@ -31,5 +31,5 @@ def test_find_an_api_change_in_the_audit_log_and_export_it(console: Console) -> 
     with page.expect_download() as download:
         page.get_by_role("link", name="Export CSV").click()
     path = download.value.path()
-    rows = list(csv.DictReader(io.StringIO(open(path, encoding="utf-8").read())))
+    rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
     assert [(r["action"], r["entity_id"]) for r in rows] == [("budget.create", "summer")]
