@@ -70,7 +70,8 @@ async def test_a_marketer_builds_saves_lists_exports_edits_and_deletes(
     csrf = await console_csrf(console_client)
     empty = await console_client.get("/console/segments")
     assert empty.status_code == 200 and "No segments yet" in empty.text
-    assert (await console_client.get("/console/segments/new")).status_code == 200
+    builder = await console_client.get("/console/segments/new")
+    assert builder.status_code == 200 and builder.text.count(f'name="_csrf" value="{csrf}"') == 3
 
     # The live count: an htmx GET with the form as it stands; it writes nothing.
     headers = {"HX-Request": "true"}

@@ -76,6 +76,8 @@ async def test_a_marketer_drafts_edits_backtests_and_publishes(
     assert r.status_code == 303 and r.headers["location"] == "/console/tiers/1/edit"
     editor = await console_client.get("/console/tiers/1/edit")
     assert editor.status_code == 200 and 'name="tiers[0].code" type="text" value="base"' in editor.text
+    # The editor's own form carries the token (besides the header's switch and logout forms).
+    assert editor.text.count(f'name="_csrf" value="{csrf}"') == 3
     saved = await console_client.post(
         "/console/tiers/1/edit", data=_ladder_form(csrf), follow_redirects=False
     )
