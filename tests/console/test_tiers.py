@@ -214,3 +214,37 @@ def test_the_editor_round_trips_a_stored_ladder() -> None:
     assert body["tiers"][1]["entry"] == definition["tiers"][1]["entry"]
     assert body["tiers"][1]["retention"] == definition["tiers"][1]["retention"]
     assert body["tiers"][1]["bonus"] == {"budget": "promo", "points": 50}
+
+
+async def test_backtest_movers_page_by_keyset_and_direction(
+    console_client: AsyncTestClient[Any], engine: AsyncEngine, programme: Programme
+) -> None:
+    import msgspec
+
+    from loyalty.auth.core import Principal
+    from loyalty.tiers import schemas as s
+    from loyalty.tiers import service
+
+    await _members(
+        console_client, engine, programme, {"m1": 1200, "m2": 0, "m3": 1500, "m4": 9000, "m5": 2000}
+    )
+    who = Principal(programme_id=programme.id, programme_code=programme.code, role="operator")
+    body = ladder_of(_ladder_form("x"))[0]
+    async with engine.begin() as conn:
+        created = await service.create_version(conn, who, msgspec.convert(body, s.LadderCreate))
+    version = created.version
+    seen: list[str] = []
+    after = None
+    async with engine.connect() as conn:
+        while True:
+            page = await service.backtest_movers(conn, who, version, after=after, limit=2)
+            seen += [m.member_id for m in page.items]
+            assert len(page.items) <= 2
+            if page.next_cursor is None:
+                break
+            after = page.next_cursor
+        up = await service.backtest_movers(conn, who, version, direction="up", limit=10)
+        down = await service.backtest_movers(conn, who, version, direction="down", limit=10)
+    assert seen == ["m1", "m3", "m4", "m5"]  # everyone but m2 moves up from no tier
+    assert [m.member_id for m in up.items] == seen and down.items == [] and up.next_cursor is None
+    assert {m.member_id: m.to_tier for m in up.items}["m4"] == "gold"
