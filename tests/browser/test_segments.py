@@ -84,7 +84,9 @@ def test_build_a_segment_watch_the_count_save_and_export(console: Console, tmp_p
 def test_a_bad_value_shows_next_to_its_field(console: Console) -> None:
     page = console.page
     console.login("marketer")
+    page.set_viewport_size({"width": 390, "height": 844})
     console.goto("/console/segments/new")
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
     page.get_by_label("Code").fill("oops")
     page.locator('[name="c0.fact"]').select_option("orders")
     page.locator('[name="c0.value"]').fill("many")

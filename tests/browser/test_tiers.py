@@ -133,3 +133,8 @@ def test_an_analyst_sees_the_ladder_without_its_buttons(console: Console) -> Non
     expect(page.get_by_role("link", name="Edit")).to_have_count(0)
     console.goto("/console/tiers/1/edit")
     expect(page.get_by_role("heading", name="Not allowed")).to_be_visible()
+    # At phone width the pages fit the screen (wide tables scroll inside their box).
+    page.set_viewport_size({"width": 390, "height": 844})
+    for path in ("/console/tiers", "/console/tiers/1", "/console/tiers/1/backtest", "/console/tiers/explain"):
+        console.goto(path)
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390, path
