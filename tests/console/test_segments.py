@@ -142,6 +142,8 @@ async def test_a_bad_value_is_400_next_to_its_field_and_writes_nothing(
     assert r.status_code == 400 and 'id="e-code"' in r.text
     r = await console_client.post("/console/segments", data=_builder(csrf, rule_json='{"not": 3}'))
     assert r.status_code == 400 and 'id="e-rule_json"' in r.text
+    r = await console_client.post("/console/segments", data=_builder(csrf, code="new"))
+    assert r.status_code == 400 and 'id="e-code"' in r.text
     assert await _segments(engine, programme) == []
 
 

@@ -157,6 +157,8 @@ async def test_a_bad_threshold_is_400_next_to_its_field_and_writes_nothing(
     assert r.status_code == 400 and re.search(
         r'id="e-tiers\[0\]\.grace_days">the base tier has no grace<', r.text
     )
+    r = await console_client.post("/console/tiers/1/publish", data={"_csrf": csrf, "effective_at": "soon"})
+    assert r.status_code == 400 and re.search(r'id="e-effective_at">must be a date and time', r.text)
     assert await _versions(engine, programme) == before
 
 
@@ -174,6 +176,8 @@ async def test_an_analyst_reads_but_a_forged_write_is_403(
         page.status_code == 200 and "New draft" not in page.text and "/console/tiers/1/edit" not in page.text
     )
     assert (await console_client.get("/console/tiers/1/backtest")).status_code == 200
+    explained = await console_client.get("/console/tiers/explain", params={"member_id": "anyone"})
+    assert explained.status_code == 404 and "No member with this id" in explained.text
     before = await _versions(engine, programme)
     for path, data in (
         ("/console/tiers/drafts", {"_csrf": csrf}),

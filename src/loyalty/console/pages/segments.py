@@ -28,12 +28,14 @@ from loyalty.console.web import (
     see_other,
     transaction,
 )
-from loyalty.errors import Conflict, DomainError, NotFound
+from loyalty.errors import Conflict, DomainError, InvalidInput, NotFound
 from loyalty.segments import schemas as s
 from loyalty.segments import service
 
 PAGE = 50
 LIST_PAGE = 50
+# Codes the console's own addresses take (/console/segments/new ...).
+RESERVED = frozenset({"new", "preview"})
 
 
 class _Texts(msgspec.Struct, forbid_unknown_fields=True):
@@ -112,6 +114,8 @@ async def _save(request: Request[Any, Any, Any], code: str | None) -> Response[A
     who = current(request).principal()
     segment = None
     try:
+        if code is None and values.get("code", "").strip() in RESERVED:
+            raise InvalidInput("code", "is a word the console uses in its addresses; choose another")
         rule = rule_of(values)
         async with transaction(request) as conn:
             if code is None:
