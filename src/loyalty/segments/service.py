@@ -110,6 +110,23 @@ async def export_members(engine: AsyncEngine, who: Principal, rule: rules.Rule) 
             yield b"".join(_LINE.encode({"member_id": member_id}) + b"\n" for member_id in ids)
 
 
+async def count_rule(conn: AsyncConnection, who: Principal, rule_json: Any) -> int:
+    """How many members a rule selects now, before it is saved (a RuleError names the path):
+    the builder's live count. Nothing is written."""
+    rule = rules.parse_rule(rule_json)
+    return await repository.count(conn, who.programme_id, rule, _now())
+
+
+async def stream_member_ids(
+    engine: AsyncEngine, who: Principal, rule: rules.Rule
+) -> AsyncIterator[list[str]]:
+    """Every member id of the segment in order, in chunks, from one snapshot on a connection
+    of its own that lives as long as the caller iterates (for CSV exports)."""
+    async with engine.connect() as conn:
+        async for ids in repository.stream_members(conn, who.programme_id, rule, _now(), _EXPORT_CHUNK):
+            yield ids
+
+
 async def segment_rule(conn: AsyncConnection, who: Principal, code: str) -> rules.Rule:
     """The segment's rule; 404 when the programme has no such segment."""
     return await _rule_of(conn, who, code)

@@ -171,6 +171,48 @@ async def backtest(conn: AsyncConnection, who: Principal, version: int) -> s.Bac
     )
 
 
+async def backtest_movers(
+    conn: AsyncConnection,
+    who: Principal,
+    version: int,
+    *,
+    direction: Literal["up", "down"] | None = None,
+    after: str | None = None,
+    limit: int = 50,
+) -> s.MoverPage:
+    """Every member the version would move (up, down or either), a page at a time in member
+    id order. A dry run like backtest: nothing is written."""
+    row = await _version_row(conn, who, version)
+    spec = parse_definition(row["definition"], version=version)
+    stmt = repository.backtest_movers_statement(
+        who.programme_id, spec, _now(), direction=direction, after=after, limit=limit + 1
+    )
+    movers = (await conn.execute(stmt)).all()
+    more = len(movers) > limit
+    movers = movers[:limit]
+    return s.MoverPage(
+        items=[
+            s.Mover(member_id=m.member_id, from_tier=m.from_tier, to_tier=m.to_tier, facts=m.facts)
+            for m in movers
+        ],
+        next_cursor=movers[-1].member_id if more and movers else None,
+    )
+
+
+async def update_draft(
+    conn: AsyncConnection, who: Principal, version: int, req: s.LadderCreate
+) -> s.VersionView:
+    """Replace a draft's tiers and note (validated as on create); a published version is 409."""
+    row = await _version_row(conn, who, version, lock=True)
+    if row["status"] != "draft":
+        raise Conflict(
+            "Only a draft can be edited.", code="tier_version_not_draft", extra={"status": row["status"]}
+        )
+    updated = await repository.update_draft(conn, who.programme_id, version, _definition(req), req.note)
+    assert updated is not None  # locked above as a draft
+    return await _view(conn, who.programme_id, updated)
+
+
 async def publish(
     conn: AsyncConnection, who: Principal, version: int, req: s.PublishRequest
 ) -> s.VersionView:
