@@ -125,6 +125,20 @@ async def test_a_marketer_drafts_edits_backtests_and_publishes(
     )
     assert refused.status_code == 409 and "Only a draft can be edited." in refused.text
 
+    # Each change is in the audit log, as the operator who made it.
+    async with engine.connect() as conn:
+        trail = (
+            await conn.execute(
+                text(
+                    "SELECT action, actor FROM audit_log WHERE programme_id = :p AND entity_type = 'tier_ladder'"
+                    " ORDER BY id"
+                ),
+                {"p": programme.id},
+            )
+        ).all()
+    assert [a for a, _ in trail] == ["tier_ladder.draft", "tier_ladder.update_draft", "tier_ladder.publish"]
+    assert {actor for _, actor in trail} == {trail[0][1]} and trail[0][1].startswith("operator:")
+
     # The next draft starts as a copy of the ladder in force.
     r = await console_client.post("/console/tiers/drafts", data={"_csrf": csrf}, follow_redirects=False)
     assert r.headers["location"] == "/console/tiers/2/edit"

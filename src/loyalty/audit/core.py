@@ -39,6 +39,7 @@ ACTIONS: dict[str, str] = {
     "segment.update": "a segment was changed",
     "segment.delete": "a segment was deleted",
     "tier_ladder.draft": "a draft ladder version was created",
+    "tier_ladder.update_draft": "a draft ladder version's tiers or note were edited",
     "tier_ladder.publish": "a ladder version was published",
     "tier_ladder.reassess": "a re-assessment of every member was queued",
     "member.create": "a member was enrolled",

@@ -208,9 +208,20 @@ async def update_draft(
         raise Conflict(
             "Only a draft can be edited.", code="tier_version_not_draft", extra={"status": row["status"]}
         )
+    before = await _view(conn, who.programme_id, row)
     updated = await repository.update_draft(conn, who.programme_id, version, _definition(req), req.note)
     assert updated is not None  # locked above as a draft
-    return await _view(conn, who.programme_id, updated)
+    view = await _view(conn, who.programme_id, updated)
+    await audit.record(
+        conn,
+        who,
+        action="tier_ladder.update_draft",
+        entity="tier_ladder",
+        entity_id=version,
+        before=before,
+        after=view,
+    )
+    return view
 
 
 async def publish(
