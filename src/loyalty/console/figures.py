@@ -102,7 +102,9 @@ def liability_option(series: rs.LiabilitySeries) -> dict[str, Any]:
             "type": "line",
             "yAxisIndex": 1,
             "showSymbol": False,
-            "data": [None if d.breakage_rate is None else round(100 * d.breakage_rate, 2) for d in series.days],
+            "data": [
+                None if d.breakage_rate is None else round(100 * d.breakage_rate, 2) for d in series.days
+            ],
         },
     ]
     return option
@@ -189,7 +191,12 @@ def members_option(activity: rs.MemberActivity) -> dict[str, Any]:
     )
     option["series"] = [
         {"name": "New", "type": "bar", "data": [d.new_members for d in activity.days]},
-        {"name": "Active", "type": "line", "showSymbol": False, "data": [d.active_members for d in activity.days]},
+        {
+            "name": "Active",
+            "type": "line",
+            "showSymbol": False,
+            "data": [d.active_members for d in activity.days],
+        },
         {
             "name": "Enrolled",
             "type": "line",

@@ -47,7 +47,9 @@ def local_today(timezone: str) -> date:
     return datetime.now(ZoneInfo(timezone)).date()
 
 
-async def read_figures(conn: AsyncConnection, programme_id: int, since: date, until: date, today: date) -> Figures:
+async def read_figures(
+    conn: AsyncConnection, programme_id: int, since: date, until: date, today: date
+) -> Figures:
     """Every figure of the dashboard, in the caller's (one) snapshot."""
     now = await reports.liability_series(conn, programme_id, today, today)
     return Figures(
