@@ -124,6 +124,9 @@ async def test_create_top_up_move_and_close(
 
     listing = await c.get("/console/budgets")
     assert listing.status_code == 200
+    # The create form carries this session's token (a form without one is refused).
+    create_form = listing.text.split('action="/console/budgets" novalidate>')[1][:200]
+    assert f'name="_csrf" value="{csrf}"' in create_form
     assert re.search(r'data-budget="spring".*?data-col="remaining">10,500<', listing.text, re.S)
     assert (await c.get("/console/budgets", params={"status": "closed"})).text.count("data-budget=") == 1
     assert "No budget matches." in (await c.get("/console/budgets", params={"q": "nothing"})).text
