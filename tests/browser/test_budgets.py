@@ -65,6 +65,7 @@ def test_create_earn_top_up_move_and_close(console: Console) -> None:
     page.reload()
     burn = named(console.chart_series("chart-budget-burn"))
     assert (burn["Issued"][-1], burn["Cap"][-1]) == (2_500, 11_000)
+    console.screenshot("budget")
 
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Close budget").click()
