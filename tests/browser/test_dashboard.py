@@ -102,11 +102,13 @@ def test_earns_through_the_api_show_on_the_dashboard(console: Console) -> None:
     page.get_by_role("button", name="Show").click()
     expect(page).to_have_url(re.compile(r"days=7"))
     assert len(x_axis(console, "chart-flows")) == 7
+    assert len(x_axis(console, "chart-members")) == 7
     assert named(console.chart_series("chart-flows"))["Issued"][-1] == 1_500
     page.get_by_label("From", exact=True).fill("2026-02-01")
     page.get_by_label("To", exact=True).fill("2026-01-01")
     page.get_by_role("button", name="Show").click()
     expect(page.locator("#e-since")).to_have_text("must not be after until")
+    assert len(x_axis(console, "chart-flows")) == 30  # the default period, drawn again
 
 
 def test_the_dashboard_fits_a_phone(console: Console) -> None:
