@@ -118,3 +118,6 @@ def test_the_dashboard_fits_a_phone(console: Console) -> None:
     console.chart_series("chart-budgets")
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
     expect(page.locator("#chart-flows")).to_be_visible()
+    console.goto("/console/budgets")
+    expect(page.get_by_role("heading", name="Budgets")).to_be_visible()
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
