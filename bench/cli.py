@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 5 s measured, 1 s warm-up")
     parser.add_argument(
+        "--no-console", action="store_true", help="skip the console page times (bench/console.py)"
+    )
+    parser.add_argument(
         "--data-dir", type=Path, default=Path(".loyalty/bench"), help="embedded servers' data"
     )
     parser.add_argument("--output", type=Path, default=report.RESULTS_FILE, help="where to write the JSON")
@@ -99,6 +102,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         asyncio.run(run(args))
+        if not args.no_console:
+            # The console's page times on the demo and on a 1M-member programme (bench/console.py).
+            from bench import console as console_bench
+
+            console_bench.main(["--quick"] if args.quick else [])
     except KeyboardInterrupt:
         print("\ninterrupted; servers stopped", file=sys.stderr)
         return 130

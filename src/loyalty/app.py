@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 import loyalty
 from loyalty import apidocs, health, problems, ratelimit, security
 from loyalty.activity.routes import ROUTES as ACTIVITY_ROUTES
+from loyalty.audit.routes import ROUTES as AUDIT_ROUTES
 from loyalty.auth.revocation import RevocationListener
 from loyalty.auth.routes import ROUTES as KEY_ROUTES
 from loyalty.auth.service import Authenticator
@@ -123,6 +124,7 @@ def create_app(settings: Settings) -> Litestar:
             *import_routes(settings.import_max_bytes),
             *KEY_ROUTES,
             *REPORT_ROUTES,
+            *AUDIT_ROUTES,
             *console_web.routers(),
         ],
         template_config=console_web.template_config(),

@@ -302,6 +302,7 @@ def cmd_programmes_create(args: argparse.Namespace, settings: Settings) -> int:
                     timezone=args.timezone,
                     clawback_policy=args.clawback_policy,
                     allow_transfers=args.allow_transfers,
+                    who="cli",
                 )
         finally:
             await engine.dispose()

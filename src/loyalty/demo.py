@@ -217,7 +217,7 @@ async def _operators(conn: AsyncConnection) -> dict[str, Any]:
     password = generate_password()
     for role in CONSOLE_ROLES:
         await create_operator(
-            conn, email=operator_email(role), programme_code=CODE, role=role, password=password
+            conn, email=operator_email(role), programme_code=CODE, role=role, password=password, who="system"
         )
     return {
         "path": "/console",

@@ -2,6 +2,7 @@
 
 from loyalty import db  # noqa: F401
 from loyalty.activity import models as activity_models  # noqa: F401
+from loyalty.audit import models as audit_models  # noqa: F401
 from loyalty.benefits import models as benefit_models  # noqa: F401
 from loyalty.console import models as console_models  # noqa: F401
 from loyalty.events import models as event_models  # noqa: F401

@@ -19,6 +19,7 @@ from arq.worker import Worker, create_worker
 from loyalty.activity import replay_tasks
 from loyalty.activity import tasks as activity_tasks
 from loyalty.benefits import tasks as benefit_tasks
+from loyalty.console import tasks as console_tasks
 from loyalty.db import create_engine
 from loyalty.imports import tasks as import_tasks
 from loyalty.ledger import tasks as ledger_tasks
@@ -95,6 +96,7 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
             cron(benefit_tasks.announce_benefit_campaigns, second={50}, unique=True, run_at_startup=True),
             # The dashboard's rollups, from a watermark: seconds behind the ledger.
             cron(report_tasks.rollup_reports, second=EVERY_10_SECONDS, unique=True, run_at_startup=True),
+            cron(console_tasks.purge_console_sessions, minute={41}, second={0}, unique=True),
             cron(
                 report_tasks.refresh_expiry_forecast,
                 minute=set(range(1, 60, 10)),

@@ -154,6 +154,9 @@ async def test_delivery_log_filters_pages_and_redelivers(api: Api, other: Api, e
     problem(await other.post(f"{DELIVERIES}/{ok['id']}/redeliver", expect=None), 404)
     queued = (await api.post(f"{DELIVERIES}/{ok['id']}/redeliver", expect=202)).json()
     assert (queued["status"], queued["attempts"]) == ("pending", 0)
+    [audited] = (await api.get("/v1/audit", params={"action": "webhook_delivery.redeliver"})).json()["items"]
+    assert audited["entity_id"] == str(ok["id"])
+    assert (audited["before"]["status"], audited["after"]["status"]) == (ok["status"], "pending")
     before = [r.webhook_id for r in receiver.received if r.json["data"]["member_id"] == "b"]
     await tasks.deliver_webhooks({"engine": engine, "webhook_policy": LOCAL})
     after = [r.webhook_id for r in receiver.received if r.json["data"]["member_id"] == "b"]

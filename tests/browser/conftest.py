@@ -56,6 +56,9 @@ def chromium_path() -> str | None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if chromium_path() is not None:
         return
+    if os.environ.get("LOYALTY_REQUIRE_BROWSER"):
+        # CI sets this: there the browser tests are never skipped.
+        raise pytest.UsageError("LOYALTY_REQUIRE_BROWSER is set but " + CHROMIUM_HINT)
     skip = pytest.mark.skip(reason=CHROMIUM_HINT)
     for item in items:
         if "tests/browser/" in str(item.fspath).replace(os.sep, "/"):
@@ -249,6 +252,21 @@ class Console:
             "s => ({name: s.name, type: s.type, data: s.data}))"
         )
         return series
+
+    def unlabelled_inputs(self) -> list[str]:
+        """Visible form controls of the current page that no label names."""
+        found: list[str] = self.page.evaluate(
+            """() => Array.from(document.querySelectorAll('input, select, textarea'))
+                .filter(el => el.type !== 'hidden' && el.offsetParent !== null)
+                .filter(el => !(el.labels && el.labels.length) && !el.getAttribute('aria-label')
+                              && !el.getAttribute('aria-labelledby'))
+                .map(el => el.outerHTML.slice(0, 120))"""
+        )
+        return found
+
+    def overflows_horizontally(self) -> bool:
+        """True when the page is wider than the window (a layout that does not fit a phone)."""
+        return bool(self.page.evaluate("() => document.documentElement.scrollWidth > window.innerWidth + 1"))
 
     def screenshot(self, name: str) -> None:
         """docs/console/NAME.png, when LOYALTY_SCREENSHOTS is set (make screenshots)."""

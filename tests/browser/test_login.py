@@ -14,6 +14,7 @@ def test_login_dashboard_and_logout(console: Console) -> None:
     console.goto("/console/budgets")
     # Not logged in: the login form, which brings the operator back where they were going.
     expect(page).to_have_url(re.compile(r"/console/login\?next="))
+    console.screenshot("login")
     email = console.operator("analyst")
     page.get_by_label("Email").fill(email)
     page.get_by_label("Password").fill("correct horse battery staple")
@@ -21,7 +22,6 @@ def test_login_dashboard_and_logout(console: Console) -> None:
     expect(page.locator(".who")).to_contain_text(email)
     console.goto("/console")
     expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
-    console.screenshot("dashboard")
     page.get_by_role("button", name="Log out").click()
     expect(page).to_have_url(re.compile(r"/console/login$"))
     console.goto("/console")

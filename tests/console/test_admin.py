@@ -96,6 +96,20 @@ async def test_roles_change_and_the_last_admin_stays(
         f"/console/admin/operators/{analyst_id}/remove", data={"_csrf": csrf}, follow_redirects=False
     )
     assert r.status_code == 303 and await _role(engine, programme, analyst) is None
+    async with engine.connect() as conn:
+        trail = (
+            await conn.execute(
+                text(
+                    "SELECT action, before, after, operator_id FROM audit_log"
+                    " WHERE programme_id = :p AND entity_type = 'operator' AND action <> 'operator.create' ORDER BY id"
+                ),
+                {"p": programme.id},
+            )
+        ).all()
+    assert [(t.action, t.before, t.after, t.operator_id) for t in trail] == [
+        ("operator.role", {"role": "analyst"}, {"role": "support"}, my_id),
+        ("operator.remove", {"role": "support"}, None, my_id),
+    ]  # the refused demotion left no row
 
 
 async def test_an_invitation_is_accepted_once_and_the_invitee_logs_in(

@@ -130,3 +130,37 @@ async def test_switching_programme_only_to_one_with_a_role(
     refused = await console_client.post("/console/switch", data={"_csrf": token, "programme": stranger.code})
     assert refused.status_code == 404
     assert "<strong>marketer</strong>" in (await console_client.get("/console")).text
+
+
+async def test_the_hourly_job_removes_ended_sessions(
+    console_client: AsyncTestClient[Any], engine: AsyncEngine, programme: Programme, settings: Any
+) -> None:
+    from loyalty.console.tasks import purge_console_sessions
+
+    live_email = await make_operator(engine, programme.code, "analyst")
+    idle_email = await make_operator(engine, programme.code, "analyst")
+    await login(console_client, live_email)
+    await login(console_client, idle_email)
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE console_sessions SET last_seen_at = now() - interval '2 hours'"
+                " WHERE operator_id = (SELECT id FROM operators WHERE email = :e)"
+            ),
+            {"e": idle_email},
+        )
+    removed = await purge_console_sessions({"engine": engine, "settings": settings})
+    assert removed >= 1
+    async with engine.connect() as conn:
+        left = dict(
+            (
+                await conn.execute(
+                    text(
+                        "SELECT o.email, count(s.id) FROM operators o LEFT JOIN console_sessions s"
+                        " ON s.operator_id = o.id WHERE o.email IN (:a, :b) GROUP BY o.email"
+                    ),
+                    {"a": live_email, "b": idle_email},
+                )
+            ).all()
+        )
+    assert left == {live_email: 1, idle_email: 0}

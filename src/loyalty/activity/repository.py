@@ -609,6 +609,14 @@ async def facts_row(conn: AsyncConnection, programme_id: int, member_id: int) ->
     return dict(row._mapping) if row else None
 
 
+async def tags(conn: AsyncConnection, programme_id: int, member_id: int) -> list[str]:
+    found = await conn.scalar(
+        text("SELECT tags FROM member_facts WHERE programme_id = :p AND member_id = :m"),
+        {"p": programme_id, "m": member_id},
+    )
+    return list(found or [])
+
+
 async def update_tags(
     conn: AsyncConnection, programme_id: int, member_id: int, add: list[str], remove: list[str]
 ) -> list[str]:

@@ -17,6 +17,7 @@ import msgspec
 from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty import audit
 from loyalty.activity import core, repository
 from loyalty.activity import schemas as s
 from loyalty.activity.facts import facts_to_json, load_facts, row_to_facts
@@ -760,12 +761,16 @@ async def import_events(conn: AsyncConnection, who: Principal, req: s.ImportRequ
             imported += not replayed
             points += 0 if replayed else result.points
         refreshed = await repository.refresh_facts(conn, who.programme_id, now=now, rebuild=True)
-        return s.ImportResult(
-            received=len(req.events),
-            imported=imported,
-            duplicates=len(req.events) - imported,
-            members_refreshed=refreshed,
-            points=points,
+        return await _imported(
+            conn,
+            who,
+            s.ImportResult(
+                received=len(req.events),
+                imported=imported,
+                duplicates=len(req.events) - imported,
+                members_refreshed=refreshed,
+                points=points,
+            ),
         )
     ids = await repository.members_by_external(
         conn, who.programme_id, sorted({e.member_id for e in req.events})
@@ -797,13 +802,28 @@ async def import_events(conn: AsyncConnection, who: Principal, req: s.ImportRequ
     tz = await repository.programme_timezone(conn, who.programme_id)
     inserted = await repository.import_events(conn, who.programme_id, rows, tz)
     refreshed = await repository.refresh_facts(conn, who.programme_id, now=now, rebuild=True)
-    return s.ImportResult(
-        received=len(rows),
-        imported=inserted,
-        duplicates=len(rows) - inserted,
-        members_refreshed=refreshed,
-        points=0,
+    return await _imported(
+        conn,
+        who,
+        s.ImportResult(
+            received=len(rows),
+            imported=inserted,
+            duplicates=len(rows) - inserted,
+            members_refreshed=refreshed,
+            points=0,
+        ),
     )
+
+
+async def _imported(conn: AsyncConnection, who: Principal, result: s.ImportResult) -> s.ImportResult:
+    # One row for the whole import: its counts (each earned point is in the ledger itself).
+    # An import of events all seen before changed nothing, like a replay.
+    if result.imported == 0:
+        return result
+    await audit.record(
+        conn, who, action="events.import", entity="programme", entity_id=who.programme_code, after=result
+    )
+    return result
 
 
 # Reads, tags, settings ---------------------------------------------------------------------
@@ -862,7 +882,17 @@ async def update_tags(
     if overlap:
         raise InvalidInput("remove", f"names tags also added: {overlap}")
     member_id = await _member_id(conn, who, external_id)
+    before = await repository.tags(conn, who.programme_id, member_id)
     tags = await repository.update_tags(conn, who.programme_id, member_id, req.add, req.remove)
+    await audit.record(
+        conn,
+        who,
+        action="member.tags",
+        entity="member",
+        entity_id=external_id,
+        before={"tags": before},
+        after={"tags": tags},
+    )
     return s.TagsView(member_id=external_id, tags=tags)
 
 
@@ -881,7 +911,17 @@ async def put_settings(
         custom=req.custom_event_types,
     )
     values = msgspec.to_builtins(req)
+    before = await repository.settings(conn, who.programme_id)
     await repository.put_settings(conn, who.programme_id, values)
+    await audit.record(
+        conn,
+        who,
+        action="activity_settings.update",
+        entity="activity_settings",
+        entity_id=who.programme_code,
+        before=before,
+        after=values,
+    )
     # Scores and stages follow the new cut points at once, not at the next nightly refresh.
     await repository.refresh_facts(conn, who.programme_id, now=_now())
     return s.ActivitySettingsView(**values)
@@ -933,11 +973,20 @@ async def create_rule(conn: AsyncConnection, who: Principal, req: s.EarningRuleI
         raise Conflict(
             "An earning rule with this code exists.", code="earning_rule_exists", extra={"rule": req.code}
         )
-    return _rule_view(row)
+    view = _rule_view(row)
+    await audit.record(
+        conn, who, action="earning_rule.create", entity="earning_rule", entity_id=req.code, after=view
+    )
+    return view
 
 
 async def update_rule(
-    conn: AsyncConnection, who: Principal, code: str, req: s.EarningRulePatch
+    conn: AsyncConnection,
+    who: Principal,
+    code: str,
+    req: s.EarningRulePatch,
+    *,
+    action: str = "earning_rule.update",
 ) -> s.EarningRuleView:
     current = await repository.rule(conn, who.programme_id, code, lock=True)
     if current is None:
@@ -953,11 +1002,18 @@ async def update_rule(
     await _check_rule(conn, who, values)
     row = await repository.update_rule(conn, who.programme_id, values)
     assert row is not None
-    return _rule_view(row)
+    view = _rule_view(row)
+    before = _rule_view(current)
+    await audit.record(
+        conn, who, action=action, entity="earning_rule", entity_id=code, before=before, after=view
+    )
+    return view
 
 
 async def deactivate_rule(conn: AsyncConnection, who: Principal, code: str) -> s.EarningRuleView:
-    return await update_rule(conn, who, code, s.EarningRulePatch(active=False))
+    return await update_rule(
+        conn, who, code, s.EarningRulePatch(active=False), action="earning_rule.deactivate"
+    )
 
 
 async def get_rule(conn: AsyncConnection, who: Principal, code: str) -> s.EarningRuleView:

@@ -72,6 +72,10 @@ async def find_keys(
     return [dict(r._mapping) for r in rows]
 
 
+async def key_programme(conn: AsyncConnection, key_id: int) -> int:
+    return int(await conn.scalar(text("SELECT programme_id FROM api_keys WHERE id = :k"), {"k": key_id}))
+
+
 async def revoke_key(conn: AsyncConnection, key_id: int) -> None:
     """Revokes the key (a no-op if it already is) and tells every API process, at commit."""
     await conn.execute(

@@ -29,7 +29,7 @@ class ApiKeyController(Controller):
         self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], key_id: FromPath[int]
     ) -> s.KeyView:
         """Revoke a key of the programme; every API process refuses it within a second."""
-        return s.view(await service.revoke_api_key(tx, key_id=key_id, programme_id=who.programme_id))
+        return s.view(await service.revoke_api_key(tx, key_id=key_id, programme_id=who.programme_id, who=who))
 
 
 ROUTES = [ApiKeyController]

@@ -7,6 +7,7 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from loyalty import audit
 from loyalty.auth import core, repository
 from loyalty.errors import InvalidInput, NotFound, Unauthorized
 
@@ -115,7 +116,12 @@ class Authenticator:
 
 
 async def create_api_key(
-    conn: AsyncConnection, *, programme_id: int, role: str, name: str | None = None
+    conn: AsyncConnection,
+    *,
+    programme_id: int,
+    role: str,
+    name: str | None = None,
+    who: core.Principal | str = "system",
 ) -> tuple[int, str]:
     if role not in core.KEY_ROLES:
         raise InvalidInput("role", f"must be one of {', '.join(core.KEY_ROLES)}")
@@ -123,6 +129,16 @@ async def create_api_key(
     # The name is a label for people; without one, the role and public prefix tell keys apart.
     key_id = await repository.insert_key(
         conn, programme_id, role, name or f"{role} {prefix}", key_hash, prefix
+    )
+    [row] = await repository.find_keys(conn, key_id=key_id)
+    await audit.record(
+        conn,
+        who,
+        action="api_key.create",
+        entity="api_key",
+        entity_id=key_id,
+        after=row,
+        programme_id=programme_id,
     )
     return key_id, key
 
@@ -137,6 +153,7 @@ async def revoke_api_key(
     key_id: int | None = None,
     prefix: str | None = None,
     programme_id: int | None = None,
+    who: core.Principal | str,
 ) -> dict[str, Any]:
     """Revoke one key, named by id or public prefix (within a programme when given); repeating
     it is harmless. Every API process stops accepting the key once this commits."""
@@ -149,6 +166,16 @@ async def revoke_api_key(
         raise InvalidInput("key", f"the prefix {prefix!r} matches {len(found)} keys; give the key's id")
     await repository.revoke_key(conn, found[0]["id"])
     [row] = await repository.find_keys(conn, key_id=found[0]["id"])
+    await audit.record(
+        conn,
+        who,
+        action="api_key.revoke",
+        entity="api_key",
+        entity_id=row["id"],
+        before=found[0],
+        after=row,
+        programme_id=await repository.key_programme(conn, row["id"]),
+    )
     return row
 
 
@@ -193,7 +220,7 @@ def create_api_key_cli(settings: Settings, programme_code: str, role: str, name:
 
     async def work(conn: AsyncConnection) -> str:
         programme_id = await _programme_id(conn, programme_code)
-        _, key = await create_api_key(conn, programme_id=programme_id, role=role, name=name)
+        _, key = await create_api_key(conn, programme_id=programme_id, role=role, name=name, who="cli")
         return key
 
     return str(_on_cli_engine(settings, work))
@@ -211,6 +238,6 @@ def revoke_api_key_cli(settings: Settings, ref: str) -> dict[str, Any]:
     key_id, prefix = parse_key_ref(ref)
 
     async def work(conn: AsyncConnection) -> dict[str, Any]:
-        return await revoke_api_key(conn, key_id=key_id, prefix=prefix)
+        return await revoke_api_key(conn, key_id=key_id, prefix=prefix, who="cli")
 
     return dict(_on_cli_engine(settings, work))

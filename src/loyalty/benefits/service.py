@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty import rules
+from loyalty import audit, rules
 from loyalty.activity.facts import load_facts
 from loyalty.auth.core import Principal
 from loyalty.benefits import core, repository
@@ -130,7 +130,9 @@ async def create(conn: AsyncConnection, who: Principal, req: s.BenefitCreate) ->
             "valid_until": req.valid_until,
         },
     )
-    return _view(row)
+    view = _view(row)
+    await audit.record(conn, who, action="benefit.create", entity="benefit", entity_id=req.code, after=view)
+    return view
 
 
 async def _benefit(conn: AsyncConnection, who: Principal, code: str) -> core.BenefitDef:
@@ -152,7 +154,10 @@ async def list_all(conn: AsyncConnection, who: Principal) -> s.BenefitList:
 
 
 async def update(conn: AsyncConnection, who: Principal, code: str, req: s.BenefitUpdate) -> s.BenefitView:
-    current = await _benefit(conn, who, code)
+    current_row = await repository.benefit(conn, who.programme_id, code)
+    if current_row is None:
+        raise _benefit_not_found(code)
+    current = _def(current_row)
     values = {k: v for k, v in msgspec.structs.asdict(req).items() if v is not None}
     if req.names is not None:
         _check_texts(req.names, "names")
@@ -167,7 +172,17 @@ async def update(conn: AsyncConnection, who: Principal, code: str, req: s.Benefi
     _check_validity(req.valid_from or current.valid_from, req.valid_until or current.valid_until)
     row = await repository.update_benefit(conn, who.programme_id, code, values)
     assert row is not None
-    return _view(row)
+    view = _view(row)
+    await audit.record(
+        conn,
+        who,
+        action="benefit.update",
+        entity="benefit",
+        entity_id=code,
+        before=_view(current_row),
+        after=view,
+    )
+    return view
 
 
 async def set_tier_benefits(
@@ -183,8 +198,23 @@ async def set_tier_benefits(
         )
     if len({b for b, _ in items}) != len(items):
         raise InvalidInput("benefits", "a benefit is listed twice")
+    before = await list_tier_benefits(conn, who)
     await repository.set_tier_benefits(conn, who.programme_id, tier, items)
-    return await list_tier_benefits(conn, who)
+    after = await list_tier_benefits(conn, who)
+    await audit.record(
+        conn,
+        who,
+        action="tier_benefits.set",
+        entity="tier",
+        entity_id=tier,
+        before=_of_tier(before, tier),
+        after=_of_tier(after, tier),
+    )
+    return after
+
+
+def _of_tier(listing: s.TierBenefitList, tier: str) -> dict[str, Any]:
+    return {"benefits": [{"benefit": i.benefit, "params": i.params} for i in listing.items if i.tier == tier]}
 
 
 async def list_tier_benefits(conn: AsyncConnection, who: Principal) -> s.TierBenefitList:
@@ -213,7 +243,11 @@ async def create_campaign(conn: AsyncConnection, who: Principal, req: s.Campaign
             "params": params,
         },
     )
-    return s.CampaignView(benefit=req.benefit, **row)
+    view = s.CampaignView(benefit=req.benefit, **row)
+    await audit.record(
+        conn, who, action="benefit_campaign.create", entity="benefit_campaign", entity_id=req.code, after=view
+    )
+    return view
 
 
 async def list_campaigns(conn: AsyncConnection, who: Principal) -> s.CampaignList:
@@ -265,22 +299,43 @@ async def grant(conn: AsyncConnection, who: Principal, external_id: str, req: s.
             "reason": req.reason,
         },
     )
-    return s.GrantView(
+    view = s.GrantView(
         id=row["id"],
         member_id=external_id,
         benefit=benefit.code,
         granted_at=row["granted_at"],
         expires_at=row["expires_at"],
     )
+    await audit.record(
+        conn,
+        who,
+        action="member.benefit_grant",
+        entity="member",
+        entity_id=external_id,
+        after={**msgspec.to_builtins(view), "params": params},
+        reason=req.reason,
+    )
+    return view
 
 
 async def revoke(
     conn: AsyncConnection, who: Principal, external_id: str, grant_id: int, req: s.RevokeRequest
 ) -> None:
     member_id = await _member(conn, who, external_id)
+    before = await repository.grant_state(conn, who.programme_id, member_id, grant_id)
     row = await repository.revoke_grant(conn, who.programme_id, member_id, grant_id, req.reason, _now())
-    if row is None:
+    if row is None or before is None:
         raise NotFound("No such grant for this member.", code="grant_not_found", extra={"grant_id": grant_id})
+    await audit.record(
+        conn,
+        who,
+        action="member.benefit_revoke",
+        entity="member",
+        entity_id=external_id,
+        before=before,
+        after=await repository.grant_state(conn, who.programme_id, member_id, grant_id),
+        reason=req.reason,
+    )
 
 
 # Entitlements ----------------------------------------------------------------------------

@@ -131,6 +131,13 @@ async def delete_expired_sessions(conn: AsyncConnection, now: datetime, idle_sin
     return int(result.rowcount or 0)
 
 
+async def emails_by_id(conn: AsyncConnection, operator_ids: set[int]) -> dict[int, str]:
+    if not operator_ids:
+        return {}
+    rows = await conn.execute(select(Operator.id, Operator.email).where(Operator.id.in_(operator_ids)))
+    return {int(r.id): str(r.email) for r in rows}
+
+
 # -- a programme's operators and invitations ---------------------------------------------------
 
 

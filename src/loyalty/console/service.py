@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty import audit
 from loyalty.auth.core import Principal
 from loyalty.console import repository
 from loyalty.console.core import (
@@ -27,7 +28,13 @@ from loyalty.programmes import repository as programmes
 
 
 async def create_operator(
-    conn: AsyncConnection, *, email: str, programme_code: str, role: str, password: str
+    conn: AsyncConnection,
+    *,
+    email: str,
+    programme_code: str,
+    role: str,
+    password: str,
+    who: Principal | str = "cli",
 ) -> int:
     """A new operator with a role in one programme; an existing email is a conflict."""
     email = email.strip().lower()
@@ -44,6 +51,15 @@ async def create_operator(
         raise Conflict(f"An operator {email} exists already.", code="operator_exists")
     operator_id = await repository.insert_operator(conn, email, hash_password(password))
     await repository.set_role(conn, operator_id, programme["id"], role)
+    await audit.record(
+        conn,
+        who,
+        action="operator.create",
+        entity="operator",
+        entity_id=operator_id,
+        after={"email": email, "role": role},
+        programme_id=programme["id"],
+    )
     return operator_id
 
 
@@ -206,23 +222,56 @@ async def _keep_an_admin(conn: AsyncConnection, programme_id: int, operator_id: 
     return role
 
 
-async def change_role(conn: AsyncConnection, programme_id: int, operator_id: int, role: str) -> None:
+async def change_role(
+    conn: AsyncConnection, programme_id: int, operator_id: int, role: str, *, who: Principal | str
+) -> None:
     _check_role(role)
     if role != "admin":
-        await _keep_an_admin(conn, programme_id, operator_id)
-    elif await repository.role_of(conn, operator_id, programme_id, lock=True) is None:
-        raise NotFound("This operator has no role in the programme.", code="operator_not_found")
+        before = await _keep_an_admin(conn, programme_id, operator_id)
+    else:
+        found = await repository.role_of(conn, operator_id, programme_id, lock=True)
+        if found is None:
+            raise NotFound("This operator has no role in the programme.", code="operator_not_found")
+        before = found
     await repository.set_role(conn, operator_id, programme_id, role)
+    await audit.record(
+        conn,
+        who,
+        action="operator.role",
+        entity="operator",
+        entity_id=operator_id,
+        before={"role": before},
+        after={"role": role},
+        programme_id=programme_id,
+    )
 
 
-async def remove_from_programme(conn: AsyncConnection, programme_id: int, operator_id: int) -> None:
+async def remove_from_programme(
+    conn: AsyncConnection, programme_id: int, operator_id: int, *, who: Principal | str
+) -> None:
     """The operator loses their role here; their sessions in this programme end with it."""
-    await _keep_an_admin(conn, programme_id, operator_id)
+    role = await _keep_an_admin(conn, programme_id, operator_id)
     await repository.remove_role(conn, operator_id, programme_id)
+    await audit.record(
+        conn,
+        who,
+        action="operator.remove",
+        entity="operator",
+        entity_id=operator_id,
+        before={"role": role},
+        programme_id=programme_id,
+    )
 
 
 async def invite(
-    conn: AsyncConnection, *, programme_id: int, email: str, role: str, invited_by: int | None, now: datetime
+    conn: AsyncConnection,
+    *,
+    programme_id: int,
+    email: str,
+    role: str,
+    invited_by: int | None,
+    now: datetime,
+    who: Principal | str,
 ) -> str:
     """An invitation to the programme with a role; returns its one-time token (stored hashed)."""
     email = email.strip().lower()
@@ -235,7 +284,7 @@ async def invite(
             f"{email} works in this programme already.", code="operator_exists", extra={"field": "email"}
         )
     token, digest = new_token()
-    await repository.insert_invitation(
+    invitation_id = await repository.insert_invitation(
         conn,
         token_hash=digest,
         email=email,
@@ -243,6 +292,15 @@ async def invite(
         role=role,
         invited_by=invited_by,
         expires_at=now + INVITATION_LIFETIME,
+    )
+    await audit.record(
+        conn,
+        who,
+        action="operator.invite",
+        entity="operator_invitation",
+        entity_id=invitation_id,
+        after={"email": email, "role": role, "expires_at": now + INVITATION_LIFETIME},
+        programme_id=programme_id,
     )
     return token
 
@@ -253,9 +311,19 @@ async def pending_invitations(
     return await repository.pending_invitations(conn, programme_id, now)
 
 
-async def cancel_invitation(conn: AsyncConnection, programme_id: int, invitation_id: int) -> None:
+async def cancel_invitation(
+    conn: AsyncConnection, programme_id: int, invitation_id: int, *, who: Principal | str
+) -> None:
     if not await repository.delete_invitation(conn, programme_id, invitation_id):
         raise NotFound("No open invitation with this id.", code="invitation_not_found")
+    await audit.record(
+        conn,
+        who,
+        action="operator.invite_cancel",
+        entity="operator_invitation",
+        entity_id=invitation_id,
+        programme_id=programme_id,
+    )
 
 
 class InvitationInvalid(NotFound):
@@ -286,4 +354,13 @@ async def accept_invitation(conn: AsyncConnection, token: str, *, password: str,
         raise InvalidInput("password", "is not this account's password")
     await repository.set_role(conn, operator_id, row["programme_id"], row["role"])
     await repository.mark_accepted(conn, row["id"], now)
+    await audit.record(
+        conn,
+        f"operator:{operator_id}",
+        action="operator.invite_accept",
+        entity="operator",
+        entity_id=operator_id,
+        after={"email": row["email"], "role": row["role"], "invitation_id": row["id"]},
+        programme_id=row["programme_id"],
+    )
     return str(row["email"])

@@ -10,6 +10,7 @@ to ``read``, and a write without one is refused, so a forgotten permission never
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import secrets
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -172,6 +173,8 @@ def render(
     if session is not None:
         secret = request.app.state.settings.secret_key or ""
         base["csrf"] = csrf_token(session.token, secret=secret)
+        # Also for macros imported without the page's context (see _csrf_global).
+        _PAGE_CSRF.set(base["csrf"])
         base["can"] = lambda permission: may(session.role, permission)
         base["nav"] = [e for e in nav_entries() if may(session.role, e.permission)]
     base.update(context)
@@ -352,10 +355,24 @@ def routers() -> list[Any]:
     ]
 
 
+_PAGE_CSRF: contextvars.ContextVar[str] = contextvars.ContextVar("console_csrf", default="")
+
+
+def _csrf_global() -> str:
+    """``csrf_token()`` in templates: the CSRF token of the page being rendered (the handler's
+    task renders its own template, so the value set by ``render`` is this request's)."""
+    return _PAGE_CSRF.get()
+
+
 def template_config() -> Any:
     from pathlib import Path
 
     from litestar.plugins.jinja import JinjaTemplateEngine
     from litestar.template.config import TemplateConfig
 
-    return TemplateConfig(directory=Path(__file__).parent / "templates", engine=JinjaTemplateEngine)
+    def setup(engine: JinjaTemplateEngine) -> None:
+        engine.engine.globals["csrf_token"] = _csrf_global
+
+    return TemplateConfig(
+        directory=Path(__file__).parent / "templates", engine=JinjaTemplateEngine, engine_callback=setup
+    )

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty import audit
 from loyalty.auth.core import Principal
 from loyalty.errors import Conflict, InvalidInput, NotFound
 from loyalty.imports import core, repository
@@ -89,7 +90,30 @@ async def create_import(
     await job_runs.record_queued(
         conn, job_id=job_id, programme_id=who.programme_id, name=JOB_NAME, run_at=None
     )
-    return await get_import(conn, who, import_id)
+    created = await get_import(conn, who, import_id)
+    # One row for the upload, not one per data row: the rows and their outcomes are the import's.
+    await audit.record(
+        conn,
+        actor or who,
+        action="import.create",
+        entity="import",
+        entity_id=import_id,
+        after=_audited(created),
+        programme_id=who.programme_id,
+    )
+    return created
+
+
+def _audited(v: ImportView) -> dict[str, Any]:
+    return {
+        "kind": v.kind,
+        "budget": v.budget,
+        "filename": v.filename,
+        "status": v.status,
+        "rows_total": v.rows_total,
+        "rows_done": v.rows_done,
+        "job_id": v.job_id,
+    }
 
 
 def view(row: dict[str, Any]) -> ImportView:
@@ -167,4 +191,14 @@ async def resume_import(conn: AsyncConnection, who: Principal, import_id: int) -
     if current.status == "succeeded":
         raise Conflict("The import has finished.", code="import_finished", extra={"import_id": import_id})
     await repository.mark_queued(conn, current.job_id)
-    return await get_import(conn, who, import_id)
+    resumed = await get_import(conn, who, import_id)
+    await audit.record(
+        conn,
+        who,
+        action="import.resume",
+        entity="import",
+        entity_id=import_id,
+        before=_audited(current),
+        after=_audited(resumed),
+    )
+    return resumed

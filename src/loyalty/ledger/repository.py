@@ -255,7 +255,13 @@ async def hold(conn: AsyncConnection, programme_id: int, hold_id: int) -> str | 
     ).scalar_one_or_none()
 
 
-async def budget(conn: AsyncConnection, programme_id: int, code: str) -> str | None:
+async def budget(conn: PostingConnection, programme_id: int, code: str) -> str | None:
+    if not isinstance(conn, AsyncConnection):
+        return await conn.fetchval(
+            "SELECT ledger_budget_json(programme_id, id)::text FROM budgets WHERE programme_id = $1 AND code = $2",
+            programme_id,
+            code,
+        )
     return (
         await conn.execute(
             text(

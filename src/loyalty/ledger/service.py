@@ -7,13 +7,14 @@ functions of ledger/sql/ that these call (one round trip each).
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty import audit
 from loyalty.auth.core import Principal
 from loyalty.errors import InvalidInput, NotFound
 from loyalty.ledger import core, repository
@@ -29,6 +30,52 @@ def _expires_at(expiry: s.ExpiryIn | None, tz: str, earned_at: datetime) -> date
     if expiry is None:
         return None
     return core.ExpiryPolicy(expiry.days, expiry.round_to).expires_at(earned_at, tz)
+
+
+async def _audited(
+    conn: PostingConnection,
+    who: Principal,
+    posting: Coroutine[Any, Any, Posted],
+    *,
+    action: str,
+    entity: str,
+    entity_id: str | int,
+    view: Callable[[Any, Any], tuple[Any, Any]],
+    reason: str | None = None,
+    read_before: Callable[[], Awaitable[Any]] | None = None,
+) -> Posted:
+    """An operator's posting and its audit row in one transaction (on the HTTP path the posting
+    connection is in autocommit: this opens a transaction around both). ``view`` turns the
+    posting's answer, and what ``read_before`` read ahead of it, into (before, after). A replay
+    changed nothing and records nothing."""
+    try:
+        async with audit.same_transaction(conn):
+            prior = await read_before() if read_before is not None else None
+            result = await posting
+            if not result.replayed:
+                before, after = view(audit.decoded(result.body), prior)
+                await audit.record(
+                    conn,
+                    who,
+                    action=action,
+                    entity=entity,
+                    entity_id=entity_id,
+                    before=before,
+                    after=after,
+                    reason=reason,
+                )
+    finally:
+        posting.close()  # a no-op once awaited; no "never awaited" warning if BEGIN failed
+    return result
+
+
+def _budget_state(budget: dict[str, Any], delta: int = 0) -> dict[str, Any]:
+    """A budget's cap and remaining points before a change of ``delta`` (the answer is after it)."""
+    return {
+        "cap": budget["cap"] - delta,
+        "remaining": budget["remaining"] - delta,
+        "status": budget["status"],
+    }
 
 
 async def earn(conn: PostingConnection, who: Principal, req: s.EarnRequest, key: str | None) -> Posted:
@@ -102,7 +149,7 @@ async def capture(
 
 
 async def void(conn: PostingConnection, who: Principal, hold_id: int, key: str | None) -> Posted:
-    return await repository.post(
+    posting = repository.post(
         conn,
         "ledger_void",
         p_programme=who.programme_id,
@@ -111,6 +158,29 @@ async def void(conn: PostingConnection, who: Principal, hold_id: int, key: str |
         p_hold=hold_id,
         p_actor=who.actor,
     )
+
+    def view(body: Any, _: Any) -> tuple[Any, Any]:
+        # A void moves the whole hold from held back to available.
+        held, amount = body["balance"], body["amount"]
+        balance = {**held, "available": held["available"] - amount, "held": held["held"] + amount}
+        common = {"member_id": body["member_id"], "amount": amount, "reference": body["reference"]}
+        before = {**common, "status": "open", "balance": balance}
+        return before, {
+            **common,
+            "status": body["status"],
+            "balance": held,
+            "transaction_id": body["transaction_id"],
+        }
+
+    if not _is_operator(who):
+        # Checkout code voids its own holds all day: the ledger entry is the record of that.
+        return await posting
+    return await _audited(conn, who, posting, action="hold.void", entity="hold", entity_id=hold_id, view=view)
+
+
+def _is_operator(who: Principal) -> bool:
+    """An operator's change (an operator key, or a person in the console), not an integration's."""
+    return who.operator_id is not None or who.role == "operator"
 
 
 async def clawback(
@@ -134,7 +204,7 @@ async def adjust(conn: PostingConnection, who: Principal, req: s.AdjustRequest, 
     core.check_points("points", req.points, allow_negative=True)
     if req.points < 0 and req.expiry is not None:
         raise InvalidInput("expiry", "only a credit (positive points) can carry an expiry")
-    return await repository.post(
+    posting = repository.post(
         conn,
         "ledger_adjust",
         p_programme=who.programme_id,
@@ -146,6 +216,23 @@ async def adjust(conn: PostingConnection, who: Principal, req: s.AdjustRequest, 
         p_expires_at=_expires_at(req.expiry, who.timezone, _now()),
         p_unit_cost_micros=req.unit_cost_micros,
         p_actor=who.actor,
+    )
+
+    def view(body: Any, _: Any) -> tuple[Any, Any]:
+        # Only the available bucket moves; the answer carries the balance after the entry.
+        balance = body["balance"]
+        before = {**balance, "available": balance["available"] - req.points}
+        return before, {**balance, "transaction_id": body["transaction_id"], "amount": req.points}
+
+    return await _audited(
+        conn,
+        who,
+        posting,
+        action="member.adjust_points",
+        entity="member",
+        entity_id=req.member_id,
+        view=view,
+        reason=req.reason,
     )
 
 
@@ -208,7 +295,7 @@ async def create_budget(
     _check_period(req.starts_at, req.ends_at)
     if sorted(set(req.alert_thresholds)) != req.alert_thresholds:
         raise InvalidInput("alert_thresholds", "must be distinct percentages in increasing order")
-    return await repository.post(
+    posting = repository.post(
         conn,
         "ledger_create_budget",
         p_programme=who.programme_id,
@@ -225,12 +312,21 @@ async def create_budget(
         p_shards=req.shards,
         p_actor=who.actor,
     )
+    return await _audited(
+        conn,
+        who,
+        posting,
+        action="budget.create",
+        entity="budget",
+        entity_id=req.code,
+        view=lambda body, _: (None, body),
+    )
 
 
 async def top_up_budget(
     conn: PostingConnection, who: Principal, code: str, req: s.BudgetTopUp, key: str | None
 ) -> Posted:
-    return await repository.post(
+    posting = repository.post(
         conn,
         "ledger_top_up_budget",
         p_programme=who.programme_id,
@@ -241,12 +337,22 @@ async def top_up_budget(
         p_reason=req.reason,
         p_actor=who.actor,
     )
+    return await _audited(
+        conn,
+        who,
+        posting,
+        action="budget.top_up",
+        entity="budget",
+        entity_id=code,
+        reason=req.reason,
+        view=lambda body, _: (_budget_state(body, req.points), _budget_state(body)),
+    )
 
 
 async def move_budget(conn: PostingConnection, who: Principal, req: s.BudgetMove, key: str | None) -> Posted:
     if req.from_budget == req.to_budget:
         raise InvalidInput("to_budget", "must differ from from_budget")
-    return await repository.post(
+    posting = repository.post(
         conn,
         "ledger_move_budget",
         p_programme=who.programme_id,
@@ -258,10 +364,32 @@ async def move_budget(conn: PostingConnection, who: Principal, req: s.BudgetMove
         p_reason=req.reason,
         p_actor=who.actor,
     )
+    # One row per budget, so that each budget's own history shows the move.
+    try:
+        async with audit.same_transaction(conn):
+            result = await posting
+            if not result.replayed:
+                body = audit.decoded(result.body)
+                for side, delta in (("from", -req.points), ("to", req.points)):
+                    budget = body[side]
+                    after = {**_budget_state(budget), "transaction_id": body["transaction_id"]}
+                    await audit.record(
+                        conn,
+                        who,
+                        action="budget.move",
+                        entity="budget",
+                        entity_id=budget["code"],
+                        before=_budget_state(budget, delta),
+                        after=after,
+                        reason=req.reason,
+                    )
+    finally:
+        posting.close()
+    return result
 
 
 async def close_budget(conn: PostingConnection, who: Principal, code: str, key: str | None) -> Posted:
-    return await repository.post(
+    posting = repository.post(
         conn,
         "ledger_close_budget",
         p_programme=who.programme_id,
@@ -269,6 +397,22 @@ async def close_budget(conn: PostingConnection, who: Principal, code: str, key: 
         p_fingerprint=core.fingerprint(f"close:{code}", None),
         p_code=code,
         p_actor=who.actor,
+    )
+
+    async def read_before() -> Any:
+        # In the close's transaction, just before it: what the budget had left when it closed.
+        raw = await repository.budget(conn, who.programme_id, code)
+        return None if raw is None else _budget_state(msgspec.json.decode(raw))
+
+    return await _audited(
+        conn,
+        who,
+        posting,
+        action="budget.close",
+        entity="budget",
+        entity_id=code,
+        read_before=read_before,
+        view=lambda body, before: (before, _budget_state(body)),
     )
 
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty import audit
 from loyalty.auth import core as auth
 from loyalty.auth.core import Principal
 from loyalty.errors import InvalidInput, NotFound
@@ -45,6 +46,9 @@ async def enrol(
         return True, stored.encode()
     await repository.enrol(conn, who.programme_id, req.member_id, _attributes_json(req.attributes) or "{}")
     view = await get(conn, who, req.member_id)
+    await audit.record(
+        conn, who, action="member.create", entity="member", entity_id=req.member_id, after=view
+    )
     body = msgspec.json.encode(view)
     await ledger.store_key(conn, who.programme_id, key, 201, body)
     return False, body
@@ -58,11 +62,15 @@ async def get(conn: AsyncConnection, who: Principal, member_id: str) -> s.Member
 
 
 async def update(conn: AsyncConnection, who: Principal, member_id: str, req: s.MemberUpdate) -> s.MemberView:
+    before = await repository.get(conn, who.programme_id, member_id)
     row = await repository.update(
         conn, who.programme_id, member_id, _attributes_json(req.attributes), req.status
     )
     if row is None:
         raise _not_found(member_id)
+    await audit.record(
+        conn, who, action="member.update", entity="member", entity_id=member_id, before=before, after=row
+    )
     return s.MemberView(**row)
 
 

@@ -46,7 +46,7 @@ class ProgrammeController(Controller):
             )
             if v is not None
         }
-        return _view(await service.update_programme(tx, who.programme_id, changes))
+        return _view(await service.update_programme(tx, who.programme_id, changes, who=who))
 
 
 ROUTES = [ProgrammeController]

@@ -8,6 +8,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty import audit
+from loyalty.auth.core import Principal
 from loyalty.errors import Conflict, InvalidInput
 from loyalty.ledger import repository as ledger
 from loyalty.programmes import repository
@@ -39,7 +41,9 @@ async def create_programme(
     timezone: str = "UTC",
     clawback_policy: str = "negative",
     allow_transfers: bool = False,
+    who: str = "system",
 ) -> int:
+    """``who`` names the creator in the audit trail: "cli", or "system" for the demo and tests."""
     if not CODE.match(code):
         raise InvalidInput("code", "lowercase letters, digits, '-' and '_', at most 63")
     check_settings(timezone=timezone, clawback_policy=clawback_policy, currency=currency)
@@ -55,12 +59,33 @@ async def create_programme(
         allow_transfers=allow_transfers,
     )
     await ledger.open_programme(conn, programme_id)
+    await audit.record(
+        conn,
+        who,
+        action="programme.create",
+        entity="programme",
+        entity_id=code,
+        after=await repository.by_id(conn, programme_id),
+        programme_id=programme_id,
+    )
     return programme_id
 
 
 async def update_programme(
-    conn: AsyncConnection, programme_id: int, changes: dict[str, Any]
+    conn: AsyncConnection, programme_id: int, changes: dict[str, Any], *, who: Principal | str
 ) -> dict[str, Any]:
     check_settings(**{k: v for k, v in changes.items() if k in ("timezone", "clawback_policy")})
+    before = await repository.by_id(conn, programme_id)
     await repository.update(conn, programme_id, changes)
-    return await repository.by_id(conn, programme_id)
+    after = await repository.by_id(conn, programme_id)
+    await audit.record(
+        conn,
+        who,
+        action="programme.update",
+        entity="programme",
+        entity_id=after["code"],
+        before=before,
+        after=after,
+        programme_id=programme_id,
+    )
+    return after

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from loyalty import rules
+from loyalty import audit, rules
 from loyalty.activity.facts import load_facts
 from loyalty.auth.core import Principal
 from loyalty.errors import InvalidInput, NotFound
@@ -47,7 +47,9 @@ async def create(conn: AsyncConnection, who: Principal, req: s.SegmentCreate) ->
         who.programme_id,
         {"code": req.code, "name": req.name, "description": req.description, "rule": rules.to_json(rule)},
     )
-    return _view(row)
+    view = _view(row)
+    await audit.record(conn, who, action="segment.create", entity="segment", entity_id=req.code, after=view)
+    return view
 
 
 async def get(conn: AsyncConnection, who: Principal, code: str) -> s.SegmentView:
@@ -69,15 +71,24 @@ async def update(conn: AsyncConnection, who: Principal, code: str, req: s.Segmen
         values["name"] = req.name
     if req.description is not None:
         values["description"] = req.description
+    before = await repository.get(conn, who.programme_id, code)
     row = await repository.update_(conn, who.programme_id, code, values)
-    if row is None:
+    if row is None or before is None:
         raise _not_found(code)
-    return _view(row)
+    view = _view(row)
+    await audit.record(
+        conn, who, action="segment.update", entity="segment", entity_id=code, before=_view(before), after=view
+    )
+    return view
 
 
 async def delete(conn: AsyncConnection, who: Principal, code: str) -> None:
-    if not await repository.delete_(conn, who.programme_id, code):
+    before = await repository.get(conn, who.programme_id, code)
+    if before is None or not await repository.delete_(conn, who.programme_id, code):
         raise _not_found(code)
+    await audit.record(
+        conn, who, action="segment.delete", entity="segment", entity_id=code, before=_view(before)
+    )
 
 
 async def members_page(
@@ -97,6 +108,23 @@ async def export_members(engine: AsyncEngine, who: Principal, rule: rules.Rule) 
     async with engine.connect() as conn:
         async for ids in repository.stream_members(conn, who.programme_id, rule, _now(), _EXPORT_CHUNK):
             yield b"".join(_LINE.encode({"member_id": member_id}) + b"\n" for member_id in ids)
+
+
+async def count_rule(conn: AsyncConnection, who: Principal, rule_json: Any) -> int:
+    """How many members a rule selects now, before it is saved (a RuleError names the path):
+    the builder's live count. Nothing is written."""
+    rule = rules.parse_rule(rule_json)
+    return await repository.count(conn, who.programme_id, rule, _now())
+
+
+async def stream_member_ids(
+    engine: AsyncEngine, who: Principal, rule: rules.Rule
+) -> AsyncIterator[list[str]]:
+    """Every member id of the segment in order, in chunks, from one snapshot on a connection
+    of its own that lives as long as the caller iterates (for CSV exports)."""
+    async with engine.connect() as conn:
+        async for ids in repository.stream_members(conn, who.programme_id, rule, _now(), _EXPORT_CHUNK):
+            yield ids
 
 
 async def segment_rule(conn: AsyncConnection, who: Principal, code: str) -> rules.Rule:

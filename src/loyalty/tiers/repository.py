@@ -212,6 +212,25 @@ async def publish(
     )
 
 
+async def update_draft(
+    conn: AsyncConnection, programme_id: int, version: int, definition: dict[str, Any], note: str
+) -> dict[str, Any] | None:
+    """Replace a draft's definition and note; None when the version is not a draft (any more)."""
+    row = (
+        await conn.execute(
+            update(versions)
+            .where(
+                versions.c.programme_id == programme_id,
+                versions.c.version == version,
+                versions.c.status == "draft",
+            )
+            .values(definition=definition, note=note)
+            .returning(*_VERSION_COLUMNS)
+        )
+    ).first()
+    return dict(row._mapping) if row else None
+
+
 async def programmes_with_ladders(conn: AsyncConnection, now: datetime) -> list[int]:
     rows = await conn.execute(
         select(versions.c.programme_id)
@@ -343,14 +362,13 @@ def _target_rank(spec: LadderSpec, entry: Mapping[str, ColumnElement[Any]]) -> C
     return case(*whens, else_=0) if whens else literal(0, Integer)
 
 
-def backtest_statement(programme_id: int, spec: LadderSpec, now: datetime, sample: int) -> tuple[Any, Any]:
-    """(counts by current rank -> draft rank, a sample of movers with their facts), both over
-    every member of the programme; a member without a tier row is on the base tier."""
+def _backtest_draft(programme_id: int, spec: LadderSpec, now: datetime) -> Any:
+    """Every member with their current rank under the draft and the rank the draft gives them."""
     columns = fact_columns(now)
     entry = {t.tier.code: rules.to_sql(t.entry, columns) for t in spec.tiers[1:]}
     # The member's current rank under the draft: its tier's rank there (unknown tier = base).
     current_rank = case({t.tier.code: t.tier.rank for t in spec.tiers}, value=tiers.c.tier, else_=0)
-    draft = (
+    return (
         select(
             members.c.external_id.label("member_id"),
             func.coalesce(tiers.c.tier, spec.ladder.base.code).label("from_tier"),
@@ -362,6 +380,12 @@ def backtest_statement(programme_id: int, spec: LadderSpec, now: datetime, sampl
         .where(members.c.programme_id == programme_id)
         .cte("draft")
     )
+
+
+def backtest_statement(programme_id: int, spec: LadderSpec, now: datetime, sample: int) -> tuple[Any, Any]:
+    """(counts by current rank -> draft rank, a sample of movers with their facts), both over
+    every member of the programme; a member without a tier row is on the base tier."""
+    draft = _backtest_draft(programme_id, spec, now)
     code_by_rank = case({t.tier.rank: t.tier.code for t in spec.tiers}, value=draft.c.to_rank)
     counts = select(
         func.count().label("members"),
@@ -384,6 +408,39 @@ def backtest_statement(programme_id: int, spec: LadderSpec, now: datetime, sampl
         .limit(sample)
     )
     return counts, movers
+
+
+def backtest_movers_statement(
+    programme_id: int,
+    spec: LadderSpec,
+    now: datetime,
+    *,
+    direction: str | None,
+    after: str | None,
+    limit: int,
+) -> Any:
+    """One page of the members the draft would move (``direction`` "up", "down" or None for
+    both), in member id order after ``after`` (keyset)."""
+    draft = _backtest_draft(programme_id, spec, now)
+    code_by_rank = case({t.tier.rank: t.tier.code for t in spec.tiers}, value=draft.c.to_rank)
+    moved = {
+        "up": draft.c.to_rank > draft.c.from_rank,
+        "down": draft.c.to_rank < draft.c.from_rank,
+    }.get(direction or "", draft.c.to_rank != draft.c.from_rank)
+    stmt = (
+        select(
+            draft.c.member_id,
+            draft.c.from_tier,
+            code_by_rank.label("to_tier"),
+            draft.c.facts,
+        )
+        .where(moved)
+        .order_by(draft.c.member_id)
+        .limit(limit)
+    )
+    if after is not None:
+        stmt = stmt.where(draft.c.member_id > after)
+    return stmt
 
 
 def scheduled_statement(

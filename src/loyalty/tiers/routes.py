@@ -11,6 +11,7 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty import audit
 from loyalty.auth.core import Principal
 from loyalty.edge import PathVersion
 from loyalty.jobs import repository as job_runs
@@ -96,6 +97,7 @@ class TierJobController(Controller):
         await job_runs.record_queued(
             tx, job_id=job_id, programme_id=who.programme_id, name=tasks.JOB_NAME, run_at=None
         )
+        await audit.record(tx, who, action="tier_ladder.reassess", entity="job", entity_id=job_id)
         await tasks.enqueue_reassess(request.app.state.redis, programme_id=who.programme_id, job_id=job_id)
         return Response(
             s.ReassessQueued(job_id=job_id, status_url=f"/v1/jobs/{job_id}"),

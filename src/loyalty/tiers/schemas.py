@@ -90,6 +90,13 @@ class BacktestView(msgspec.Struct, kw_only=True):
     sample: list[Mover]
 
 
+class MoverPage(msgspec.Struct, kw_only=True):
+    """One page of a backtest's movers; pass next_cursor (a member id) back for the next."""
+
+    items: list[Mover]
+    next_cursor: str | None
+
+
 class PinRequest(Strict, kw_only=True):
     kind: Literal["floor", "fixed"]
     tier: Code

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty import rules
+from loyalty import audit, rules
 from loyalty.activity.facts import facts_to_json, load_facts
 from loyalty.auth.core import Principal
 from loyalty.errors import Conflict, DomainError, InvalidInput, NotFound
@@ -125,7 +125,11 @@ async def _view(conn: AsyncConnection, programme_id: int, row: dict[str, Any]) -
 
 async def create_version(conn: AsyncConnection, who: Principal, req: s.LadderCreate) -> s.VersionView:
     row = await repository.create_version(conn, who.programme_id, _definition(req), req.note, who.actor)
-    return await _view(conn, who.programme_id, row)
+    view = await _view(conn, who.programme_id, row)
+    await audit.record(
+        conn, who, action="tier_ladder.draft", entity="tier_ladder", entity_id=view.version, after=view
+    )
+    return view
 
 
 async def list_versions(conn: AsyncConnection, who: Principal) -> s.VersionList:
@@ -167,6 +171,59 @@ async def backtest(conn: AsyncConnection, who: Principal, version: int) -> s.Bac
     )
 
 
+async def backtest_movers(
+    conn: AsyncConnection,
+    who: Principal,
+    version: int,
+    *,
+    direction: Literal["up", "down"] | None = None,
+    after: str | None = None,
+    limit: int = 50,
+) -> s.MoverPage:
+    """Every member the version would move (up, down or either), a page at a time in member
+    id order. A dry run like backtest: nothing is written."""
+    row = await _version_row(conn, who, version)
+    spec = parse_definition(row["definition"], version=version)
+    stmt = repository.backtest_movers_statement(
+        who.programme_id, spec, _now(), direction=direction, after=after, limit=limit + 1
+    )
+    movers = (await conn.execute(stmt)).all()
+    more = len(movers) > limit
+    movers = movers[:limit]
+    return s.MoverPage(
+        items=[
+            s.Mover(member_id=m.member_id, from_tier=m.from_tier, to_tier=m.to_tier, facts=m.facts)
+            for m in movers
+        ],
+        next_cursor=movers[-1].member_id if more and movers else None,
+    )
+
+
+async def update_draft(
+    conn: AsyncConnection, who: Principal, version: int, req: s.LadderCreate
+) -> s.VersionView:
+    """Replace a draft's tiers and note (validated as on create); a published version is 409."""
+    row = await _version_row(conn, who, version, lock=True)
+    if row["status"] != "draft":
+        raise Conflict(
+            "Only a draft can be edited.", code="tier_version_not_draft", extra={"status": row["status"]}
+        )
+    before = await _view(conn, who.programme_id, row)
+    updated = await repository.update_draft(conn, who.programme_id, version, _definition(req), req.note)
+    assert updated is not None  # locked above as a draft
+    view = await _view(conn, who.programme_id, updated)
+    await audit.record(
+        conn,
+        who,
+        action="tier_ladder.update_draft",
+        entity="tier_ladder",
+        entity_id=version,
+        before=before,
+        after=view,
+    )
+    return view
+
+
 async def publish(
     conn: AsyncConnection, who: Principal, version: int, req: s.PublishRequest
 ) -> s.VersionView:
@@ -182,7 +239,18 @@ async def publish(
     if latest is not None and effective_at < latest:
         raise InvalidInput("effective_at", f"must not be before the current ladder's ({latest.isoformat()})")
     await repository.publish(conn, who.programme_id, version, effective_at, now)
-    return await _view(conn, who.programme_id, await _version_row(conn, who, version))
+    view = await _view(conn, who.programme_id, await _version_row(conn, who, version))
+    before = await _view(conn, who.programme_id, row)
+    await audit.record(
+        conn,
+        who,
+        action="tier_ladder.publish",
+        entity="tier_ladder",
+        entity_id=version,
+        before=before,
+        after=view,
+    )
+    return view
 
 
 # --- assessing -------------------------------------------------------------------------------
@@ -473,6 +541,7 @@ async def pin(conn: AsyncConnection, who: Principal, external_id: str, req: s.Pi
     if not spec.has(req.tier):
         raise InvalidInput("tier", "is not a tier of the published ladder")
     row = await repository.lock_member_tier(conn, who.programme_id, member_id)
+    before = _tier_state(row)
     if row is None:
         base = spec.ladder.base.code
         await repository.ensure_member_tier(
@@ -512,7 +581,8 @@ async def pin(conn: AsyncConnection, who: Principal, external_id: str, req: s.Pi
         trigger="scheduled",
         actor=who.actor,
     )
-    return await _tier_view(conn, who, external_id, member_id, now, change)
+    view = await _tier_view(conn, who, external_id, member_id, now, change)
+    return await _audit_tier(conn, who, "member.tier_pin", external_id, before, view, req.reason)
 
 
 async def unpin(
@@ -539,7 +609,8 @@ async def unpin(
         trigger="scheduled",
         actor=who.actor,
     )
-    return await _tier_view(conn, who, external_id, member_id, now, change)
+    view = await _tier_view(conn, who, external_id, member_id, now, change)
+    return await _audit_tier(conn, who, "member.tier_unpin", external_id, _tier_state(row), view, req.reason)
 
 
 async def assess(conn: AsyncConnection, who: Principal, external_id: str) -> s.MemberTierView:
@@ -548,10 +619,50 @@ async def assess(conn: AsyncConnection, who: Principal, external_id: str) -> s.M
     member_id = await _member(conn, who, external_id)
     if await _ladder(conn, who.programme_id, now) is None:
         raise _no_ladder()
+    before = _tier_state(await repository.get_member_tier(conn, who.programme_id, member_id))
     change = await assess_member(
         conn, programme_id=who.programme_id, member_id=member_id, now=now, trigger="event", actor=who.actor
     )
-    return await _tier_view(conn, who, external_id, member_id, now, change)
+    view = await _tier_view(conn, who, external_id, member_id, now, change)
+    return await _audit_tier(conn, who, "member.tier_assess", external_id, before, view)
+
+
+def _tier_state(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the audit trail keeps of a member's tier row: the tier and the pin."""
+    if row is None:
+        return None
+    pin = None
+    if row["pin_kind"] is not None:
+        pin = {
+            "kind": row["pin_kind"],
+            "tier": row["pin_tier"],
+            "until": row["pin_until"],
+            "reason": row["pin_reason"],
+        }
+    return {"tier": row["tier"], "pin": pin}
+
+
+async def _audit_tier(
+    conn: AsyncConnection,
+    who: Principal,
+    action: str,
+    external_id: str,
+    before: dict[str, Any] | None,
+    view: s.MemberTierView,
+    reason: str | None = None,
+) -> s.MemberTierView:
+    after = {"tier": view.tier, "pin": view.pin}
+    await audit.record(
+        conn,
+        who,
+        action=action,
+        entity="member",
+        entity_id=external_id,
+        before=before,
+        after=after,
+        reason=reason,
+    )
+    return view
 
 
 # --- reads -----------------------------------------------------------------------------------

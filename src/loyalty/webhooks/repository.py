@@ -155,6 +155,15 @@ async def page_deliveries(
     return [dict(r._mapping) for r in rows]
 
 
+async def get_delivery(conn: AsyncConnection, programme_id: int, delivery_id: int) -> dict[str, Any] | None:
+    return _row(
+        await conn.execute(
+            text(f"SELECT {_DELIVERY} FROM webhook_deliveries d WHERE d.programme_id = :p AND d.id = :id"),
+            {"p": programme_id, "id": delivery_id},
+        )
+    )
+
+
 async def redeliver(conn: AsyncConnection, programme_id: int, delivery_id: int) -> dict[str, Any] | None:
     """Queues the delivery again with a fresh retry budget, whatever its status."""
     return _row(

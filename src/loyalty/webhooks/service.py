@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import uuid
 from datetime import UTC, datetime
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty import audit
 from loyalty.auth.core import Principal
 from loyalty.errors import InvalidInput, NotFound
 from loyalty.webhooks import core, repository, targets
@@ -55,7 +57,21 @@ async def create_endpoint(
         event_types=_checked_types(req.event_types),
         secret=secret,
     )
+    after = {**row, "secret_sha256": _fingerprint(secret)}
+    await audit.record(
+        conn,
+        who,
+        action="webhook_endpoint.create",
+        entity="webhook_endpoint",
+        entity_id=row["id"],
+        after=after,
+    )
     return s.EndpointWithSecret(**row, secret=secret)
+
+
+def _fingerprint(secret: str) -> str:
+    """What the audit trail keeps of a signing secret: enough to tell two apart, nothing to sign with."""
+    return hashlib.sha256(secret.encode()).hexdigest()[:16]
 
 
 async def list_endpoints(conn: AsyncConnection, who: Principal) -> s.EndpointList:
@@ -77,6 +93,7 @@ async def update_endpoint(
     *,
     policy: TargetPolicy | None = None,
 ) -> s.EndpointView:
+    before = await repository.get_endpoint(conn, who.programme_id, endpoint_id)
     row = await repository.update_endpoint(
         conn,
         who.programme_id,
@@ -86,21 +103,50 @@ async def update_endpoint(
         event_types=_checked_types(req.event_types) if req.event_types is not None else None,
         active=req.active,
     )
-    if row is None:
+    if row is None or before is None:
         raise _endpoint_not_found(endpoint_id)
-    return s.view(row)
+    view = s.view(row)
+    await audit.record(
+        conn,
+        who,
+        action="webhook_endpoint.update",
+        entity="webhook_endpoint",
+        entity_id=endpoint_id,
+        before=s.view(before),
+        after=view,
+    )
+    return view
 
 
 async def delete_endpoint(conn: AsyncConnection, who: Principal, endpoint_id: int) -> None:
-    if not await repository.delete_endpoint(conn, who.programme_id, endpoint_id):
+    before = await repository.get_endpoint(conn, who.programme_id, endpoint_id)
+    if before is None or not await repository.delete_endpoint(conn, who.programme_id, endpoint_id):
         raise _endpoint_not_found(endpoint_id)
+    await audit.record(
+        conn,
+        who,
+        action="webhook_endpoint.delete",
+        entity="webhook_endpoint",
+        entity_id=endpoint_id,
+        before=s.view(before),
+    )
 
 
 async def rotate_secret(conn: AsyncConnection, who: Principal, endpoint_id: int) -> s.EndpointWithSecret:
     """A new secret signs every message from now on, retries of older events included."""
+    before = await repository.get_endpoint(conn, who.programme_id, endpoint_id)
     row = await repository.rotate_secret(conn, who.programme_id, endpoint_id, core.new_secret())
-    if row is None:
+    if row is None or before is None:
         raise _endpoint_not_found(endpoint_id)
+    await audit.record(
+        conn,
+        who,
+        action="webhook_endpoint.rotate_secret",
+        entity="webhook_endpoint",
+        entity_id=endpoint_id,
+        before={"secret_sha256": _fingerprint(before["secret"])},
+        after={"secret_sha256": _fingerprint(row["secret"])},
+    )
     return s.EndpointWithSecret(**row)
 
 
@@ -129,6 +175,7 @@ async def deliveries(
 
 
 async def redeliver(conn: AsyncConnection, who: Principal, delivery_id: int) -> s.DeliveryView:
+    before = await repository.get_delivery(conn, who.programme_id, delivery_id)
     row = await repository.redeliver(conn, who.programme_id, delivery_id)
     if row is None:
         raise NotFound(
@@ -136,6 +183,15 @@ async def redeliver(conn: AsyncConnection, who: Principal, delivery_id: int) -> 
             code="webhook_delivery_not_found",
             extra={"delivery_id": delivery_id},
         )
+    await audit.record(
+        conn,
+        who,
+        action="webhook_delivery.redeliver",
+        entity="webhook_delivery",
+        entity_id=delivery_id,
+        before=before,
+        after=row,
+    )
     return s.DeliveryView(**row)
 
 
@@ -185,8 +241,19 @@ async def get_settings(conn: AsyncConnection, who: Principal) -> s.WebhookSettin
 async def put_settings(
     conn: AsyncConnection, who: Principal, req: s.WebhookSettingsUpdate
 ) -> s.WebhookSettingsView:
+    before = await repository.get_settings(conn, who.programme_id)
     await repository.put_settings(conn, who.programme_id, req.expiring_soon_days)
-    return s.WebhookSettingsView(expiring_soon_days=req.expiring_soon_days)
+    after = s.WebhookSettingsView(expiring_soon_days=req.expiring_soon_days)
+    await audit.record(
+        conn,
+        who,
+        action="webhook_settings.update",
+        entity="webhook_settings",
+        entity_id=who.programme_code,
+        before=before,
+        after=after,
+    )
+    return after
 
 
 def _encode_cursor(delivery_id: int) -> str:

@@ -85,6 +85,7 @@ async def create_key(request: Request[Any, Any, Any]) -> Template:
                 programme_id=current(request).programme_id,
                 role=values.get("role", ""),
                 name=name or None,
+                who=current(request).principal(),
             )
     except DomainError as exc:
         return await _keys_page(request, status_code=400, errors=errors_of(exc), values=values)
@@ -94,7 +95,9 @@ async def create_key(request: Request[Any, Any, Any]) -> Template:
 @post("/admin/keys/{key_id:int}/revoke", opt=needs("keys"), name="console-admin-keys-revoke")
 async def revoke_key(request: Request[Any, Any, Any], key_id: FromPath[int]) -> Response[Any]:
     async with transaction(request) as conn:
-        await keys.revoke_api_key(conn, key_id=key_id, programme_id=current(request).programme_id)
+        await keys.revoke_api_key(
+            conn, key_id=key_id, programme_id=current(request).programme_id, who=current(request).principal()
+        )
     return see_other(request, f"{BASE}/keys")
 
 
@@ -133,7 +136,11 @@ async def change_role(request: Request[Any, Any, Any], operator_id: FromPath[int
     try:
         async with transaction(request) as conn:
             await operators.change_role(
-                conn, current(request).programme_id, operator_id, values.get("role", "")
+                conn,
+                current(request).programme_id,
+                operator_id,
+                values.get("role", ""),
+                who=current(request).principal(),
             )
     except DomainError as exc:
         return await _operators_page(request, status_code=_status(exc), row_errors={operator_id: exc.detail})
@@ -144,7 +151,9 @@ async def change_role(request: Request[Any, Any, Any], operator_id: FromPath[int
 async def remove_operator(request: Request[Any, Any, Any], operator_id: FromPath[int]) -> Response[Any]:
     try:
         async with transaction(request) as conn:
-            await operators.remove_from_programme(conn, current(request).programme_id, operator_id)
+            await operators.remove_from_programme(
+                conn, current(request).programme_id, operator_id, who=current(request).principal()
+            )
     except DomainError as exc:
         return await _operators_page(request, status_code=_status(exc), row_errors={operator_id: exc.detail})
     return see_other(request, f"{BASE}/operators")
@@ -167,6 +176,7 @@ async def invite(request: Request[Any, Any, Any]) -> Template:
                 role=values.get("role", ""),
                 invited_by=session.operator_id,
                 now=now(),
+                who=session.principal(),
             )
     except DomainError as exc:
         return await _operators_page(request, status_code=_status(exc), errors=errors_of(exc), values=values)
@@ -177,7 +187,9 @@ async def invite(request: Request[Any, Any, Any]) -> Template:
 @post("/admin/invitations/{invitation_id:int}/cancel", opt=needs("operators"), name="console-admin-uninvite")
 async def cancel_invitation(request: Request[Any, Any, Any], invitation_id: FromPath[int]) -> Response[Any]:
     async with transaction(request) as conn:
-        await operators.cancel_invitation(conn, current(request).programme_id, invitation_id)
+        await operators.cancel_invitation(
+            conn, current(request).programme_id, invitation_id, who=current(request).principal()
+        )
     return see_other(request, f"{BASE}/operators")
 
 
@@ -226,7 +238,9 @@ async def save_settings(request: Request[Any, Any, Any]) -> Response[Any]:
             if v is not None
         }
         async with transaction(request) as conn:
-            await programme_service.update_programme(conn, current(request).programme_id, changes)
+            await programme_service.update_programme(
+                conn, current(request).programme_id, changes, who=current(request).principal()
+            )
     except DomainError as exc:
         shown = {**values, "allow_transfers": values["allow_transfers"] == "true"}
         return await _settings_page(request, status_code=400, errors=errors_of(exc), values=shown)

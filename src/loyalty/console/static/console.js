@@ -11,18 +11,22 @@
 
   function drawCharts(root) {
     if (!window.echarts) return;
-    (root || document).querySelectorAll("[data-chart]").forEach(function (el) {
-      var source = document.getElementById(el.dataset.chart);
-      if (!source) return;
-      var option = JSON.parse(source.textContent);
+    var scope = root || document;
+    var found = Array.prototype.slice.call(scope.querySelectorAll("[data-option]"));
+    if (scope.matches && scope.matches("[data-option]")) found.push(scope);
+    found.forEach(function (el) {
       var existing = charts[el.id];
       if (existing && existing.getDom() === el) {
-        existing.setOption(option, true);
+        if (el.dataset.drawn === el.dataset.option) return;  // drawn already, unchanged
+        existing.setOption(JSON.parse(el.dataset.option), true);
+        el.dataset.drawn = el.dataset.option;
         return;
       }
+      var option = JSON.parse(el.dataset.option);
       if (existing) existing.dispose();
       var chart = window.echarts.init(el, null, { renderer: "canvas" });
       chart.setOption(option);
+      el.dataset.drawn = el.dataset.option;
       charts[el.id] = chart;
     });
   }
@@ -49,7 +53,9 @@
   document.addEventListener("htmx:configRequest", function (event) {
     event.detail.headers["X-CSRF-Token"] = csrf();
   });
-  document.addEventListener("htmx:afterSwap", function (event) { drawCharts(event.target); });
+  // After a swap the target may itself have been replaced (outerHTML): look at the whole page;
+  // charts drawn already and unchanged are left alone.
+  document.addEventListener("htmx:afterSettle", function () { drawCharts(document); });
   // A fragment answered with an error status still replaces its target (the message shows).
   document.addEventListener("htmx:beforeSwap", function (event) {
     var status = event.detail.xhr.status;
