@@ -332,4 +332,5 @@ ROUTES = [
     invitation_form,
     accept_invitation,
 ]
-NAV = [NavEntry("Administration", BASE, order=90)]
+# In the menu for admins only; the pages themselves stay readable by every role.
+NAV = [NavEntry("Administration", BASE, permission="keys", order=90)]
