@@ -53,3 +53,14 @@ async def console_csrf(client: AsyncTestClient[Any]) -> str:
     page = await client.get("/console")
     assert page.status_code == 200, page.text
     return csrf_of(page.text)
+
+
+def chart_option(page: str, chart_id: str) -> dict[str, Any]:
+    """The ECharts option a page gives one of its charts (macros.html: ui.chart)."""
+    import html
+    import json
+
+    found = re.search(rf'id="{re.escape(chart_id)}" data-option="([^"]*)"', page)
+    assert found, f"no chart {chart_id} in the page"
+    option: dict[str, Any] = json.loads(html.unescape(found.group(1)))
+    return option

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import html
-import json
 import re
 from datetime import date, timedelta
 from typing import Any
@@ -17,15 +16,12 @@ from loyalty.ledger.verify import verify
 from loyalty.reports.core import format_money
 from tests.api.helpers import Api
 from tests.api.test_reports import post_mix, rolled_up
-from tests.console.helpers import login, make_operator
+from tests.console.helpers import chart_option, login, make_operator
 from tests.support import make_programme
 
 
 def chart(page: str, chart_id: str) -> dict[str, Any]:
-    found = re.search(rf'<script type="application/json" id="{chart_id}-data">(.*?)</script>', page, re.S)
-    assert found, f"no {chart_id} in the page"
-    option: dict[str, Any] = json.loads(found.group(1))
-    return option
+    return chart_option(page, chart_id)
 
 
 def series(page: str, chart_id: str) -> dict[str, list[Any]]:
