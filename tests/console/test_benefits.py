@@ -72,6 +72,9 @@ async def test_catalogue_tier_benefit_entitled_list_and_csv(
     assert (await api.get("/v1/tier-benefits")).json()["items"] == [
         {"tier": "silver", "benefit": "returns", "params": {}}
     ]
+    for path in ("/console/benefits", "/console/benefits/new", "/console/benefits/returns"):
+        shown = (await console_client.get(path)).text
+        assert f'name="_csrf" value="{csrf}"' in shown and 'name="_csrf" value=""' not in shown
     page = await console_client.get("/console/benefits/returns")
     assert 'data-figure="entitled-total">55<' in page.text and 'data-figure="entitled-tier">55<' in page.text
     assert "m000" in page.text and "m049" in page.text and "m050" not in page.text

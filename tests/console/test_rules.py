@@ -56,6 +56,9 @@ async def test_create_edit_simulate_and_activate(
     ]
     page = await console_client.get("/console/rules")
     assert 'data-rule="spend"' in page.text and "draft" in page.text
+    for path in ("/console/rules/spend", "/console/rules/new", "/console/replay"):
+        shown = (await console_client.get(path)).text
+        assert f'name="_csrf" value="{csrf}"' in shown and 'name="_csrf" value=""' not in shown
 
     # Edit: 3 points per 1.00, a day cap.
     edit = {**RULE, "formula.points": "3", "cap_per_day": "500", "_csrf": csrf}
@@ -184,7 +187,9 @@ async def test_replay_is_queued_and_its_page_shows_progress_then_the_result(
     job_path = r.headers["location"]
     job_id = job_path.rsplit("/", 1)[1]
     page = await console_client.get(job_path, headers={"HX-Request": "true"})
-    assert 'data-status="queued"' in page.text and 'hx-trigger="load delay:500ms"' in page.text
+    assert page.status_code == 200 and 'data-status="queued"' in page.text
+    full = await console_client.get(job_path)
+    assert 'hx-trigger="every 700ms"' in full.text
     # What the worker would do, here in the test.
     async with engine.connect() as conn:
         row = (await conn.execute(text("SELECT result FROM job_runs WHERE job_id = :j"), {"j": job_id})).one()
@@ -199,3 +204,5 @@ async def test_replay_is_queued_and_its_page_shows_progress_then_the_result(
     assert 'data-status="succeeded"' in page.text
     assert 'data-figure="draft-points">20<' in page.text and 'data-figure="actual-points">10<' in page.text
     assert 'id="chart-replay-points"' in page.text and "hx-trigger" not in page.text
+    done = await console_client.get(job_path, headers={"HX-Request": "true"})
+    assert done.status_code == 200 and done.headers["hx-refresh"] == "true"  # the page, with its charts

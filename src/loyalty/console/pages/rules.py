@@ -516,7 +516,7 @@ async def _replay_view(request: Request[Any, Any, Any], job_id: FromPath[str]) -
 
 
 @get("/replay/{job_id:str}", name="console-replay-show")
-async def replay_show(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Template:
+async def replay_show(request: Request[Any, Any, Any], job_id: FromPath[str]) -> Response[Any]:
     """The replay's progress (polled by htmx until it is done), then its result."""
     view = await _replay_view(request, job_id)
     context: dict[str, Any] = {
@@ -525,6 +525,10 @@ async def replay_show(request: Request[Any, Any, Any], job_id: FromPath[str]) ->
         "money": money,
     }
     if is_htmx(request):
+        if view.status in ("succeeded", "failed"):
+            # Over: the whole page again, so that its charts are drawn (htmx drops the JSON
+            # script blocks the charts are read from when it swaps a fragment in).
+            return Response(content=b"", status_code=200, headers={"HX-Refresh": "true"})
         return render(request, "rules/replay_status.html", **context)
     return render(request, "rules/replay_job.html", **context)
 
