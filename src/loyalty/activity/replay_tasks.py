@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -13,6 +14,7 @@ from redis.asyncio import Redis
 
 from loyalty.activity import replay
 from loyalty.auth.core import Principal
+from loyalty.errors import NotFound
 from loyalty.jobs import repository as job_runs
 from loyalty.jobs import runs
 from loyalty.observability.metrics import job_context
@@ -77,3 +79,50 @@ async def enqueue(redis: Redis, *, who: Principal, req: replay.ReplayIn, job_id:
     )
     assert job is not None
     return job.job_id
+
+
+class ReplayView(msgspec.Struct, kw_only=True):
+    job_id: str
+    status: str  # queued, running, succeeded, failed
+    percent: int  # rows done / total, 0..100
+    done: int
+    total: int
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    result: dict[str, Any] | None = None  # replay.ReplayResult once succeeded
+
+
+async def start(conn: Any, redis: Redis, who: Principal, req: replay.ReplayIn) -> str:
+    """Validate the draft (InvalidInput naming rules[i].field), record the run as queued in the
+    caller's transaction and queue it for the worker; the job's id."""
+    await replay.validate(conn, who, req)
+    job_id = new_job_id(who.programme_id)
+    await job_runs.record_queued(
+        conn, job_id=job_id, programme_id=who.programme_id, name=JOB_NAME, run_at=None
+    )
+    await enqueue(redis, who=who, req=req, job_id=job_id)
+    return job_id
+
+
+async def status(conn: Any, who: Principal, job_id: str) -> ReplayView:
+    """A replay's progress, and its result once it succeeded."""
+    row = await job_runs.get(conn, programme_id=who.programme_id, job_id=job_id)
+    if row is None or row["name"] != JOB_NAME:
+        raise NotFound(f"no replay {job_id!r}", code="replay_not_found", extra={"job_id": job_id})
+    result = row["result"] or {}
+    progress = result.get("progress") or {}
+    done_ok = row["status"] == "succeeded"
+    return ReplayView(
+        job_id=job_id,
+        status=row["status"],
+        percent=100 if done_ok else int(progress.get("percent", 0)),
+        done=int(progress.get("done", 0)),
+        total=int(progress.get("total", 0)),
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        error=row["error"],
+        result={k: v for k, v in result.items() if k != "progress"} if done_ok else None,
+    )
