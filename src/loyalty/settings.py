@@ -69,6 +69,9 @@ class Settings:
     import_max_bytes: int = 64 * 1024 * 1024
     # A console session that sees no request for this long ends (the operator logs in again).
     console_idle_minutes: int = 30
+    # Console logins tried from one client address per 5 minutes, whatever the accounts, before
+    # 429 (0: no limit; the per-account lockout holds either way).
+    console_login_limit: int = 30
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -106,6 +109,7 @@ class Settings:
             worker_metrics_port=env.integer("WORKER_METRICS_PORT", 0),
             import_max_bytes=env.integer("IMPORT_MAX_BYTES", 64 * 1024 * 1024),
             console_idle_minutes=env.integer("CONSOLE_IDLE_MINUTES", 30),
+            console_login_limit=env.integer("CONSOLE_LOGIN_LIMIT", 30),
         )
 
     def with_urls(self, database_url: str | None, redis_url: str | None) -> Settings:
@@ -146,6 +150,7 @@ class Settings:
             "WORKER_METRICS_PORT": str(self.worker_metrics_port),
             "IMPORT_MAX_BYTES": str(self.import_max_bytes),
             "CONSOLE_IDLE_MINUTES": str(self.console_idle_minutes),
+            "CONSOLE_LOGIN_LIMIT": str(self.console_login_limit),
         }
         return {ENV_PREFIX + key: value for key, value in values.items() if value is not None}
 

@@ -65,6 +65,7 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
             report_tasks.rollup_reports,
             report_tasks.refresh_expiry_forecast,
             import_tasks.run_import,
+            console_tasks.purge_console_sessions,
         ],
         "cron_jobs": [
             cron(ledger_tasks.expire_holds, second=EVERY_10_SECONDS, unique=True, run_at_startup=True),

@@ -173,7 +173,15 @@ def live_server(settings: Settings) -> Iterator[LiveServer]:
         pytest.skip(CHROMIUM_HINT)
     port = _free_port()
     served = dataclasses.replace(
-        settings, api_host="127.0.0.1", api_port=port, worker_enabled=True, demo=False, log_level="WARNING"
+        settings,
+        api_host="127.0.0.1",
+        api_port=port,
+        worker_enabled=True,
+        demo=False,
+        log_level="WARNING",
+        # Every browser logs in from 127.0.0.1, many times a run: the per-address login limit
+        # is tested over HTTP (tests/console/test_console_auth.py), not here.
+        console_login_limit=0,
     )
     env = {**os.environ, **served.to_env(), "PYTHONUNBUFFERED": "1"}
     logs = ROOT / ".loyalty" / "test" / f"browser-{port}.log"

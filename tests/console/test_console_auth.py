@@ -164,3 +164,23 @@ async def test_the_hourly_job_removes_ended_sessions(
             ).all()
         )
     assert left == {live_email: 1, idle_email: 0}
+
+
+async def test_too_many_logins_from_one_address_are_throttled(
+    settings: Any, engine: AsyncEngine, programme: Programme
+) -> None:
+    import dataclasses
+
+    from loyalty.app import create_app
+
+    email = await make_operator(engine, programme.code, "analyst")
+    limited = create_app(dataclasses.replace(settings, console_login_limit=3))
+    async with AsyncTestClient(app=limited) as client:
+        codes = [
+            (await login(client, f"other-{i}@example.invalid", "whatever it is")).status_code
+            for i in range(3)
+        ]
+        # The limit is per address, whatever the account: even the right password waits.
+        throttled = await login(client, email)
+    assert codes == [401, 401, 401]
+    assert throttled.status_code == 429 and "Too many login attempts" in throttled.text

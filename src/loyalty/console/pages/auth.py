@@ -28,8 +28,7 @@ from loyalty.console.web import (
     transaction,
 )
 
-# Login attempts per client address in a window (whatever the accounts), before 429.
-LOGIN_ATTEMPTS_PER_ADDRESS = 30
+# The window of the per-address login limit (settings.console_login_limit attempts in it).
 LOGIN_WINDOW_SECONDS = 300
 
 
@@ -74,6 +73,9 @@ async def login_form(request: Request[Any, Any, Any]) -> Response[Any]:
 async def _throttled(request: Request[Any, Any, Any]) -> bool:
     """Too many attempts from this address lately; without Redis, no throttle (the per-account
     lockout still holds)."""
+    limit = request.app.state.settings.console_login_limit
+    if limit <= 0:
+        return False
     redis: Redis = request.app.state.redis
     address = request.client.host if request.client else "-"
     key = f"console:login:{address}:{int(now().timestamp()) // LOGIN_WINDOW_SECONDS}"
@@ -82,7 +84,7 @@ async def _throttled(request: Request[Any, Any, Any]) -> bool:
         pipe.incr(key)
         pipe.expire(key, LOGIN_WINDOW_SECONDS + 1)
         count, _ = await pipe.execute()
-        return int(count) > LOGIN_ATTEMPTS_PER_ADDRESS
+        return int(count) > limit
     return False
 
 
