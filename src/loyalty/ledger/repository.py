@@ -164,6 +164,40 @@ async def expiring(
     return [{"expires_at": r[0], "points": int(r[1])} for r in rows]
 
 
+async def open_lots(
+    conn: AsyncConnection, programme_id: int, member_id: int, limit: int
+) -> list[dict[str, Any]]:
+    """The member's lots with points left, soonest expiry first (the order points are spent);
+    the member's rows of the lots primary key."""
+    rows = await conn.execute(
+        text(
+            """
+            SELECT l.id, l.txn_id, b.code AS budget, l.amount, l.remaining, l.vested, l.vests_at,
+                   l.expires_at, l.created_at
+            FROM lots l LEFT JOIN budgets b ON b.programme_id = l.programme_id AND b.id = l.budget_id
+            WHERE l.programme_id = :p AND l.member_id = :m AND l.remaining > 0
+            ORDER BY l.vested DESC, l.expires_at NULLS LAST, l.id LIMIT :n
+            """
+        ),
+        {"p": programme_id, "m": member_id, "n": limit},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def open_holds(conn: AsyncConnection, programme_id: int, member_id: int) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        text(
+            """
+            SELECT id AS hold_id, amount, reference, expires_at, created_at FROM holds
+            WHERE programme_id = :p AND member_id = :m AND status = 'open'
+            ORDER BY id
+            """
+        ),
+        {"p": programme_id, "m": member_id},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
 _HISTORY_COLUMNS = """
     t.id, t.kind,
     CASE WHEN t.member_id = :m THEN t.amount ELSE -t.amount END AS amount,

@@ -316,6 +316,19 @@ async def expiring(conn: AsyncConnection, who: Principal, external_id: str, days
     return s.Expiring(member_id=external_id, days=days, total=sum(i.points for i in items), items=items)
 
 
+async def open_lots(
+    conn: AsyncConnection, who: Principal, external_id: str, limit: int = 200
+) -> list[s.LotView]:
+    """The member's lots that still hold points, in the order they are spent."""
+    member_id, _ = await _member(conn, who, external_id)
+    return [s.LotView(**r) for r in await repository.open_lots(conn, who.programme_id, member_id, limit)]
+
+
+async def open_holds(conn: AsyncConnection, who: Principal, external_id: str) -> list[s.OpenHold]:
+    member_id, _ = await _member(conn, who, external_id)
+    return [s.OpenHold(**r) for r in await repository.open_holds(conn, who.programme_id, member_id)]
+
+
 def encode_cursor(txn_id: int) -> str:
     return base64.urlsafe_b64encode(f"t:{txn_id}".encode()).decode().rstrip("=")
 
