@@ -214,3 +214,94 @@ async def test_support_voids_a_hold_of_this_member_only(
     )
     assert r.status_code == 303
     assert await api.balance("ann-1") == {"available": 500, "pending": 0, "held": 0, "expiring_soon": 0}
+
+
+LADDER = {
+    "tiers": [
+        {"code": "bronze", "rank": 0},
+        {"code": "gold", "rank": 1, "entry": {"fact": "qualifying_points", "op": ">=", "value": 5000}},
+    ]
+}
+
+
+async def test_every_form_on_the_360_carries_the_sessions_csrf_token(
+    console_client: AsyncTestClient[Any], engine: AsyncEngine, programme: Programme
+) -> None:
+    api = Api(console_client, programme)
+    await _member(api)
+    await api.hold("ann-1", 10)
+    csrf = await _as(console_client, engine, programme, "admin")
+    html = (await console_client.get("/console/members/ann-1")).text
+    tokens = re.findall(r'name="_csrf" value="([^"]*)"', html)
+    assert len(tokens) >= 4 and set(tokens) == {csrf}
+
+
+async def test_support_pins_and_unpins_a_tier_with_reasons(
+    console_client: AsyncTestClient[Any], engine: AsyncEngine, programme: Programme
+) -> None:
+    api = Api(console_client, programme)
+    await _member(api)
+    version = (await api.post("/v1/tiers/versions", LADDER)).json()["version"]
+    await api.post(f"/v1/tiers/versions/{version}/publish", {}, expect=200)
+    csrf = await _as(console_client, engine, programme, "support")
+    pin = {"_csrf": csrf, "pin_kind": "fixed", "pin_tier": "gold", "pin_until": "2099-12-31"}
+    r = await console_client.post("/console/members/ann-1/tier-pin", data={**pin, "pin_reason": ""})
+    assert r.status_code == 400 and 'id="e-pin_reason"' in r.text
+    r = await console_client.post(
+        "/console/members/ann-1/tier-pin", data={**pin, "pin_tier": "platinum", "pin_reason": "x"}
+    )
+    assert r.status_code == 400 and 'id="e-pin_tier"' in r.text
+    r = await console_client.post(
+        "/console/members/ann-1/tier-pin", data={**pin, "pin_until": "2001-01-01", "pin_reason": "x"}
+    )
+    assert r.status_code == 400 and 'id="e-pin_until"' in r.text
+    assert (await api.get("/v1/members/ann-1/tier")).json()["pin"] is None
+    r = await console_client.post(
+        "/console/members/ann-1/tier-pin", data={**pin, "pin_reason": "VIP complaint"}, follow_redirects=False
+    )
+    assert r.status_code == 303
+    tier = (await api.get("/v1/members/ann-1/tier")).json()
+    assert tier["tier"] == "gold" and tier["pin"]["reason"] == "VIP complaint"
+    assert tier["pin"]["until"].startswith("2100-01-01")  # through the last day
+    r = await console_client.post(
+        "/console/members/ann-1/tier-unpin", data={"_csrf": csrf, "unpin_reason": ""}
+    )
+    assert r.status_code == 400 and 'id="e-unpin_reason"' in r.text
+    r = await console_client.post(
+        "/console/members/ann-1/tier-unpin",
+        data={"_csrf": csrf, "unpin_reason": "complaint closed"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    assert (await api.get("/v1/members/ann-1/tier")).json()["pin"] is None
+    history = (await api.get("/v1/members/ann-1/tier/history")).json()["items"]
+    assert {"pin_set", "pin_removed"} <= {h["kind"] for h in history}
+
+
+async def test_support_revokes_a_grant_with_a_reason(
+    console_client: AsyncTestClient[Any], engine: AsyncEngine, programme: Programme
+) -> None:
+    api = Api(console_client, programme)
+    await _member(api)
+    await api.post(
+        "/v1/benefits", {"code": "lounge", "type": "flag", "names": {"en": "Lounge", "zh-CN": "贵宾室"}}
+    )
+    grant = (
+        await api.post("/v1/members/ann-1/benefit-grants", {"benefit": "lounge", "reason": "vip"}, role="crm")
+    ).json()
+    csrf = await _as(console_client, engine, programme, "support")
+    page = (await console_client.get("/console/members/ann-1")).text
+    assert f"grants/{grant['id']}/revoke" in page
+    path = f"/console/members/ann-1/grants/{grant['id']}/revoke"
+    r = await console_client.post(path, data={"_csrf": csrf, "reason": " "})
+    assert r.status_code == 400 and f'id="revoke-reason-{grant["id"]}-e"' in r.text
+    assert [e["benefit"] for e in (await api.get("/v1/members/ann-1/entitlements")).json()["items"]] == [
+        "lounge"
+    ]
+    r = await console_client.post(
+        path, data={"_csrf": csrf, "reason": "wrong member"}, follow_redirects=False
+    )
+    assert r.status_code == 303
+    assert (await api.get("/v1/members/ann-1/entitlements")).json()["items"] == []
+    missing = "/console/members/ann-1/grants/999999999/revoke"
+    assert (await console_client.post(missing, data={"_csrf": csrf, "reason": "no such"})).status_code == 404
