@@ -135,6 +135,11 @@ def test_an_analyst_sees_no_actions_and_a_forged_post_is_refused(console: Consol
     expect(page.get_by_role("button", name="Pin tier")).to_have_count(0)
     expect(page.get_by_role("button", name=re.compile("Void"))).to_have_count(0)
     expect(page.get_by_role("button", name="Revoke")).to_have_count(0)
+    # At phone width the page fits the screen (wide tables scroll inside their own box).
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    console.goto(f"/console/members?q={seeded['member'][:5]}")
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
     csrf = page.locator('meta[name="csrf-token"]').get_attribute("content")
     forged = page.request.post(
         f"{console.url}/members/{seeded['member']}/adjust",
