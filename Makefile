@@ -10,7 +10,7 @@ BENCH_ARGS ?=
 CHAOS_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test test-external stress chaos bench bench-reports bench-replay screenshots lint typecheck fmt clean
+.PHONY: help serve test test-external stress chaos bench bench-reports bench-replay bench-members screenshots lint typecheck fmt clean
 
 help:
 	@echo "make serve     run the API and the worker (embedded PostgreSQL/Redis unless LOYALTY_*_URL are set)"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench     run the benchmarks"
 	@echo "make bench-reports  the dashboard's reads on a 1M-member programme, and the rollup's cost on earns"
 	@echo "make bench-replay  replay a draft earning-rule set over 1M synthetic events"
+	@echo "make bench-members  member search and the Member 360's reads on a 1M-member programme"
 	@echo "make screenshots  the console's browser tests, saving docs/console/*.png"
 	@echo "make lint      ruff check + ruff format --check"
 	@echo "make typecheck mypy"
@@ -58,6 +59,9 @@ bench: $(STAMP)
 # Not part of `make bench`: building the large programme takes a minute or two.
 bench-reports: $(STAMP)
 	$(BIN)/python -m bench.reports $(BENCH_ARGS)
+
+bench-members: $(STAMP)
+	$(BIN)/python -m bench.members $(BENCH_ARGS)
 
 bench-replay: $(STAMP)
 	$(BIN)/python -m bench.replay $(BENCH_ARGS)

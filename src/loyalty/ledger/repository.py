@@ -126,9 +126,9 @@ async def member_ids(conn: AsyncConnection, programme_id: int, external_id: str)
     return (row[0], row[1]) if row else None
 
 
-async def balance(
-    conn: AsyncConnection, programme_id: int, account_id: int, soon: datetime
-) -> dict[str, int]:
+async def balance(conn: AsyncConnection, programme_id: int, member_id: int, soon: datetime) -> dict[str, int]:
+    # By the member's primary key: members has no index on account_id, and a programme of a
+    # million members would be scanned to find one.
     row = (
         await conn.execute(
             text(
@@ -139,10 +139,10 @@ async def balance(
                           AND l.remaining > 0 AND l.expires_at <= :soon) AS expiring_soon
                 FROM members m JOIN account_balances ab
                   ON ab.programme_id = m.programme_id AND ab.account_id = m.account_id AND ab.shard = 0
-                WHERE m.programme_id = :p AND m.account_id = :a
+                WHERE m.programme_id = :p AND m.id = :m
                 """
             ),
-            {"p": programme_id, "a": account_id, "soon": soon},
+            {"p": programme_id, "m": member_id, "soon": soon},
         )
     ).one()
     return {"available": row[0], "pending": row[1], "held": row[2], "expiring_soon": int(row[3])}

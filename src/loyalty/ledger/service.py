@@ -304,8 +304,8 @@ async def _member(conn: AsyncConnection, who: Principal, external_id: str) -> tu
 
 
 async def balance(conn: AsyncConnection, who: Principal, external_id: str, soon_days: int = 30) -> s.Balance:
-    _, account_id = await _member(conn, who, external_id)
-    row = await repository.balance(conn, who.programme_id, account_id, _now() + timedelta(days=soon_days))
+    member_id, _ = await _member(conn, who, external_id)
+    row = await repository.balance(conn, who.programme_id, member_id, _now() + timedelta(days=soon_days))
     return s.Balance(**row)
 
 
