@@ -10,7 +10,7 @@ BENCH_ARGS ?=
 CHAOS_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test test-external stress chaos bench bench-reports bench-replay bench-console screenshots lint typecheck fmt clean
+.PHONY: help serve test test-external stress chaos bench bench-reports bench-replay bench-console bench-members screenshots lint typecheck fmt clean
 
 help:
 	@echo "make serve     run the API and the worker (embedded PostgreSQL/Redis unless LOYALTY_*_URL are set)"
@@ -22,6 +22,7 @@ help:
 	@echo "make bench-reports  the dashboard's reads on a 1M-member programme, and the rollup's cost on earns"
 	@echo "make bench-replay  replay a draft earning-rule set over 1M synthetic events"
 	@echo "make bench-console the console's page times on the demo and a 1M-member programme (also in make bench)"
+	@echo "make bench-members  member search and the Member 360's reads on a 1M-member programme"
 	@echo "make screenshots  the console's browser tests, saving docs/console/*.png"
 	@echo "make lint      ruff check + ruff format --check"
 	@echo "make typecheck mypy"
@@ -62,6 +63,9 @@ bench-reports: $(STAMP)
 
 bench-console: $(STAMP)
 	$(BIN)/python -m bench.console $(BENCH_ARGS)
+
+bench-members: $(STAMP)
+	$(BIN)/python -m bench.members $(BENCH_ARGS)
 
 bench-replay: $(STAMP)
 	$(BIN)/python -m bench.replay $(BENCH_ARGS)

@@ -126,9 +126,9 @@ async def member_ids(conn: AsyncConnection, programme_id: int, external_id: str)
     return (row[0], row[1]) if row else None
 
 
-async def balance(
-    conn: AsyncConnection, programme_id: int, account_id: int, soon: datetime
-) -> dict[str, int]:
+async def balance(conn: AsyncConnection, programme_id: int, member_id: int, soon: datetime) -> dict[str, int]:
+    # By the member's primary key: members has no index on account_id, and a programme of a
+    # million members would be scanned to find one.
     row = (
         await conn.execute(
             text(
@@ -139,10 +139,10 @@ async def balance(
                           AND l.remaining > 0 AND l.expires_at <= :soon) AS expiring_soon
                 FROM members m JOIN account_balances ab
                   ON ab.programme_id = m.programme_id AND ab.account_id = m.account_id AND ab.shard = 0
-                WHERE m.programme_id = :p AND m.account_id = :a
+                WHERE m.programme_id = :p AND m.id = :m
                 """
             ),
-            {"p": programme_id, "a": account_id, "soon": soon},
+            {"p": programme_id, "m": member_id, "soon": soon},
         )
     ).one()
     return {"available": row[0], "pending": row[1], "held": row[2], "expiring_soon": int(row[3])}
@@ -162,6 +162,40 @@ async def expiring(
         {"p": programme_id, "m": member_id, "until": until},
     )
     return [{"expires_at": r[0], "points": int(r[1])} for r in rows]
+
+
+async def open_lots(
+    conn: AsyncConnection, programme_id: int, member_id: int, limit: int
+) -> list[dict[str, Any]]:
+    """The member's lots with points left, soonest expiry first (the order points are spent);
+    the member's rows of the lots primary key."""
+    rows = await conn.execute(
+        text(
+            """
+            SELECT l.id, l.txn_id, b.code AS budget, l.amount, l.remaining, l.vested, l.vests_at,
+                   l.expires_at, l.created_at
+            FROM lots l LEFT JOIN budgets b ON b.programme_id = l.programme_id AND b.id = l.budget_id
+            WHERE l.programme_id = :p AND l.member_id = :m AND l.remaining > 0
+            ORDER BY l.vested DESC, l.expires_at NULLS LAST, l.id LIMIT :n
+            """
+        ),
+        {"p": programme_id, "m": member_id, "n": limit},
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+async def open_holds(conn: AsyncConnection, programme_id: int, member_id: int) -> list[dict[str, Any]]:
+    rows = await conn.execute(
+        text(
+            """
+            SELECT id AS hold_id, amount, reference, expires_at, created_at FROM holds
+            WHERE programme_id = :p AND member_id = :m AND status = 'open'
+            ORDER BY id
+            """
+        ),
+        {"p": programme_id, "m": member_id},
+    )
+    return [dict(r._mapping) for r in rows]
 
 
 _HISTORY_COLUMNS = """

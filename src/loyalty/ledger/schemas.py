@@ -271,6 +271,26 @@ class Expiring(msgspec.Struct):
     items: list[ExpiringItem]
 
 
+class LotView(msgspec.Struct):
+    id: int
+    txn_id: int
+    budget: str | None
+    amount: int
+    remaining: int
+    vested: bool
+    vests_at: datetime | None
+    expires_at: datetime | None
+    created_at: datetime
+
+
+class OpenHold(msgspec.Struct):
+    hold_id: int
+    amount: int
+    reference: str | None
+    expires_at: datetime
+    created_at: datetime
+
+
 class LiabilityLine(msgspec.Struct):
     budget: str | None
     unit_cost_micros: int | None

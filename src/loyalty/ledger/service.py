@@ -448,8 +448,8 @@ async def _member(conn: AsyncConnection, who: Principal, external_id: str) -> tu
 
 
 async def balance(conn: AsyncConnection, who: Principal, external_id: str, soon_days: int = 30) -> s.Balance:
-    _, account_id = await _member(conn, who, external_id)
-    row = await repository.balance(conn, who.programme_id, account_id, _now() + timedelta(days=soon_days))
+    member_id, _ = await _member(conn, who, external_id)
+    row = await repository.balance(conn, who.programme_id, member_id, _now() + timedelta(days=soon_days))
     return s.Balance(**row)
 
 
@@ -458,6 +458,19 @@ async def expiring(conn: AsyncConnection, who: Principal, external_id: str, days
     rows = await repository.expiring(conn, who.programme_id, member_id, _now() + timedelta(days=days))
     items = [s.ExpiringItem(**r) for r in rows]
     return s.Expiring(member_id=external_id, days=days, total=sum(i.points for i in items), items=items)
+
+
+async def open_lots(
+    conn: AsyncConnection, who: Principal, external_id: str, limit: int = 200
+) -> list[s.LotView]:
+    """The member's lots that still hold points, in the order they are spent."""
+    member_id, _ = await _member(conn, who, external_id)
+    return [s.LotView(**r) for r in await repository.open_lots(conn, who.programme_id, member_id, limit)]
+
+
+async def open_holds(conn: AsyncConnection, who: Principal, external_id: str) -> list[s.OpenHold]:
+    member_id, _ = await _member(conn, who, external_id)
+    return [s.OpenHold(**r) for r in await repository.open_holds(conn, who.programme_id, member_id)]
 
 
 def encode_cursor(txn_id: int) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Identity, Text, UniqueConstraint, func
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Identity, Index, Text, UniqueConstraint, func
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -14,7 +14,20 @@ from loyalty.db import Base
 
 class Member(Base):
     __tablename__ = "members"
-    __table_args__ = (UniqueConstraint("programme_id", "external_id"),)
+    __table_args__ = (
+        UniqueConstraint("programme_id", "external_id"),
+        # Member search (migration 0020): an id prefix as a byte-order range, with its keyset
+        # order; and attribute containment (attributes @> '{"email": ...}'). The migration builds
+        # the first on external_id COLLATE "C": PostgreSQL keeps that as a plain column with
+        # its own collation, which is how it reflects (and so how it is declared here).
+        Index("ix_members_external_id_c", "programme_id", "external_id"),
+        Index(
+            "ix_members_attributes",
+            "attributes",
+            postgresql_using="gin",
+            postgresql_ops={"attributes": "jsonb_path_ops"},
+        ),
+    )
 
     programme_id: Mapped[int] = mapped_column(
         BigInteger, ForeignKey("programmes.id", ondelete="CASCADE"), primary_key=True

@@ -77,3 +77,56 @@ async def page(
         {"p": programme_id, "after": after, "n": limit},
     )
     return [dict(r._mapping) for r in rows]
+
+
+# Search: every statement below is served by an index (migration 0020). The id prefix is a
+# range on ``external_id COLLATE "C"`` (byte order, which a prefix range needs in any locale),
+# and the results come in that order, so the next page is a keyset step on the same index.
+_BYTE_ORDER = '(external_id COLLATE "C")'
+# The largest code point: every id that starts with the prefix sorts below prefix + this.
+_TOP = "\U0010ffff"
+
+
+def search_statement(
+    programme_id: int,
+    *,
+    id_prefix: str | None = None,
+    attribute_docs: list[str] | None = None,
+    after: str | None = None,
+    limit: int,
+) -> tuple[str, dict[str, Any]]:
+    """The SQL and parameters of a member search (kept apart so a test can EXPLAIN it).
+
+    ``id_prefix``: members whose id starts with it. ``attribute_docs``: JSON objects the
+    attributes must contain (any one of them, e.g. {"age": "30"} or {"age": 30})."""
+    clauses = ["programme_id = :p"]
+    params: dict[str, Any] = {"p": programme_id, "n": limit}
+    if id_prefix is not None:
+        clauses.append(f"{_BYTE_ORDER} >= :lo AND {_BYTE_ORDER} < :hi")
+        params["lo"], params["hi"] = id_prefix, id_prefix + _TOP
+    if attribute_docs:
+        ors = []
+        for i, doc in enumerate(attribute_docs):
+            ors.append(f"attributes @> CAST(:doc{i} AS jsonb)")
+            params[f"doc{i}"] = doc
+        clauses.append("(" + " OR ".join(ors) + ")")
+    if after is not None:
+        clauses.append(f"{_BYTE_ORDER} > :after")
+        params["after"] = after
+    sql = f"SELECT {_COLUMNS} FROM members WHERE {' AND '.join(clauses)} ORDER BY {_BYTE_ORDER} LIMIT :n"
+    return sql, params
+
+
+async def search(
+    conn: AsyncConnection,
+    programme_id: int,
+    *,
+    id_prefix: str | None = None,
+    attribute_docs: list[str] | None = None,
+    after: str | None = None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    sql, params = search_statement(
+        programme_id, id_prefix=id_prefix, attribute_docs=attribute_docs, after=after, limit=limit
+    )
+    return [dict(r._mapping) for r in await conn.execute(text(sql), params)]

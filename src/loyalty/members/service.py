@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
+from typing import Literal
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -81,6 +82,57 @@ async def page(conn: AsyncConnection, who: Principal, cursor: str | None, limit:
     items = [s.MemberView(**r) for r in rows[:limit]]
     next_cursor = _encode_cursor(items[-1].member_id) if more and items else None
     return s.MemberPage(items=items, next_cursor=next_cursor)
+
+
+def attribute_query(query: str) -> tuple[str, str]:
+    """``key = value`` (spaces around either are ignored) as (key, value)."""
+    key, sep, value = query.partition("=")
+    key, value = key.strip(), value.strip()
+    if not sep or not key or not value:
+        raise InvalidInput("q", "write an attribute search as key = value, e.g. email = ann@example.com")
+    return key, value
+
+
+def _attribute_docs(key: str, value: str) -> list[str]:
+    """The attribute documents that match ``value``: as text, and also as the JSON number or
+    boolean it spells (a CRM may have sent {"age": 30} or {"age": "30"})."""
+    docs = [msgspec.json.encode({key: value}).decode()]
+    try:
+        literal = msgspec.json.decode(value)
+    except msgspec.DecodeError:
+        literal = None
+    if isinstance(literal, bool | int | float) and not isinstance(literal, str):
+        docs.append(msgspec.json.encode({key: literal}).decode())
+    return docs
+
+
+async def search(
+    conn: AsyncConnection,
+    who: Principal,
+    *,
+    query: str,
+    by: Literal["id", "attribute"],
+    cursor: str | None,
+    limit: int,
+) -> s.MemberPage:
+    """Members whose id starts with ``query`` (an exact id comes first), or, ``by`` attribute,
+    whose attributes hold ``key = value``; pages of ``limit`` in id order, each an index range."""
+    query = query.strip()
+    if not query:
+        raise InvalidInput("q", "type a member id, or the beginning of one")
+    after = _decode_cursor(cursor) if cursor else None
+    if by == "attribute":
+        key, value = attribute_query(query)
+        rows = await repository.search(
+            conn, who.programme_id, attribute_docs=_attribute_docs(key, value), after=after, limit=limit + 1
+        )
+    else:
+        rows = await repository.search(conn, who.programme_id, id_prefix=query, after=after, limit=limit + 1)
+    more = len(rows) > limit
+    items = [s.MemberView(**r) for r in rows[:limit]]
+    return s.MemberPage(
+        items=items, next_cursor=_encode_cursor(items[-1].member_id) if more and items else None
+    )
 
 
 def _encode_cursor(member_id: str) -> str:
