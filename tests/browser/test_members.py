@@ -52,7 +52,7 @@ def test_find_a_member_and_act_on_their_360(console: Console) -> None:
     seeded = _seed(console)
     member = seeded["member"]
     page = console.page
-    console.login("support")
+    email = console.login("support")
     page.get_by_role("navigation", name="Console").get_by_role("link", name="Members").click()
     expect(page.get_by_role("heading", name="Members")).to_be_visible()
 
@@ -123,6 +123,20 @@ def test_find_a_member_and_act_on_their_360(console: Console) -> None:
     page.get_by_role("button", name="Revoke").click()
     expect(page.get_by_role("status")).to_contain_text("revoked")
     expect(page.locator('tr[data-benefit="returns"]')).to_have_count(0)
+
+    # Every one of these changes is in the audit log, as this operator, with its reason.
+    page.get_by_role("link", name="Audit log").click()
+    page.get_by_label("Entity", exact=True).fill("member")
+    page.get_by_label("Entity id").fill(seeded["member"])
+    page.get_by_role("button", name="Filter").click()
+    adjusted = page.locator('tr[data-action="member.adjust_points"]')
+    expect(adjusted).to_have_count(1)
+    expect(adjusted).to_contain_text("Goodwill: parcel arrived late")
+    expect(adjusted).to_contain_text(email)
+    expect(page.locator('tr[data-action="member.tier_pin"]')).to_contain_text("Complaint settled")
+    expect(page.locator('tr[data-action="member.benefit_revoke"]')).to_contain_text(
+        "granted to the wrong member"
+    )
 
 
 def test_an_analyst_sees_no_actions_and_a_forged_post_is_refused(console: Console) -> None:

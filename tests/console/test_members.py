@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from litestar.testing import AsyncTestClient
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.api.helpers import Api, counts
@@ -176,6 +177,18 @@ async def test_an_adjustment_is_written_only_when_confirmed_and_only_once(
     assert [(t["amount"], t["reason"]) for t in history] == [(-120, "Duplicate order credited twice")]
     page = (await console_client.get("/console/members/ann-1?done=adjusted")).text
     assert "The adjustment was posted." in page and "Duplicate order credited twice" in page
+    # One audit row, in the adjustment's transaction, naming the operator and the reason.
+    async with engine.connect() as conn:
+        trail = (
+            await conn.execute(
+                text(
+                    "SELECT actor, reason FROM audit_log WHERE programme_id = :p AND action = 'member.adjust_points'"
+                ),
+                {"p": programme.id},
+            )
+        ).all()
+    assert len(trail) == 1 and trail[0].actor.startswith("operator:")
+    assert trail[0].reason == "Duplicate order credited twice"
 
 
 async def test_a_debit_beyond_the_balance_is_refused_next_to_the_form(
