@@ -166,14 +166,64 @@ class LiveServer:
         )
 
 
+async def _fresh_database(servers: Any, name: str) -> str:
+    import asyncpg
+
+    from loyalty.db import plain_url
+    from loyalty.migrate import upgrade_async
+    from tests.conftest import _with_database
+
+    admin = await asyncpg.connect(plain_url(servers.database_url))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = _with_database(servers.database_url, name)
+    await upgrade_async(url)
+    return url
+
+
+async def _drop_database(servers: Any, name: str) -> None:
+    import asyncpg
+
+    from loyalty.db import plain_url
+
+    admin = await asyncpg.connect(plain_url(servers.database_url))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def _flush_redis(url: str) -> None:
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+
+
 @pytest.fixture(scope="session")
-def live_server(settings: Settings) -> Iterator[LiveServer]:
-    """The API (granian, one process) and the worker, on this xdist worker's database."""
+def live_server(settings: Settings, servers: Any, worker_id: str, worker_index: int) -> Iterator[LiveServer]:
+    """The API (granian, one process) and the worker, on a database and a Redis database of
+    their own: the live worker's jobs and crons never touch what the other tests of this xdist
+    worker are doing."""
     if chromium_path() is None:
         pytest.skip(CHROMIUM_HINT)
+    from tests.conftest import _with_redis_db
+
+    database = f"loyalty_test_browser_{worker_id}_{os.getpid()}"
+    database_url = run(_fresh_database(servers, database))
+    redis_url = _with_redis_db(servers.redis_url, 8 + worker_index)
+    run(_flush_redis(redis_url))
     port = _free_port()
     served = dataclasses.replace(
         settings,
+        database_url=database_url,
+        redis_url=redis_url,
         api_host="127.0.0.1",
         api_port=port,
         worker_enabled=True,
@@ -218,6 +268,7 @@ def live_server(settings: Settings) -> Iterator[LiveServer]:
                 os.killpg(process.pid, 9)
                 process.wait(5)
         out.close()
+        run(_drop_database(servers, database))
 
 
 @dataclasses.dataclass
