@@ -172,7 +172,7 @@ async def test_a_bad_threshold_is_400_next_to_its_field_and_writes_nothing(
         r'id="e-tiers\[0\]\.grace_days">the base tier has no grace<', r.text
     )
     r = await console_client.post("/console/tiers/1/publish", data={"_csrf": csrf, "effective_at": "soon"})
-    assert r.status_code == 400 and re.search(r'id="e-effective_at">must be a date and time', r.text)
+    assert r.status_code == 400 and re.search(r'id="e-effective_at">expected a date and time', r.text)
     assert await _versions(engine, programme) == before
 
 

@@ -230,6 +230,24 @@ def parse(values: Mapping[str, Any], into: type[T]) -> T:
         raise InvalidInput(field, message) from exc
 
 
+def utc_moment(field: str, value: str) -> datetime | None:
+    """A datetime-local input, read in UTC (the forms say so); empty is None. A value that is
+    not a date and time is an InvalidInput naming the field."""
+    text = value.strip()
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(field, "expected a date and time such as 2026-12-01T09:00") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def utc_input(moment: datetime | None) -> str:
+    """A moment as a datetime-local input's value, in UTC."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M") if moment else ""
+
+
 # -- errors as pages -------------------------------------------------------------------------
 
 

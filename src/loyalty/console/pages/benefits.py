@@ -4,7 +4,6 @@ is entitled to a benefit now, with the count by source, a paginated list and a C
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 from litestar import Request, Response, get, post
@@ -25,6 +24,8 @@ from loyalty.console.web import (
     render,
     see_other,
     transaction,
+    utc_input,
+    utc_moment,
 )
 from loyalty.errors import DomainError, InvalidInput
 from loyalty.segments import service as segments
@@ -65,21 +66,6 @@ def placed(errors: dict[str, str], fields: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _moment(field: str, value: str) -> datetime | None:
-    """A datetime-local input, taken as UTC (the form says so)."""
-    if not value.strip():
-        return None
-    try:
-        moment = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise InvalidInput(field, "expected a date and time such as 2026-12-01T09:00") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def _shown(moment: datetime | None) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M") if moment else ""
-
-
 def params_of(kind: str, values: dict[str, str]) -> dict[str, Any]:
     """The type's parameters from their fields: numbers as integers, empty fields left out."""
     out: dict[str, Any] = {}
@@ -116,8 +102,8 @@ def form_of(view: s.BenefitView | None) -> dict[str, str]:
         "code": view.code,
         "type": view.type,
         "channels": ", ".join(view.channels),
-        "valid_from": _shown(view.valid_from),
-        "valid_until": _shown(view.valid_until),
+        "valid_from": utc_input(view.valid_from),
+        "valid_until": utc_input(view.valid_until),
         "active": "on" if view.active else "",
     }
     for lang in LANGUAGES:
@@ -194,8 +180,8 @@ def _create_of(values: dict[str, str]) -> s.BenefitCreate:
         "descriptions": _texts(values, "descriptions"),
         "params": params_of(kind, values),
         "channels": _channels(values),
-        "valid_from": _moment("valid_from", values.get("valid_from", "")),
-        "valid_until": _moment("valid_until", values.get("valid_until", "")),
+        "valid_from": utc_moment("valid_from", values.get("valid_from", "")),
+        "valid_until": utc_moment("valid_until", values.get("valid_until", "")),
     }
     return parse({k: v for k, v in raw.items() if v is not None}, s.BenefitCreate)
 
@@ -310,8 +296,8 @@ async def benefit_update(request: Request[Any, Any, Any], code: FromPath[str]) -
             "descriptions": _texts(values, "descriptions"),
             "params": params_of(kind, values),
             "channels": _channels(values),
-            "valid_from": _moment("valid_from", values.get("valid_from", "")),
-            "valid_until": _moment("valid_until", values.get("valid_until", "")),
+            "valid_from": utc_moment("valid_from", values.get("valid_from", "")),
+            "valid_until": utc_moment("valid_until", values.get("valid_until", "")),
             "active": values.get("active") == "on",
         }
         req = parse({k: v for k, v in raw.items() if v is not None}, s.BenefitUpdate)
@@ -370,8 +356,8 @@ async def campaign_create(request: Request[Any, Any, Any]) -> Response[Any]:
     who = current(request).principal()
     try:
         raw: dict[str, Any] = {k: values.get(k, "").strip() for k in ("code", "segment", "benefit")}
-        raw["starts_at"] = _moment("starts_at", values.get("starts_at", ""))
-        raw["ends_at"] = _moment("ends_at", values.get("ends_at", ""))
+        raw["starts_at"] = utc_moment("starts_at", values.get("starts_at", ""))
+        raw["ends_at"] = utc_moment("ends_at", values.get("ends_at", ""))
         for field in ("starts_at", "ends_at"):
             if raw[field] is None:
                 raise InvalidInput(field, "is required")

@@ -30,6 +30,7 @@ from loyalty.console.web import (
     render,
     see_other,
     transaction,
+    utc_moment,
 )
 from loyalty.errors import DomainError, InvalidInput
 from loyalty.ledger import service as ledger
@@ -69,17 +70,6 @@ def _int_or_text(value: str) -> int | str:
         return stripped
 
 
-def _datetime(field: str, value: str) -> datetime | None:
-    """A datetime-local input, taken as UTC (the form says so)."""
-    if not value.strip():
-        return None
-    try:
-        moment = datetime.fromisoformat(value.strip())
-    except ValueError:
-        raise InvalidInput(field, "expected a date and time such as 2026-12-01T09:00") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
 def rule_values(values: dict[str, str]) -> dict[str, Any]:
     """The editor's strings as an earning rule in the API's shape (validated by the domain)."""
     raw_condition = values.get("condition", "").strip() or "true"
@@ -114,8 +104,8 @@ def rule_values(values: dict[str, str]) -> dict[str, Any]:
         "qualifying": values.get("qualifying") == "on",
         "priority": values.get("priority", "").strip() or "100",
         "pending_days": values.get("pending_days", "").strip() or "0",
-        "starts_at": _datetime("starts_at", values.get("starts_at", "")),
-        "ends_at": _datetime("ends_at", values.get("ends_at", "")),
+        "starts_at": utc_moment("starts_at", values.get("starts_at", "")),
+        "ends_at": utc_moment("ends_at", values.get("ends_at", "")),
     }
     for cap in ("cap_per_day", "cap_per_month"):
         if values.get(cap, "").strip():

@@ -25,8 +25,9 @@ from loyalty.console.web import (
     render,
     see_other,
     transaction,
+    utc_moment,
 )
-from loyalty.errors import DomainError, InvalidInput, NotFound
+from loyalty.errors import DomainError, NotFound
 from loyalty.tiers import schemas as s
 from loyalty.tiers import service, tasks
 
@@ -180,7 +181,7 @@ async def publish(request: Request[Any, Any, Any], version: FromPath[int]) -> Re
     values = await form_data(request)
     who = current(request).principal()
     try:
-        effective_at = _moment(values.get("effective_at", ""), "effective_at")
+        effective_at = utc_moment("effective_at", values.get("effective_at", ""))
         reassess = values.get("reassess") == "1"
         async with transaction(request) as conn:
             view = await service.publish(
@@ -208,18 +209,6 @@ async def publish(request: Request[Any, Any, Any], version: FromPath[int]) -> Re
             tasks.enqueue_reassess, request.app.state.redis, programme_id=who.programme_id, defer_until=defer
         )
     return response
-
-
-def _moment(text: str, name: str) -> datetime | None:
-    """A datetime-local field, read in UTC (the form says so)."""
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise InvalidInput(name, "must be a date and time, e.g. 2027-01-01T00:00") from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @get("/tiers/explain")
