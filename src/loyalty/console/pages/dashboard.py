@@ -62,7 +62,9 @@ async def read_figures(
         tiers=await reports.members_by_tier(conn, programme_id),
         tier_moves=await reports.tier_moves_per_week(conn, programme_id, since, until),
         members=await reports.new_and_active_members(conn, programme_id, since, until),
-        budgets=await reports.budget_burn(conn, programme_id, since, until),
+        # Each budget's issued and cap now: the dashboard draws no daily series of them (the
+        # Budgets screen does, per budget), so one day is read, not a year for every budget.
+        budgets=await reports.budget_burn(conn, programme_id, today, today),
     )
 
 
