@@ -207,6 +207,12 @@ async def check(
     )
 
 
+# The check route's query limits, stated once: the documented handler (routes.py) declares
+# them and the lane enforces them.
+MEMBER_ID_MAX_LENGTH = 128
+CHANNEL_MAX_LENGTH = 50
+
+
 class CheckLane:
     """Route-level ASGI middleware serving GET /v1/benefits/{code}/check like web.PostingLane
     serves postings: role check, query parsing, one pooled asyncpg statement, msgspec JSON out,
@@ -223,9 +229,13 @@ class CheckLane:
         require_role(principal, self.roles)
         query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
         member = query.get("member_id")
-        if not member or len(member) > 128:
-            raise InvalidInput("member_id", "is required (the brand's customer id, 1 to 128 characters)")
+        if not member or len(member) > MEMBER_ID_MAX_LENGTH:
+            raise InvalidInput(
+                "member_id", f"is required (the brand's customer id, 1 to {MEMBER_ID_MAX_LENGTH} characters)"
+            )
         channel = query.get("channel") or None
+        if channel is not None and len(channel) > CHANNEL_MAX_LENGTH:
+            raise InvalidInput("channel", f"must be at most {CHANNEL_MAX_LENGTH} characters")
         state = scope["litestar_app"].state
         pool: asyncpg.Pool = state.posting_pool
         async with pool.acquire(timeout=state.pool_timeout) as conn:

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from loyalty.auth.core import Principal
 from loyalty.benefits import schemas as s
 from loyalty.benefits import service
-from loyalty.benefits.checkout import CheckLane
+from loyalty.benefits.checkout import CHANNEL_MAX_LENGTH, MEMBER_ID_MAX_LENGTH, CheckLane
 from loyalty.edge import PathId
 from loyalty.ledger import service as ledger
 from loyalty.ledger.routes import READ, STAFF_READ, WRITE
@@ -70,8 +70,8 @@ class BenefitController(Controller):
     async def check(
         self,
         code: FromPath[str],
-        member_id: Annotated[str, QueryParameter(min_length=1, max_length=128)],
-        channel: Annotated[str | None, QueryParameter(max_length=50)] = None,
+        member_id: Annotated[str, QueryParameter(min_length=1, max_length=MEMBER_ID_MAX_LENGTH)],
+        channel: Annotated[str | None, QueryParameter(max_length=CHANNEL_MAX_LENGTH)] = None,
     ) -> s.CheckResult:  # pragma: no cover - served by CheckLane
         """May this member use the benefit now (on this channel)? Yes/no, the reason, the quota left."""
         raise NotImplementedError

@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from litestar import Request, Response, get, post
 from litestar.datastructures import Cookie
+from litestar.params import FromPath
 from litestar.response import Redirect
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -149,7 +150,7 @@ ROUTES = [login_form, login_submit, logout, switch]
 
 
 @get("/{rest:path}", name="console-not-found")
-async def not_found(request: Request[Any, Any, Any], rest: str) -> Response[Any]:
+async def not_found(request: Request[Any, Any, Any], rest: FromPath[str]) -> Response[Any]:
     """Any other console address: a page saying so (after login, like every page)."""
     return render(request, "error.html", status_code=404, title="Not found", detail="There is no such page.")
 
