@@ -143,6 +143,9 @@ _POSTGRES_DOWN: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # 57: shutting down, starting up, cancelled
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.InterfaceError,  # the connection or pool was closed
+    # The driver's protocol state broken by a server that vanished mid-statement ("cannot
+    # switch to state ...; another operation is in progress"): the pool discards it.
+    asyncpg.exceptions._base.InternalClientError,
     sqlalchemy.exc.TimeoutError,  # no pooled connection within pool_timeout
     TimeoutError,  # connect, pool acquire or statement timeout (asyncio.TimeoutError is this)
     OSError,  # refused, reset, no such socket

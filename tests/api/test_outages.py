@@ -251,6 +251,11 @@ def test_only_connection_level_errors_are_unavailable() -> None:
     assert unavailable_service(asyncpg.ConnectionDoesNotExistError("closed")) == "postgresql"
     assert unavailable_service(asyncpg.exceptions.CannotConnectNowError("starting")) == "postgresql"
     assert unavailable_service(sqlalchemy.exc.TimeoutError()) == "postgresql"
+    # What asyncpg raises when the server vanished in the middle of a statement (seen in chaos).
+    broken = asyncpg.exceptions._base.InternalClientError(
+        "cannot switch to state 12; another operation (2) is in progress"
+    )
+    assert unavailable_service(broken) == "postgresql"
     assert unavailable_service(dbapi(Exception("gone"), invalidated=True)) == "postgresql"
     wrapped = Exception("adapted")
     wrapped.__cause__ = asyncpg.exceptions.AdminShutdownError("shutdown")
