@@ -43,20 +43,6 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-async def _recreate(url: str) -> str:
-    conn = await asyncpg.connect(stack.with_database(url, "postgres"))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await conn.close()
-    bench_url = stack.with_database(url, DATABASE)
-    from loyalty.migrate import upgrade
-
-    await asyncio.to_thread(upgrade, bench_url)
-    return bench_url
-
-
 async def _real_members(url: str, programme_id: int) -> list[str]:
     """Members with accounts, lots and a history (the bulk ones are rows for search only)."""
     conn = await asyncpg.connect(url)
@@ -91,22 +77,6 @@ async def _operator(url: str, programme_code: str, email: str) -> None:
             )
     finally:
         await engine.dispose()
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-async def _timed(fn: Callable[[], Awaitable[Any]], n: int) -> dict[str, float]:
-    for _ in range(3):
-        await fn()
-    samples = []
-    for _ in range(n):
-        t = time.perf_counter()
-        await fn()
-        samples.append((time.perf_counter() - t) * 1000)
-    return {"p50_ms": round(_pct(samples, 0.5), 2), "p95_ms": round(_pct(samples, 0.95), 2)}
 
 
 async def pages(
@@ -168,7 +138,7 @@ async def pages(
                 "member 360": get(lambda: f"/console/members/{rng.choice(members)}"),
             }
             for name, fn in checks.items():
-                results[name] = await _timed(fn, n)
+                results[name] = await reports.timed(fn, n)
         finally:
             await conn.close()
     base_pg = results["pk select (PostgreSQL baseline)"]["p50_ms"]
@@ -188,7 +158,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     with stack.servers(args.data_dir) as served:
         assert served.database_url is not None
         _say(f"creating {DATABASE} ...")
-        url = await _recreate(served.database_url)
+        url = await stack.recreate_database(served.database_url, DATABASE)
         settings = ensure_secret_key(
             dataclasses.replace(served, database_url=url, data_dir=args.data_dir, log_level="WARNING")
         )

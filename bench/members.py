@@ -24,10 +24,9 @@ import asyncpg
 from sqlalchemy import text
 
 from bench import stack
-from bench.reports import _timed, new_programme
+from bench.reports import new_programme, timed
 from loyalty.auth.core import Principal
 from loyalty.db import create_engine
-from loyalty.migrate import upgrade
 
 DATABASE = "loyalty_bench_members"
 RESULTS = Path(__file__).resolve().parent / "results" / "members.json"
@@ -36,18 +35,6 @@ HERO = "x0500000"
 
 def _say(message: str) -> None:
     print(message, flush=True)
-
-
-async def recreate(url: str) -> str:
-    conn = await asyncpg.connect(stack.with_database(url, "postgres"))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await conn.close()
-    bench_url = stack.with_database(url, DATABASE)
-    await asyncio.to_thread(upgrade, bench_url)
-    return bench_url
 
 
 async def build(url: str, members: int) -> int:
@@ -124,7 +111,7 @@ async def reads(url: str, programme_id: int, iterations: int) -> dict[str, Any]:
                 ("search_common_attribute", by_country),
                 ("member_360_reads", page_360),
             ):
-                out[name] = await _timed(fn, iterations)
+                out[name] = await timed(fn, iterations)
                 _say(f"  {name:<26} p50 {out[name]['p50_ms']:>8.2f} ms  p95 {out[name]['p95_ms']:>8.2f} ms")
             plans: list[tuple[str, dict[str, Any]]] = [
                 ("plan_id_prefix", {"id_prefix": "x04999"}),
@@ -144,7 +131,7 @@ async def run(args: argparse.Namespace) -> None:
     with stack.servers(args.data_dir) as settings:
         assert settings.database_url is not None
         _say(f"creating {DATABASE} ...")
-        url = await recreate(settings.database_url)
+        url = await stack.recreate_database(settings.database_url, DATABASE)
         out: dict[str, Any] = {
             "started_at": datetime.now(UTC).isoformat(),
             "settings": {"members": args.members, "iterations": args.iterations},

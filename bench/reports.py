@@ -36,7 +36,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bench import stack
 from loyalty.db import create_engine
-from loyalty.migrate import upgrade
 
 DATABASE = "loyalty_bench_reports"
 RESULTS = Path(__file__).resolve().parent / "results" / "reports.json"
@@ -74,18 +73,6 @@ EARN = "SELECT ledger_earn($1, NULL, NULL, $2, $3, 10, false, NULL, NULL, NULL, 
 
 def _say(message: str) -> None:
     print(message, flush=True)
-
-
-async def recreate(url: str) -> str:
-    conn = await asyncpg.connect(stack.with_database(url, "postgres"))
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{DATABASE}"')
-    finally:
-        await conn.close()
-    bench_url = stack.with_database(url, DATABASE)
-    await asyncio.to_thread(upgrade, bench_url)
-    return bench_url
 
 
 async def new_programme(conn: asyncpg.Connection, code: str, members: int, budgets: int) -> int:
@@ -281,7 +268,8 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def _timed(fn: Callable[[], Awaitable[Any]], n: int) -> dict[str, float]:
+async def timed(fn: Callable[[], Awaitable[Any]], n: int) -> dict[str, float]:
+    """p50 and p95 in ms of ``n`` calls after 3 warm-ups (bench.console uses it too)."""
     for _ in range(3):
         await fn()
     samples = []
@@ -333,7 +321,7 @@ async def dashboard(url: str, programme_id: int, members: int, iterations: int) 
                 ),
             }
             for name, fn in reads.items():
-                results[name] = await _timed(fn, iterations)
+                results[name] = await timed(fn, iterations)
             base = results["pk select (baseline)"]["p50_ms"]
             for name, row in results.items():
                 row["ratio_p50"] = round(row["p50_ms"] / base, 1)
@@ -395,7 +383,7 @@ async def run(args: argparse.Namespace) -> None:
     with stack.servers(args.data_dir) as settings:
         assert settings.database_url is not None
         _say(f"creating {DATABASE} ...")
-        url = await recreate(settings.database_url)
+        url = await stack.recreate_database(settings.database_url, DATABASE)
         out: dict[str, Any] = {
             "started_at": datetime.now(UTC).isoformat(),
             "settings": {

@@ -57,15 +57,16 @@ def with_database(url: str, name: str) -> str:
     return urlunsplit(parts._replace(path=f"/{name}"))
 
 
-async def recreate_database(url: str) -> str:
-    """Drop and create loyalty_bench next to the configured database; answer its URL."""
+async def recreate_database(url: str, name: str = BENCH_DATABASE) -> str:
+    """Drop and create the database ``name`` (loyalty_bench) next to the configured one, build it
+    with the migrations, and answer its URL."""
     conn = await asyncpg.connect(with_database(url, "postgres"))
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{BENCH_DATABASE}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{BENCH_DATABASE}"')
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    bench_url = with_database(url, BENCH_DATABASE)
+    bench_url = with_database(url, name)
     upgrade(bench_url)
     return bench_url
 
