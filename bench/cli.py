@@ -1,9 +1,10 @@
 """`python -m bench`: seed a fresh database, run pgbench baselines and the HTTP workloads, report.
 
-python -m bench                       # the full run (~20 s per measurement)
-python -m bench --quick               # a smoke run (~5 s per measurement)
+python -m bench                       # the full run (~20 s per measurement, under 20 minutes)
+python -m bench --quick               # a smoke run (~5 s per measurement, fewer of them)
 python -m bench --workloads earn-spread,earn-hot --clients 16 --duration 10
 python -m bench --workloads events,tier-reeval --baselines '' --clients 16 --duration 10
+python -m bench --workloads events --clients 64 --profile events   # + a py-spy profile of the API
 """
 
 from __future__ import annotations
@@ -21,15 +22,25 @@ import asyncpg
 import psutil
 
 from bench import checkout as checkout_bench
-from bench import pgbench, report, stack, tiers, workloads
+from bench import pgbench, profiling, report, stack, tiers, workloads
 from bench.cpu import CpuProbe
 from bench.httpload import connect, drive
 from bench.report import OBSERVABILITY_OFF, BaselineRow, HttpRow, Report
-from bench.workloads import CHECKOUT, HTTP_WORKLOADS, TIER_REEVAL, Target
+from bench.workloads import CHECKOUT, CONSUME, HTTP_WORKLOADS, REFERENCES, TIER_REEVAL, Target
 
 API_FACTORY = "loyalty.app:app_from_env"
-MINIMAL_FACTORY = "bench.minimal_app:app_from_env"
+# The references, each on its own server: HTTP alone, HTTP + one asyncpg SELECT (bench/bare_app.py),
+# the same SELECT through Litestar and SQLAlchemy (bench/minimal_app.py).
+REFERENCE_FACTORIES = {
+    "bare-http": "bench.bare_app:http_app_from_env",
+    "bare-select": "bench.bare_app:select_app_from_env",
+    "minimal-select": "bench.minimal_app:app_from_env",
+}
 API_WORKERS = 2
+# The second API run with metrics and request ids off repeats these workloads only: the cheapest
+# write (where a fixed cost shows most) and the heaviest.
+OBSERVABILITY_WORKLOADS = "earn-spread,events"
+PROFILEABLE = (*REFERENCES, *HTTP_WORKLOADS, CONSUME)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -76,13 +87,43 @@ def _parser() -> argparse.ArgumentParser:
         help="after the closed-loop events run, events open loop at this share of its rate on as many "
         "connections (0.5; 0 to skip)",
     )
-    parser.add_argument("--no-minimal", action="store_true", help="skip the minimal HTTP reference app")
     parser.add_argument(
-        "--no-observability-off",
+        "--no-minimal",
         action="store_true",
-        help="skip the second API run with metrics and request ids off (LOYALTY_METRICS_ENABLED=false)",
+        help="skip the reference apps (minimal-select, bare-http, bare-select): no ratio targets then",
     )
-    parser.add_argument("--quick", action="store_true", help="smoke run: 5 s measured, 1 s warm-up")
+    parser.add_argument(
+        "--no-bare", action="store_true", help="skip the bare-stack references (bare-http, bare-select)"
+    )
+    parser.add_argument(
+        "--observability-off",
+        default=OBSERVABILITY_WORKLOADS,
+        help="workloads run again on an API with metrics and request ids off (LOYALTY_METRICS_ENABLED="
+        f"false), comma-separated ({OBSERVABILITY_WORKLOADS}; '' for none)",
+    )
+    parser.add_argument(
+        "--no-observability-off", action="store_true", help="the same as --observability-off ''"
+    )
+    parser.add_argument(
+        "--check-runs",
+        type=int,
+        default=checkout_bench.CHECK_RUNS,
+        help=f"runs of the checkout check at {checkout_bench.RATE:.0f}/s; its p99 is their median "
+        f"({checkout_bench.CHECK_RUNS})",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="WORKLOAD",
+        choices=PROFILEABLE,
+        help="after WORKLOAD's measured run at the largest client count, run it once more under py-spy: "
+        "a speedscope file in bench/results/ and a summary of where the API workers' CPU went "
+        f"({', '.join(PROFILEABLE)})",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke run: 5 s measured, 1 s warm-up, no observability-off run, 100,000 members re-evaluated",
+    )
     parser.add_argument(
         "--no-console", action="store_true", help="skip the console page times (bench/console.py)"
     )
@@ -98,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.duration, args.warmup = 5.0, 1.0
         args.reeval_members = min(args.reeval_members, 100_000)
+        args.no_observability_off = True
+    if args.no_observability_off:
+        args.observability_off = ""
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
@@ -152,6 +196,13 @@ async def run(args: argparse.Namespace) -> None:
                 "baselines": scripts,
                 "api_workers": API_WORKERS,
                 "db_pool_size_per_worker": args.pool_size or "= clients",
+                "references": []
+                if args.no_minimal
+                else [r for r in REFERENCES if not (args.no_bare and r != "minimal-select")],
+                "observability_off": _split(args.observability_off),
+                "check_runs": args.check_runs if checkout else 0,
+                "consume_clients": clients if checkout else [],
+                "profile": args.profile,
                 "granian_command": stack.Granian(API_FACTORY, {}).command()[1:],
             },
             started_at=_now(),
@@ -159,13 +210,15 @@ async def run(args: argparse.Namespace) -> None:
         probe = CpuProbe(api_pid=None, postmaster_pid=postmaster)
         await _baselines(result, url, scripts, clients, args.duration, seeded.programme_id, probe)
         prepared = False
+        references = result.settings["references"]
+        observed = [name for name in _split(args.observability_off) if name in names]
         for n in clients if names else []:
             # A fresh server per client count, its pool sized for it (see --pool-size).
             env = stack.api_env(settings, url, args.pool_size or n)
-            if not args.no_minimal:
-                with stack.Granian(MINIMAL_FACTORY, env, workers=API_WORKERS) as server:
+            for reference in references:
+                with stack.Granian(REFERENCE_FACTORIES[reference], env, workers=API_WORKERS) as server:
                     server.start("/accounts/1001")
-                    await _http(result, server, "", ["minimal-select"], n, args, url, postmaster)
+                    await _http(result, server, "", [reference], n, args, url, postmaster)
             with stack.Granian(API_FACTORY, env, workers=API_WORKERS) as server:
                 server.start("/health/ready")
                 if "events" in names and not prepared:
@@ -174,13 +227,13 @@ async def run(args: argparse.Namespace) -> None:
                     )
                     prepared = True
                 await _http(result, server, seeded.keys["ecommerce"], names, n, args, url, postmaster)
-            if not args.no_observability_off:
+            if observed:
                 # The same workloads on an API with metrics and request ids off: their cost, in one run.
                 off_env = {**env, "LOYALTY_METRICS_ENABLED": "false"}
                 with stack.Granian(API_FACTORY, off_env, workers=API_WORKERS) as server:
                     server.start("/health/ready")
                     await _http(
-                        result, server, seeded.keys["ecommerce"], names, n, args, url, postmaster,
+                        result, server, seeded.keys["ecommerce"], observed, n, args, url, postmaster,
                         suffix=OBSERVABILITY_OFF,
                     )  # fmt: skip
         for n in batch_clients if batch else []:
@@ -197,21 +250,29 @@ async def run(args: argparse.Namespace) -> None:
                 f"  {measured.members} members in {measured.seconds:.1f} s: {measured.members_per_s:.0f} members/s"
             )
         if checkout:
+            consume_clients = clients or [16]
             _say(
-                f"checkout: open loop at {checkout_bench.RATE}/s, its own database {checkout_bench.DATABASE} ..."
+                f"checkout: open loop at {checkout_bench.RATE:.0f}/s ({args.check_runs} runs), then consume at "
+                f"{','.join(map(str, consume_clients))} clients, its own database {checkout_bench.DATABASE} ..."
             )
             measured_checkout = await checkout_bench.run(
                 rate=checkout_bench.RATE,
                 duration=args.duration,
                 warmup=args.warmup,
-                consume_clients=16,
+                consume_clients=consume_clients,
                 data_dir=args.data_dir,
                 settings=settings,
+                check_runs=args.check_runs,
+                postmaster=postmaster,
+                profile=_profile_file(CONSUME, consume_clients[-1]) if args.profile == CONSUME else None,
+                profiles=result.profiles,
             )
             result.checkout = [asdict(m) for m in measured_checkout]
             result.checkout_text = checkout_bench.render(measured_checkout)
         result.consistency = await _consistency(url, seeded.programme_id)
         result.finished_at = _now()
+    if args.profile and not any(p["workload"] == args.profile for p in result.profiles):
+        _say(f"--profile {args.profile}: that workload did not run, so it was not profiled")
     report.evaluate(result, clients)
     print()
     print(report.render(result))
@@ -277,6 +338,8 @@ async def _http(
         _say(
             f"  {row.units_per_s:.0f} {row.unit}/s, p99 {row.main_latency.p99_ms:.1f} ms, statuses {row.statuses}"
         )
+        if name == args.profile and clients == max(_counts(args)) and not suffix:
+            await _profiled(result, server, workload, name, clients, args, url)
         if name == "events" and args.events_load > 0 and row.units_per_s and not suffix:
             # The closed loop measures the ceiling: its latency is mostly the queue (clients / rate).
             # The latency a sender sees below the ceiling is measured at a fixed rate.
@@ -287,7 +350,7 @@ async def _http(
             await _checkpoint(url)
             fixed = await checkout_bench.open_loop(
                 target.host, target.port, workloads.event_requests(target), rate=rate, warmup=args.warmup,
-                duration=args.duration, pool=clients, ok_status=201,
+                duration=args.duration, pool=clients, ok_status=201, probe=probe,
             )  # fmt: skip
             result.events_open.append(
                 {**asdict(fixed), "name": "events", "clients": clients, "share": args.events_load}
@@ -295,6 +358,54 @@ async def _http(
             _say(
                 f"  p50 {fixed.p50_ms:.1f} ms, p99 {fixed.p99_ms:.1f} ms, {fixed.ok}/{fixed.sent} answered 201"
             )
+
+
+def _counts(args: argparse.Namespace) -> list[int]:
+    """The client counts the workload runs at (batch-earn has its own)."""
+    return [int(n) for n in _split(args.clients)] + [int(n) for n in _split(args.batch_clients)]
+
+
+def _profile_file(workload: str, clients: int) -> Path:
+    slug = workload.replace("+", "-")
+    return report.RESULTS_FILE.parent / f"profile-{slug}-{clients}.speedscope.json"
+
+
+async def _profiled(
+    result: Report,
+    server: stack.Granian,
+    workload: workloads.Workload,
+    name: str,
+    clients: int,
+    args: argparse.Namespace,
+    url: str,
+) -> None:
+    """The workload once more, its API workers sampled by py-spy; its rate is not a measurement
+    (sampling costs the workers a little), the profile is."""
+    assert server.process is not None
+    path = _profile_file(name, clients)
+    _say(f"{name}, {clients} clients, under py-spy -> {path} ...")
+    await _checkpoint(url)
+    profiler = profiling.Profiler(server.process.pid, path)
+    await profiler.start()
+    try:
+        measured = await drive(
+            server.host, server.port, workload.operation, clients=clients, warmup=0.0,
+            duration=args.duration, probe=CpuProbe(api_pid=None, postmaster_pid=None),
+        )  # fmt: skip
+    finally:
+        await profiler.stop()
+    summary = profiling.summarize(path)
+    rate = measured.ops * workload.units_per_op / measured.seconds
+    result.profiles.append(
+        {
+            "workload": name,
+            "clients": clients,
+            "file": str(path),
+            "rate_under_profiler": rate,
+            **asdict(summary),
+        }
+    )
+    _say(f"  {summary.samples} samples at {rate:.0f} {workload.unit}/s")
 
 
 async def _batch_unavailable(url: str, target: Target) -> str | None:

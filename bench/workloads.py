@@ -12,7 +12,7 @@ import random
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bench.httpload import HttpConnection, Operation, Recorder, encode_request
 
@@ -204,6 +204,9 @@ def build(name: str, target: Target) -> Workload:
         "hold+capture": lambda: hold_capture(target),
         "batch-earn": lambda: batch_earn(target),
         "minimal-select": lambda: minimal_select(target),
+        # The same request to the raw ASGI apps of bench/bare_app.py: the bare-stack ceiling.
+        "bare-http": lambda: replace(minimal_select(target), name="bare-http"),
+        "bare-select": lambda: replace(minimal_select(target), name="bare-select"),
         "events": lambda: events(target),
     }
     if name not in factories:
@@ -216,3 +219,8 @@ HTTP_WORKLOADS = ("earn-spread", "earn-hot", "spend", "hold+capture", "batch-ear
 TIER_REEVAL = "tier-reeval"
 # Not a closed-loop HTTP workload: the checkout check driven open-loop (bench/checkout.py).
 CHECKOUT = "checkout"
+# The references every target is a ratio to, served by their own apps (bench/minimal_app.py,
+# bench/bare_app.py), in this order: HTTP alone, HTTP + one SELECT, the same through Litestar.
+REFERENCES = ("bare-http", "bare-select", "minimal-select")
+# Measured inside the checkout benchmark (bench/checkout.py), closed loop; --profile accepts it.
+CONSUME = "consume"
