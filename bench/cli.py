@@ -41,6 +41,9 @@ API_WORKERS = 2
 # write (where a fixed cost shows most) and the heaviest.
 OBSERVABILITY_WORKLOADS = "earn-spread,events"
 PROFILEABLE = (*REFERENCES, *HTTP_WORKLOADS, CONSUME)
+# The pgbench scripts the printed ratios divide by; the others (engine earn-hot, engine spend)
+# run when named in --baselines.
+DEFAULT_BASELINES = "raw earn-spread,raw earn-hot,raw spend,engine earn-spread"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,8 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--baselines",
-        default=",".join(pgbench.SCRIPTS),
-        help="pgbench scripts, comma-separated; '' for none",
+        default=None,
+        help=f"pgbench scripts, comma-separated, '' for none (default: those the ratios use, {DEFAULT_BASELINES}; "
+        f"--quick: none; all: {','.join(pgbench.SCRIPTS)})",
     )
     parser.add_argument(
         "--pool-size",
@@ -97,9 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--observability-off",
-        default=OBSERVABILITY_WORKLOADS,
+        default=None,
         help="workloads run again on an API with metrics and request ids off (LOYALTY_METRICS_ENABLED="
-        f"false), comma-separated ({OBSERVABILITY_WORKLOADS}; '' for none)",
+        f"false), comma-separated ({OBSERVABILITY_WORKLOADS}; --quick: none; '' for none)",
     )
     parser.add_argument(
         "--no-observability-off", action="store_true", help="the same as --observability-off ''"
@@ -122,7 +126,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: 5 s measured, 1 s warm-up, no observability-off run, 100,000 members re-evaluated",
+        help="smoke run: 5 s measured, 1 s warm-up, no pgbench baselines and no observability-off run "
+        "unless named, 100,000 members re-evaluated",
     )
     parser.add_argument(
         "--no-console", action="store_true", help="skip the console page times (bench/console.py)"
@@ -139,9 +144,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         args.duration, args.warmup = 5.0, 1.0
         args.reeval_members = min(args.reeval_members, 100_000)
-        args.no_observability_off = True
-    if args.no_observability_off:
-        args.observability_off = ""
+        if args.baselines is None:
+            args.baselines = ""
+        if args.observability_off is None:
+            args.observability_off = ""
+    if args.baselines is None:
+        args.baselines = DEFAULT_BASELINES
+    if args.observability_off is None or args.no_observability_off:
+        args.observability_off = OBSERVABILITY_WORKLOADS if not args.no_observability_off else ""
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
@@ -338,7 +348,7 @@ async def _http(
         _say(
             f"  {row.units_per_s:.0f} {row.unit}/s, p99 {row.main_latency.p99_ms:.1f} ms, statuses {row.statuses}"
         )
-        if name == args.profile and clients == max(_counts(args)) and not suffix:
+        if name == args.profile and clients == _profiled_clients(args, name) and not suffix:
             await _profiled(result, server, workload, name, clients, args, url)
         if name == "events" and args.events_load > 0 and row.units_per_s and not suffix:
             # The closed loop measures the ceiling: its latency is mostly the queue (clients / rate).
@@ -360,9 +370,9 @@ async def _http(
             )
 
 
-def _counts(args: argparse.Namespace) -> list[int]:
-    """The client counts the workload runs at (batch-earn has its own)."""
-    return [int(n) for n in _split(args.clients)] + [int(n) for n in _split(args.batch_clients)]
+def _profiled_clients(args: argparse.Namespace, name: str) -> int:
+    """A profile is taken at the largest client count the workload runs at (batch-earn has its own)."""
+    return max(int(n) for n in _split(args.batch_clients if name == "batch-earn" else args.clients))
 
 
 def _profile_file(workload: str, clients: int) -> Path:

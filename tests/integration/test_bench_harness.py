@@ -13,7 +13,7 @@ import pytest
 from bench.bare_app import BareApp
 from bench.cpu import CpuShare
 from bench.profiling import NATIVE, package, summarize
-from bench.report import BaselineRow, HttpRow, Latency, Report, cpu_ms_per_op, evaluate
+from bench.report import BaselineRow, HttpRow, Latency, Report, cpu_ms_per_op, evaluate, render
 
 pytestmark = pytest.mark.asyncio
 
@@ -57,7 +57,18 @@ def _report() -> Report:
             "cpu_ms_per_op": {"client": 0.05, "api": 0.4, "postgres": 0.5, "own": 0.95, "other": 0.0},
         },
     ]
-    report.events_open = [{"clients": 64, "share": 0.5, "rate": 500.0, "p99_ms": 31.0, "sent": 10, "ok": 10}]
+    report.events_open = [
+        {
+            "clients": 64,
+            "share": 0.5,
+            "rate": 500.0,
+            "p50_ms": 9.0,
+            "p99_ms": 31.0,
+            "max_ms": 40.0,
+            "sent": 10,
+            "ok": 10,
+        }
+    ]
     return report
 
 
@@ -102,6 +113,28 @@ async def test_latency_targets() -> None:
     check = checks[("checkout-check p99 ms at 1000/s, median of 3", None)]
     assert (check.value, check.passed) == (4.5, True)
     assert "9.00, 3.00, 4.50" in check.evidence
+
+
+async def test_the_printout_gives_each_target_its_verdict_and_a_failure_its_measurement() -> None:
+    report = _report()
+    report.machine.update(cpu_model="x", memory_gb=1, postgresql="18", python="3.11")
+    evaluate(report, [16, 64])
+    lines = render(report).splitlines()
+    events = next(
+        i for i, line in enumerate(lines) if line.startswith("events / minimal-select") and " 64 " in line
+    )
+    assert lines[events].endswith("FAIL")
+    assert lines[events + 1].strip().startswith("why: CPU/op 2.00 ms")
+    spread = next(
+        i
+        for i, line in enumerate(lines)
+        if line.startswith("earn-spread / minimal-select") and " 64 " in line
+    )
+    assert lines[spread].endswith("pass")
+    # The share targets come before the other targets.
+    assert spread < next(i for i, line in enumerate(lines) if line.startswith("earn-hot / earn-spread"))
+    passed = sum(1 for c in report.checks if c.passed)
+    assert f"{passed} of {sum(1 for c in report.checks if c.passed is not None)} targets met" in lines
 
 
 async def test_the_raw_sql_ratio_is_informative_now() -> None:
