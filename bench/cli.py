@@ -1,6 +1,6 @@
 """`python -m bench`: seed a fresh database, run pgbench baselines and the HTTP workloads, report.
 
-python -m bench                       # the full run (~20 s per measurement, under 20 minutes)
+python -m bench                       # the full run (~20 s per measurement; ~20 min on 2 quiet cores)
 python -m bench --quick               # a smoke run (~5 s per measurement, fewer of them)
 python -m bench --workloads earn-spread,earn-hot --clients 16 --duration 10
 python -m bench --workloads events,tier-reeval --baselines '' --clients 16 --duration 10
@@ -150,8 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.observability_off = ""
     if args.baselines is None:
         args.baselines = DEFAULT_BASELINES
-    if args.observability_off is None or args.no_observability_off:
-        args.observability_off = OBSERVABILITY_WORKLOADS if not args.no_observability_off else ""
+    if args.no_observability_off:
+        args.observability_off = ""
+    elif args.observability_off is None:
+        args.observability_off = OBSERVABILITY_WORKLOADS
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
