@@ -199,6 +199,167 @@ async def record(
     return False, result
 
 
+# Plans of an optimistic read that went stale before its write, retried before the event
+# goes the transactional way (which waits for the member's locks instead).
+_OPTIMISTIC_ATTEMPTS = 3
+
+
+async def record_event(conn: AsyncConnection, who: Principal, req: s.EventIn) -> tuple[bool, s.EventResult]:
+    """POST /v1/events: ``record``'s effect and answer, in two round trips when it can.
+
+    ``conn`` is the request's connection, in a transaction not begun yet (SQLAlchemy begins it
+    at its first statement). The optimistic path runs on its driver connection outside any
+    transaction: one read without locks (repository.read_for_event), the plan made here on
+    what it read, and one call that writes it all (repository.write_event), refused as stale
+    if the member's facts or tier row changed since the read. A replay is one round trip.
+
+    The event goes the transactional way, ``record`` in ``conn``'s transaction, when the plan
+    needs what the read does not carry (a refund, a configuration not cached, a member's
+    benefit multiplier, a promotion that pays a bonus), when the ledger does not pay an earn as
+    planned, and after _OPTIMISTIC_ATTEMPTS stale reads."""
+    config = cached_config(conn, who.programme_id)
+    if (
+        req.type != "order_refunded"
+        and config is not None
+        and not (config.has_multipliers and config.rules.get(req.type))
+    ):
+        driver = (await conn.get_raw_connection()).driver_connection
+        # Only outside a transaction is each call its own (a caller's open one would hold it).
+        if driver is not None and not driver.is_in_transaction():
+            for _ in range(_OPTIMISTIC_ATTEMPTS):
+                try:
+                    answer = await _record_optimistic(driver, who, req, config)
+                except repository.StaleRead:
+                    continue
+                except repository.NeedsTransaction:
+                    break
+                if answer is None:
+                    break
+                return answer
+    return await record(conn, who, req)
+
+
+async def _record_optimistic(
+    driver: Any, who: Principal, req: s.EventIn, config: EventConfig
+) -> tuple[bool, s.EventResult] | None:
+    """One read, a plan, one write; None when the event needs the transactional way."""
+    now = now_utc()
+    try:
+        occurred_at = check_event(req, config.settings["custom_event_types"], now)
+    except InvalidInput:
+        return None  # the transactional way refuses it on the current settings
+    payload = msgspec.to_builtins(req)
+    day = local_day(occurred_at, who.timezone)
+    is_order = req.type == "order_completed"
+    spend = (req.amount or 0) if is_order else None
+    event_view = {**payload, "amount": req.amount}
+    candidates = [_prefilter(rule, event_view, occurred_at, day) for rule in config.rules.get(req.type, ())]
+    usage = [
+        (c.rule.row["id"], *period) for c in candidates if isinstance(c, _Candidate) for period in c.periods
+    ]
+    read = await repository.read_for_event(
+        driver,
+        who.programme_id,
+        req.member_id,
+        req.event_id,
+        now=now,
+        day=day,
+        order_at=occurred_at if is_order else None,
+        spend=spend,
+        usage=usage,
+    )
+    if read["member_id"] is None:
+        raise member_not_found(req.member_id)
+    if read["config_version"] != config.version:
+        return None  # the transactional way loads the configuration again
+    if read["stored"]:
+        stored = read["stored_response"]
+        return True, _replayed(
+            req,
+            payload,
+            {
+                "payload": msgspec.json.decode(read["stored_payload"]),
+                "response": None if stored is None else msgspec.json.decode(stored),
+            },
+        )
+    member_id = read["member_id"]
+    row = _ReadRow(read)
+    tier_row = None if read["tier_row"] is None else {k: read[k] for k in repository.TIER_ROW}
+    used = {(rule_id, period): points for rule_id, period, points in msgspec.json.decode(read["usage"])}
+    base = row_to_facts(row, now=now)
+    qualifies = core.in_window(day, read["window_start"], who.timezone)
+    no_multiplier = _NoMultiplier()
+    slots: list[s.RuleOutcome | _Plan] = [
+        await _plan_rule(req, c, base, used, no_multiplier) if isinstance(c, _Candidate) else c
+        for c in candidates
+    ]
+    plans = [slot for slot in slots if isinstance(slot, _Plan)]
+    planned = [(p.grant, bool(p.rule["qualifying"])) for p in plans]
+    facts = _counted(base, planned, qualifies=qualifies)
+    tier = _tier_writes(
+        config, tier_row, facts, now=now, who=who, member_id=member_id, external_id=req.member_id
+    )
+    if not tier.here:
+        return None  # a promotion's bonus is an earn of its own: assess_member writes it
+    earns = {i: _earn_args(who, req, i, plan) for i, plan in _indexed(slots)}
+    outcomes: list[s.RuleOutcome] = [
+        _outcome(slot, slot.grant, None, pending=earns[i]["pending"]) if isinstance(slot, _Plan) else slot
+        for i, slot in enumerate(slots)
+    ]
+    result = build_result(req, occurred_at, outcomes, None, facts, tier.change, False)
+    event = {
+        "event_id": req.event_id,
+        "type": req.type,
+        "occurred_at": occurred_at,
+        "order_ref": req.order_ref,
+        "amount": req.amount,
+        "currency": req.currency,
+        "channel": req.channel,
+        "payload": payload,
+    }
+    replayed, results = await repository.write_event(
+        driver,
+        who.programme_id,
+        member_id,
+        config_version=config.version,
+        facts_xmin=read["facts_xmin"],
+        tier_xmin=read["tier_xmin"],
+        event=event,
+        facts_values=read["facts_values"],
+        day=day,
+        spend=spend,
+        usage=usage,
+        amount=req.amount,
+        earns=list(earns.values()),
+        tier=tier.row,
+        tier_new=tier_row is None,
+        history=tier.history,
+        events=tier.events,
+        outcome=outcome_json(result, _qualifying(planned)),
+        response=msgspec.to_builtins(result),
+    )
+    if replayed:
+        raise repository.StaleRead("the event was recorded meanwhile")  # the next read replays it
+    done = iter(results)
+    outcomes = [_earned(slot, next(done)) if isinstance(slot, _Plan) else slot for slot in slots]
+    return False, msgspec.structs.replace(result, rules=outcomes)
+
+
+class _ReadRow:
+    """read_for_event's record as facts.row_to_facts reads a row (attributes and _mapping)."""
+
+    def __init__(self, record: Any) -> None:
+        self._mapping = dict(record)
+        self.__dict__.update(self._mapping)
+
+
+class _NoMultiplier:
+    """The multiplier of a programme without multiplier benefits."""
+
+    async def get(self) -> Fraction:
+        return Fraction(1)
+
+
 @dataclasses.dataclass(slots=True)
 class _TierWrites:
     """What activity_event_apply writes of the member's tier, as plan_tier decided it."""
@@ -239,7 +400,11 @@ def _tier_writes(
 async def _replay(
     conn: AsyncConnection, who: Principal, req: s.EventIn, payload: Any, simulate: bool
 ) -> s.EventResult:
-    stored = await repository.stored_event(conn, who.programme_id, req.event_id)
+    return _replayed(req, payload, await repository.stored_event(conn, who.programme_id, req.event_id))
+
+
+def _replayed(req: s.EventIn, payload: Any, stored: dict[str, Any] | None) -> s.EventResult:
+    """The stored answer of an event id seen before, if this is the same event."""
     if stored is None or stored["payload"] != payload or stored["response"] is None:
         raise Conflict(
             "This event_id was already used with a different event.",
@@ -302,7 +467,7 @@ async def _plan_rule(
     candidate: _Candidate,
     facts: Facts,
     used: dict[tuple[int, str], int],
-    multiplier: MemberMultiplier,
+    multiplier: MemberMultiplier | _NoMultiplier,
 ) -> s.RuleOutcome | _Plan:
     """The rule's condition on the member's facts, its formula and caps: an outcome when it
     earns nothing, else a plan."""

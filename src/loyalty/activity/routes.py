@@ -11,8 +11,8 @@ from litestar.middleware.base import DefineMiddleware
 from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty.activity import recording, service
 from loyalty.activity import schemas as s
-from loyalty.activity import service
 from loyalty.activity.replay_routes import ReplayController
 from loyalty.auth.core import Principal
 from loyalty.ledger.routes import READ, STAFF_READ, WRITE, _spec
@@ -25,7 +25,7 @@ TAGGERS = allow("crm", "operator")
 
 
 async def _record(conn: AsyncConnection, who: Principal, data: s.EventIn) -> tuple[bool, bytes]:
-    replayed, result = await service.record(conn, who, data)
+    replayed, result = await recording.record_event(conn, who, data)
     return replayed, msgspec.json.encode(result)
 
 
