@@ -856,8 +856,9 @@ _READ_FOR_EVENT, _READ_NAMES = _positional(
     SELECT p.config_version, mm.id AS member_id, mm.enrolled_at, CAST(mm.attributes AS text) AS attributes,
            CAST(ev.payload AS text) AS stored_payload, CAST(ev.response AS text) AS stored_response,
            ev.id IS NOT NULL AS stored,
-           v.qualifying_points, v.spend, v.orders, v.lifetime_points, v.lifetime_spend, v.lifetime_orders,
-           v.last_order_at, v.recency_score, v.frequency_score, v.monetary_score, v.lifecycle, v.window_start,
+           vf.qualifying_points, vf.spend, vf.orders, vf.lifetime_points, vf.lifetime_spend,
+           vf.lifetime_orders, vf.last_order_at, vf.recency_score, vf.frequency_score, vf.monetary_score,
+           vf.lifecycle, vf.window_start,
            CAST(to_jsonb(v) AS text) AS facts_values,
            old.tags, CAST(old.xmin AS text)::bigint AS facts_xmin,
            tl.tier, tl.rank, tl.ladder_version, tl.achieved_at, tl.valid_until, tl.grace_until, tl.pin_kind,
@@ -872,6 +873,8 @@ _READ_FOR_EVENT, _READ_NAMES = _positional(
     LEFT JOIN members mm ON mm.programme_id = p.id AND mm.external_id = :external
     LEFT JOIN member_events ev ON ev.programme_id = p.id AND ev.event_id = :event_id
     LEFT JOIN v ON v.member_id = mm.id
+    -- As the columns type them (sums are numeric until stored).
+    LEFT JOIN LATERAL jsonb_populate_record(NULL::member_facts, to_jsonb(v)) vf ON true
     LEFT JOIN member_facts old ON old.programme_id = p.id AND old.member_id = mm.id
     LEFT JOIN member_tiers tl ON tl.programme_id = p.id AND tl.member_id = mm.id
     WHERE p.id = :p
