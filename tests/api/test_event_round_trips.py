@@ -20,7 +20,7 @@ from loyalty.activity import recording, repository
 from loyalty.activity import schemas as s
 from loyalty.auth.core import Principal
 from tests.api.helpers import Api
-from tests.api.test_events import event, order, setup
+from tests.api.test_events import event, order, rule, setup
 from tests.api.test_tiers import published
 
 
@@ -188,3 +188,45 @@ async def test_concurrent_events_on_one_member_lose_no_update(
             {"p": api.programme.id},
         )
         assert sum(r[0] for r in stored) == earned
+
+
+async def test_a_budget_paying_less_than_planned_writes_nothing_and_goes_the_transactional_way(
+    api: Api, engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 1,200 planned, 899 left in the budget, silver from 1,000: the write refuses, the
+    # transactional path counts what was earned and decides the tier on it (no promotion).
+    await api.budget("base", cap=900)
+    await api.enrol("m1")
+    await rule(api)
+    await published(api)
+    who = _who(api)
+    await _record(engine, who, order("m1", 100))  # loads the configuration; earns 1
+    refused: list[str] = []
+    write_event = repository.write_event
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await write_event(*args, **kwargs)
+        except repository.NeedsTransaction as exc:
+            refused.append(str(exc))
+            raise
+
+    monkeypatch.setattr(repository, "write_event", counted)
+    answer = await _record(engine, who, order("m1", 120_000, event_id="e-big"))
+    assert len(refused) == 1
+    [outcome] = answer.rules
+    assert (outcome.status, outcome.points, outcome.requested) == ("partial", 899, 1200)
+    assert answer.facts["qualifying_points"] == 900 and answer.tier is None
+    assert (await api.balance("m1"))["available"] == 900
+    async with engine.connect() as conn:
+        rows = (
+            await conn.execute(
+                text(
+                    "SELECT count(*), sum(points) FROM member_events WHERE programme_id = :p AND event_id = 'e-big'"
+                ),
+                {"p": api.programme.id},
+            )
+        ).one()
+    assert tuple(rows) == (1, 899)
+    facts = (await api.get("/v1/members/m1/facts")).json()["facts"]
+    assert facts["orders"] == 2 and facts["spend"] == 120_100 and facts["lifetime_points"] == 900
