@@ -14,9 +14,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from loyalty.activity import schemas as s
 from loyalty.activity import service
 from loyalty.activity.replay_routes import ReplayController
-from loyalty.auth.core import Principal
-from loyalty.ledger.routes import READ, STAFF_READ, WRITE, _spec
-from loyalty.web import JSON, TransactionLane, allow
+from loyalty.http.lanes import JSON, TransactionLane, allow
+from loyalty.http.principal import Principal
+from loyalty.http.routes import READ, STAFF_READ, WRITE
+from loyalty.http.routes import posted_spec as _spec
 
 EVENT_SENDER_ROLES = ("ecommerce", "crm", "operator")
 EVENT_SENDERS = allow(*EVENT_SENDER_ROLES)

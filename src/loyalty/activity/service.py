@@ -20,10 +20,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from loyalty import audit
 from loyalty.activity import core, repository
 from loyalty.activity import schemas as s
-from loyalty.activity.facts import facts_to_json, load_facts, row_to_facts
-from loyalty.auth.core import Principal
 from loyalty.benefits import service as benefits
 from loyalty.errors import Conflict, DomainError, InvalidInput, NotFound
+from loyalty.facts.repository import facts_to_json, load_facts, row_to_facts
+from loyalty.http.principal import Principal
 from loyalty.ledger import schemas as ls
 from loyalty.ledger import service as ledger
 from loyalty.ledger.errors import ledger_error

@@ -9,9 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.auth import schemas as s
 from loyalty.auth import service
-from loyalty.auth.core import Principal
-from loyalty.ledger.routes import READ, WRITE
-from loyalty.web import allow
+from loyalty.http.lanes import allow
+from loyalty.http.principal import Principal
+from loyalty.http.routes import READ, WRITE
 
 
 class ApiKeyController(Controller):

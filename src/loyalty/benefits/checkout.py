@@ -21,14 +21,14 @@ import asyncpg
 import msgspec
 
 from loyalty import rules
-from loyalty.activity.facts import row_to_facts
-from loyalty.auth.core import Principal
 from loyalty.benefits import core, repository
 from loyalty.benefits import schemas as s
 from loyalty.benefits.service import parsed_rule, source_view
 from loyalty.errors import InvalidInput, NotFound
+from loyalty.facts.repository import row_to_facts
+from loyalty.http.lanes import require_role, send_json
+from loyalty.http.principal import Principal
 from loyalty.rules.facts import Facts
-from loyalty.web import require_role, send_json
 
 _ENCODE = msgspec.json.Encoder()
 _DECODE = msgspec.json.Decoder()
@@ -77,7 +77,7 @@ class CatalogueCache:
 
 
 class _Row:
-    """An asyncpg record seen as the SQLAlchemy row activity.facts.row_to_facts expects."""
+    """An asyncpg record seen as the SQLAlchemy row facts.repository.row_to_facts expects."""
 
     __slots__ = ("_mapping",)
 

@@ -7,37 +7,33 @@ from typing import Annotated, Any
 
 from asyncpg.pool import PoolConnectionProxy
 from litestar import Controller, Response, get, post
-from litestar.di import NamedDependency, Provide
+from litestar.di import NamedDependency
 from litestar.middleware.base import DefineMiddleware
-from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty.auth.core import Principal
-from loyalty.edge import PathId, TransactionKind
-from loyalty.ledger import schemas as s
-from loyalty.ledger import service
-from loyalty.programmes import repository as programmes
-from loyalty.web import (
+from loyalty.http.edge import PathId, TransactionKind
+from loyalty.http.lanes import (
     IdempotencyKey,
     PostingCall,
     PostingLane,
     allow,
     posted,
-    provide_posting,
-    provide_read,
-    provide_tx,
 )
-
-WRITE = {"tx": Provide(provide_tx)}
-# Routes whose write is a single posting-function call (see web.provide_posting).
-POSTING = {"tx": Provide(provide_posting)}
-READ = {"tx": Provide(provide_read)}
-ECOMMERCE_ROLES = ("ecommerce", "operator")
-GRANTS_ROLES = ("ecommerce", "marketing", "operator")
-ECOMMERCE = allow(*ECOMMERCE_ROLES)
-GRANTS = allow(*GRANTS_ROLES)
-STAFF_READ = allow("operator", "ecommerce", "crm", "marketing")
+from loyalty.http.principal import Principal
+from loyalty.http.routes import (
+    ECOMMERCE,
+    ECOMMERCE_ROLES,
+    GRANTS,
+    GRANTS_ROLES,
+    POSTING,
+    READ,
+    STAFF_READ,
+    posted_spec,
+)
+from loyalty.ledger import schemas as s
+from loyalty.ledger import service
+from loyalty.programmes import repository as programmes
 
 
 def _lane(
@@ -65,12 +61,6 @@ VOID_LANE = _lane(
 )
 
 
-def _spec(model: type, status: int = 201) -> dict[int, ResponseSpec]:
-    return {
-        status: ResponseSpec(data_container=model, description="Posted (or replayed: Idempotent-Replayed)")
-    }
-
-
 class PointsController(Controller):
     path = "/v1"
     tags = ["ledger"]
@@ -80,7 +70,7 @@ class PointsController(Controller):
         dependencies=POSTING,
         guards=[GRANTS],
         middleware=EARN_LANE,
-        responses=_spec(s.EarnResult),
+        responses=posted_spec(s.EarnResult),
         status_code=201,
     )
     async def earn(
@@ -97,7 +87,7 @@ class PointsController(Controller):
         "/earn/batch",
         dependencies=POSTING,
         guards=[GRANTS],
-        responses=_spec(s.BatchEarnResult),
+        responses=posted_spec(s.BatchEarnResult),
         status_code=201,
         request_max_body_size=32 * 1024 * 1024,
     )
@@ -116,7 +106,7 @@ class PointsController(Controller):
         dependencies=POSTING,
         guards=[ECOMMERCE],
         middleware=SPEND_LANE,
-        responses=_spec(s.SpendResult),
+        responses=posted_spec(s.SpendResult),
         status_code=201,
     )
     async def spend(
@@ -134,7 +124,7 @@ class PointsController(Controller):
         dependencies=POSTING,
         guards=[ECOMMERCE],
         middleware=HOLD_LANE,
-        responses=_spec(s.HoldResult),
+        responses=posted_spec(s.HoldResult),
         status_code=201,
     )
     async def hold(
@@ -152,7 +142,7 @@ class PointsController(Controller):
         dependencies=POSTING,
         middleware=CAPTURE_LANE,
         guards=[ECOMMERCE],
-        responses=_spec(s.HoldResult, 200),
+        responses=posted_spec(s.HoldResult, 200),
         status_code=200,
     )
     async def capture(
@@ -171,7 +161,7 @@ class PointsController(Controller):
         dependencies=POSTING,
         middleware=VOID_LANE,
         guards=[ECOMMERCE],
-        responses=_spec(s.HoldResult, 200),
+        responses=posted_spec(s.HoldResult, 200),
         status_code=200,
     )
     async def void(
@@ -194,7 +184,7 @@ class PointsController(Controller):
         "/clawbacks",
         dependencies=POSTING,
         guards=[ECOMMERCE],
-        responses=_spec(s.ClawbackResult),
+        responses=posted_spec(s.ClawbackResult),
         status_code=201,
     )
     async def clawback(
@@ -211,7 +201,7 @@ class PointsController(Controller):
         "/adjustments",
         dependencies=POSTING,
         guards=[allow("operator")],
-        responses=_spec(s.AdjustResult),
+        responses=posted_spec(s.AdjustResult),
         status_code=201,
     )
     async def adjust(
@@ -228,7 +218,7 @@ class PointsController(Controller):
         "/transfers",
         dependencies=POSTING,
         guards=[allow("ecommerce", "crm", "operator")],
-        responses=_spec(s.TransferResult),
+        responses=posted_spec(s.TransferResult),
         status_code=201,
     )
     async def transfer(
@@ -318,7 +308,7 @@ class BudgetController(Controller):
     tags = ["budgets"]
 
     @post(
-        "/", dependencies=POSTING, guards=[allow("operator")], responses=_spec(s.BudgetView), status_code=201
+        "/", dependencies=POSTING, guards=[allow("operator")], responses=posted_spec(s.BudgetView), status_code=201
     )
     async def create(
         self,
@@ -347,7 +337,7 @@ class BudgetController(Controller):
         "/{code:str}/top-up",
         dependencies=POSTING,
         guards=[allow("operator")],
-        responses=_spec(s.BudgetView),
+        responses=posted_spec(s.BudgetView),
         status_code=201,
     )
     async def top_up(
@@ -364,7 +354,7 @@ class BudgetController(Controller):
         "/moves",
         dependencies=POSTING,
         guards=[allow("operator")],
-        responses=_spec(s.BudgetMoveResult),
+        responses=posted_spec(s.BudgetMoveResult),
         status_code=201,
     )
     async def move(
@@ -381,7 +371,7 @@ class BudgetController(Controller):
         "/{code:str}/close",
         dependencies=POSTING,
         guards=[allow("operator")],
-        responses=_spec(s.BudgetView, 200),
+        responses=posted_spec(s.BudgetView, 200),
         status_code=200,
     )
     async def close(

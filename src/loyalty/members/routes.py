@@ -10,15 +10,15 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty.auth.core import Principal
-from loyalty.edge import TransactionKind
+from loyalty.http.edge import TransactionKind
+from loyalty.http.lanes import IdempotencyKey, allow, posted
+from loyalty.http.principal import Principal
+from loyalty.http.routes import READ, STAFF_READ, WRITE, posted_spec
+from loyalty.idempotency import Posted
 from loyalty.ledger import schemas as ls
 from loyalty.ledger import service as ledger
-from loyalty.ledger.repository import Posted
-from loyalty.ledger.routes import READ, STAFF_READ, WRITE, _spec
 from loyalty.members import schemas as s
 from loyalty.members import service
-from loyalty.web import IdempotencyKey, allow, posted
 
 MEMBER_WRITE = allow("crm", "ecommerce", "operator")
 
@@ -27,7 +27,7 @@ class MemberController(Controller):
     path = "/v1/members"
     tags = ["members"]
 
-    @post("/", dependencies=WRITE, guards=[MEMBER_WRITE], responses=_spec(s.MemberView), status_code=201)
+    @post("/", dependencies=WRITE, guards=[MEMBER_WRITE], responses=posted_spec(s.MemberView), status_code=201)
     async def enrol(
         self,
         tx: NamedDependency[AsyncConnection],

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from loyalty.ledger.schemas import ExternalId, Strict
+from loyalty.fields import ExternalId, Strict
 
 Attributes = Annotated[dict[str, Any], Meta(description="CRM attributes: any JSON object, at most 64 keys.")]
 

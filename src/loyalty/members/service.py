@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty import audit
 from loyalty.auth import core as auth
-from loyalty.auth.core import Principal
 from loyalty.errors import InvalidInput, NotFound
+from loyalty.http.principal import Principal
 from loyalty.ledger import core as ledger_core
 from loyalty.ledger import repository as ledger
 from loyalty.members import repository

@@ -11,11 +11,11 @@ from litestar.params import QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty.auth.core import Principal
-from loyalty.ledger.routes import READ
+from loyalty.http.lanes import allow
+from loyalty.http.principal import Principal
+from loyalty.http.routes import READ
 from loyalty.reports import schemas as s
 from loyalty.reports import service
-from loyalty.web import allow
 
 # The same readers as GET /v1/reports/liability: these figures are the programme's finances.
 REPORT_ROLES = ("operator",)

@@ -35,10 +35,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from loyalty import rules
-from loyalty.activity.facts import fact_columns, facts_from
-from loyalty.activity.models import ActivitySettings
-from loyalty.events.models import DomainEvent
+from loyalty.facts.models import ActivitySettings
+from loyalty.facts.repository import fact_columns, facts_from
 from loyalty.members.models import Member
+from loyalty.outbox.models import DomainEvent
 from loyalty.programmes.models import Programme
 from loyalty.tiers import core
 from loyalty.tiers.definition import LadderSpec, grace_end_at

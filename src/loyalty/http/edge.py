@@ -282,7 +282,7 @@ class ProblemDocs(OpenAPIPlugin):
 
     def provide_openapi_schema(self) -> dict[str, Any]:
         if not self._openapi_schema:
-            from loyalty.web import PUBLIC_PATHS
+            from loyalty.http.lanes import PUBLIC_PATHS
 
             self._openapi_schema = document_problems(self.provide_openapi().to_schema(), PUBLIC_PATHS)
         return self._openapi_schema

@@ -16,11 +16,11 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from litestar.params import HeaderParameter
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from loyalty.auth.core import Principal
-from loyalty.auth.service import Authenticator
-from loyalty.edge import nul_field
 from loyalty.errors import Forbidden, InvalidInput
-from loyalty.ledger.repository import Posted, PostingConnection
+from loyalty.http.edge import nul_field
+from loyalty.http.ports import Authenticator
+from loyalty.http.principal import Principal
+from loyalty.idempotency import Posted, PostingConnection
 
 PUBLIC_PATHS = {"/health/live", "/health/ready"}
 JSON = "application/json"
