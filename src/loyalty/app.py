@@ -24,8 +24,9 @@ from loyalty.benefits.routes import ROUTES as BENEFIT_ROUTES
 from loyalty.console import web as console_web
 from loyalty.db import create_engine, create_posting_pool
 from loyalty.http import health, problems, ratelimit, security
-from loyalty.http.edge import MAX_BODY, EdgeChecks, ProblemDocs
+from loyalty.http.edge import MAX_BODY, EdgeChecks
 from loyalty.http.lanes import PUBLIC_PATHS, AuthMiddleware, provide_principal, strict_body
+from loyalty.http.openapi import ProblemDocs
 from loyalty.imports.routes import build_routes as import_routes
 from loyalty.jobs.routes import ROUTES as JOB_ROUTES
 from loyalty.ledger.routes import ROUTES as LEDGER_ROUTES

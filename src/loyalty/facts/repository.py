@@ -34,6 +34,7 @@ def _owned_elsewhere(name: str) -> Table:
     imported before a query is built (models_registry, the app's routes)."""
     return Base.metadata.tables[name]
 
+
 _ATTRIBUTES = msgspec.json.Decoder(float_hook=Decimal)
 _INTEGER_FACTS = (
     "qualifying_points",

@@ -40,6 +40,7 @@ def _posting_statement(function: str, params: tuple[str, ...]) -> Any:
 
 _DRIVER_SQL: dict[tuple[str, int], str] = {}
 
+
 async def post(conn: PostingConnection, function: str, **params: Any) -> Posted:
     """Calls one posting function; a business failure comes back as a domain error. Counted in
     the ledger operation metrics by kind and outcome."""

@@ -29,11 +29,12 @@ from loyalty.http.routes import (
     POSTING,
     READ,
     STAFF_READ,
-    posted_spec,
+)
+from loyalty.http.routes import (
+    posted_spec as _spec,
 )
 from loyalty.ledger import schemas as s
 from loyalty.ledger import service
-from loyalty.programmes import repository as programmes
 
 
 def _lane(
@@ -70,7 +71,7 @@ class PointsController(Controller):
         dependencies=POSTING,
         guards=[GRANTS],
         middleware=EARN_LANE,
-        responses=posted_spec(s.EarnResult),
+        responses=_spec(s.EarnResult),
         status_code=201,
     )
     async def earn(
@@ -87,7 +88,7 @@ class PointsController(Controller):
         "/earn/batch",
         dependencies=POSTING,
         guards=[GRANTS],
-        responses=posted_spec(s.BatchEarnResult),
+        responses=_spec(s.BatchEarnResult),
         status_code=201,
         request_max_body_size=32 * 1024 * 1024,
     )
@@ -106,7 +107,7 @@ class PointsController(Controller):
         dependencies=POSTING,
         guards=[ECOMMERCE],
         middleware=SPEND_LANE,
-        responses=posted_spec(s.SpendResult),
+        responses=_spec(s.SpendResult),
         status_code=201,
     )
     async def spend(
@@ -124,7 +125,7 @@ class PointsController(Controller):
         dependencies=POSTING,
         guards=[ECOMMERCE],
         middleware=HOLD_LANE,
-        responses=posted_spec(s.HoldResult),
+        responses=_spec(s.HoldResult),
         status_code=201,
     )
     async def hold(
@@ -142,7 +143,7 @@ class PointsController(Controller):
         dependencies=POSTING,
         middleware=CAPTURE_LANE,
         guards=[ECOMMERCE],
-        responses=posted_spec(s.HoldResult, 200),
+        responses=_spec(s.HoldResult, 200),
         status_code=200,
     )
     async def capture(
@@ -161,7 +162,7 @@ class PointsController(Controller):
         dependencies=POSTING,
         middleware=VOID_LANE,
         guards=[ECOMMERCE],
-        responses=posted_spec(s.HoldResult, 200),
+        responses=_spec(s.HoldResult, 200),
         status_code=200,
     )
     async def void(
@@ -184,7 +185,7 @@ class PointsController(Controller):
         "/clawbacks",
         dependencies=POSTING,
         guards=[ECOMMERCE],
-        responses=posted_spec(s.ClawbackResult),
+        responses=_spec(s.ClawbackResult),
         status_code=201,
     )
     async def clawback(
@@ -201,7 +202,7 @@ class PointsController(Controller):
         "/adjustments",
         dependencies=POSTING,
         guards=[allow("operator")],
-        responses=posted_spec(s.AdjustResult),
+        responses=_spec(s.AdjustResult),
         status_code=201,
     )
     async def adjust(
@@ -218,7 +219,7 @@ class PointsController(Controller):
         "/transfers",
         dependencies=POSTING,
         guards=[allow("ecommerce", "crm", "operator")],
-        responses=posted_spec(s.TransferResult),
+        responses=_spec(s.TransferResult),
         status_code=201,
     )
     async def transfer(
@@ -308,7 +309,7 @@ class BudgetController(Controller):
     tags = ["budgets"]
 
     @post(
-        "/", dependencies=POSTING, guards=[allow("operator")], responses=posted_spec(s.BudgetView), status_code=201
+        "/", dependencies=POSTING, guards=[allow("operator")], responses=_spec(s.BudgetView), status_code=201
     )
     async def create(
         self,
@@ -337,7 +338,7 @@ class BudgetController(Controller):
         "/{code:str}/top-up",
         dependencies=POSTING,
         guards=[allow("operator")],
-        responses=posted_spec(s.BudgetView),
+        responses=_spec(s.BudgetView),
         status_code=201,
     )
     async def top_up(
@@ -354,7 +355,7 @@ class BudgetController(Controller):
         "/moves",
         dependencies=POSTING,
         guards=[allow("operator")],
-        responses=posted_spec(s.BudgetMoveResult),
+        responses=_spec(s.BudgetMoveResult),
         status_code=201,
     )
     async def move(
@@ -371,7 +372,7 @@ class BudgetController(Controller):
         "/{code:str}/close",
         dependencies=POSTING,
         guards=[allow("operator")],
-        responses=posted_spec(s.BudgetView, 200),
+        responses=_spec(s.BudgetView, 200),
         status_code=200,
     )
     async def close(
@@ -385,17 +386,4 @@ class BudgetController(Controller):
         return posted(await service.close_budget(tx, who, code, idempotency_key), 200)
 
 
-class ReportController(Controller):
-    path = "/v1/reports"
-    tags = ["reports"]
-
-    @get("/liability", dependencies=READ, guards=[allow("operator")])
-    async def liability(
-        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal]
-    ) -> s.LiabilityReport:
-        """Outstanding points and their money value, and breakage to date, by budget."""
-        programme = await programmes.by_id(tx, who.programme_id)
-        return await service.liability(tx, who, programme["currency"])
-
-
-ROUTES = [PointsController, MemberPointsController, BudgetController, ReportController]
+ROUTES = [PointsController, MemberPointsController, BudgetController]

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty import audit
-from loyalty.auth import core as auth
 from loyalty.errors import InvalidInput, NotFound
 from loyalty.http.principal import Principal
 from loyalty.ledger import core as ledger_core
@@ -147,18 +145,3 @@ def _decode_cursor(cursor: str) -> str:
     if not raw.startswith("m:") or len(raw) < 3:
         raise InvalidInput("cursor", "is not a cursor this API returned")
     return raw[2:]
-
-
-async def issue_token(conn: AsyncConnection, who: Principal, req: s.TokenRequest, secret: str) -> s.TokenView:
-    if await repository.get(conn, who.programme_id, req.member_id) is None:
-        raise _not_found(req.member_id)
-    token, expires = auth.issue_member_token(
-        secret=secret,
-        programme_id=who.programme_id,
-        programme_code=who.programme_code,
-        member_external_id=req.member_id,
-        ttl_seconds=req.ttl_seconds,
-    )
-    return s.TokenView(
-        token=token, member_id=req.member_id, expires_at=datetime.fromtimestamp(expires, tz=UTC)
-    )
