@@ -1,20 +1,21 @@
-"""What an idempotent write answers, and the connections a posting function runs on.
+"""Idempotent writes, in pure terms: what identifies a request (its fingerprint) and what a
+write answered (Posted: the JSON body as it was first sent, and whether this is a replay).
 
-Shared by the ledger (which makes the calls), the HTTP lanes (which send the answer as it came)
-and every route that answers a posting.
+Shared by the ledger (whose posting functions store them under the client's Idempotency-Key),
+the registry's writes, the imports and the HTTP lanes, which send the answer as it came.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import TypeAlias
 
-import asyncpg
-from sqlalchemy.ext.asyncio import AsyncConnection
+import msgspec
 
-# A posting function runs on a SQLAlchemy connection (inside a request's transaction) or on a
-# raw asyncpg connection of the posting pool (its own statement, autocommitted).
-PostingConnection: TypeAlias = AsyncConnection | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
+
+def fingerprint(operation: str, payload: object) -> bytes:
+    """What identifies a request for idempotency: the operation and its canonical payload."""
+    return hashlib.sha256(operation.encode() + b"\0" + msgspec.json.encode(payload)).digest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,11 +16,12 @@ from litestar.middleware import AbstractAuthenticationMiddleware, Authentication
 from litestar.params import HeaderParameter
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from loyalty.db import PostingConnection
 from loyalty.errors import Forbidden, InvalidInput
 from loyalty.http.edge import nul_field
 from loyalty.http.ports import Authenticator
 from loyalty.http.principal import Principal
-from loyalty.idempotency import Posted, PostingConnection
+from loyalty.idempotency import Posted
 
 PUBLIC_PATHS = {"/health/live", "/health/ready"}
 JSON = "application/json"

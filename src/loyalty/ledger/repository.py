@@ -11,7 +11,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty.idempotency import Posted, PostingConnection
+from loyalty.db import PostingConnection
+from loyalty.idempotency import Posted
 from loyalty.ledger.errors import ledger_error
 from loyalty.observability.metrics import metered_post
 

@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from loyalty import audit
 from loyalty.errors import InvalidInput, NotFound
 from loyalty.http.principal import Principal
-from loyalty.ledger import core as ledger_core
+from loyalty.idempotency import fingerprint as request_fingerprint
 from loyalty.ledger import repository as ledger
 from loyalty.members import repository
 from loyalty.members import schemas as s
@@ -39,7 +39,7 @@ def _not_found(member_id: str) -> NotFound:
 async def enrol(
     conn: AsyncConnection, who: Principal, req: s.MemberCreate, key: str | None
 ) -> tuple[bool, bytes]:
-    fingerprint = ledger_core.fingerprint("enrol", req)
+    fingerprint = request_fingerprint("enrol", req)
     stored = await ledger.claim_key(conn, who.programme_id, key, fingerprint)
     if stored is not None:
         return True, stored.encode()
