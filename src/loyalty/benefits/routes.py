@@ -3,17 +3,16 @@ marketing and CRM read who has what, customers see their own."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from litestar import Controller, get, patch, post, put
 from litestar.di import NamedDependency
-from litestar.middleware.base import DefineMiddleware
 from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.benefits import schemas as s
 from loyalty.benefits import service
-from loyalty.benefits.checkout import CHANNEL_MAX_LENGTH, MEMBER_ID_MAX_LENGTH, CheckLane
+from loyalty.benefits.checkout import CHECK_BENEFIT, CHECKOUT_ROLES
 from loyalty.http.edge import PathId
 from loyalty.http.lanes import allow
 from loyalty.http.principal import Principal
@@ -24,10 +23,8 @@ from loyalty.members import service as members
 OPERATOR = allow("operator")
 CAMPAIGNS = allow("operator", "marketing")
 GRANTS = allow("operator", "crm")
-CHECKOUT_ROLES = ("ecommerce", "operator")
 CHECKOUT = allow(*CHECKOUT_ROLES)
 MARKETING_READ = allow("operator", "marketing", "crm")
-CHECK_LANE = [DefineMiddleware(CheckLane, roles=CHECKOUT_ROLES)]
 
 
 class BenefitController(Controller):
@@ -65,16 +62,6 @@ class BenefitController(Controller):
         data: JSONBody[s.BenefitUpdate],
     ) -> s.BenefitView:
         return await service.update(tx, who, code, data)
-
-    @get("/{code:str}/check", guards=[CHECKOUT], middleware=CHECK_LANE)
-    async def check(
-        self,
-        code: FromPath[str],
-        member_id: Annotated[str, QueryParameter(min_length=1, max_length=MEMBER_ID_MAX_LENGTH)],
-        channel: Annotated[str | None, QueryParameter(max_length=CHANNEL_MAX_LENGTH)] = None,
-    ) -> s.CheckResult:  # pragma: no cover - served by CheckLane
-        """May this member use the benefit now (on this channel)? Yes/no, the reason, the quota left."""
-        raise NotImplementedError
 
     @post("/{code:str}/consume", dependencies=WRITE, guards=[CHECKOUT], status_code=201)
     async def consume(
@@ -249,7 +236,8 @@ class MyBenefitsController(Controller):
         return await service.entitlements(tx, who, who.member_external_id or "")
 
 
-ROUTES = [
+ROUTES: list[Any] = [
+    CHECK_BENEFIT.handler(),
     BenefitController,
     TierBenefitController,
     CampaignController,
