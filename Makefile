@@ -24,7 +24,7 @@ help:
 	@echo "make bench-console the console's page times on the demo and a 1M-member programme (also in make bench)"
 	@echo "make bench-members  member search and the Member 360's reads on a 1M-member programme"
 	@echo "make screenshots  the console's browser tests, saving docs/console/*.png"
-	@echo "make lint      ruff check + ruff format --check"
+	@echo "make lint      ruff check + ruff format --check + lint-imports (the layers, pyproject.toml)"
 	@echo "make typecheck mypy"
 	@echo "make fmt       ruff format + ruff check --fix"
 	@echo "make clean     remove .venv, caches and the test servers' data (keeps .loyalty/ data)"
@@ -76,6 +76,7 @@ screenshots: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-logo
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

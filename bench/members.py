@@ -25,8 +25,8 @@ from sqlalchemy import text
 
 from bench import stack
 from bench.reports import new_programme, timed
-from loyalty.auth.core import Principal
 from loyalty.db import create_engine
+from loyalty.http.principal import Principal
 
 DATABASE = "loyalty_bench_members"
 RESULTS = Path(__file__).resolve().parent / "results" / "members.json"

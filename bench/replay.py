@@ -33,7 +33,7 @@ DRAFT = [
 
 
 async def seed(url: str, events: int, members: int) -> int:
-    from loyalty.auth.core import Principal
+    from loyalty.http.principal import Principal
     from loyalty.ledger import schemas, service
     from loyalty.programmes.service import create_programme
 
@@ -124,7 +124,7 @@ async def raw_scan(url: str, programme_id: int, since: datetime, until: datetime
 
 async def run(args: argparse.Namespace) -> int:
     from loyalty.activity import replay
-    from loyalty.auth.core import Principal
+    from loyalty.http.principal import Principal
 
     with stack.servers(args.data_dir) as settings:
         assert settings.database_url is not None

@@ -177,7 +177,7 @@ async def seed_reeval(url: str, members: int) -> int:
 async def publish_ladder(url: str, programme_id: int) -> None:
     import msgspec
 
-    from loyalty.auth.core import Principal
+    from loyalty.http.principal import Principal
     from loyalty.tiers import schemas, service
 
     engine = create_engine(url, pool_size=1)

@@ -13,7 +13,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import Redis
 
 import loyalty
-from loyalty import apidocs, health, problems, ratelimit, security
+from loyalty import apidocs
 from loyalty.activity.routes import ROUTES as ACTIVITY_ROUTES
 from loyalty.audit.routes import ROUTES as AUDIT_ROUTES
 from loyalty.auth.revocation import RevocationListener
@@ -23,7 +23,10 @@ from loyalty.benefits.checkout import CatalogueCache
 from loyalty.benefits.routes import ROUTES as BENEFIT_ROUTES
 from loyalty.console import web as console_web
 from loyalty.db import create_engine, create_posting_pool
-from loyalty.edge import MAX_BODY, EdgeChecks, ProblemDocs
+from loyalty.http import health, problems, ratelimit, security
+from loyalty.http.edge import MAX_BODY, EdgeChecks
+from loyalty.http.lanes import PUBLIC_PATHS, AuthMiddleware, StrictRequest, provide_principal
+from loyalty.http.openapi import ProblemDocs
 from loyalty.imports.routes import build_routes as import_routes
 from loyalty.jobs.routes import ROUTES as JOB_ROUTES
 from loyalty.ledger.routes import ROUTES as LEDGER_ROUTES
@@ -34,7 +37,6 @@ from loyalty.reports.routes import ROUTES as REPORT_ROUTES
 from loyalty.segments.routes import ROUTES as SEGMENT_ROUTES
 from loyalty.settings import Settings, ensure_secret_key
 from loyalty.tiers.routes import ROUTES as TIER_ROUTES
-from loyalty.web import PUBLIC_PATHS, AuthMiddleware, StrictRequest, provide_principal
 from loyalty.webhooks.routes import ROUTES as WEBHOOK_ROUTES
 
 

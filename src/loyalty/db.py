@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import asyncpg
 from sqlalchemy import MetaData
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlalchemy.orm import DeclarativeBase
 
 NAMING_CONVENTION = {
@@ -20,6 +28,12 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 class Base(DeclarativeBase):
     metadata = metadata
+
+
+# A posting function runs on a SQLAlchemy connection (inside a caller's transaction: jobs,
+# tests, the demo) or on a plain asyncpg connection of the posting pool (the HTTP write path,
+# where the call is its own transaction).
+PostingConnection: TypeAlias = AsyncConnection | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
 def async_url(url: str) -> str:

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from loyalty.activity import recording, repository
 from loyalty.activity import schemas as s
-from loyalty.auth.core import Principal
+from loyalty.http.principal import Principal
 from tests.api.helpers import Api
 from tests.api.test_events import event, order, rule, setup
 from tests.api.test_tiers import published

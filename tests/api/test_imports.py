@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from loyalty.app import create_app
-from loyalty.edge import MAX_BODY
+from loyalty.http.edge import MAX_BODY
 from loyalty.imports import repository, tasks
 from loyalty.ledger.verify import verify
 from loyalty.settings import Settings

@@ -14,9 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from loyalty import cli
 from loyalty.app import create_app
-from loyalty.auth.core import Principal
 from loyalty.auth.revocation import RevocationListener
 from loyalty.auth.service import KeyCache, create_api_key
+from loyalty.http.principal import Principal
 from loyalty.settings import Settings
 from tests.api.helpers import Api, problem
 from tests.support import Programme

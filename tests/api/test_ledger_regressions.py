@@ -63,8 +63,8 @@ async def test_void_after_a_refund_into_debt_pays_the_debt_first(
 async def test_concurrent_refunds_of_one_order_take_it_back_once(
     programme: Programme, engine, client
 ) -> None:
-    from loyalty.auth.core import Principal
     from loyalty.errors import Unprocessable
+    from loyalty.http.principal import Principal
     from loyalty.ledger import schemas as s
     from loyalty.ledger import service
 
@@ -134,8 +134,8 @@ async def test_expired_points_are_never_spent_even_before_the_expiry_job(
 async def test_close_racing_top_ups_and_moves_leaves_nothing_in_the_closed_budget(
     client, programme: Programme, engine
 ) -> None:
-    from loyalty.auth.core import Principal
     from loyalty.errors import DomainError
+    from loyalty.http.principal import Principal
     from loyalty.ledger import schemas as s
     from loyalty.ledger import service
 

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from loyalty.app import create_app
 from loyalty.db import async_url, plain_url
-from loyalty.problems import unavailable_service
+from loyalty.http.problems import unavailable_service
 from loyalty.settings import Settings
 from tests.support import Programme, make_programme, new_key
 

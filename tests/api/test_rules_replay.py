@@ -214,7 +214,7 @@ async def test_the_replay_transaction_is_read_only(api: Api, engine: AsyncEngine
     await seed(api, [SPEND])
     import msgspec
 
-    from loyalty.auth.core import Principal
+    from loyalty.http.principal import Principal
 
     who = Principal(programme_id=api.programme.id, programme_code=api.programme.code, role="operator")
     req = msgspec.convert(body([SPEND]), replay.ReplayIn)

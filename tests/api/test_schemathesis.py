@@ -388,7 +388,7 @@ def test_fast_routes_enforce_exactly_what_they_document(
     an unknown field, a missing Idempotency-Key) is refused with a 4xx before anything is
     written. A limit enforced but not documented, or documented but not enforced, fails it."""
     from loyalty.app import create_app
-    from loyalty.fast_routes import FastLane
+    from loyalty.http.fast_routes import FastLane
 
     app = create_app(settings)
     fast = {

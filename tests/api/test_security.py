@@ -13,8 +13,8 @@ import pytest
 import redis.asyncio
 from litestar.testing import AsyncTestClient
 
-from loyalty import ratelimit
 from loyalty.app import create_app
+from loyalty.http import ratelimit
 from loyalty.settings import Settings
 from tests.api.helpers import Api, problem
 from tests.support import Programme, new_key

@@ -239,7 +239,7 @@ async def test_backtest_movers_page_by_keyset_and_direction(
 ) -> None:
     import msgspec
 
-    from loyalty.auth.core import Principal
+    from loyalty.http.principal import Principal
     from loyalty.tiers import schemas as s
     from loyalty.tiers import service
 

@@ -14,8 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from loyalty import audit
 from loyalty.audit import core, service
-from loyalty.auth.core import Principal
 from loyalty.console.service import create_operator
+from loyalty.http.principal import Principal
 from loyalty.ledger import schemas as ledger_schemas
 from loyalty.ledger import service as ledger
 from loyalty.members import schemas as member_schemas

@@ -12,11 +12,11 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from loyalty.auth.core import Principal
 from loyalty.benefits import schemas as s
 from loyalty.benefits import service
 from loyalty.db import create_engine
 from loyalty.errors import Conflict
+from loyalty.http.principal import Principal
 from loyalty.members.schemas import MemberCreate
 from loyalty.members.service import enrol
 from tests.support import make_programme, new_key

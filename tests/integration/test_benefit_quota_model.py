@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from loyalty.auth.core import Principal
 from loyalty.benefits import schemas as s
 from loyalty.benefits import service
 from loyalty.errors import Conflict, NotFound
+from loyalty.http.principal import Principal
 from loyalty.members.schemas import MemberCreate
 from loyalty.members.service import enrol
 from tests.support import make_programme, new_key

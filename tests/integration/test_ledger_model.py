@@ -34,9 +34,9 @@ from hypothesis.stateful import (
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from loyalty.auth.core import Principal
 from loyalty.db import create_engine
 from loyalty.errors import DomainError
+from loyalty.http.principal import Principal
 from loyalty.ledger import core, repository, service
 from loyalty.ledger import schemas as s
 from loyalty.ledger.repository import Posted

@@ -33,7 +33,7 @@ async def test_purge_forgets_only_old_idempotency_keys(engine) -> None:
 
 
 async def test_jobs_void_timed_out_holds_vest_pending_points_and_expire_lots(engine) -> None:
-    from loyalty.auth.core import Principal
+    from loyalty.http.principal import Principal
     from loyalty.ledger import schemas as s
     from loyalty.ledger import service
     from loyalty.members import schemas as ms

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from loyalty.auth.core import Principal
 from loyalty.db import create_engine
 from loyalty.errors import DomainError
+from loyalty.http.principal import Principal
 from loyalty.ledger import schemas as ls
 from loyalty.ledger import service as ledger
 from loyalty.members import schemas as ms

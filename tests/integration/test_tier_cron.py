@@ -17,8 +17,8 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from loyalty import rules
-from loyalty.activity.facts import load_facts
-from loyalty.auth.core import Principal
+from loyalty.facts.repository import load_facts
+from loyalty.http.principal import Principal
 from loyalty.members import repository as members
 from loyalty.tiers import core, service, tasks
 from loyalty.tiers import schemas as s

@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from loyalty import rules
-from loyalty.activity.facts import load_facts
+from loyalty.facts.repository import load_facts
 from loyalty.tiers import core, service, tasks
 from loyalty.tiers.definition import LadderSpec, state_for
 from tests.integration.test_tier_cron import NOW, TZ, _setup, _stored, member_rows

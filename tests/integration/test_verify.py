@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from loyalty.auth.core import Principal
+from loyalty.http.principal import Principal
 from loyalty.ledger import repository, service
 from loyalty.ledger import schemas as s
 from loyalty.ledger.verify import CHECKS, run_cli, verify

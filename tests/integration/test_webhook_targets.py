@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from loyalty.app import create_app
-from loyalty.auth.core import Principal
+from loyalty.http.principal import Principal
 from loyalty.settings import Settings
 from loyalty.webhooks import schemas as ws
 from loyalty.webhooks import service, targets, tasks

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from loyalty.auth.core import Principal
+from loyalty.http.principal import Principal
 from loyalty.webhooks import core, repository, service, tasks
 from loyalty.webhooks import schemas as ws
 from loyalty.webhooks.targets import TargetPolicy

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from loyalty.audit import core
-from loyalty.auth.core import Principal
 from loyalty.errors import InvalidInput
+from loyalty.http.principal import Principal
 
 
 @given(

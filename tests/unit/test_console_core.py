@@ -69,7 +69,7 @@ def test_idle_expiry() -> None:
 
 
 def test_an_operator_principal_is_named_as_the_operator() -> None:
-    from loyalty.auth.core import Principal
+    from loyalty.http.principal import Principal
 
     who = Principal(programme_id=1, programme_code="p", role="operator", operator_id=7)
     assert who.actor == "operator:7"

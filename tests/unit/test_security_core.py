@@ -6,8 +6,8 @@ import pytest
 
 from loyalty.auth.service import parse_key_ref
 from loyalty.errors import InvalidInput
-from loyalty.ratelimit import Limits, verdict
-from loyalty.security import CorsPolicy
+from loyalty.http.ratelimit import Limits, verdict
+from loyalty.http.security import CorsPolicy
 from loyalty.webhooks.targets import TargetPolicy, address_kind
 
 

@@ -10,7 +10,7 @@ from loyalty import audit
 from loyalty.activity import core, repository
 from loyalty.activity import schemas as s
 from loyalty.activity.event_config import now_utc
-from loyalty.auth.core import Principal
+from loyalty.http.principal import Principal
 
 
 async def get_settings(conn: AsyncConnection, who: Principal) -> s.ActivitySettingsView:

@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from loyalty import audit
 from loyalty.activity import core, repository
 from loyalty.activity import schemas as s
-from loyalty.auth.core import Principal
 from loyalty.errors import Conflict, InvalidInput, NotFound
+from loyalty.http.principal import Principal
 from loyalty.rules import parse_rule
 
 

@@ -11,8 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.activity import schemas as s
 from loyalty.activity.event_config import EventConfig
-from loyalty.activity.facts import facts_to_json
-from loyalty.auth.core import Principal
+from loyalty.facts.repository import facts_to_json
+from loyalty.http.principal import Principal
 from loyalty.rules import Facts
 from loyalty.tiers import service as tiers
 

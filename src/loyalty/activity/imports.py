@@ -10,8 +10,8 @@ from loyalty.activity import repository
 from loyalty.activity import schemas as s
 from loyalty.activity.event_config import check_event, now_utc
 from loyalty.activity.recording import record
-from loyalty.auth.core import Principal
 from loyalty.errors import InvalidInput, NotFound
+from loyalty.http.principal import Principal
 
 
 async def import_events(conn: AsyncConnection, who: Principal, req: s.ImportRequest) -> s.ImportResult:

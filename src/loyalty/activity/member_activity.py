@@ -10,9 +10,9 @@ from loyalty import audit
 from loyalty.activity import repository
 from loyalty.activity import schemas as s
 from loyalty.activity.event_config import now_utc
-from loyalty.activity.facts import facts_to_json, load_facts
-from loyalty.auth.core import Principal
 from loyalty.errors import InvalidInput, NotFound
+from loyalty.facts.repository import facts_to_json, load_facts
+from loyalty.http.principal import Principal
 
 
 def member_not_found(member_id: str) -> NotFound:

@@ -24,12 +24,12 @@ from loyalty.activity.event_config import (
     now_utc,
 )
 from loyalty.activity.event_result import assess_tier, build_result, outcome_json, with_points
-from loyalty.activity.facts import row_to_facts
 from loyalty.activity.member_activity import member_not_found
 from loyalty.activity.refunds import record_refund
-from loyalty.auth.core import Principal
 from loyalty.benefits import service as benefits
 from loyalty.errors import Conflict, InvalidInput
+from loyalty.facts.repository import row_to_facts
+from loyalty.http.principal import Principal
 from loyalty.ledger import schemas as ls
 from loyalty.ledger import service as ledger
 from loyalty.ledger.errors import ledger_error

@@ -13,9 +13,9 @@ from loyalty.activity import core, repository
 from loyalty.activity import schemas as s
 from loyalty.activity.event_config import EventConfig, local_day
 from loyalty.activity.event_result import assess_tier, build_result, outcome_json, with_points
-from loyalty.activity.facts import row_to_facts
-from loyalty.auth.core import Principal
 from loyalty.errors import DomainError, InvalidInput
+from loyalty.facts.repository import row_to_facts
+from loyalty.http.principal import Principal
 from loyalty.ledger import schemas as ls
 from loyalty.ledger import service as ledger
 

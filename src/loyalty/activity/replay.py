@@ -29,11 +29,11 @@ from sqlalchemy import Text, and_, cast, func, literal, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.activity import core
-from loyalty.activity.facts import fact_columns, facts_from
 from loyalty.activity.models import MemberEvent
 from loyalty.activity.schemas import EarningRuleIn
-from loyalty.auth.core import Principal
 from loyalty.errors import InvalidInput
+from loyalty.facts.repository import fact_columns, facts_from
+from loyalty.http.principal import Principal
 from loyalty.members.models import Member
 from loyalty.rules import parse_rule, to_sql
 

@@ -11,9 +11,9 @@ from litestar.params import FromPath, JSONBody
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.activity import replay, replay_tasks
-from loyalty.auth.core import Principal
-from loyalty.ledger.routes import READ, WRITE
-from loyalty.web import allow
+from loyalty.http.lanes import allow
+from loyalty.http.principal import Principal
+from loyalty.http.routes import READ, WRITE
 
 
 class ReplayQueued(msgspec.Struct, kw_only=True):

@@ -13,8 +13,8 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from loyalty.activity import replay
-from loyalty.auth.core import Principal
 from loyalty.errors import NotFound
+from loyalty.http.principal import Principal
 from loyalty.jobs import repository as job_runs
 from loyalty.jobs import runs
 from loyalty.observability.metrics import job_context

@@ -13,10 +13,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from loyalty.activity import recording, service
 from loyalty.activity import schemas as s
 from loyalty.activity.replay_routes import ReplayController
-from loyalty.auth.core import Principal
-from loyalty.fast_routes import Arguments, FastRoute, Reply
-from loyalty.ledger.routes import READ, STAFF_READ, WRITE
-from loyalty.web import allow
+from loyalty.http.fast_routes import Arguments, FastRoute, Reply
+from loyalty.http.lanes import allow
+from loyalty.http.principal import Principal
+from loyalty.http.routes import READ, STAFF_READ, WRITE
 
 EVENT_SENDER_ROLES = ("ecommerce", "crm", "operator")
 EVENT_SENDERS = allow(*EVENT_SENDER_ROLES)

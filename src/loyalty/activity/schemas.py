@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from loyalty.ledger.schemas import Code, ExpiryIn, ExternalId, Strict
+from loyalty.fields import Code, ExpiryIn, ExternalId, Strict
 
 EventId = Annotated[str, Meta(min_length=1, max_length=200, description="The sender's id of the event.")]
 EventType = Annotated[str, Meta(pattern=r"^[a-z][a-z0-9_]{0,62}$")]

@@ -14,8 +14,8 @@ from typing import Any
 
 import msgspec
 
-from loyalty.auth.core import Principal
 from loyalty.errors import InvalidInput
+from loyalty.http.principal import Principal
 
 # Every action the service writes, and what it means. The API's ?action= filter and the
 # console's choices come from here; docs/audit.md lists them too.

@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.audit import core, service
 from loyalty.audit import schemas as s
-from loyalty.auth.core import Principal
-from loyalty.ledger.routes import READ
-from loyalty.web import allow
+from loyalty.http.lanes import allow
+from loyalty.http.principal import Principal
+from loyalty.http.routes import READ
 
 Since = Annotated[datetime | None, QueryParameter(description="Rows at or after this time (with offset).")]
 Until = Annotated[datetime | None, QueryParameter(description="Rows before this time (with offset).")]

@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from loyalty.audit import core, repository
 from loyalty.audit import schemas as s
 from loyalty.audit.repository import AuditConnection
-from loyalty.auth.core import Principal
 from loyalty.errors import InvalidInput
+from loyalty.http.principal import Principal
 from loyalty.observability.logs import request_id
 
 # A reason given for a whole unit of work (a console form's "why" field, say), used by the

@@ -5,39 +5,16 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
-from dataclasses import dataclass
-from typing import Literal
 
 import jwt
 
 from loyalty.errors import Unauthorized
+from loyalty.http.principal import Principal
+from loyalty.http.principal import Role as Role  # the roles, for callers of auth.core
 
-Role = Literal["operator", "ecommerce", "crm", "marketing", "member"]
 KEY_ROLES: tuple[str, ...] = ("operator", "ecommerce", "crm", "marketing")
 KEY_PREFIX = "lk_"
 TOKEN_AUDIENCE = "loyalty-member"
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: an API key of one programme and role, or a member's token."""
-
-    programme_id: int
-    programme_code: str
-    role: Role
-    key_id: int | None = None
-    member_external_id: str | None = None
-    timezone: str = "UTC"
-    # Set when an operator acts through the console (roles of the console: console/core.py).
-    operator_id: int | None = None
-
-    @property
-    def actor(self) -> str:
-        if self.operator_id is not None:
-            return f"operator:{self.operator_id}"
-        if self.member_external_id is not None:
-            return f"member:{self.member_external_id}"
-        return f"key:{self.key_id}:{self.role}"
 
 
 def new_api_key() -> tuple[str, str, bytes]:

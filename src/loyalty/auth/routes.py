@@ -1,17 +1,17 @@
-"""The programme's API keys: operators list them and revoke them."""
+"""The programme's API keys (operators list and revoke them) and member tokens (for customer apps)."""
 
 from __future__ import annotations
 
-from litestar import Controller, get, post
+from litestar import Controller, Request, get, post
 from litestar.di import NamedDependency
-from litestar.params import FromPath
+from litestar.params import FromPath, JSONBody
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.auth import schemas as s
 from loyalty.auth import service
-from loyalty.auth.core import Principal
-from loyalty.ledger.routes import READ, WRITE
-from loyalty.web import allow
+from loyalty.http.lanes import allow
+from loyalty.http.principal import Principal
+from loyalty.http.routes import READ, WRITE
 
 
 class ApiKeyController(Controller):
@@ -32,4 +32,20 @@ class ApiKeyController(Controller):
         return s.view(await service.revoke_api_key(tx, key_id=key_id, programme_id=who.programme_id, who=who))
 
 
-ROUTES = [ApiKeyController]
+class MemberTokenController(Controller):
+    path = "/v1/member-tokens"
+    tags = ["members"]
+
+    @post("/", dependencies=READ, guards=[allow("ecommerce", "crm")], status_code=201)
+    async def issue(
+        self,
+        request: Request,
+        tx: NamedDependency[AsyncConnection],
+        who: NamedDependency[Principal],
+        data: JSONBody[s.TokenRequest],
+    ) -> s.TokenView:
+        """A short-lived token with which a customer app reads that one member's points."""
+        return await service.issue_member_token(tx, who, data, request.app.state.settings.secret_key)
+
+
+ROUTES = [ApiKeyController, MemberTokenController]

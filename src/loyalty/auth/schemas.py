@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 import msgspec
+from msgspec import Meta
+
+from loyalty.fields import ExternalId, Strict
 
 
 class KeyView(msgspec.Struct):
@@ -29,3 +33,14 @@ def view(row: dict) -> KeyView:
         created_at=row["created_at"],
         revoked_at=row["revoked_at"],
     )
+
+
+class TokenRequest(Strict, kw_only=True):
+    member_id: ExternalId
+    ttl_seconds: Annotated[int, Meta(ge=60, le=86_400)] = 3600
+
+
+class TokenView(msgspec.Struct):
+    token: str
+    member_id: str
+    expires_at: datetime

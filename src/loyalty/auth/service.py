@@ -5,15 +5,19 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import OrderedDict
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from loyalty import audit
 from loyalty.auth import core, repository
+from loyalty.auth import schemas as s
 from loyalty.errors import InvalidInput, NotFound, Unauthorized
+from loyalty.members import service as members
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+    from loyalty.http.principal import Principal
     from loyalty.settings import Settings
 
 
@@ -241,3 +245,20 @@ def revoke_api_key_cli(settings: Settings, ref: str) -> dict[str, Any]:
         return await revoke_api_key(conn, key_id=key_id, prefix=prefix, who="cli")
 
     return dict(_on_cli_engine(settings, work))
+
+
+async def issue_member_token(
+    conn: AsyncConnection, who: Principal, req: s.TokenRequest, secret: str
+) -> s.TokenView:
+    """A short-lived token for one member of the caller's programme; a 404 if there is none."""
+    await members.get(conn, who, req.member_id)
+    token, expires = core.issue_member_token(
+        secret=secret,
+        programme_id=who.programme_id,
+        programme_code=who.programme_code,
+        member_external_id=req.member_id,
+        ttl_seconds=req.ttl_seconds,
+    )
+    return s.TokenView(
+        token=token, member_id=req.member_id, expires_at=datetime.fromtimestamp(expires, tz=UTC)
+    )

@@ -21,13 +21,13 @@ import msgspec
 from litestar.params import FromPath, QueryParameter
 
 from loyalty import rules
-from loyalty.activity.facts import row_to_facts
-from loyalty.auth.core import Principal
 from loyalty.benefits import core, repository
 from loyalty.benefits import schemas as s
 from loyalty.benefits.service import parsed_rule, source_view
 from loyalty.errors import NotFound
-from loyalty.fast_routes import Arguments, FastRoute, Reply
+from loyalty.facts.repository import row_to_facts
+from loyalty.http.fast_routes import Arguments, FastRoute, Reply
+from loyalty.http.principal import Principal
 from loyalty.rules.facts import Facts
 
 _ENCODE = msgspec.json.Encoder()
@@ -77,7 +77,7 @@ class CatalogueCache:
 
 
 class _Row:
-    """An asyncpg record seen as the SQLAlchemy row activity.facts.row_to_facts expects."""
+    """An asyncpg record seen as the SQLAlchemy row facts.repository.row_to_facts expects."""
 
     __slots__ = ("_mapping",)
 

@@ -17,7 +17,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty import rules
-from loyalty.activity.facts import fact_columns, facts_from
 from loyalty.benefits.core import BenefitDef
 from loyalty.benefits.models import (
     Benefit,
@@ -28,8 +27,9 @@ from loyalty.benefits.models import (
     TierBenefit,
 )
 from loyalty.errors import Conflict
-from loyalty.events.models import DomainEvent
+from loyalty.facts.repository import fact_columns, facts_from
 from loyalty.members.models import Member
+from loyalty.outbox.models import DomainEvent
 from loyalty.tiers.models import MemberTier
 
 benefits = cast(Table, Benefit.__table__)

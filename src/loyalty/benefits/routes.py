@@ -10,15 +10,15 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty.auth.core import Principal
 from loyalty.benefits import schemas as s
 from loyalty.benefits import service
 from loyalty.benefits.checkout import CHECK_BENEFIT, CHECKOUT_ROLES
-from loyalty.edge import PathId
+from loyalty.http.edge import PathId
+from loyalty.http.lanes import allow
+from loyalty.http.principal import Principal
+from loyalty.http.routes import READ, STAFF_READ, WRITE
 from loyalty.ledger import service as ledger
-from loyalty.ledger.routes import READ, STAFF_READ, WRITE
 from loyalty.members import service as members
-from loyalty.web import allow
 
 OPERATOR = allow("operator")
 CAMPAIGNS = allow("operator", "marketing")

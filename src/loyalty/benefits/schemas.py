@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from loyalty.ledger.schemas import Code, ExternalId, Reason, Reference, Strict
+from loyalty.fields import Code, ExternalId, Reason, Reference, Strict
 
 ConsumptionState = Literal["reserved", "committed", "released"]
 BenefitType = Literal["flag", "quota", "discount", "multiplier", "gift", "upgrade"]

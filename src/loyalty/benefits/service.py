@@ -16,12 +16,12 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty import audit, rules
-from loyalty.activity.facts import load_facts
-from loyalty.auth.core import Principal
 from loyalty.benefits import core, repository
 from loyalty.benefits import schemas as s
 from loyalty.errors import Conflict, DomainError, InvalidInput, NotFound
-from loyalty.events import repository as outbox
+from loyalty.facts.repository import load_facts
+from loyalty.http.principal import Principal
+from loyalty.outbox import repository as outbox
 from loyalty.segments import repository as segments
 
 REQUIRED_LANGUAGES = ("en", "zh-CN")

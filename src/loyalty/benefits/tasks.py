@@ -12,8 +12,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from loyalty.auth.core import Principal, Role
 from loyalty.benefits import repository, service
+from loyalty.http.principal import Principal, Role
 
 log = logging.getLogger("loyalty.benefits.tasks")
 GIFT_ACTOR_ROLE: Role = "operator"

@@ -9,7 +9,6 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty import audit
-from loyalty.auth.core import Principal
 from loyalty.console import repository
 from loyalty.console.core import (
     CONSOLE_ROLES,
@@ -24,6 +23,7 @@ from loyalty.console.core import (
 )
 from loyalty.console.passwords import MIN_LENGTH, hash_password, verify_password
 from loyalty.errors import Conflict, DomainError, InvalidInput, NotFound
+from loyalty.http.principal import Principal
 from loyalty.programmes import repository as programmes
 
 

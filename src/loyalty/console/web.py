@@ -27,11 +27,11 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.response import Redirect, Template
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from loyalty import problems
 from loyalty.console import service
 from loyalty.console.core import ALL_PERMISSIONS, csrf_ok, csrf_token, may
 from loyalty.console.service import ConsoleSession
 from loyalty.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, Unprocessable
+from loyalty.http import problems
 
 PREFIX = "/console"
 COOKIE = "loyalty_console"

@@ -20,8 +20,8 @@ from rich.progress import (
 )
 from sqlalchemy import select
 
-from loyalty.auth.core import Principal
 from loyalty.db import create_engine
+from loyalty.http.principal import Principal
 from loyalty.imports import core, repository, service, tasks
 from loyalty.imports.schemas import ImportResult
 from loyalty.jobs import runs

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from loyalty import decoding
+from loyalty import decoding, idempotency
 from loyalty.errors import InvalidInput
 from loyalty.imports.schemas import MemberRowIn
 from loyalty.ledger import core as ledger_core
@@ -220,7 +220,7 @@ def parse_points(header: list[str], cells: list[str], budget: str) -> PointsRow 
         reference=reference,
         reason=request.reason,
         key=points_key(reference),
-        fingerprint=ledger_core.fingerprint("earn", request),
+        fingerprint=idempotency.fingerprint("earn", request),
     )
 
 

@@ -11,13 +11,13 @@ from litestar.di import NamedDependency
 from litestar.params import QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty.auth.core import Principal
-from loyalty.edge import PathId
+from loyalty.fields import Code
+from loyalty.http.edge import PathId
+from loyalty.http.lanes import allow
+from loyalty.http.principal import Principal
+from loyalty.http.routes import READ, WRITE
 from loyalty.imports import core, service, tasks
 from loyalty.imports.schemas import ImportPage, ImportView
-from loyalty.ledger.routes import READ, WRITE
-from loyalty.ledger.schemas import Code
-from loyalty.web import allow
 
 CSV = "text/csv"
 # The edge accepts this body type on these routes instead of JSON (edge.EdgeChecks).

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from loyalty.fields import ExternalId, Strict
 from loyalty.jobs.schemas import JobStatus
-from loyalty.ledger.schemas import ExternalId, Strict
 from loyalty.members.schemas import Attributes
 
 

@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty import audit
-from loyalty.auth.core import Principal
 from loyalty.errors import Conflict, InvalidInput, NotFound
+from loyalty.http.principal import Principal
 from loyalty.imports import core, repository
 from loyalty.imports.schemas import ImportPage, ImportView
 from loyalty.jobs import repository as job_runs

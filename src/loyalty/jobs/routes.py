@@ -7,11 +7,11 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty.auth.core import Principal
+from loyalty.http.lanes import allow
+from loyalty.http.principal import Principal
+from loyalty.http.routes import READ
 from loyalty.jobs import service
 from loyalty.jobs.schemas import JobView
-from loyalty.ledger.routes import READ
-from loyalty.web import allow
 
 
 class JobController(Controller):

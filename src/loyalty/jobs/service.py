@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty.auth.core import Principal
 from loyalty.errors import NotFound
+from loyalty.http.principal import Principal
 from loyalty.jobs import repository
 from loyalty.jobs.schemas import JobView
 

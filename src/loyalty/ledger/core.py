@@ -4,15 +4,13 @@
 from __future__ import annotations
 
 import calendar
-import hashlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Literal
 from zoneinfo import ZoneInfo
 
-import msgspec
-
 from loyalty.errors import InvalidInput
+from loyalty.idempotency import fingerprint as fingerprint  # the ledger's callers use core.fingerprint
 
 Rounding = Literal["none", "month", "quarter", "year"]
 
@@ -63,8 +61,3 @@ def check_points(field: str, value: int, *, allow_negative: bool = False, allow_
     if abs(value) > MAX_POINTS:
         raise InvalidInput(field, f"must be at most {MAX_POINTS}")
     return value
-
-
-def fingerprint(operation: str, payload: object) -> bytes:
-    """What identifies a request for idempotency: the operation and its canonical payload."""
-    return hashlib.sha256(operation.encode() + b"\0" + msgspec.json.encode(payload)).digest()

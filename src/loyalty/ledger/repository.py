@@ -3,27 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeAlias
+from typing import Any
 
 import asyncpg
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty.db import PostingConnection
+from loyalty.idempotency import Posted
 from loyalty.ledger.errors import ledger_error
 from loyalty.observability.metrics import metered_post
 
 DOMAIN_SQLSTATE = "LY000"
-
-
-@dataclass(frozen=True, slots=True)
-class Posted:
-    """What a posting function answered: its JSON body, and whether it was a replay."""
-
-    replayed: bool
-    body: bytes
 
 
 def _domain_error(exc: DBAPIError) -> Exception | None:
@@ -47,10 +40,6 @@ def _posting_statement(function: str, params: tuple[str, ...]) -> Any:
 
 
 _DRIVER_SQL: dict[tuple[str, int], str] = {}
-
-# A posting function is called either on a plain asyncpg connection (the HTTP write path: the
-# call is its own transaction) or inside a caller's SQLAlchemy transaction (jobs, tests, the demo).
-PostingConnection: TypeAlias = AsyncConnection | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 
 
 async def post(conn: PostingConnection, function: str, **params: Any) -> Posted:

@@ -7,35 +7,25 @@ from typing import Annotated, Any
 
 from asyncpg.pool import PoolConnectionProxy
 from litestar import Controller, Response, get, post
-from litestar.di import NamedDependency, Provide
-from litestar.openapi.datastructures import ResponseSpec
+from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty.auth.core import Principal
-from loyalty.edge import PathId, TransactionKind
-from loyalty.fast_routes import Call, FastRoute, handlers
+from loyalty.http.edge import PathId, TransactionKind
+from loyalty.http.fast_routes import Call, FastRoute, handlers
+from loyalty.http.lanes import IdempotencyKey, allow, posted
+from loyalty.http.principal import Principal
+from loyalty.http.routes import (
+    ECOMMERCE_ROLES,
+    GRANTS,
+    GRANTS_ROLES,
+    POSTING,
+    READ,
+    STAFF_READ,
+)
+from loyalty.http.routes import posted_spec as _spec
 from loyalty.ledger import schemas as s
 from loyalty.ledger import service
-from loyalty.programmes import repository as programmes
-from loyalty.web import (
-    IdempotencyKey,
-    allow,
-    posted,
-    provide_posting,
-    provide_read,
-    provide_tx,
-)
-
-WRITE = {"tx": Provide(provide_tx)}
-# Routes whose write is a single posting-function call (see web.provide_posting).
-POSTING = {"tx": Provide(provide_posting)}
-READ = {"tx": Provide(provide_read)}
-ECOMMERCE_ROLES = ("ecommerce", "operator")
-GRANTS_ROLES = ("ecommerce", "marketing", "operator")
-ECOMMERCE = allow(*ECOMMERCE_ROLES)
-GRANTS = allow(*GRANTS_ROLES)
-STAFF_READ = allow("operator", "ecommerce", "crm", "marketing")
 
 
 def _fast(
@@ -108,12 +98,6 @@ FAST_ROUTES = (
         body=s.ClawbackRequest,
     ),
 )
-
-
-def _spec(model: type, status: int = 201) -> dict[int, ResponseSpec]:
-    return {
-        status: ResponseSpec(data_container=model, description="Posted (or replayed: Idempotent-Replayed)")
-    }
 
 
 class PointsController(Controller):
@@ -332,23 +316,9 @@ class BudgetController(Controller):
         return posted(await service.close_budget(tx, who, code, idempotency_key), 200)
 
 
-class ReportController(Controller):
-    path = "/v1/reports"
-    tags = ["reports"]
-
-    @get("/liability", dependencies=READ, guards=[allow("operator")])
-    async def liability(
-        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal]
-    ) -> s.LiabilityReport:
-        """Outstanding points and their money value, and breakage to date, by budget."""
-        programme = await programmes.by_id(tx, who.programme_id)
-        return await service.liability(tx, who, programme["currency"])
-
-
 ROUTES: list[Any] = [
     *handlers(*FAST_ROUTES),
     PointsController,
     MemberPointsController,
     BudgetController,
-    ReportController,
 ]

@@ -8,28 +8,10 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-Points = Annotated[int, Meta(ge=1, le=10**12, description="Whole points, at least 1.")]
+from loyalty.fields import Code, ExpiryIn, ExternalId, Points, Reason, Reference, Strict
+
 SignedPoints = Annotated[int, Meta(ge=-(10**12), le=10**12, description="Signed points: + credit, - debit.")]
-ExternalId = Annotated[str, Meta(min_length=1, max_length=128, description="The brand's own customer id.")]
-Reference = Annotated[
-    str, Meta(min_length=1, max_length=200, description="An external reference, e.g. an order id.")
-]
-Reason = Annotated[str, Meta(min_length=1, max_length=500)]
-Code = Annotated[
-    str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="lowercase code, e.g. 'spring-2026'")
-]
 Metadata = Annotated[dict[str, Any], Meta(description="Free-form JSON kept with the transaction.")]
-
-
-class Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    pass
-
-
-class ExpiryIn(Strict, kw_only=True):
-    days: Annotated[
-        int, Meta(ge=1, le=3650, description="Points expire this many days after they are earned.")
-    ]
-    round_to: Literal["none", "month", "quarter", "year"] = "none"
 
 
 class EarnRequest(Strict, kw_only=True):

@@ -15,8 +15,8 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty import audit
-from loyalty.auth.core import Principal
 from loyalty.errors import InvalidInput, NotFound
+from loyalty.http.principal import Principal
 from loyalty.ledger import core, repository
 from loyalty.ledger import schemas as s
 from loyalty.ledger.repository import Posted, PostingConnection

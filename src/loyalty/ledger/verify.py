@@ -257,7 +257,6 @@ async def run_cli(settings: Any, programme_code: str | None) -> int:
     A coroutine: the CLI runs the domain's hooks whether they are plain or async functions.
     """
     from loyalty.db import create_engine
-    from loyalty.programmes import repository as programmes
 
     engine = create_engine(settings.database_url, pool_size=1, max_overflow=0)
     try:
@@ -266,11 +265,12 @@ async def run_cli(settings: Any, programme_code: str | None) -> int:
             async with conn.begin():
                 programme_id: int | None = None
                 if programme_code is not None:
-                    programme = await programmes.by_code(conn, programme_code)
-                    if programme is None:
+                    programme_id = await conn.scalar(
+                        text("SELECT id FROM programmes WHERE code = :code"), {"code": programme_code}
+                    )
+                    if programme_id is None:
                         print(f"no programme {programme_code!r}")
                         return 1
-                    programme_id = int(programme["id"])
                 counts = await row_counts(conn, programme_id)
                 violations = await verify(conn, programme_id)
     finally:

@@ -5,20 +5,20 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from litestar import Controller, Request, Response, get, patch, post
+from litestar import Controller, Response, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty.auth.core import Principal
-from loyalty.edge import TransactionKind
+from loyalty.http.edge import TransactionKind
+from loyalty.http.lanes import IdempotencyKey, allow, posted
+from loyalty.http.principal import Principal
+from loyalty.http.routes import READ, STAFF_READ, WRITE, posted_spec
+from loyalty.idempotency import Posted
 from loyalty.ledger import schemas as ls
 from loyalty.ledger import service as ledger
-from loyalty.ledger.repository import Posted
-from loyalty.ledger.routes import READ, STAFF_READ, WRITE, _spec
 from loyalty.members import schemas as s
 from loyalty.members import service
-from loyalty.web import IdempotencyKey, allow, posted
 
 MEMBER_WRITE = allow("crm", "ecommerce", "operator")
 
@@ -27,7 +27,9 @@ class MemberController(Controller):
     path = "/v1/members"
     tags = ["members"]
 
-    @post("/", dependencies=WRITE, guards=[MEMBER_WRITE], responses=_spec(s.MemberView), status_code=201)
+    @post(
+        "/", dependencies=WRITE, guards=[MEMBER_WRITE], responses=posted_spec(s.MemberView), status_code=201
+    )
     async def enrol(
         self,
         tx: NamedDependency[AsyncConnection],
@@ -65,22 +67,6 @@ class MemberController(Controller):
     ) -> s.MemberView:
         """Merge attributes (a null value removes a key) or change the status."""
         return await service.update(tx, who, member_id, data)
-
-
-class MemberTokenController(Controller):
-    path = "/v1/member-tokens"
-    tags = ["members"]
-
-    @post("/", dependencies=READ, guards=[allow("ecommerce", "crm")], status_code=201)
-    async def issue(
-        self,
-        request: Request,
-        tx: NamedDependency[AsyncConnection],
-        who: NamedDependency[Principal],
-        data: JSONBody[s.TokenRequest],
-    ) -> s.TokenView:
-        """A short-lived token with which a customer app reads that one member's points."""
-        return await service.issue_token(tx, who, data, request.app.state.settings.secret_key)
 
 
 class MeController(Controller):
@@ -134,4 +120,4 @@ class MeController(Controller):
         )
 
 
-ROUTES = [MemberController, MemberTokenController, MeController]
+ROUTES = [MemberController, MeController]

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from loyalty.ledger.schemas import ExternalId, Strict
+from loyalty.fields import ExternalId, Strict
 
 Attributes = Annotated[dict[str, Any], Meta(description="CRM attributes: any JSON object, at most 64 keys.")]
 
@@ -34,14 +34,3 @@ class MemberView(msgspec.Struct):
 class MemberPage(msgspec.Struct):
     items: list[MemberView]
     next_cursor: str | None
-
-
-class TokenRequest(Strict, kw_only=True):
-    member_id: ExternalId
-    ttl_seconds: Annotated[int, Meta(ge=60, le=86_400)] = 3600
-
-
-class TokenView(msgspec.Struct):
-    token: str
-    member_id: str
-    expires_at: datetime

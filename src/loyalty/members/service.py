@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
 from typing import Literal
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty import audit
-from loyalty.auth import core as auth
-from loyalty.auth.core import Principal
 from loyalty.errors import InvalidInput, NotFound
-from loyalty.ledger import core as ledger_core
+from loyalty.http.principal import Principal
+from loyalty.idempotency import fingerprint as request_fingerprint
 from loyalty.ledger import repository as ledger
 from loyalty.members import repository
 from loyalty.members import schemas as s
@@ -41,7 +39,7 @@ def _not_found(member_id: str) -> NotFound:
 async def enrol(
     conn: AsyncConnection, who: Principal, req: s.MemberCreate, key: str | None
 ) -> tuple[bool, bytes]:
-    fingerprint = ledger_core.fingerprint("enrol", req)
+    fingerprint = request_fingerprint("enrol", req)
     stored = await ledger.claim_key(conn, who.programme_id, key, fingerprint)
     if stored is not None:
         return True, stored.encode()
@@ -147,18 +145,3 @@ def _decode_cursor(cursor: str) -> str:
     if not raw.startswith("m:") or len(raw) < 3:
         raise InvalidInput("cursor", "is not a cursor this API returned")
     return raw[2:]
-
-
-async def issue_token(conn: AsyncConnection, who: Principal, req: s.TokenRequest, secret: str) -> s.TokenView:
-    if await repository.get(conn, who.programme_id, req.member_id) is None:
-        raise _not_found(req.member_id)
-    token, expires = auth.issue_member_token(
-        secret=secret,
-        programme_id=who.programme_id,
-        programme_code=who.programme_code,
-        member_external_id=req.member_id,
-        ttl_seconds=req.ttl_seconds,
-    )
-    return s.TokenView(
-        token=token, member_id=req.member_id, expires_at=datetime.fromtimestamp(expires, tz=UTC)
-    )

@@ -7,11 +7,11 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty.auth.core import Principal
-from loyalty.ledger.routes import READ, STAFF_READ, WRITE
+from loyalty.http.lanes import allow
+from loyalty.http.principal import Principal
+from loyalty.http.routes import READ, STAFF_READ, WRITE
 from loyalty.programmes import repository, service
 from loyalty.programmes import schemas as s
-from loyalty.web import allow
 
 
 def _view(row: dict) -> s.ProgrammeView:

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from loyalty.ledger.schemas import Strict
+from loyalty.fields import Strict
 
 
 class ProgrammeView(msgspec.Struct):

@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty import audit
-from loyalty.auth.core import Principal
 from loyalty.errors import Conflict, InvalidInput
+from loyalty.http.principal import Principal
 from loyalty.ledger import repository as ledger
 from loyalty.programmes import repository
 

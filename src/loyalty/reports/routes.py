@@ -11,13 +11,16 @@ from litestar.params import QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty.auth.core import Principal
-from loyalty.ledger.routes import READ
+from loyalty.http.lanes import allow
+from loyalty.http.principal import Principal
+from loyalty.http.routes import READ
+from loyalty.ledger import schemas as ledger_schemas
+from loyalty.ledger import service as ledger
+from loyalty.programmes import repository as programmes
 from loyalty.reports import schemas as s
 from loyalty.reports import service
-from loyalty.web import allow
 
-# The same readers as GET /v1/reports/liability: these figures are the programme's finances.
+# Operators only: these figures are the programme's finances.
 REPORT_ROLES = ("operator",)
 REPORTS = allow(*REPORT_ROLES)
 
@@ -37,6 +40,14 @@ class DashboardController(Controller):
     tags = ["reports"]
     dependencies = READ
     guards = [REPORTS]
+
+    @get("/liability")
+    async def liability(
+        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal]
+    ) -> ledger_schemas.LiabilityReport:
+        """Outstanding points and their money value, and breakage to date, by budget."""
+        programme = await programmes.by_id(tx, who.programme_id)
+        return await ledger.liability(tx, who, programme["currency"])
 
     @get("/flows")
     async def flows(

@@ -11,10 +11,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty import rules
-from loyalty.activity.facts import fact_columns, facts_from
-from loyalty.activity.models import Segment
 from loyalty.errors import Conflict
+from loyalty.facts.repository import fact_columns, facts_from
 from loyalty.members.models import Member
+from loyalty.segments.models import Segment
 
 segments = cast(Table, Segment.__table__)
 members = cast(Table, Member.__table__)

@@ -10,11 +10,11 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.response import Stream
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty.auth.core import Principal
-from loyalty.ledger.routes import READ, WRITE
+from loyalty.http.lanes import allow
+from loyalty.http.principal import Principal
+from loyalty.http.routes import READ, WRITE
 from loyalty.segments import schemas as s
 from loyalty.segments import service
-from loyalty.web import allow
 
 OPERATOR = allow("operator")
 SEGMENT_READ = allow("operator", "marketing")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from loyalty.ledger.schemas import Code, Strict
+from loyalty.fields import Code, Strict
 
 RuleJson = Annotated[Any, Meta(description="A rule of the rule language (see loyalty.rules).")]
 

@@ -11,9 +11,9 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from loyalty import audit, rules
-from loyalty.activity.facts import load_facts
-from loyalty.auth.core import Principal
 from loyalty.errors import InvalidInput, NotFound
+from loyalty.facts.repository import load_facts
+from loyalty.http.principal import Principal
 from loyalty.segments import repository
 from loyalty.segments import schemas as s
 

@@ -4,6 +4,7 @@ set-based scheduled re-assessment."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from typing import cast as type_cast
@@ -35,13 +36,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.elements import ColumnElement
 
 from loyalty import rules
-from loyalty.activity.facts import fact_columns, facts_from
-from loyalty.activity.models import ActivitySettings
-from loyalty.events.models import DomainEvent
+from loyalty.facts.models import ActivitySettings
+from loyalty.facts.repository import fact_columns, facts_from
 from loyalty.members.models import Member
+from loyalty.outbox.models import DomainEvent
 from loyalty.programmes.models import Programme
 from loyalty.tiers import core
-from loyalty.tiers.definition import LadderSpec, grace_end_at
+from loyalty.tiers.definition import LadderSpec, TierRules, grace_end_at
 from loyalty.tiers.models import MemberTier, MemberTierChange, TierLadderVersion
 
 versions = type_cast(Table, TierLadderVersion.__table__)
@@ -521,6 +522,43 @@ def reassess_statement(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _LadderAt:
+    """The ladder as of ``now``, as constants: every date core computes here starts from
+    ``now`` (a reached tier's validity, a grace), so they are per-tier values computed in Python
+    with core's own calendar functions; the SQL only picks among them."""
+
+    spec: LadderSpec
+    upper: tuple[TierRules, ...]  # every tier above the base, in rank order
+    codes: list[str]
+    base_code: str
+    rank_of: dict[str, int]
+    validity_end: dict[int, datetime | None]  # by the rank reached now
+    grace_end: dict[str, datetime]  # by tier code, for the tiers that have a grace
+
+    @classmethod
+    def of(cls, spec: LadderSpec, now: datetime, tz: str) -> _LadderAt:
+        return cls(
+            spec=spec,
+            upper=spec.tiers[1:],
+            codes=[t.tier.code for t in spec.tiers],
+            base_code=spec.ladder.base.code,
+            rank_of={t.tier.code: t.tier.rank for t in spec.tiers},
+            validity_end={t.tier.rank: core.validity_end(t.tier, now, tz=tz) for t in spec.tiers},
+            grace_end={
+                t.tier.code: grace_end_at(now, t.tier.grace_days, tz)
+                for t in spec.tiers
+                if t.tier.grace_days > 0
+            },
+        )
+
+    def validity_end_of(self, rank: ColumnElement[Any]) -> ColumnElement[Any]:
+        return case({k: _ts(v) for k, v in self.validity_end.items()}, value=rank)
+
+    def code_of(self, rank: ColumnElement[Any]) -> ColumnElement[Any]:
+        return case({k: code for code, k in self.rank_of.items()}, value=rank)
+
+
 def _assessment_statement(
     *,
     programme_id: int,
@@ -534,35 +572,82 @@ def _assessment_statement(
     """The set-based core.decide over the members ``which`` selects from facts_from(), with
     trigger "scheduled" where ``scheduled`` holds and "event" elsewhere.
 
-    Every date core computes here starts from ``now`` (a reached tier's validity, a grace), so
-    they are per-tier constants computed in Python with core's own calendar functions; the SQL
-    only picks among them. The stored row is read as definition.state_for does: no row, or a
-    tier the ladder no longer has, is the base tier; a pin on such a tier is no pin.
+    One statement of CTEs, each a step of core.decide: ``base`` (the stored row and the rules'
+    verdicts), ``by_rules`` (the step the rules alone take), ``decided`` (pins applied: the new
+    tier, its dates, kind and reason), then the writes: member_tiers (``updated``,
+    ``inserted``), the history and tier.changed events of the rows written. The stored row is
+    read as definition.state_for does: no row, or a tier the ladder no longer has, is the base
+    tier; a pin on such a tier is no pin.
     """
-    upper = spec.tiers[1:]
-    codes = [t.tier.code for t in spec.tiers]
-    base_code = spec.ladder.base.code
-    rank_of = {t.tier.code: t.tier.rank for t in spec.tiers}
-    vend = {t.tier.rank: core.validity_end(t.tier, now, tz=tz) for t in spec.tiers}
-    grace_end = {
-        t.tier.code: grace_end_at(now, t.tier.grace_days, tz) for t in spec.tiers if t.tier.grace_days > 0
-    }
+    ladder = _LadderAt.of(spec, now, tz)
     now_sql = _ts(now)
-    columns = fact_columns(now)
+    base = _assessment_base(programme_id, ladder, now, now_sql, which=which, scheduled=scheduled)
+    by_rules = _assessment_by_rules(ladder, base.c, now_sql)
+    decided = _assessment_decided(ladder, by_rules.c, now_sql)
+    d = decided.c
+    new_tier = ladder.code_of(d.new_rank)
+    pid_sql = literal(programme_id)
+    version_sql = literal(spec.version, Integer)
+    updated, inserted = _member_tier_writes(
+        d,
+        new_tier,
+        programme_id=programme_id,
+        version=spec.version,
+        now_sql=now_sql,
+        pid_sql=pid_sql,
+        version_sql=version_sql,
+    )
+    written = union_all(select(updated.c.member_id), select(inserted.c.member_id)).cte("written")
+    is_written = d.member_id.in_(select(written.c.member_id))
+    trigger_sql = case(
+        (d.scheduled, literal_column("'scheduled'", Text)), else_=literal_column("'event'", Text)
+    )
+    history_rows = _assessment_history(
+        ladder,
+        d,
+        new_tier,
+        trigger_sql,
+        is_written,
+        actor=actor,
+        now_sql=now_sql,
+        pid_sql=pid_sql,
+        version_sql=version_sql,
+    )
+    event_rows = _tier_changed_events(
+        d, new_tier, trigger_sql, is_written, now_sql=now_sql, pid_sql=pid_sql, version_sql=version_sql
+    )
+    return (
+        select(d.member_id, d.external_id, d.kind, new_tier.label("to_tier"), is_written.label("written"))
+        .select_from(decided)
+        .add_cte(updated, inserted, written, history_rows, event_rows)
+    )
 
-    in_ladder = func.coalesce(tiers.c.tier.in_(codes), false())
-    pin_ok = func.coalesce(tiers.c.pin_tier.in_(codes), false())
+
+def _assessment_base(
+    programme_id: int,
+    ladder: _LadderAt,
+    now: datetime,
+    now_sql: ColumnElement[Any],
+    *,
+    which: ColumnElement[bool],
+    scheduled: ColumnElement[bool],
+) -> Any:
+    """CTE ``base``: each member's stored tier row read as state_for does, every upper tier's
+    entry (e_i) and retention (r_i) verdict over the facts, and the facts as JSON."""
+    columns = fact_columns(now)
+    in_ladder = func.coalesce(tiers.c.tier.in_(ladder.codes), false())
+    pin_ok = func.coalesce(tiers.c.pin_tier.in_(ladder.codes), false())
 
     def if_in(condition: ColumnElement[bool], column: Any, type_: Any) -> ColumnElement[Any]:
         return case((condition, column), else_=cast(null(), type_))
 
-    b_select = (
+    return (
         select(
             members.c.id.label("member_id"),
             members.c.external_id,
             tiers.c.member_id.is_not(None).label("had_row"),
             scheduled.label("scheduled"),
-            case((in_ladder, tiers.c.tier), else_=literal(base_code, Text)).label("tier"),
+            case((in_ladder, tiers.c.tier), else_=literal(ladder.base_code, Text)).label("tier"),
             func.coalesce(tiers.c.achieved_at, now_sql).label("achieved_at"),
             if_in(in_ladder, tiers.c.valid_until, TS).label("valid_until"),
             if_in(in_ladder, tiers.c.grace_until, TS).label("grace_until"),
@@ -581,16 +666,21 @@ def _assessment_statement(
             tiers.c.pin_until.label("old_pin_until"),
             tiers.c.pin_reason.label("old_pin_reason"),
             tiers.c.next_assessment_at.label("old_next"),
-            *(rules.to_sql(t.entry, columns).label(f"e_{i}") for i, t in enumerate(upper)),
-            *(rules.to_sql(t.retention, columns).label(f"r_{i}") for i, t in enumerate(upper)),
+            *(rules.to_sql(t.entry, columns).label(f"e_{i}") for i, t in enumerate(ladder.upper)),
+            *(rules.to_sql(t.retention, columns).label(f"r_{i}") for i, t in enumerate(ladder.upper)),
             _facts_json(columns).label("facts"),
         )
         .select_from(facts_from())
         .where(members.c.programme_id == programme_id, which)
+        .cte("base")
     )
-    b = b_select.cte("base").c
-    e = {t.tier.code: b[f"e_{i}"] for i, t in enumerate(upper)}
-    r = {t.tier.code: b[f"r_{i}"] for i, t in enumerate(upper)}
+
+
+def _assessment_by_rules(ladder: _LadderAt, b: Any, now_sql: ColumnElement[Any]) -> Any:
+    """CTE ``by_rules``: the step the rules alone take (promoted, no_change, retained,
+    grace_started, in_grace, demoted), with the current, target and landing ranks."""
+    e = {t.tier.code: b[f"e_{i}"] for i, t in enumerate(ladder.upper)}
+    r = {t.tier.code: b[f"r_{i}"] for i, t in enumerate(ladder.upper)}
 
     def by_tier(mapping: dict[str, Any], else_: Any) -> ColumnElement[Any]:
         # A one-tier ladder has no upper tiers, hence an empty mapping: the default alone must
@@ -599,13 +689,13 @@ def _assessment_statement(
             return else_ if isinstance(else_, ColumnElement) else literal(else_, Integer)
         return case(mapping, value=b.tier, else_=else_)
 
-    cur_rank = case(rank_of, value=b.tier)
+    cur_rank = case(ladder.rank_of, value=b.tier)
     cur_entry = by_tier(dict(e), true())
     cur_retention = by_tier(dict(r), true())
-    target = _target_rank(spec, e)
+    target = _target_rank(ladder.spec, e)
     landing: dict[str, Any] = {}
-    for index, t in enumerate(spec.tiers[1:], start=1):
-        below = spec.tiers[:index]
+    for index, t in enumerate(ladder.upper, start=1):
+        below = ladder.spec.tiers[:index]
         if t.tier.downgrade_policy == "one_step":
             landing[t.tier.code] = below[-1].tier.rank
         else:
@@ -617,11 +707,11 @@ def _assessment_statement(
         # An event only ever promotes; a validity that has not passed leaves nothing due.
         (or_(~b.scheduled, b.valid_until.is_(None), now_sql < b.valid_until), "no_change"),
         (or_(cur_retention, cur_entry), "retained"),
-        (and_(b.grace_until.is_(None), b.tier.in_(list(grace_end))), "grace_started"),
+        (and_(b.grace_until.is_(None), b.tier.in_(list(ladder.grace_end))), "grace_started"),
         (and_(b.grace_until.is_not(None), now_sql < b.grace_until), "in_grace"),
         else_="demoted",
     )
-    rules_cte = select(
+    return select(
         *b,
         cur_rank.label("cur_rank"),
         target.label("target_rank"),
@@ -629,11 +719,12 @@ def _assessment_statement(
         cur_retention.label("cur_retention"),
         step.label("step"),
     ).cte("by_rules")
-    x = rules_cte.c
 
-    def vend_of(rank: ColumnElement[Any]) -> ColumnElement[Any]:
-        return case({k: _ts(v) for k, v in vend.items()}, value=rank)
 
+def _assessment_decided(ladder: _LadderAt, x: Any, now_sql: ColumnElement[Any]) -> Any:
+    """CTE ``decided``: the rules' step with the pins applied (a fixed pin, or a floor the step
+    would fall below): the new rank, its dates, the kind and reason, and who decided it."""
+    vend_of = ladder.validity_end_of
     r_kind = case({"no_change": "unchanged", "in_grace": "unchanged"}, value=x.step, else_=x.step)
     r_reason = case(
         (x.step == "promoted", "entry_rule_met"),
@@ -653,7 +744,7 @@ def _assessment_statement(
         (x.step == "demoted", vend_of(x.landing_rank)),
         else_=x.valid_until,
     )
-    grace_by_tier = {code: _ts(at) for code, at in grace_end.items()}
+    grace_by_tier = {code: _ts(at) for code, at in ladder.grace_end.items()}
     r_grace = case(
         (
             x.step == "grace_started",
@@ -664,7 +755,7 @@ def _assessment_statement(
     )
     pin_live = and_(x.pin_kind.is_not(None), or_(x.pin_until.is_(None), now_sql < x.pin_until))
     pin_expired = and_(x.pin_kind.is_not(None), x.pin_until.is_not(None), now_sql >= x.pin_until)
-    pin_rank = case(rank_of, value=x.pin_tier, else_=0)
+    pin_rank = case(ladder.rank_of, value=x.pin_tier, else_=0)
     fixed = and_(pin_live, x.pin_kind == "fixed")
     # An event never lowers a tier, not even for a fixed pin: the scheduled run will.
     pin_target = case(
@@ -679,11 +770,11 @@ def _assessment_statement(
     hold = and_(pinned, pin_target == x.cur_rank)
     decided_by = case(
         (pinned, x.pin_tier),
-        (x.step == "promoted", case({k: code for code, k in rank_of.items()}, value=x.target_rank)),
+        (x.step == "promoted", ladder.code_of(x.target_rank)),
         (x.step == "no_change", cast(null(), Text)),
         else_=x.tier,
     )
-    dec = select(
+    return select(
         x.member_id,
         x.external_id,
         x.had_row,
@@ -695,8 +786,8 @@ def _assessment_statement(
         x.pin_reason,
         x.facts,
         *(c for c in x if c.name.startswith("old_")),
-        *(x[f"e_{i}"] for i in range(len(upper))),
-        *(x[f"r_{i}"] for i in range(len(upper))),
+        *(x[f"e_{i}"] for i in range(len(ladder.upper))),
+        *(x[f"r_{i}"] for i in range(len(ladder.upper))),
         case((pinned, "pinned"), else_=r_kind).label("kind"),
         case((fixed, "pin_fixed"), (floor_hit, "pin_floor"), else_=r_reason).label("reason"),
         case((pinned, pin_target), else_=r_rank).label("new_rank"),
@@ -709,8 +800,20 @@ def _assessment_statement(
         pin_live.label("pin_live"),
         pin_expired.label("pin_expired"),
     ).cte("decided")
-    d = dec.c
-    new_tier = case({rank: code for code, rank in rank_of.items()}, value=d.new_rank)
+
+
+def _member_tier_writes(
+    d: Any,
+    new_tier: ColumnElement[Any],
+    *,
+    programme_id: int,
+    version: int,
+    now_sql: ColumnElement[Any],
+    pid_sql: ColumnElement[Any],
+    version_sql: ColumnElement[Any],
+) -> tuple[Any, Any]:
+    """CTEs ``updated`` and ``inserted``: the member_tiers rows whose state changes, and the
+    rows of members who had none. Each returns the member ids it wrote."""
 
     def future(moment: ColumnElement[Any], when: ColumnElement[bool] | None = None) -> ColumnElement[Any]:
         condition = moment > now_sql if when is None else and_(when, moment > now_sql)
@@ -746,7 +849,7 @@ def _assessment_statement(
     # As service.assess_member: a row is written when its state changes (the ladder version
     # alone does not count), so a full re-evaluation leaves settled members untouched.
     changed = or_(*(values[k].is_distinct_from(old[k]) for k in values))
-    upd = (
+    updated = (
         update(tiers)
         .where(
             tiers.c.programme_id == programme_id,
@@ -754,13 +857,11 @@ def _assessment_statement(
             d.had_row,
             changed,
         )
-        .values(**values, ladder_version=spec.version, updated_at=now_sql)
+        .values(**values, ladder_version=version, updated_at=now_sql)
         .returning(tiers.c.member_id)
         .cte("updated")
     )
-    pid_sql = literal(programme_id)
-    version_sql = literal(spec.version, Integer)
-    ins = (
+    inserted = (
         pg_insert(tiers)
         .from_select(
             ["programme_id", "member_id", "ladder_version", "updated_at", *values],
@@ -771,15 +872,27 @@ def _assessment_statement(
         .returning(tiers.c.member_id)
         .cte("inserted")
     )
-    written = union_all(select(upd.c.member_id), select(ins.c.member_id)).cte("written")
-    is_written = d.member_id.in_(select(written.c.member_id))
-    trigger_sql = case(
-        (d.scheduled, literal_column("'scheduled'", Text)), else_=literal_column("'event'", Text)
-    )
+    return updated, inserted
+
+
+def _assessment_history(
+    ladder: _LadderAt,
+    d: Any,
+    new_tier: ColumnElement[Any],
+    trigger_sql: ColumnElement[Any],
+    is_written: ColumnElement[bool],
+    *,
+    actor: str,
+    now_sql: ColumnElement[Any],
+    pid_sql: ColumnElement[Any],
+    version_sql: ColumnElement[Any],
+) -> Any:
+    """CTE ``history_rows``: of the members written, an expired pin and the decision (when it is
+    a change), each with its trace (trigger, rules met, pin) and the facts it was made on."""
     rule_bits = func.jsonb_build_object(
         *(
             arg
-            for i, t in enumerate(upper)
+            for i, t in enumerate(ladder.upper)
             for arg in (
                 _key(t.tier.code),
                 func.jsonb_build_object(_key("entry"), d[f"e_{i}"], _key("retention"), d[f"r_{i}"]),
@@ -865,12 +978,25 @@ def _assessment_statement(
         or_(d.kind != "pinned", d.from_tier != new_tier),
         is_written,
     )
-    hist = (
+    return (
         insert(history_t)
         .from_select(history_columns, union_all(expired_rows, decision_rows))
         .returning(history_t.c.id)
         .cte("history_rows")
     )
+
+
+def _tier_changed_events(
+    d: Any,
+    new_tier: ColumnElement[Any],
+    trigger_sql: ColumnElement[Any],
+    is_written: ColumnElement[bool],
+    *,
+    now_sql: ColumnElement[Any],
+    pid_sql: ColumnElement[Any],
+    version_sql: ColumnElement[Any],
+) -> Any:
+    """CTE ``event_rows``: a tier.changed outbox event for each member written whose tier moved."""
     payload = func.jsonb_build_object(
         _key("member_id"),
         d.external_id,
@@ -889,7 +1015,7 @@ def _assessment_statement(
         _key("at"),
         now_sql,
     )
-    event_rows = (
+    return (
         insert(events)
         .from_select(
             ["programme_id", "type", "subject", "payload"],
@@ -899,11 +1025,6 @@ def _assessment_statement(
         )
         .returning(events.c.id)
         .cte("event_rows")
-    )
-    return (
-        select(d.member_id, d.external_id, d.kind, new_tier.label("to_tier"), is_written.label("written"))
-        .select_from(dec)
-        .add_cte(upd, ins, written, hist, event_rows)
     )
 
 

@@ -12,13 +12,13 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty import audit
-from loyalty.auth.core import Principal
-from loyalty.edge import PathVersion
+from loyalty.http.edge import PathVersion
+from loyalty.http.lanes import allow
+from loyalty.http.principal import Principal
+from loyalty.http.routes import READ, STAFF_READ, WRITE
 from loyalty.jobs import repository as job_runs
-from loyalty.ledger.routes import READ, STAFF_READ, WRITE
 from loyalty.tiers import schemas as s
 from loyalty.tiers import service, tasks
-from loyalty.web import allow
 
 OPERATOR = allow("operator")
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from loyalty.ledger.schemas import Code, Points, Reason, Strict
+from loyalty.fields import Code, Points, Reason, Strict
 
 RuleJson = Annotated[Any, Meta(description="A rule of the rule language (see loyalty.rules).")]
 

@@ -12,12 +12,12 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty import audit, rules
-from loyalty.activity.facts import facts_to_json, load_facts
-from loyalty.auth.core import Principal
 from loyalty.errors import Conflict, DomainError, InvalidInput, NotFound
-from loyalty.events import repository as outbox
+from loyalty.facts.repository import facts_to_json, load_facts
+from loyalty.http.principal import Principal
 from loyalty.ledger import schemas as ledger_schemas
 from loyalty.ledger import service as ledger
+from loyalty.outbox import repository as outbox
 from loyalty.rules.facts import Facts
 from loyalty.tiers import core, repository
 from loyalty.tiers import schemas as s

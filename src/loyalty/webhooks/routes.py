@@ -9,10 +9,10 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty.auth.core import Principal
-from loyalty.edge import BIGINT_MAX, PathId
-from loyalty.ledger.routes import READ, WRITE
-from loyalty.web import allow
+from loyalty.http.edge import BIGINT_MAX, PathId
+from loyalty.http.lanes import allow
+from loyalty.http.principal import Principal
+from loyalty.http.routes import READ, WRITE
 from loyalty.webhooks import schemas as s
 from loyalty.webhooks import service
 from loyalty.webhooks.targets import TargetPolicy

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
-from loyalty.ledger.schemas import Strict
+from loyalty.fields import Strict
 
 Url = Annotated[str, Meta(min_length=8, max_length=2000, description="Where events are POSTed (http/https).")]
 EventTypes = Annotated[

@@ -11,8 +11,8 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty import audit
-from loyalty.auth.core import Principal
 from loyalty.errors import InvalidInput, NotFound
+from loyalty.http.principal import Principal
 from loyalty.webhooks import core, repository, targets
 from loyalty.webhooks import schemas as s
 from loyalty.webhooks.targets import TargetPolicy

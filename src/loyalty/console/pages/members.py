@@ -16,7 +16,6 @@ from litestar.response import Template
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.activity import service as activity
-from loyalty.auth.core import Principal
 from loyalty.benefits import schemas as benefit_schemas
 from loyalty.benefits import service as benefits
 from loyalty.console.web import (
@@ -33,6 +32,7 @@ from loyalty.console.web import (
     transaction,
 )
 from loyalty.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, Unprocessable
+from loyalty.http.principal import Principal
 from loyalty.ledger import schemas as ledger_schemas
 from loyalty.ledger import service as ledger
 from loyalty.members import service as members

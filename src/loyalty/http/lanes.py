@@ -16,10 +16,10 @@ from litestar.types import Empty
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from loyalty import decoding
-from loyalty.auth.core import Principal
-from loyalty.auth.service import Authenticator
-from loyalty.edge import nul_field
 from loyalty.errors import Forbidden, InvalidInput
+from loyalty.http.edge import nul_field
+from loyalty.http.ports import Authenticator
+from loyalty.http.principal import Principal
 
 PUBLIC_PATHS = {"/health/live", "/health/ready"}
 JSON = "application/json"

@@ -11,7 +11,7 @@ from typing import Any
 from litestar import Request, Response, get
 from sqlalchemy import text
 
-from loyalty.problems import RETRY_AFTER_SECONDS, problem
+from loyalty.http.problems import RETRY_AFTER_SECONDS, problem
 
 CHECK_TIMEOUT_SECONDS = 2.0
 

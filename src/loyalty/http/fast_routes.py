@@ -30,8 +30,8 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Body, KwargDefinition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from loyalty.auth.core import Principal
-from loyalty.web import JSON, Answer, IdempotencyKey, InvalidRequest, allow, decode_body, require_role
+from loyalty.http.lanes import JSON, Answer, IdempotencyKey, InvalidRequest, allow, decode_body, require_role
+from loyalty.http.principal import Principal
 
 # How a lane gets its connection: "posting" — a pooled asyncpg connection, the call one
 # autocommit statement; "transaction" — a SQLAlchemy transaction committed before the answer;

@@ -17,17 +17,23 @@ from sqlalchemy import Select, and_, cast, func, literal, select
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import FromClause
+from sqlalchemy.sql.schema import Table
 from sqlalchemy.types import Text
 
-from loyalty.activity.models import MemberFacts
-from loyalty.members.models import Member
+from loyalty.db import Base
+from loyalty.facts.models import MemberFacts
 from loyalty.rules.facts import Facts, days_since
 from loyalty.rules.sql import FactColumns, days_since_sql
-from loyalty.tiers.models import MemberTier
 
-members = Member.__table__
 facts = MemberFacts.__table__
-tiers = MemberTier.__table__
+
+
+def _owned_elsewhere(name: str) -> Table:
+    """A table of a domain above this kernel (members, member_tiers), found by name in the one
+    metadata: the facts read its columns without importing that domain. Every models module is
+    imported before a query is built (models_registry, the app's routes)."""
+    return Base.metadata.tables[name]
+
 
 _ATTRIBUTES = msgspec.json.Decoder(float_hook=Decimal)
 _INTEGER_FACTS = (
@@ -42,6 +48,7 @@ _INTEGER_FACTS = (
 
 def facts_from() -> FromClause:
     """members LEFT JOIN member_facts LEFT JOIN member_tiers, on programme and member."""
+    members, tiers = _owned_elsewhere("members"), _owned_elsewhere("member_tiers")
     return members.outerjoin(
         facts, and_(facts.c.programme_id == members.c.programme_id, facts.c.member_id == members.c.id)
     ).outerjoin(
@@ -51,6 +58,7 @@ def facts_from() -> FromClause:
 
 def fact_columns(now: datetime) -> FactColumns:
     """The rule language's columns over facts_from(), with the derived facts as of ``now``."""
+    members, tiers = _owned_elsewhere("members"), _owned_elsewhere("member_tiers")
     now_sql = literal(now)
     columns: dict[str, Any] = {name: func.coalesce(facts.c[name], 0) for name in _INTEGER_FACTS}
     columns.update(
@@ -68,6 +76,7 @@ def fact_columns(now: datetime) -> FactColumns:
 
 
 def _facts_select(programme_id: int, member_id: int) -> Select[Any]:
+    members, tiers = _owned_elsewhere("members"), _owned_elsewhere("member_tiers")
     return (
         select(
             *(facts.c[name] for name in _INTEGER_FACTS),

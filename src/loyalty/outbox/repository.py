@@ -7,7 +7,7 @@ from typing import Any, cast
 from sqlalchemy import Table, insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty.events.models import DomainEvent
+from loyalty.outbox.models import DomainEvent
 
 events = cast(Table, DomainEvent.__table__)
 
