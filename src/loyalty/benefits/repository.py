@@ -498,6 +498,56 @@ async def claim_order(
     return dict(row._mapping) if row else None
 
 
+# One use of a benefit, decided and written by one call of benefit_consume
+# (sql/benefit_consume_v1.sql): the answer is its JSON text.
+CONSUME_SQL = "SELECT benefit_consume($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+_CONSUME_TEXT = text(
+    "SELECT benefit_consume(:p, :code, :member, :order, :channel, :reserve, :expires_at, :now, :tz, :segments)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumeCall:
+    """The arguments of one benefit_consume call; ``segments`` is how the caller evaluated the
+    running campaigns' rules (None until the function asked for it)."""
+
+    programme_id: int
+    code: str
+    member: str
+    order_reference: str
+    channel: str | None
+    reserve: bool
+    expires_at: datetime | None
+    now: datetime
+    timezone: str
+    segments: str | None = None
+
+    def args(self) -> tuple[Any, ...]:
+        return (
+            self.programme_id,
+            self.code,
+            self.member,
+            self.order_reference,
+            self.channel,
+            self.reserve,
+            self.expires_at,
+            self.now,
+            self.timezone,
+            self.segments,
+        )
+
+
+async def consume_pooled(conn: asyncpg.Connection, call: ConsumeCall) -> str:
+    """benefit_consume on a pooled asyncpg connection: the statement is its own transaction."""
+    return cast(str, await conn.fetchval(CONSUME_SQL, *call.args()))
+
+
+async def consume_in(conn: AsyncConnection, call: ConsumeCall) -> str:
+    """benefit_consume in the caller's SQLAlchemy transaction (its locks last until it ends)."""
+    names = ("p", "code", "member", "order", "channel", "reserve", "expires_at", "now", "tz", "segments")
+    return cast(str, await conn.scalar(_CONSUME_TEXT, dict(zip(names, call.args(), strict=True))))
+
+
 async def consumption(
     conn: AsyncConnection, programme_id: int, benefit_id: int, order_reference: str, *, lock: bool = False
 ) -> dict[str, Any] | None:

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import base64
 import calendar
+import dataclasses
 import functools
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from fractions import Fraction
-from typing import Any, cast
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty import audit, rules
-from loyalty.activity.facts import load_facts
+from loyalty.activity.facts import load_facts, row_to_facts
 from loyalty.auth.core import Principal
 from loyalty.benefits import core, repository
 from loyalty.benefits import schemas as s
@@ -511,25 +513,6 @@ async def multiplier_for(conn: AsyncConnection, programme_id: int, member_id: in
 # Consumption -----------------------------------------------------------------------------
 
 
-async def _entitled_now(
-    conn: AsyncConnection,
-    who: Principal,
-    benefit: core.BenefitDef,
-    defs: dict[int, core.BenefitDef],
-    member_id: int,
-    channel: str | None,
-    now: datetime,
-) -> core.Decision:
-    """The decision inside the write's transaction, with the tier row and the grants locked
-    (those of the benefit and of the upgrades that could bring it): a concurrent demotion or
-    revocation waits for this transaction, and one that committed before it is seen (READ
-    COMMITTED re-reads the locked rows)."""
-    _, sources = await _sources(conn, who.programme_id, member_id, now, defs, only=benefit, lock=True)
-    return core.decide(
-        benefit, sources.get(benefit.id, []), used=0, now=now, tz=who.timezone, channel=channel
-    )
-
-
 def _refused(decision: core.Decision, member: str, benefit: str) -> Conflict:
     return Conflict(
         f"The member may not use this benefit: {decision.reason}.",
@@ -543,6 +526,13 @@ def _refused(decision: core.Decision, member: str, benefit: str) -> Conflict:
     )
 
 
+# One benefit_consume call: (call) -> its JSON answer, on whichever connection the caller holds.
+ConsumeRunner = Callable[[repository.ConsumeCall], Awaitable[str]]
+# A campaign started or a rule changed between two calls: ask again, a few times at most.
+_SEGMENT_ROUNDS = 4
+_ANSWER = msgspec.json.Decoder()
+
+
 async def consume(
     conn: AsyncConnection,
     who: Principal,
@@ -552,62 +542,123 @@ async def consume(
     reserve: bool,
 ) -> s.ConsumptionResult:
     """One use of the benefit for an order (reserve: pending until commit, release or timeout).
-    Idempotent by (benefit, order_reference); 409 when the quota is exhausted."""
+    Idempotent by (benefit, order_reference); 409 when the quota is exhausted. In the caller's
+    transaction: the locks benefit_consume takes last until it ends."""
+    return await consume_with(functools.partial(repository.consume_in, conn), who, code, req, reserve=reserve)
+
+
+async def consume_with(
+    run: ConsumeRunner,
+    who: Principal,
+    code: str,
+    req: s.ConsumeRequest | s.ReserveRequest,
+    *,
+    reserve: bool,
+) -> s.ConsumptionResult:
+    """consume through ``run``: one call of benefit_consume, which decides and writes; two when
+    campaigns are running for the benefit, whose segment rules are evaluated here between them."""
     now = _now()
-    benefit, defs = await _benefit_with_upgrades(conn, who, code)
-    found = await repository.member(conn, who.programme_id, req.member_id)
-    if found is None:
-        raise _member_not_found(req.member_id)
-    member_id, status = found
-    period_start = (
-        core.period_bounds(str(benefit.params["period"]), now, who.timezone)[0]
-        if benefit.type == "quota"
-        else None
-    )
     expires_at = now + timedelta(seconds=req.hold_seconds) if isinstance(req, s.ReserveRequest) else None
-    claimed = await repository.claim_order(
-        conn,
-        who.programme_id,
-        {
-            "benefit_id": benefit.id,
-            "member_id": member_id,
-            "order_reference": req.order_reference,
-            "period_start": period_start,
-            "state": "reserved" if reserve else "committed",
-            "expires_at": expires_at,
-        },
+    call = repository.ConsumeCall(
+        programme_id=who.programme_id,
+        code=code,
+        member=req.member_id,
+        order_reference=req.order_reference,
+        channel=req.channel,
+        reserve=reserve,
+        expires_at=expires_at,
+        now=now,
+        timezone=who.timezone,
     )
-    if claimed is None:
-        return await _replay(conn, who, benefit, req.member_id, member_id, req.order_reference)
-    if status != "active":
+    for _ in range(_SEGMENT_ROUNDS):
+        answer = _ANSWER.decode(await run(call))
+        if answer["outcome"] != "segments":
+            return _consumption(answer, code, req, expires_at)
+        call = dataclasses.replace(call, segments=_segments_evaluated(answer, now))
+    raise Conflict(
+        "The benefit's campaigns kept changing while the use was decided; retry.",
+        code="campaigns_changed",
+        extra={"benefit": code},
+    )
+
+
+class _FactsRow:
+    """benefit_consume's facts object seen as the row activity.facts.row_to_facts reads."""
+
+    __slots__ = ("_mapping",)
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        for name in ("last_order_at", "enrolled_at"):
+            if values.get(name) is not None:
+                values[name] = datetime.fromisoformat(values[name])
+        self._mapping = values
+
+    def __getattr__(self, name: str) -> Any:
+        return self._mapping[name]
+
+
+def _segments_evaluated(answer: dict[str, Any], now: datetime) -> str:
+    """The running campaigns' rules evaluated on the member's facts: what benefit_consume's
+    next call is told (each rule's stamp, so that one changed meanwhile is asked again)."""
+    facts = row_to_facts(_FactsRow(answer["facts"]), now=now)
+    campaigns = answer["campaigns"]
+    matched = [
+        c["code"]
+        for c in campaigns
+        if rules.evaluate(parsed_rule(msgspec.json.encode(c["rule"]).decode()), facts)
+    ]
+    seen = {c["code"]: c["stamp"] for c in campaigns}
+    return msgspec.json.encode({"seen": seen, "matched": matched}).decode()
+
+
+def _consumption(
+    answer: dict[str, Any], code: str, req: s.ConsumeRequest | s.ReserveRequest, expires_at: datetime | None
+) -> s.ConsumptionResult:
+    """benefit_consume's answer as the route's result, or the domain error it names."""
+    outcome = answer["outcome"]
+    period = answer.get("period_start")
+    period_start = date.fromisoformat(period) if period else None
+    if outcome == "ok":
+        return s.ConsumptionResult(
+            member_id=req.member_id,
+            benefit=code,
+            order_reference=req.order_reference,
+            state=answer["state"],
+            period_start=period_start,
+            limit=answer.get("limit"),
+            remaining=answer.get("remaining"),
+            expires_at=expires_at,
+        )
+    if outcome == "replayed":
+        prior = answer.get("expires_at")
+        return s.ConsumptionResult(
+            member_id=req.member_id,
+            benefit=code,
+            order_reference=req.order_reference,
+            state=answer["state"],
+            replayed=True,
+            period_start=period_start,
+            expires_at=datetime.fromisoformat(prior) if prior else None,
+        )
+    if outcome == "refused":
+        decision = core.Decision(False, answer["reason"], remaining=answer.get("remaining"))
+        raise _refused(decision, req.member_id, code)
+    error = answer["code"]
+    if error == "benefit_not_found":
+        raise _benefit_not_found(code)
+    if error == "member_not_found":
+        raise _member_not_found(req.member_id)
+    if error == "member_not_active":
         raise Conflict(
             "The member is not active.", code="member_not_active", extra={"member_id": req.member_id}
         )
-    decision = await _entitled_now(conn, who, benefit, defs, member_id, req.channel, now)
-    if not decision.allowed:
-        raise _refused(decision, req.member_id, code)
-    remaining = None
-    if period_start is not None and decision.limit is not None:
-        taken = await repository.take_use(
-            conn, who.programme_id, member_id, benefit.id, period_start, decision.limit, reserve=reserve
+    if error == "order_reference_reused":
+        raise Conflict(
+            "This order reference was used for another member.",
+            code="order_reference_reused",
+            extra={"order_reference": req.order_reference, "benefit": code},
         )
-        if taken is None:
-            raise _refused(core.Decision(False, "quota_exhausted", remaining=0), req.member_id, code)
-        remaining = max(decision.limit - taken, 0)
-    if not reserve:
-        await _consumed_event(
-            conn, who, benefit, req.member_id, req.order_reference, "committed", period_start, remaining
-        )
-    return s.ConsumptionResult(
-        member_id=req.member_id,
-        benefit=code,
-        order_reference=req.order_reference,
-        state="reserved" if reserve else "committed",
-        period_start=period_start,
-        limit=decision.limit,
-        remaining=remaining,
-        expires_at=expires_at,
-    )
+    raise AssertionError(f"benefit_consume answered {answer!r}")
 
 
 async def _consumed_event(
@@ -635,33 +686,6 @@ async def _consumed_event(
             "remaining": remaining,
             "used": used,
         },
-    )
-
-
-async def _replay(
-    conn: AsyncConnection,
-    who: Principal,
-    benefit: core.BenefitDef,
-    external_id: str,
-    member_id: int,
-    order_reference: str,
-) -> s.ConsumptionResult:
-    row = await repository.consumption(conn, who.programme_id, benefit.id, order_reference)
-    assert row is not None
-    if row["member_id"] != member_id:
-        raise Conflict(
-            "This order reference was used for another member.",
-            code="order_reference_reused",
-            extra={"order_reference": order_reference, "benefit": benefit.code},
-        )
-    return s.ConsumptionResult(
-        member_id=external_id,
-        benefit=benefit.code,
-        order_reference=order_reference,
-        state=cast(s.ConsumptionState, row["state"]),
-        replayed=True,
-        period_start=row["period_start"],
-        expires_at=row["expires_at"],
     )
 
 
