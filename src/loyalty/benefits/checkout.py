@@ -25,7 +25,7 @@ from loyalty.activity.facts import row_to_facts
 from loyalty.auth.core import Principal
 from loyalty.benefits import core, repository
 from loyalty.benefits import schemas as s
-from loyalty.benefits.service import parsed_rule, source_view
+from loyalty.benefits.entitlements import parsed_rule, source_view
 from loyalty.errors import InvalidInput, NotFound
 from loyalty.rules.facts import Facts
 from loyalty.web import require_role, send_json

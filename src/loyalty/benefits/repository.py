@@ -236,6 +236,13 @@ async def member(conn: AsyncConnection, programme_id: int, external_id: str) -> 
     return (int(row[0]), str(row[1])) if row else None
 
 
+async def external_id(conn: AsyncConnection, programme_id: int, member_id: int) -> str:
+    value = await conn.scalar(
+        select(members.c.external_id).where(members.c.programme_id == programme_id, members.c.id == member_id)
+    )
+    return str(value)
+
+
 _LADDER_TIERS = text(
     "SELECT lv.definition->'tiers' FROM tier_ladder_versions lv WHERE lv.programme_id = :p"
     " AND lv.status IN ('published', 'superseded') AND lv.effective_at <= :now"
@@ -293,17 +300,6 @@ async def tier_map(
     for b, tier, params in await conn.execute(stmt):
         out.setdefault(int(b), {})[tier] = dict(params)
     return out
-
-
-async def benefit_with_upgrades(conn: AsyncConnection, programme_id: int, code: str) -> list[dict[str, Any]]:
-    """The benefit ``code`` and the programme's upgrade benefits, in one read."""
-    rows = await conn.execute(
-        select(*_BENEFIT_COLUMNS).where(
-            benefits.c.programme_id == programme_id,
-            or_(benefits.c.code == code, benefits.c.type == "upgrade"),
-        )
-    )
-    return [dict(r._mapping) for r in rows]
 
 
 async def upgrade_benefits(conn: AsyncConnection, programme_id: int) -> list[dict[str, Any]]:
@@ -468,36 +464,6 @@ async def usage_in(
 # Consumption -----------------------------------------------------------------------------
 
 
-async def claim_order(
-    conn: AsyncConnection,
-    programme_id: int,
-    values: dict[str, Any],
-) -> dict[str, Any] | None:
-    """Inserts the consumption; None if (benefit, order_reference) exists (a concurrent twin
-    waits on the unique index and then gets None)."""
-    row = (
-        await conn.execute(
-            text(
-                "INSERT INTO benefit_consumptions "
-                "(programme_id, benefit_id, member_id, order_reference, period_start, state, expires_at) "
-                "VALUES (:p, :b, :m, :o, :s, :state, :exp) "
-                "ON CONFLICT (programme_id, benefit_id, order_reference) DO NOTHING "
-                "RETURNING id, state, period_start, expires_at"
-            ),
-            {
-                "p": programme_id,
-                "b": values["benefit_id"],
-                "m": values["member_id"],
-                "o": values["order_reference"],
-                "s": values["period_start"],
-                "state": values["state"],
-                "exp": values["expires_at"],
-            },
-        )
-    ).first()
-    return dict(row._mapping) if row else None
-
-
 # One use of a benefit, decided and written by one call of benefit_consume
 # (sql/benefit_consume_v1.sql): the answer is its JSON text.
 CONSUME_SQL = "SELECT benefit_consume($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
@@ -566,35 +532,6 @@ async def consumption(
         stmt = stmt.with_for_update()
     row = (await conn.execute(stmt)).first()
     return dict(row._mapping) if row else None
-
-
-async def take_use(
-    conn: AsyncConnection,
-    programme_id: int,
-    member_id: int,
-    benefit_id: int,
-    period_start: date,
-    limit: int,
-    *,
-    reserve: bool,
-) -> int | None:
-    """One use (used or reserved) if used + reserved stays within the limit; returns the new
-    used + reserved, or None when the quota is exhausted. The row lock of the upsert
-    serialises concurrent takers; the condition is re-checked on the latest row."""
-    column = "reserved" if reserve else "used"
-    row = (
-        await conn.execute(
-            text(
-                f"INSERT INTO benefit_usage AS u (programme_id, member_id, benefit_id, period_start, {column}) "
-                "VALUES (:p, :m, :b, :s, 1) "
-                f"ON CONFLICT (programme_id, member_id, benefit_id, period_start) DO UPDATE "
-                f"SET {column} = u.{column} + 1 WHERE u.used + u.reserved < :limit "
-                "RETURNING u.used + u.reserved"
-            ),
-            {"p": programme_id, "m": member_id, "b": benefit_id, "s": period_start, "limit": limit},
-        )
-    ).first()
-    return int(row[0]) if row else None
 
 
 async def move_use(

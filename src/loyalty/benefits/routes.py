@@ -15,6 +15,7 @@ from loyalty.auth.core import Principal
 from loyalty.benefits import schemas as s
 from loyalty.benefits import service
 from loyalty.benefits.checkout import CHANNEL_MAX_LENGTH, MEMBER_ID_MAX_LENGTH, CheckLane
+from loyalty.benefits.consume_lane import ConsumeLane
 from loyalty.edge import PathId
 from loyalty.ledger import service as ledger
 from loyalty.ledger.routes import READ, STAFF_READ, WRITE
@@ -28,6 +29,10 @@ CHECKOUT_ROLES = ("ecommerce", "operator")
 CHECKOUT = allow(*CHECKOUT_ROLES)
 MARKETING_READ = allow("operator", "marketing", "crm")
 CHECK_LANE = [DefineMiddleware(CheckLane, roles=CHECKOUT_ROLES)]
+CONSUME_LANE = [
+    DefineMiddleware(ConsumeLane, roles=CHECKOUT_ROLES, body_type=s.ConsumeRequest, reserve=False)
+]
+RESERVE_LANE = [DefineMiddleware(ConsumeLane, roles=CHECKOUT_ROLES, body_type=s.ReserveRequest, reserve=True)]
 
 
 class BenefitController(Controller):
@@ -76,7 +81,9 @@ class BenefitController(Controller):
         """May this member use the benefit now (on this channel)? Yes/no, the reason, the quota left."""
         raise NotImplementedError
 
-    @post("/{code:str}/consume", dependencies=WRITE, guards=[CHECKOUT], status_code=201)
+    @post(
+        "/{code:str}/consume", dependencies=WRITE, guards=[CHECKOUT], status_code=201, middleware=CONSUME_LANE
+    )
     async def consume(
         self,
         tx: NamedDependency[AsyncConnection],
@@ -85,9 +92,11 @@ class BenefitController(Controller):
         data: JSONBody[s.ConsumeRequest],
     ) -> s.ConsumptionResult:
         """One use for an order, idempotent by order_reference; 409 quota_exhausted when none is left."""
-        return await service.consume(tx, who, code, data, reserve=False)
+        return await service.consume(tx, who, code, data, reserve=False)  # pragma: no cover - ConsumeLane
 
-    @post("/{code:str}/reserve", dependencies=WRITE, guards=[CHECKOUT], status_code=201)
+    @post(
+        "/{code:str}/reserve", dependencies=WRITE, guards=[CHECKOUT], status_code=201, middleware=RESERVE_LANE
+    )
     async def reserve(
         self,
         tx: NamedDependency[AsyncConnection],
@@ -96,7 +105,7 @@ class BenefitController(Controller):
         data: JSONBody[s.ReserveRequest],
     ) -> s.ConsumptionResult:
         """Hold one use for a checkout; commit or release it, or it is released at the timeout."""
-        return await service.consume(tx, who, code, data, reserve=True)
+        return await service.consume(tx, who, code, data, reserve=True)  # pragma: no cover - ConsumeLane
 
     @post(
         "/{code:str}/consumptions/{order_reference:str}/commit",
