@@ -252,3 +252,23 @@ async def test_concurrent_consumes_through_the_lane_take_exactly_the_quota(api: 
     codes = await asyncio.gather(*(one(i) for i in range(40)))
     assert sorted(set(codes)) == [201, 409]
     assert codes.count(201) == 7
+
+
+def test_the_lanes_decode_the_bodies_their_handlers_document() -> None:
+    """The lane serves the route, the handler documents it: both name one body type and role set."""
+    from typing import get_args, get_type_hints
+
+    from loyalty.benefits import routes
+
+    for name, lane, reserve in (
+        ("consume", routes.CONSUME_LANE, False),
+        ("reserve", routes.RESERVE_LANE, True),
+    ):
+        handler = getattr(routes.BenefitController, name)
+        assert handler.middleware == lane
+        documented = get_args(get_type_hints(handler.fn, include_extras=True)["data"])[0]
+        assert lane[0].kwargs == {
+            "roles": routes.CHECKOUT_ROLES,
+            "body_type": documented,
+            "reserve": reserve,
+        }
