@@ -29,6 +29,13 @@ LANGUAGE sql STABLE AS $$
     SELECT to_char(p_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
 $$;
 
+-- The local date the current period of a quota started in the programme's time zone, as
+-- core.period_bounds computes it (ISO weeks start on Monday, as date_trunc's do).
+CREATE OR REPLACE FUNCTION benefit_period_start(p_period text, p_now timestamptz, p_tz text) RETURNS date
+LANGUAGE sql STABLE AS $$
+    SELECT date_trunc(p_period, p_now AT TIME ZONE p_tz)::date
+$$;
+
 CREATE OR REPLACE FUNCTION benefit_consume(
     p_programme bigint,
     p_code text,
@@ -213,7 +220,7 @@ BEGIN
 
     IF b.type = 'quota' THEN
         -- The quota's period is the benefit's own (a source may override only the limit).
-        v_period := date_trunc(b.params->>'period', p_now AT TIME ZONE p_tz)::date;
+        v_period := benefit_period_start(b.params->>'period', p_now, p_tz);
     ELSE
         v_limit := NULL;
     END IF;
