@@ -34,7 +34,7 @@ from loyalty.reports.routes import ROUTES as REPORT_ROUTES
 from loyalty.segments.routes import ROUTES as SEGMENT_ROUTES
 from loyalty.settings import Settings, ensure_secret_key
 from loyalty.tiers.routes import ROUTES as TIER_ROUTES
-from loyalty.web import PUBLIC_PATHS, AuthMiddleware, provide_principal, strict_body
+from loyalty.web import PUBLIC_PATHS, AuthMiddleware, StrictRequest, provide_principal
 from loyalty.webhooks.routes import ROUTES as WEBHOOK_ROUTES
 
 
@@ -91,7 +91,14 @@ def create_app(settings: Settings) -> Litestar:
     openapi = OpenAPIConfig(
         title="loyalty",
         version=loyalty.__version__,
-        description="Points ledger, tiers and benefits of a loyalty programme.",
+        description=(
+            "Points ledger, tiers and benefits of a loyalty programme.\n\n"
+            "Every request body is JSON of its documented schema, read strictly: integers are "
+            "JSON integers, unknown fields are refused, and no text may hold a NUL character "
+            "(U+0000), which PostgreSQL cannot store. A request that breaks its schema is a 400 "
+            "`invalid_request` naming the field; a value the schema allows but the programme "
+            "does not (an undeclared event type, say) is a 400 `invalid_input`."
+        ),
         path="/schema",
         render_plugins=apidocs.render_plugins(),  # scripts served from the package, not a CDN
         components=Components(
@@ -133,7 +140,7 @@ def create_app(settings: Settings) -> Litestar:
         middleware=[EdgeChecks, auth],
         request_max_body_size=MAX_BODY,
         dependencies={"who": Provide(provide_principal)},
-        before_request=strict_body,
+        request_class=StrictRequest,
         exception_handlers=problems.EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         openapi_config=openapi,
         # Logging is set up once per process (observability.logs), not by the app.

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl
 
+import msgspec
 from litestar._openapi.plugin import OpenAPIPlugin
 from litestar.exceptions import HTTPException
 from litestar.params import PathParameter, QueryParameter
@@ -284,5 +285,84 @@ class ProblemDocs(OpenAPIPlugin):
         if not self._openapi_schema:
             from loyalty.web import PUBLIC_PATHS
 
-            self._openapi_schema = document_problems(self.provide_openapi().to_schema(), PUBLIC_PATHS)
+            schema = document_problems(self.provide_openapi().to_schema(), PUBLIC_PATHS)
+            self._openapi_schema = close_objects(schema)
         return self._openapi_schema
+
+
+def _closed_structs() -> dict[str, list[type[msgspec.Struct]]]:
+    """Every Struct that refuses unknown fields, by the names Litestar may give its schema (the
+    class name, or the module-qualified one when two share it)."""
+    found: dict[str, list[type[msgspec.Struct]]] = {}
+    pending = list(msgspec.Struct.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.__struct_config__.forbid_unknown_fields:
+            for name in (cls.__name__, "_".join([*cls.__module__.split("."), cls.__name__])):
+                found.setdefault(name, []).append(cls)
+    return found
+
+
+_BOUNDS = {
+    "gt": "exclusiveMinimum",
+    "ge": "minimum",
+    "lt": "exclusiveMaximum",
+    "le": "maximum",
+    "multiple_of": "multipleOf",
+    "min_length": "minLength",
+    "max_length": "maxLength",
+    "pattern": "pattern",
+}
+_ITEM_BOUNDS = {"min_length": "minItems", "max_length": "maxItems"}
+
+
+def _bounds(annotation: Any) -> dict[str, Any]:
+    """The limits msgspec enforces on a field, as JSON Schema keywords."""
+    info = msgspec.inspect.type_info(annotation)
+    if isinstance(info, msgspec.inspect.UnionType):
+        others = [t for t in info.types if not isinstance(t, msgspec.inspect.NoneType)]
+        if len(others) != 1:
+            return {}
+        info = others[0]
+    if isinstance(info, msgspec.inspect.Metadata):
+        info = info.type
+    names = _ITEM_BOUNDS if isinstance(info, msgspec.inspect.ListType | msgspec.inspect.DictType) else _BOUNDS
+    if isinstance(info, msgspec.inspect.DictType):
+        names = {"min_length": "minProperties", "max_length": "maxProperties"}
+    return {
+        keyword: value for attr, keyword in names.items() if (value := getattr(info, attr, None)) is not None
+    }
+
+
+def _document_bounds(properties: dict[str, Any], cls: type[msgspec.Struct]) -> None:
+    """Litestar drops a zero lower bound and puts the limits of an optional field beside its
+    oneOf instead of on the typed member: write msgspec's own limits where they belong."""
+    for f in msgspec.structs.fields(cls):
+        prop = properties.get(f.encode_name)
+        bounds = _bounds(f.type)
+        if prop is None or not bounds:
+            continue
+        typed = [m for m in prop.get("oneOf", ()) if m.get("type") not in (None, "null")]
+        target = typed[0] if len(typed) == 1 else prop
+        if target is not prop:
+            for keyword in set(_BOUNDS.values()) | set(_ITEM_BOUNDS.values()):
+                prop.pop(keyword, None)
+        target.update(bounds)
+
+
+def close_objects(schema: dict[str, Any]) -> dict[str, Any]:
+    """A body type that refuses unknown fields says so (``additionalProperties: false``), with
+    every field's limits exactly as msgspec enforces them, so that a client or a test generator
+    reading the document sends nothing the API would refuse as breaking it."""
+    closed = _closed_structs()
+    for name, component in schema.get("components", {}).get("schemas", {}).items():
+        properties = component.get("properties")
+        if properties is None:
+            continue
+        for cls in closed.get(name, ()):
+            if frozenset(properties) == frozenset(f.encode_name for f in msgspec.structs.fields(cls)):
+                component["additionalProperties"] = False
+                _document_bounds(properties, cls)
+                break
+    return schema

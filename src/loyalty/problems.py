@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
 import asyncpg
@@ -86,22 +85,16 @@ def domain_error_to_problem(request: Request, exc: DomainError) -> Response[byte
     return problem(status, exc.code, exc.detail, request, exc.extra)
 
 
-_AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
-
-
 def _field_errors(exc: ValidationException) -> list[dict[str, str]]:
     errors: list[dict[str, str]] = []
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if not isinstance(item, dict):
             continue
+        # Bodies are decoded by web.StrictRequest, which names their fields itself: what comes
+        # here is a path, query or header parameter, named by its key.
         message = str(item.get("message", ""))
         key = item.get("key")
-        match = _AT.search(message)
-        if match:
-            field = match.group("path") or str(key or "body")
-            message = message[: match.start()]
-        else:
-            field = str(key or item.get("source") or "body")
+        field = str(key or item.get("source") or "body")
         if field == "data":
             field = "body"
         if item.get("source") == "header" and key:

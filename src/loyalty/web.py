@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import asyncpg
 import msgspec
 from litestar import Request, Response
 from litestar.connection import ASGIConnection
-from litestar.exceptions import HTTPException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 from litestar.params import HeaderParameter
+from litestar.types import Empty
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from loyalty import decoding
 from loyalty.auth.core import Principal
 from loyalty.auth.service import Authenticator
 from loyalty.edge import nul_field
 from loyalty.errors import Forbidden, InvalidInput
-from loyalty.ledger.repository import Posted, PostingConnection
 
 PUBLIC_PATHS = {"/health/live", "/health/ready"}
 JSON = "application/json"
@@ -69,7 +68,7 @@ async def provide_tx(request: Request) -> AsyncIterator[AsyncConnection]:
         yield conn
 
 
-async def provide_posting(request: Request) -> AsyncIterator[PostingConnection]:
+async def provide_posting(request: Request) -> AsyncIterator[asyncpg.pool.PoolConnectionProxy]:
     """For a write that is one call of a posting function: that single statement is its own
     transaction (autocommit), so the write costs one round trip instead of BEGIN, call and
     COMMIT. The statement commits before it returns; if the commit fails, the call raises and
@@ -98,54 +97,40 @@ IdempotencyKey = Annotated[
 ]
 
 
-def posted(result: Posted, status: int = 201) -> Response[bytes]:
+class Answer(Protocol):
+    """What a write's domain call answers: its JSON as bytes, and whether it was a replay."""
+
+    @property
+    def replayed(self) -> bool: ...
+
+    @property
+    def body(self) -> bytes: ...
+
+
+def posted(result: Answer, status: int = 201) -> Response[bytes]:
     """The posting engine's JSON goes out as it came: no decode and encode on the hot path."""
     headers = {"Idempotent-Replayed": "true"} if result.replayed else None
     return Response(content=result.body, status_code=status, media_type=JSON, headers=headers)
 
 
-_BODY_TYPES: dict[Any, Any] = {}
-_UNKNOWN_FIELD = re.compile(r"(?:unknown|missing required) field `(?P<name>[^`]+)`")
-_AT_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
-
-
-class InvalidBody(InvalidInput):
-    """The body is not valid JSON of the route's schema; ``errors`` names each field."""
+class InvalidRequest(InvalidInput):
+    """The request breaks its documented schema (a body field, a parameter's limit, a required
+    header); ``field`` names it. ``invalid_input`` is kept for what the schema allows and the
+    domain refuses."""
 
     code = "invalid_request"
 
 
-def _body_type(request: Request) -> Any:
-    handler = request.route_handler
-    if handler not in _BODY_TYPES:
-        parameter = handler.parsed_fn_signature.parameters.get("data")
-        _BODY_TYPES[handler] = parameter.annotation if parameter is not None else None
-    return _BODY_TYPES[handler]
-
-
-async def strict_body(request: Request) -> None:
-    """Decode the JSON body strictly before Litestar does: a number sent as a string, or a
-    boolean as "true", is a 400 naming the field, not silently converted."""
-    body_type = _body_type(request)
-    if body_type is not None:
-        decode_body(await request.body(), body_type)
+class InvalidBody(InvalidRequest):
+    """The body is not valid JSON of the route's schema."""
 
 
 def decode_body(body: bytes, body_type: Any) -> Any:
     """Strict msgspec decode of a request body; every failure is a 400 naming the field."""
     try:
-        data = msgspec.json.decode(body, type=body_type)
-    except msgspec.ValidationError as exc:
-        message = str(exc)
-        match = _AT_PATH.search(message)
-        path = match.group("path") if match else ""
-        reason = message[: match.start()] if match else message
-        unknown = _UNKNOWN_FIELD.search(reason)
-        if unknown:
-            path = f"{path}.{unknown.group('name')}" if path else unknown.group("name")
-        raise InvalidBody(path or "body", reason) from None
-    except msgspec.DecodeError as exc:
-        raise InvalidBody("body", f"not valid JSON: {exc}") from None
+        data = decoding.decode(body, body_type)
+    except decoding.DecodeFailure as exc:
+        raise InvalidBody(exc.error.path or "body", exc.error.reason) from None
     # PostgreSQL stores no NUL in text or jsonb; raw JSON can only carry one escaped.
     if b"\\u0000" in body:
         field = nul_field(msgspec.json.decode(body))
@@ -154,113 +139,26 @@ def decode_body(body: bytes, body_type: Any) -> Any:
     return data
 
 
-# One posting: (connection, caller, decoded body or None, idempotency key, path parameters).
-PostingCall = Callable[[PostingConnection, Principal, Any, str, dict[str, Any]], Awaitable[Posted]]
-_MAX_POSTING_BODY = 1024 * 1024
-_IDEMPOTENCY_HEADER = b"idempotency-key"
+_BODY_TYPES: dict[Any, Any] = {}
 
 
-class PostingLane:
-    """The lean path for writes that are one posting-function call (earn, spend, holds).
-
-    Installed as the route handler's own middleware, after routing and authentication: it
-    checks the role, the Idempotency-Key header and the body, makes the call on the posting
-    pool and sends the engine's JSON, without Litestar's per-request dependency injection,
-    signature model and response machinery (about half the API's CPU per earn). The handler
-    behind it stays registered for OpenAPI and is never reached. Its errors are raised, so
-    they go through the one problem map like any route's.
-    """
-
-    def __init__(
-        self,
-        app: Any,
-        *,
-        roles: tuple[str, ...],
-        body_type: Any,
-        call: PostingCall,
-        status: int = 201,
-    ) -> None:
-        self.app = app
-        self.roles = roles
-        self.body_type = body_type
-        self.call = call
-        self.status = status
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        principal: Principal = scope["user"]
-        require_role(principal, self.roles)
-        data = None
-        if self.body_type is not None:
-            data = decode_body(await _read_body(receive), self.body_type)
-        key = _idempotency_key(scope["headers"])
-        state = scope["litestar_app"].state
-        pool: asyncpg.Pool = state.posting_pool
-        async with pool.acquire(timeout=state.pool_timeout) as conn:
-            result = await self.call(conn, principal, data, key, scope["path_params"])
-        replayed = [(b"idempotent-replayed", b"true")] if result.replayed else []
-        await send_json(send, self.status, result.body, replayed)
+def _body_type(handler: Any) -> Any:
+    if handler not in _BODY_TYPES:
+        parameter = handler.parsed_fn_signature.parameters.get("data")
+        _BODY_TYPES[handler] = parameter.annotation if parameter is not None else None
+    return _BODY_TYPES[handler]
 
 
-async def send_json(
-    send: Any, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
-) -> None:
-    """A whole JSON response on the raw ASGI ``send`` of a lane."""
-    head = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *(headers or [])]
-    await send({"type": "http.response.start", "status": status, "headers": head})
-    await send({"type": "http.response.body", "body": body})
+class StrictRequest(Request[Any, Any, Any]):
+    """The app's request class (Litestar's ``request_class`` extension point). A JSON body is
+    decoded once, strictly, straight into the handler's ``data`` type: a number sent as a
+    string, or a boolean as "true", is a 400 naming the field, not silently converted. The
+    signature model then takes the decoded Struct as it is."""
 
-
-# One write in the request's transaction: (connection, caller, decoded body) -> (replayed, JSON).
-TransactionCall = Callable[[AsyncConnection, Principal, Any], Awaitable[tuple[bool, bytes]]]
-
-
-class TransactionLane:
-    """The lean path for a hot write that needs a transaction of several statements (a member
-    event): like PostingLane, without Litestar's per-request machinery, but the call runs in a
-    SQLAlchemy transaction that commits before the response is sent. A failed commit raises
-    into the problem map (a 5xx), never a 2xx; the handler behind stays for OpenAPI."""
-
-    def __init__(self, app: Any, *, roles: tuple[str, ...], body_type: Any, call: TransactionCall) -> None:
-        self.app = app
-        self.roles = roles
-        self.body_type = body_type
-        self.call = call
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        principal: Principal = scope["user"]
-        require_role(principal, self.roles)
-        data = decode_body(await _read_body(receive), self.body_type)
-        engine: AsyncEngine = scope["litestar_app"].state.engine
-        async with engine.connect() as conn, conn.begin():
-            replayed, body = await self.call(conn, principal, data)
-        await send_json(send, 201, body, [(b"idempotent-replayed", b"true")] if replayed else None)
-
-
-async def _read_body(receive: Any) -> bytes:
-    chunks = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > _MAX_POSTING_BODY:
-            raise HTTPException(status_code=413, detail=f"The body is larger than {_MAX_POSTING_BODY} bytes.")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _idempotency_key(headers: list[tuple[bytes, bytes]]) -> str:
-    for name, value in headers:
-        if name == _IDEMPOTENCY_HEADER:
-            key = value.decode("latin-1")
-            if not 1 <= len(key) <= 200:
-                raise InvalidInput("Idempotency-Key", "must be 1 to 200 characters (idempotency key)")
-            return key
-    raise InvalidInput("Idempotency-Key", "this header is required on every write")
-
-
-class ClientDisconnected(Exception):
-    """The client went away before its body arrived; nothing was written."""
+    async def json(self) -> Any:
+        body_type = _body_type(self.route_handler)
+        if body_type is None:
+            return await super().json()
+        if self._json is Empty:
+            self._json = decode_body(await self.body(), body_type)
+        return self._json

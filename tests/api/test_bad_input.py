@@ -124,7 +124,13 @@ async def seeded_api(client: AsyncTestClient[Any], engine: AsyncEngine) -> tuple
 
 
 def _names(body: dict[str, Any], field: str) -> bool:
-    return field_of(body) == field or f"`{field}`" in body["detail"] or body["detail"].startswith(f"{field}:")
+    named = field_of(body)
+    return (
+        named == field
+        or named.endswith(f".{field}")
+        or f"`{field}`" in body["detail"]
+        or body["detail"].startswith(f"{field}:")
+    )
 
 
 @pytest.mark.parametrize(("path", "body", "field"), CASES, ids=[f"{p} {f}" for p, _, f in CASES])

@@ -254,21 +254,14 @@ async def test_concurrent_consumes_through_the_lane_take_exactly_the_quota(api: 
     assert codes.count(201) == 7
 
 
-def test_the_lanes_decode_the_bodies_their_handlers_document() -> None:
-    """The lane serves the route, the handler documents it: both name one body type and role set."""
-    from typing import get_args, get_type_hints
-
-    from loyalty.benefits import routes
-
-    for name, lane, reserve in (
-        ("consume", routes.CONSUME_LANE, False),
-        ("reserve", routes.RESERVE_LANE, True),
-    ):
-        handler = getattr(routes.BenefitController, name)
-        assert handler.middleware == lane
-        documented = get_args(get_type_hints(handler.fn, include_extras=True)["data"])[0]
-        assert lane[0].kwargs == {
-            "roles": routes.CHECKOUT_ROLES,
-            "body_type": documented,
-            "reserve": reserve,
-        }
+async def test_the_documented_routes_are_the_served_ones(api: Api) -> None:
+    """consume and reserve are fast routes: OpenAPI documents the body each lane decodes, the
+    201 answer, and no Idempotency-Key (the order reference is the key)."""
+    schema = (await api.client.get("/schema/openapi.json")).json()
+    for name, body in (("consume", "ConsumeRequest"), ("reserve", "ReserveRequest")):
+        operation = schema["paths"][f"/v1/benefits/{{code}}/{name}"]["post"]
+        assert operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(body)
+        assert operation["responses"]["201"]["content"]["application/json"]["schema"]["$ref"].endswith(
+            "ConsumptionResult"
+        )
+        assert "Idempotency-Key" not in {p["name"] for p in operation.get("parameters", [])}

@@ -1,4 +1,4 @@
-"""The lean write path (web.PostingLane) behaves like any route: auth, roles, limits, problems."""
+"""The lean write path (fast_routes.FastLane) behaves like any route: auth, roles, limits, problems."""
 
 from __future__ import annotations
 

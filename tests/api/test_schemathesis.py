@@ -101,6 +101,16 @@ async def live_server(settings: Settings) -> AsyncIterator[str]:
 
 @pytest.fixture(scope="module")
 async def seeded(live_server: str, engine: AsyncEngine) -> tuple[Programme, str]:
+    return await _seed(live_server, engine)
+
+
+@pytest.fixture
+async def fresh(live_server: str, engine: AsyncEngine) -> tuple[Programme, str]:
+    """A programme of its own: the conformance run revokes the keys it finds."""
+    return await _seed(live_server, engine)
+
+
+async def _seed(live_server: str, engine: AsyncEngine) -> tuple[Programme, str]:
     """A programme with a budget, members, points and a hold, and a member token for alice."""
     programme = await make_programme(engine)
     async with httpx.AsyncClient(base_url=live_server) as client:
@@ -150,23 +160,33 @@ def problem_json_errors(ctx: Any, response: Any, case: Any) -> bool | None:
     return None
 
 
-def test_api_conforms(live_server: str, seeded: tuple[Programme, str], receiver: Receiver) -> None:
+def _run(
+    live_server: str,
+    seeded: tuple[Programme, str],
+    receiver: Receiver,
+    *,
+    checks: dict[str, dict[str, Any]],
+    phases: dict[str, dict[str, Any]],
+    operations: tuple[tuple[str, str], ...] = (),
+) -> tuple[list[str], dict[int, int], set[str]]:
+    """One seeded schemathesis run; the failures, the answers by status, and the operations
+    that got a 2xx. ``operations`` (method, path) restricts it to those."""
     config = schemathesis.Config.from_dict(
         {
             "seed": int(os.environ.get("LOYALTY_SCHEMATHESIS_SEED", "20261206")),
             # One worker: generation in threads is not safe (hypothesis imports, regex compiles).
             "workers": 1,
             "generation": {"max-examples": CASES_PER_OPERATION, "deterministic": True},
-            "phases": {
-                "examples": {"enabled": True},
-                "coverage": {"enabled": True},
-                "fuzzing": {"enabled": True},
-                "stateful": {"enabled": True, "max-steps": 6},
-            },
-            "checks": {"enabled": False, **{name: {"enabled": True} for name in CHECKS}},
+            "phases": phases,
+            "checks": {"enabled": False, **checks},
         }
     )
     schema = schemathesis.openapi.from_url(f"{live_server}/schema/openapi.json", config=config)
+    _DOCUMENT.clear()
+    _DOCUMENT.update(httpx.get(f"{live_server}/schema/openapi.json").json())
+    if operations:
+        wanted = set(operations)
+        schema = schema.include(lambda ctx: (ctx.operation.method.upper(), ctx.operation.path) in wanted)
     programme, token = seeded
     roles = itertools.cycle(ROLES)
     _FORBIDDEN.clear()
@@ -186,7 +206,19 @@ def test_api_conforms(live_server: str, seeded: tuple[Programme, str], receiver:
                 role = next(roles)
             authorization = f"Bearer {programme.keys[role]}"
         case.headers = {**(case.headers or {}), "Authorization": authorization, "X-Test-Role": role}
-        case.headers.setdefault("Idempotency-Key", new_key())
+        if not _negative(case):
+            # A negative case may leave the header out on purpose: the lane must refuse it.
+            case.headers.setdefault("Idempotency-Key", new_key())
+        if operations:
+            case.body = _integral(case.body)
+            if not _negative(case):
+                # Valid values of the seeded programme, so valid cases reach the domain and
+                # its 2xx, not only "no such member".
+                for container in (case.body, case.query):
+                    if isinstance(container, dict):
+                        for name, value in (("member_id", "alice"), ("budget", "base")):
+                            if name in container:
+                                container[name] = value
         body = case.body
         if case.path.startswith("/v1/webhooks/endpoints") and isinstance(body, dict) and "url" in body:
             body["url"] = receiver.url
@@ -194,9 +226,9 @@ def test_api_conforms(live_server: str, seeded: tuple[Programme, str], receiver:
 
     failures: list[str] = []
     errors: list[str] = []
-    cases = 0
     statuses: dict[int, int] = {}
     succeeded: set[str] = set()
+    cases = 0
     for event in engine.from_schema(schema).execute():
         if isinstance(event, events.NonFatalError | events.FatalError):
             errors.append(str(getattr(event, "value", None) or getattr(event, "exception", event)))
@@ -210,8 +242,8 @@ def test_api_conforms(live_server: str, seeded: tuple[Programme, str], receiver:
                 statuses[status] = statuses.get(status, 0) + 1
                 if 200 <= status < 300:
                     succeeded.add(f"{interaction.request.method} {recorder.label}")
-        for case_id, checks in recorder.checks.items():
-            for check in checks:
+        for case_id, case_checks in recorder.checks.items():
+            for check in case_checks:
                 if check.status == Status.FAILURE:
                     interaction = recorder.interactions.get(case_id)
                     where = ""
@@ -220,14 +252,174 @@ def test_api_conforms(live_server: str, seeded: tuple[Programme, str], receiver:
                         status = response.status_code if response is not None else "-"
                         body = request.body[:300] if request.body else b""
                         where = f"{request.method} {request.uri} {body!r} -> {status}"
+                        if response is not None:
+                            where += f" {response.content[:200]!r}"
                     failure = check.failure_info.failure if check.failure_info else None
                     failures.append(
                         f"{check.name}: {where}: {getattr(failure, 'title', '')} {str(failure)[:400]}"
                     )
     print(f"schemathesis: {cases} cases, {len(failures)} failures, answers {sorted(statuses.items())}")
     print(f"operations with a 2xx answer: {len(succeeded)}: {sorted(succeeded)}")
-    assert not failures, "\n".join(sorted(set(failures))[:60])
     assert not errors, "\n".join(errors[:20])
+    return failures, statuses, succeeded
+
+
+def _negative(case: Any) -> bool:
+    """A case generated to break the schema (schemathesis' negative mode)."""
+    meta = getattr(case, "meta", None)
+    mode = getattr(getattr(meta, "generation", None), "mode", None)
+    return str(getattr(mode, "value", mode)) == "negative"
+
+
+@schemathesis.check
+def schema_valid_requests_pass_the_checks(ctx: Any, response: Any, case: Any) -> bool | None:
+    """A request the document allows is never refused as breaking it (``invalid_request``, 413,
+    415). ``invalid_input`` stays allowed: the domain refusing a value the schema cannot rule
+    out (an event type the programme does not declare)."""
+    if _negative(case) or response.status_code not in (400, 413, 415):
+        return None
+    problem = response.json()
+    if problem.get("reason") == "must not contain a NUL character":
+        return None  # the document's description states it for every text
+    code = problem.get("code")
+    assert code != "invalid_request" and response.status_code != 413 and response.status_code != 415, (
+        f"a request the schema allows was refused: {response.text[:300]}"
+    )
+    return None
+
+
+@schemathesis.check
+def schema_breaking_requests_are_refused(ctx: Any, response: Any, case: Any) -> bool | None:
+    """A request that breaks the document is refused by the lane's own checks before the domain
+    sees it: a 400/413/415, a 403 for the role, or the router's 404/405 for a path that does not
+    parse; never a 2xx, nor the domain's answers (no such member or benefit, a conflict, a 422)."""
+    if not _negative(case) or case.method.upper() == "OPTIONS":  # OPTIONS answers for every path
+        return None
+    if _only_unobservable_mutations(case):
+        return None
+    status = response.status_code
+    code = response.json().get("code") if status >= 400 else None
+    assert status in (400, 403, 405, 413, 415) or (status == 404 and code == "not_found"), (
+        f"a request breaking the schema got {status} {code}: {response.text[:300]}"
+    )
+    return None
+
+
+_DOCUMENT: dict[str, Any] = {}
+
+
+def _text_fits(value: Any, schema: dict[str, Any]) -> bool:
+    """Whether ``value``, as the text HTTP carries, meets a parameter's documented schema."""
+    members = [m for m in schema.get("oneOf", [schema]) if m.get("type") != "null"] or [schema]
+    text = str(value)
+    for member in members:
+        if member.get("type") == "integer":
+            try:
+                number = int(text)
+            except ValueError:
+                continue
+            if member.get("minimum", number) <= number <= member.get("maximum", number):
+                return True
+        elif member.get("type", "string") == "string" and (
+            member.get("minLength", 0) <= len(text) <= member.get("maxLength", len(text))
+        ):
+            return True
+    return False
+
+
+def _only_unobservable_mutations(case: Any) -> bool:
+    """A negative case whose only "invalid" values are path, query or header parameters that,
+    as text, are valid (a number where a string is documented: HTTP carries both as text).
+    No server can tell those apart from a valid request."""
+    negated = {
+        str(getattr(location, "value", location))
+        for location, info in case.meta.components.items()
+        if str(getattr(info.mode, "value", info.mode)) == "negative"
+    }
+    if not negated or not negated <= {"path", "query", "header"}:
+        return False
+    operation = _DOCUMENT.get("paths", {}).get(case.operation.path, {}).get(case.method.lower(), {})
+    sources = {"path": case.path_parameters or {}, "query": case.query or {}, "header": case.headers or {}}
+    for parameter in operation.get("parameters", []):
+        given = sources.get(parameter["in"], {})
+        if parameter["name"] not in given:
+            if parameter.get("required"):
+                return False
+            continue
+        if not _text_fits(given[parameter["name"]], parameter.get("schema", {})):
+            return False
+    return True
+
+
+def _integral(value: Any) -> Any:
+    """JSON Schema counts 26108.0 as an integer; the API reads integers as JSON writes them,
+    without a fraction (msgspec's strict decoding, like most clients' encoders)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
+def test_api_conforms(live_server: str, seeded: tuple[Programme, str], receiver: Receiver) -> None:
+    failures, _, _ = _run(
+        live_server,
+        seeded,
+        receiver,
+        checks={name: {"enabled": True} for name in CHECKS},
+        phases={
+            "examples": {"enabled": True},
+            "coverage": {"enabled": True},
+            "fuzzing": {"enabled": True},
+            "stateful": {"enabled": True, "max-steps": 6},
+        },
+    )
+    assert not failures, "\n".join(sorted(set(failures))[:60])
+
+
+def test_fast_routes_enforce_exactly_what_they_document(
+    live_server: str, fresh: tuple[Programme, str], receiver: Receiver, settings: Settings
+) -> None:
+    """Each hot route is served by a lane, not by its documented handler. Generated from the
+    OpenAPI document: every valid request (positive cases) gets past the lane's checks (no
+    400), and every invalid one (negative cases: a value over a documented limit, a wrong type,
+    an unknown field, a missing Idempotency-Key) is refused with a 4xx before anything is
+    written. A limit enforced but not documented, or documented but not enforced, fails it."""
+    from loyalty.app import create_app
+    from loyalty.fast_routes import FastLane
+
+    app = create_app(settings)
+    fast = {
+        (method, route.path_format)
+        for route in app.routes
+        for handler in getattr(route, "route_handlers", ())
+        for method in handler.http_methods
+        if any(getattr(m, "middleware", None) is FastLane for m in handler.middleware or ())
+    }
+    assert {("POST", "/v1/earn"), ("POST", "/v1/events"), ("GET", "/v1/benefits/{code}/check")} <= fast
+    failures, statuses, succeeded = _run(
+        live_server,
+        fresh,
+        receiver,
+        checks={
+            "not_a_server_error": {"enabled": True},
+            "problem_json_errors": {"enabled": True},
+            "schema_valid_requests_pass_the_checks": {"enabled": True},
+            "schema_breaking_requests_are_refused": {"enabled": True},
+        },
+        phases={
+            "examples": {"enabled": False},
+            "coverage": {"enabled": True},
+            "fuzzing": {"enabled": True},
+            "stateful": {"enabled": False},
+        },
+        operations=tuple(sorted(fast)),
+    )
+    written = {op for op in succeeded if op.startswith("POST POST")}
+    assert statuses.get(400, 0) > 0 and len(written) >= 3, (statuses, written)
+    assert not failures, "\n".join(sorted(set(failures))[:60])
 
 
 async def test_a_10_mib_body_gets_a_413_problem_from_the_real_server(

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
-from litestar import Controller, Response, get, patch, post, put
+from litestar import Controller, get, patch, post, put
 from litestar.di import NamedDependency
-from litestar.middleware.base import DefineMiddleware
 from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -15,8 +14,9 @@ from loyalty.activity import schemas as s
 from loyalty.activity import service
 from loyalty.activity.replay_routes import ReplayController
 from loyalty.auth.core import Principal
-from loyalty.ledger.routes import READ, STAFF_READ, WRITE, _spec
-from loyalty.web import JSON, TransactionLane, allow
+from loyalty.fast_routes import Arguments, FastRoute, Reply
+from loyalty.ledger.routes import READ, STAFF_READ, WRITE
+from loyalty.web import allow
 
 EVENT_SENDER_ROLES = ("ecommerce", "crm", "operator")
 EVENT_SENDERS = allow(*EVENT_SENDER_ROLES)
@@ -24,36 +24,31 @@ OPERATOR = allow("operator")
 TAGGERS = allow("crm", "operator")
 
 
-async def _record(conn: AsyncConnection, who: Principal, data: s.EventIn) -> tuple[bool, bytes]:
-    replayed, result = await service.record(conn, who, data)
-    return replayed, msgspec.json.encode(result)
+async def _record(conn: AsyncConnection, who: Principal, args: Arguments) -> Reply:
+    replayed, result = await service.record(conn, who, args.body)
+    return Reply(replayed, msgspec.json.encode(result))
 
 
-EVENT_LANE = [DefineMiddleware(TransactionLane, roles=EVENT_SENDER_ROLES, body_type=s.EventIn, call=_record)]
+RECORD_EVENT = FastRoute(
+    method="POST",
+    path="/v1/events",
+    summary="""Record a member event: facts, earning rules, refunds, in one transaction.
+
+    Idempotent by event_id: the same event again returns the first answer with
+    Idempotent-Replayed: true; the same event_id with another body is a 409.""",
+    roles=EVENT_SENDER_ROLES,
+    result=s.EventResult,
+    call=_record,
+    body=s.EventIn,
+    idempotent=False,
+    connection="transaction",
+    tags=("activity",),
+)
 
 
 class EventController(Controller):
     path = "/v1/events"
     tags = ["activity"]
-
-    @post(
-        "/",
-        dependencies=WRITE,
-        guards=[EVENT_SENDERS],
-        middleware=EVENT_LANE,
-        responses=_spec(s.EventResult),
-        status_code=201,
-    )
-    async def record(
-        self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], data: JSONBody[s.EventIn]
-    ) -> Response[bytes]:
-        """Record a member event: facts, earning rules, refunds, in one transaction.
-
-        Idempotent by event_id: the same event again returns the first answer with
-        Idempotent-Replayed: true; the same event_id with another body is a 409."""
-        replayed, result = await service.record(tx, who, data)
-        headers = {"Idempotent-Replayed": "true"} if replayed else None
-        return Response(msgspec.json.encode(result), status_code=201, media_type=JSON, headers=headers)
 
     @post("/simulate", dependencies=WRITE, guards=[EVENT_SENDERS], status_code=200)
     async def simulate(
@@ -178,7 +173,8 @@ class EarningRuleController(Controller):
         return await service.deactivate_rule(tx, who, code)
 
 
-ROUTES = [
+ROUTES: list[Any] = [
+    RECORD_EVENT.handler(),
     EventController,
     MemberActivityController,
     ActivitySettingsController,

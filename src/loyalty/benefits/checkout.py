@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
-from urllib.parse import parse_qsl
+from typing import Annotated, Any
 
 import asyncpg
 import msgspec
+from litestar.params import FromPath, QueryParameter
 
 from loyalty import rules
 from loyalty.activity.facts import row_to_facts
@@ -26,9 +26,9 @@ from loyalty.auth.core import Principal
 from loyalty.benefits import core, repository
 from loyalty.benefits import schemas as s
 from loyalty.benefits.entitlements import parsed_rule, source_view
-from loyalty.errors import InvalidInput, NotFound
+from loyalty.errors import NotFound
+from loyalty.fast_routes import Arguments, FastRoute, Reply
 from loyalty.rules.facts import Facts
-from loyalty.web import require_role, send_json
 
 _ENCODE = msgspec.json.Encoder()
 _DECODE = msgspec.json.Decoder()
@@ -207,39 +207,42 @@ async def check(
     )
 
 
-# The check route's query limits, stated once: the documented handler (routes.py) declares
-# them and the lane enforces them.
-MEMBER_ID_MAX_LENGTH = 128
-CHANNEL_MAX_LENGTH = 50
+# Who may check: the shop's checkout, and operators.
+CHECKOUT_ROLES = ("ecommerce", "operator")
 
 
-class CheckLane:
-    """Route-level ASGI middleware serving GET /v1/benefits/{code}/check like web.PostingLane
-    serves postings: role check, query parsing, one pooled asyncpg statement, msgspec JSON out,
-    without Litestar's per-request DI, signature model and response machinery. The handler
-    behind it documents the route in OpenAPI and is never reached; errors are raised so the
-    one problem map answers them."""
+async def _check(conn: asyncpg.Connection, who: Principal, args: Arguments) -> Reply:
+    result = await check(
+        conn,
+        args.state.benefit_catalogues,
+        who,
+        args.path["code"],
+        args.query["member_id"] or "",  # required: the lane refused a missing one
+        args.query["channel"],
+    )
+    return Reply(False, _ENCODE.encode(result))
 
-    def __init__(self, app: Any, *, roles: tuple[str, ...]) -> None:
-        self.app = app
-        self.roles = roles
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        principal: Principal = scope["user"]
-        require_role(principal, self.roles)
-        query = dict(parse_qsl(scope["query_string"].decode("latin-1")))
-        member = query.get("member_id")
-        if not member or len(member) > MEMBER_ID_MAX_LENGTH:
-            raise InvalidInput(
-                "member_id", f"is required (the brand's customer id, 1 to {MEMBER_ID_MAX_LENGTH} characters)"
-            )
-        channel = query.get("channel") or None
-        if channel is not None and len(channel) > CHANNEL_MAX_LENGTH:
-            raise InvalidInput("channel", f"must be at most {CHANNEL_MAX_LENGTH} characters")
-        state = scope["litestar_app"].state
-        pool: asyncpg.Pool = state.posting_pool
-        async with pool.acquire(timeout=state.pool_timeout) as conn:
-            result = await check(
-                conn, state.benefit_catalogues, principal, scope["path_params"]["code"], member, channel
-            )
-        await send_json(send, 200, _ENCODE.encode(result))
+CHECK_BENEFIT = FastRoute(
+    method="GET",
+    path="/v1/benefits/{code:str}/check",
+    summary="May this member use the benefit now (on this channel)? Yes/no, the reason, the quota left.",
+    roles=CHECKOUT_ROLES,
+    result=s.CheckResult,
+    call=_check,
+    path_params={"code": FromPath[str]},
+    query={
+        "member_id": Annotated[
+            str, QueryParameter(min_length=1, max_length=128, description="The brand's customer id.")
+        ],
+        "channel": Annotated[
+            str | None,
+            QueryParameter(max_length=50, description="Where the order is placed (web, app, store ...)."),
+        ],
+    },
+    status=200,
+    idempotent=False,
+    connection="read",
+    tags=("benefits",),
+    description="The decision",
+)

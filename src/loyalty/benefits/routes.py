@@ -3,19 +3,18 @@ marketing and CRM read who has what, customers see their own."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from litestar import Controller, get, patch, post, put
 from litestar.di import NamedDependency
-from litestar.middleware.base import DefineMiddleware
 from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.auth.core import Principal
 from loyalty.benefits import schemas as s
 from loyalty.benefits import service
-from loyalty.benefits.checkout import CHANNEL_MAX_LENGTH, MEMBER_ID_MAX_LENGTH, CheckLane
-from loyalty.benefits.consume_lane import ConsumeLane
+from loyalty.benefits.checkout import CHECK_BENEFIT, CHECKOUT_ROLES
+from loyalty.benefits.consume_routes import CONSUME_BENEFIT, RESERVE_BENEFIT
 from loyalty.edge import PathId
 from loyalty.ledger import service as ledger
 from loyalty.ledger.routes import READ, STAFF_READ, WRITE
@@ -25,14 +24,8 @@ from loyalty.web import allow
 OPERATOR = allow("operator")
 CAMPAIGNS = allow("operator", "marketing")
 GRANTS = allow("operator", "crm")
-CHECKOUT_ROLES = ("ecommerce", "operator")
 CHECKOUT = allow(*CHECKOUT_ROLES)
 MARKETING_READ = allow("operator", "marketing", "crm")
-CHECK_LANE = [DefineMiddleware(CheckLane, roles=CHECKOUT_ROLES)]
-CONSUME_LANE = [
-    DefineMiddleware(ConsumeLane, roles=CHECKOUT_ROLES, body_type=s.ConsumeRequest, reserve=False)
-]
-RESERVE_LANE = [DefineMiddleware(ConsumeLane, roles=CHECKOUT_ROLES, body_type=s.ReserveRequest, reserve=True)]
 
 
 class BenefitController(Controller):
@@ -70,42 +63,6 @@ class BenefitController(Controller):
         data: JSONBody[s.BenefitUpdate],
     ) -> s.BenefitView:
         return await service.update(tx, who, code, data)
-
-    @get("/{code:str}/check", guards=[CHECKOUT], middleware=CHECK_LANE)
-    async def check(
-        self,
-        code: FromPath[str],
-        member_id: Annotated[str, QueryParameter(min_length=1, max_length=MEMBER_ID_MAX_LENGTH)],
-        channel: Annotated[str | None, QueryParameter(max_length=CHANNEL_MAX_LENGTH)] = None,
-    ) -> s.CheckResult:  # pragma: no cover - served by CheckLane
-        """May this member use the benefit now (on this channel)? Yes/no, the reason, the quota left."""
-        raise NotImplementedError
-
-    @post(
-        "/{code:str}/consume", dependencies=WRITE, guards=[CHECKOUT], status_code=201, middleware=CONSUME_LANE
-    )
-    async def consume(
-        self,
-        tx: NamedDependency[AsyncConnection],
-        who: NamedDependency[Principal],
-        code: FromPath[str],
-        data: JSONBody[s.ConsumeRequest],
-    ) -> s.ConsumptionResult:
-        """One use for an order, idempotent by order_reference; 409 quota_exhausted when none is left."""
-        return await service.consume(tx, who, code, data, reserve=False)  # pragma: no cover - ConsumeLane
-
-    @post(
-        "/{code:str}/reserve", dependencies=WRITE, guards=[CHECKOUT], status_code=201, middleware=RESERVE_LANE
-    )
-    async def reserve(
-        self,
-        tx: NamedDependency[AsyncConnection],
-        who: NamedDependency[Principal],
-        code: FromPath[str],
-        data: JSONBody[s.ReserveRequest],
-    ) -> s.ConsumptionResult:
-        """Hold one use for a checkout; commit or release it, or it is released at the timeout."""
-        return await service.consume(tx, who, code, data, reserve=True)  # pragma: no cover - ConsumeLane
 
     @post(
         "/{code:str}/consumptions/{order_reference:str}/commit",
@@ -258,7 +215,10 @@ class MyBenefitsController(Controller):
         return await service.entitlements(tx, who, who.member_external_id or "")
 
 
-ROUTES = [
+ROUTES: list[Any] = [
+    CHECK_BENEFIT.handler(),
+    CONSUME_BENEFIT.handler(),
+    RESERVE_BENEFIT.handler(),
     BenefitController,
     TierBenefitController,
     CampaignController,

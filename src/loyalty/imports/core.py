@@ -7,12 +7,12 @@ from __future__ import annotations
 import codecs
 import csv
 import io
-import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
 
+from loyalty import decoding
 from loyalty.errors import InvalidInput
 from loyalty.imports.schemas import MemberRowIn
 from loyalty.ledger import core as ledger_core
@@ -147,20 +147,12 @@ class PointsRow:
     fingerprint: bytes
 
 
-_AT = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
-_MISSING = re.compile(r"^Object missing required field `(?P<name>[^`]+)`")
-
-
-def _validation(exc: msgspec.ValidationError) -> Rejected:
-    """The field and reason of a msgspec error, as problems.py names them for the API."""
-    message = str(exc)
-    missing = _MISSING.search(message)
-    if missing:
-        return Rejected(missing.group("name"), "is required")
-    match = _AT.search(message)
-    if match:
-        return Rejected(match.group("path").split(".")[0] or "row", message[: match.start()])
-    return Rejected("row", message)
+def _rejected(failure: decoding.DecodeFailure) -> Rejected:
+    """The field and reason of a row that does not convert, as the API names them."""
+    error = failure.error
+    if error.kind == "missing":
+        return Rejected(error.path, "is required")
+    return Rejected(error.path.split(".")[0] or "row", error.reason)
 
 
 def _cells(header: list[str], cells: list[str]) -> dict[str, str] | Rejected:
@@ -193,9 +185,9 @@ def parse_member(header: list[str], cells: list[str]) -> MemberRow | Rejected:
         body["status"] = values["status"]
     body = {k: v for k, v in body.items() if v is not None}
     try:
-        row = msgspec.convert(body, MemberRowIn)
-    except msgspec.ValidationError as exc:
-        return _validation(exc)
+        row = decoding.convert(body, MemberRowIn)
+    except decoding.DecodeFailure as exc:
+        return _rejected(exc)
     return MemberRow(row.member_id, row.attributes, row.status)
 
 
@@ -214,9 +206,9 @@ def parse_points(header: list[str], cells: list[str], budget: str) -> PointsRow 
     body: dict[str, Any] = {"budget": budget, **values}
     try:
         # strict=False: a CSV cell is text, "120" is the number 120 (and "12.5" is refused).
-        request = msgspec.convert(body, EarnRequest, strict=False)
-    except msgspec.ValidationError as exc:
-        return _validation(exc)
+        request = decoding.convert(body, EarnRequest, strict=False)
+    except decoding.DecodeFailure as exc:
+        return _rejected(exc)
     try:
         ledger_core.check_points("points", request.points)
     except InvalidInput as exc:

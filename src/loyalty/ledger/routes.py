@@ -8,20 +8,18 @@ from typing import Annotated, Any
 from asyncpg.pool import PoolConnectionProxy
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency, Provide
-from litestar.middleware.base import DefineMiddleware
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty.auth.core import Principal
 from loyalty.edge import PathId, TransactionKind
+from loyalty.fast_routes import Call, FastRoute, handlers
 from loyalty.ledger import schemas as s
 from loyalty.ledger import service
 from loyalty.programmes import repository as programmes
 from loyalty.web import (
     IdempotencyKey,
-    PostingCall,
-    PostingLane,
     allow,
     posted,
     provide_posting,
@@ -40,28 +38,75 @@ GRANTS = allow(*GRANTS_ROLES)
 STAFF_READ = allow("operator", "ecommerce", "crm", "marketing")
 
 
-def _lane(
-    roles: tuple[str, ...], body_type: Any, call: PostingCall, status: int = 201
-) -> list[DefineMiddleware]:
-    """The route is served by web.PostingLane; its handler below documents it in OpenAPI."""
-    return [DefineMiddleware(PostingLane, roles=roles, body_type=body_type, call=call, status=status)]
+def _fast(
+    path: str, summary: str, roles: tuple[str, ...], result: type, call: Call, **options: Any
+) -> FastRoute:
+    return FastRoute(
+        method="POST",
+        path=f"/v1{path}",
+        summary=summary,
+        roles=roles,
+        result=result,
+        call=call,
+        tags=("ledger",),
+        **options,
+    )
 
 
-EARN_LANE = _lane(GRANTS_ROLES, s.EarnRequest, lambda c, who, data, key, _: service.earn(c, who, data, key))
-SPEND_LANE = _lane(
-    ECOMMERCE_ROLES, s.SpendRequest, lambda c, who, data, key, _: service.spend(c, who, data, key)
-)
-HOLD_LANE = _lane(
-    ECOMMERCE_ROLES, s.HoldRequest, lambda c, who, data, key, _: service.hold(c, who, data, key)
-)
-CAPTURE_LANE = _lane(
-    ECOMMERCE_ROLES,
-    s.CaptureRequest,
-    lambda c, who, data, key, path: service.capture(c, who, path["hold_id"], data, key),
-    200,
-)
-VOID_LANE = _lane(
-    ECOMMERCE_ROLES, None, lambda c, who, _, key, path: service.void(c, who, path["hold_id"], key), 200
+HOLD_ID = {"hold_id": PathId}
+# The ledger's hot writes: one posting-function call each, served by their lanes.
+FAST_ROUTES = (
+    _fast(
+        "/earn",
+        "A budget pays a member: points now, or pending until a return window closes.",
+        GRANTS_ROLES,
+        s.EarnResult,
+        lambda c, who, a: service.earn(c, who, a.body, a.key),
+        body=s.EarnRequest,
+    ),
+    _fast(
+        "/spend",
+        "Points leave the member's available balance, soonest-expiring first.",
+        ECOMMERCE_ROLES,
+        s.SpendResult,
+        lambda c, who, a: service.spend(c, who, a.body, a.key),
+        body=s.SpendRequest,
+    ),
+    _fast(
+        "/holds",
+        "Reserve points for a checkout; capture or void them later, or they return at the timeout.",
+        ECOMMERCE_ROLES,
+        s.HoldResult,
+        lambda c, who, a: service.hold(c, who, a.body, a.key),
+        body=s.HoldRequest,
+    ),
+    _fast(
+        "/holds/{hold_id:int}/capture",
+        "Take all or part of a hold; the rest goes back to the member.",
+        ECOMMERCE_ROLES,
+        s.HoldResult,
+        lambda c, who, a: service.capture(c, who, a.path["hold_id"], a.body, a.key),
+        body=s.CaptureRequest,
+        path_params=HOLD_ID,
+        status=200,
+    ),
+    _fast(
+        "/holds/{hold_id:int}/void",
+        "Give a hold's points back to the member.",
+        ECOMMERCE_ROLES,
+        s.HoldResult,
+        lambda c, who, a: service.void(c, who, a.path["hold_id"], a.key),
+        path_params=HOLD_ID,
+        status=200,
+    ),
+    _fast(
+        "/clawbacks",
+        "A refund: reverse what an order's reference earned, all or part.",
+        ECOMMERCE_ROLES,
+        s.ClawbackResult,
+        lambda c, who, a: service.clawback(c, who, a.body, a.key),
+        body=s.ClawbackRequest,
+    ),
 )
 
 
@@ -74,24 +119,6 @@ def _spec(model: type, status: int = 201) -> dict[int, ResponseSpec]:
 class PointsController(Controller):
     path = "/v1"
     tags = ["ledger"]
-
-    @post(
-        "/earn",
-        dependencies=POSTING,
-        guards=[GRANTS],
-        middleware=EARN_LANE,
-        responses=_spec(s.EarnResult),
-        status_code=201,
-    )
-    async def earn(
-        self,
-        tx: NamedDependency[PoolConnectionProxy],
-        who: NamedDependency[Principal],
-        data: JSONBody[s.EarnRequest],
-        idempotency_key: IdempotencyKey,
-    ) -> Response[bytes]:
-        """A budget pays a member: points now, or pending until a return window closes."""
-        return posted(await service.earn(tx, who, data, idempotency_key))
 
     @post(
         "/earn/batch",
@@ -111,101 +138,11 @@ class PointsController(Controller):
         """Many earns at once (imports, campaign grants): all or nothing, or a result per item."""
         return posted(await service.earn_batch(tx, who, data, idempotency_key))
 
-    @post(
-        "/spend",
-        dependencies=POSTING,
-        guards=[ECOMMERCE],
-        middleware=SPEND_LANE,
-        responses=_spec(s.SpendResult),
-        status_code=201,
-    )
-    async def spend(
-        self,
-        tx: NamedDependency[PoolConnectionProxy],
-        who: NamedDependency[Principal],
-        data: JSONBody[s.SpendRequest],
-        idempotency_key: IdempotencyKey,
-    ) -> Response[bytes]:
-        """Points leave the member's available balance, soonest-expiring first."""
-        return posted(await service.spend(tx, who, data, idempotency_key))
-
-    @post(
-        "/holds",
-        dependencies=POSTING,
-        guards=[ECOMMERCE],
-        middleware=HOLD_LANE,
-        responses=_spec(s.HoldResult),
-        status_code=201,
-    )
-    async def hold(
-        self,
-        tx: NamedDependency[PoolConnectionProxy],
-        who: NamedDependency[Principal],
-        data: JSONBody[s.HoldRequest],
-        idempotency_key: IdempotencyKey,
-    ) -> Response[bytes]:
-        """Reserve points for a checkout; capture or void them later, or they return at the timeout."""
-        return posted(await service.hold(tx, who, data, idempotency_key))
-
-    @post(
-        "/holds/{hold_id:int}/capture",
-        dependencies=POSTING,
-        middleware=CAPTURE_LANE,
-        guards=[ECOMMERCE],
-        responses=_spec(s.HoldResult, 200),
-        status_code=200,
-    )
-    async def capture(
-        self,
-        tx: NamedDependency[PoolConnectionProxy],
-        who: NamedDependency[Principal],
-        hold_id: PathId,
-        data: JSONBody[s.CaptureRequest],
-        idempotency_key: IdempotencyKey,
-    ) -> Response[bytes]:
-        """Take all or part of a hold; the rest goes back to the member."""
-        return posted(await service.capture(tx, who, hold_id, data, idempotency_key), 200)
-
-    @post(
-        "/holds/{hold_id:int}/void",
-        dependencies=POSTING,
-        middleware=VOID_LANE,
-        guards=[ECOMMERCE],
-        responses=_spec(s.HoldResult, 200),
-        status_code=200,
-    )
-    async def void(
-        self,
-        tx: NamedDependency[PoolConnectionProxy],
-        who: NamedDependency[Principal],
-        hold_id: PathId,
-        idempotency_key: IdempotencyKey,
-    ) -> Response[bytes]:
-        """Give a hold's points back to the member."""
-        return posted(await service.void(tx, who, hold_id, idempotency_key), 200)
-
     @get("/holds/{hold_id:int}", dependencies=READ, guards=[STAFF_READ])
     async def get_hold(
         self, tx: NamedDependency[AsyncConnection], who: NamedDependency[Principal], hold_id: PathId
     ) -> s.HoldResult:
         return await service.get_hold(tx, who, hold_id)
-
-    @post(
-        "/clawbacks",
-        dependencies=POSTING,
-        guards=[ECOMMERCE],
-        responses=_spec(s.ClawbackResult),
-        status_code=201,
-    )
-    async def clawback(
-        self,
-        tx: NamedDependency[PoolConnectionProxy],
-        who: NamedDependency[Principal],
-        data: JSONBody[s.ClawbackRequest],
-        idempotency_key: IdempotencyKey,
-    ) -> Response[bytes]:
-        """A refund: reverse what an order's reference earned, all or part."""
-        return posted(await service.clawback(tx, who, data, idempotency_key))
 
     @post(
         "/adjustments",
@@ -408,4 +345,10 @@ class ReportController(Controller):
         return await service.liability(tx, who, programme["currency"])
 
 
-ROUTES = [PointsController, MemberPointsController, BudgetController, ReportController]
+ROUTES: list[Any] = [
+    *handlers(*FAST_ROUTES),
+    PointsController,
+    MemberPointsController,
+    BudgetController,
+    ReportController,
+]
