@@ -1,4 +1,4 @@
-"""POST /v1/benefits/{code}/consume and /reserve through ConsumeLane: what each answer costs in
+"""POST /v1/benefits/{code}/consume and /reserve, fast routes: what each answer costs in
 statements (one benefit_consume call; two when a campaign's segment rule has to be evaluated),
 and that the one statement keeps the route's contract (errors, replays, outbox rows)."""
 

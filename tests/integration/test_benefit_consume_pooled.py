@@ -1,5 +1,5 @@
 """benefit_consume on the posting pool, each call its own transaction (autocommit), as
-ConsumeLane makes it: N concurrent uses of a quota of K -> exactly K succeed, and one order
+their fast routes make it: N concurrent uses of a quota of K -> exactly K succeed, and one order
 sent N times at once is one use."""
 
 from __future__ import annotations
