@@ -133,7 +133,7 @@ class _Draft:
 
 async def validate(conn: AsyncConnection, who: Principal, req: ReplayIn) -> list[_Draft]:
     """Each draft rule is checked as POST /v1/earning-rules checks it; errors name rules[i].field."""
-    from loyalty.activity.service import _check_rule  # the one validation of a rule
+    from loyalty.activity.earning_rules import check_rule  # the one validation of a rule
 
     if req.since.tzinfo is None or req.until.tzinfo is None:
         raise InvalidInput("since" if req.since.tzinfo is None else "until", "must carry a time zone offset")
@@ -150,7 +150,7 @@ async def validate(conn: AsyncConnection, who: Principal, req: ReplayIn) -> list
         seen.add(rule.code)
         values = msgspec.to_builtins(rule, builtin_types=(datetime,))
         try:
-            await _check_rule(conn, who, values)
+            await check_rule(conn, who, values)
         except InvalidInput as exc:
             raise InvalidInput(f"rules[{index}].{exc.field}", exc.reason) from None
         draft = _Draft(

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from typing import Any
 
+import asyncpg
 import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -495,7 +497,7 @@ _REFRESH_FOR_EVENT = text(
     LEFT JOIN tl ON true
     """
 )
-_TIER_ROW = tuple(column.name for column in TIER_COLUMNS)
+TIER_ROW = tuple(column.name for column in TIER_COLUMNS)
 
 
 async def refresh_for_event(
@@ -522,7 +524,7 @@ async def refresh_for_event(
             },
         )
     ).one()
-    tier_row = None if row.tier_row is None else {k: row._mapping[k] for k in _TIER_ROW}
+    tier_row = None if row.tier_row is None else {k: row._mapping[k] for k in TIER_ROW}
     used = {(rule_id, period): points for rule_id, period, points in row.usage}
     return row, tier_row, used
 
@@ -795,3 +797,195 @@ async def members_by_external(
         {"p": programme_id, "e": external_ids},
     )
     return {r[0]: r[1] for r in rows}
+
+
+# The optimistic event path ------------------------------------------------------------------
+#
+# An event in two autocommit round trips: read_for_event reads, without locks, everything its
+# plan needs, with the member's facts as the refresh would leave them once this event's order
+# is counted; write_event (activity_event_write) stores the event on that plan, or refuses
+# with stale when a row the plan read has changed since.
+
+
+def _positional(sql: str) -> tuple[str, tuple[str, ...]]:
+    """A :named statement as the driver takes it ($1, $2 ...) and the names in that order."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    return re.sub(r"(?<![:\w]):([a-z_]\w*)", number, sql), tuple(names)
+
+
+_DAYS_JOIN = "JOIN member_activity_days d ON d.programme_id = :p AND d.member_id = m.member_id"
+_FACTS_INSERT = "INSERT INTO member_facts AS mf ("
+_refresh_head, _refresh_insert = _REFRESH_SQL.replace(
+    "{member_filter}", "AND m.external_id = :external"
+).split(_FACTS_INSERT, 1)
+_refresh_columns, _refresh_select = _refresh_insert.split(")", 1)
+_refresh_select = _refresh_select.split("ON CONFLICT", 1)[0]
+assert _DAYS_JOIN in _refresh_head
+# The refresh as it would run after this event's begin: its order's activity day added (a
+# virtual row beside the stored ones) and its time taken into first and last order.
+_READ_REFRESH = (
+    _refresh_head.replace(
+        _DAYS_JOIN,
+        """JOIN (
+            SELECT member_id, day, orders, spend, qualifying_points FROM member_activity_days
+            WHERE programme_id = :p AND member_id IN (SELECT member_id FROM m)
+            UNION ALL
+            SELECT m.member_id, CAST(:day AS date), 1, CAST(:spend AS bigint), 0 FROM m
+            WHERE CAST(:add_day AS boolean)
+        ) d ON d.member_id = m.member_id""",
+    )
+    .replace(
+        "ELSE old.first_order_at END", "ELSE least(old.first_order_at, CAST(:order_at AS timestamptz)) END"
+    )
+    .replace(
+        "ELSE old.last_order_at END", "ELSE greatest(old.last_order_at, CAST(:order_at AS timestamptz)) END"
+    )
+)
+assert _READ_REFRESH.count(":order_at") == 2
+_READ_FOR_EVENT, _READ_NAMES = _positional(
+    _READ_REFRESH
+    + f", v({_refresh_columns}) AS ({_refresh_select})"
+    + """
+    SELECT p.config_version, mm.id AS member_id, mm.enrolled_at, CAST(mm.attributes AS text) AS attributes,
+           CAST(ev.payload AS text) AS stored_payload, CAST(ev.response AS text) AS stored_response,
+           ev.id IS NOT NULL AS stored,
+           vf.qualifying_points, vf.spend, vf.orders, vf.lifetime_points, vf.lifetime_spend,
+           vf.lifetime_orders, vf.last_order_at, vf.recency_score, vf.frequency_score, vf.monetary_score,
+           vf.lifecycle, vf.window_start,
+           CAST(to_jsonb(v) AS text) AS facts_values,
+           old.tags, CAST(old.xmin AS text)::bigint AS facts_xmin,
+           tl.tier, tl.rank, tl.ladder_version, tl.achieved_at, tl.valid_until, tl.grace_until, tl.pin_kind,
+           tl.pin_tier, tl.pin_until, tl.pin_reason, tl.next_assessment_at, tl.member_id AS tier_row,
+           CAST(tl.xmin AS text)::bigint AS tier_xmin,
+           (SELECT coalesce(jsonb_agg(jsonb_build_array(u.rule_id, u.period, u.points)), '[]')
+            FROM earning_rule_usage u
+            JOIN unnest(CAST(:u_rules AS bigint[]), CAST(:u_periods AS text[]), CAST(:u_starts AS date[]))
+                AS x(r, k, s) ON u.rule_id = x.r AND u.period = x.k AND u.period_start = x.s
+            WHERE u.programme_id = :p AND u.member_id = mm.id)::text AS usage
+    FROM programmes p
+    LEFT JOIN members mm ON mm.programme_id = p.id AND mm.external_id = :external
+    LEFT JOIN member_events ev ON ev.programme_id = p.id AND ev.event_id = :event_id
+    LEFT JOIN v ON v.member_id = mm.id
+    -- As the columns type them (sums are numeric until stored).
+    LEFT JOIN LATERAL jsonb_populate_record(NULL::member_facts, to_jsonb(v)) vf ON true
+    LEFT JOIN member_facts old ON old.programme_id = p.id AND old.member_id = mm.id
+    LEFT JOIN member_tiers tl ON tl.programme_id = p.id AND tl.member_id = mm.id
+    WHERE p.id = :p
+    """
+)
+
+
+async def read_for_event(
+    conn: asyncpg.Connection,
+    programme_id: int,
+    external_id: str,
+    event_id: str,
+    *,
+    now: datetime,
+    day: date,
+    order_at: datetime | None,
+    spend: int | None,
+    usage: list[tuple[int, str, date]],
+) -> asyncpg.Record:
+    """One autocommit read, no locks: the programme's config version; the member (member_id
+    None: no such member); the stored event of this id (stored, stored_payload, stored_response);
+    the facts as they will be once the event's order is counted (facts.row_to_facts columns,
+    and facts_values, the member_facts columns to store) with the facts row's xmin; the tier row
+    (the TIER_COLUMNS, tier_row None without one) with its xmin; the points used per (rule,
+    period) of ``usage`` (JSON)."""
+    values = {
+        "p": programme_id,
+        "external": external_id,
+        "event_id": event_id,
+        "now": now,
+        "rebuild": False,
+        "day": day,
+        "spend": spend or 0,
+        "add_day": spend is not None,
+        "order_at": order_at,
+        "u_rules": [u[0] for u in usage],
+        "u_periods": [u[1] for u in usage],
+        "u_starts": [u[2] for u in usage],
+    }
+    row = await conn.fetchrow(_READ_FOR_EVENT, *(values[name] for name in _READ_NAMES))
+    assert row is not None  # the caller's programme exists
+    return row
+
+
+class StaleRead(Exception):
+    """A row an optimistic event read changed before its write: read and plan again."""
+
+
+class NeedsTransaction(Exception):
+    """The ledger did not pay an earn as planned: the event goes the transactional way."""
+
+
+_WRITE_EVENT = (
+    "SELECT replayed, CAST(results AS text) FROM activity_event_write($1, $2, $3, $4, $5, "
+    "CAST($6 AS jsonb), CAST($7 AS jsonb), $8, $9, $10, CAST($11 AS jsonb), $12, CAST($13 AS jsonb), "
+    "CAST($14 AS jsonb), $15, CAST($16 AS jsonb), CAST($17 AS jsonb), CAST($18 AS jsonb), CAST($19 AS jsonb))"
+)
+
+
+async def write_event(
+    conn: asyncpg.Connection,
+    programme_id: int,
+    member_id: int,
+    *,
+    config_version: int,
+    facts_xmin: int | None,
+    tier_xmin: int | None,
+    event: dict[str, Any],
+    facts_values: str,
+    day: date,
+    spend: int | None,
+    usage: list[tuple[int, str, date]],
+    amount: int | None,
+    earns: list[dict[str, Any]],
+    tier: dict[str, Any] | None,
+    tier_new: bool,
+    history: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    outcome: dict[str, Any],
+    response: Any,
+) -> tuple[bool, list[dict[str, Any]]]:
+    """activity_event_write, one autocommit call: (replayed, one result per earn as
+    apply_event's). Raises StaleRead or NeedsTransaction, having written nothing."""
+    try:
+        row = await conn.fetchrow(
+            _WRITE_EVENT,
+            programme_id,
+            member_id,
+            config_version,
+            facts_xmin,
+            tier_xmin,
+            _json(event),
+            facts_values,
+            day,
+            spend or 0,
+            spend is not None,
+            _json([[rule, period, start.isoformat()] for rule, period, start in usage]),
+            amount,
+            _json(earns),
+            _json(tier),
+            tier_new,
+            _json(history),
+            _json(events),
+            _json(outcome),
+            _json(response),
+        )
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == "LYSTL":
+            raise StaleRead(str(exc)) from None
+        if exc.sqlstate == "LYTXN":
+            raise NeedsTransaction(str(exc)) from None
+        raise
+    assert row is not None
+    return bool(row[0]), [] if row[1] is None else msgspec.json.decode(row[1])

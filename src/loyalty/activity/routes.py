@@ -10,8 +10,8 @@ from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty.activity import recording, service
 from loyalty.activity import schemas as s
-from loyalty.activity import service
 from loyalty.activity.replay_routes import ReplayController
 from loyalty.auth.core import Principal
 from loyalty.fast_routes import Arguments, FastRoute, Reply
@@ -25,14 +25,14 @@ TAGGERS = allow("crm", "operator")
 
 
 async def _record(conn: AsyncConnection, who: Principal, args: Arguments) -> Reply:
-    replayed, result = await service.record(conn, who, args.body)
+    replayed, result = await recording.record_event(conn, who, args.body)
     return Reply(replayed, msgspec.json.encode(result))
 
 
 RECORD_EVENT = FastRoute(
     method="POST",
     path="/v1/events",
-    summary="""Record a member event: facts, earning rules, refunds, in one transaction.
+    summary="""Record a member event: facts, earning rules, tier and points, all or nothing.
 
     Idempotent by event_id: the same event again returns the first answer with
     Idempotent-Replayed: true; the same event_id with another body is a 409.""",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from loyalty.activity import repository, service
+from loyalty.activity import activity_settings, repository
 
 log = logging.getLogger("loyalty.activity.tasks")
 
@@ -20,7 +20,7 @@ async def refresh_member_facts(ctx: dict[str, Any]) -> int:
     total = 0
     for programme_id in programmes:
         async with engine.begin() as conn:
-            total += await service.refresh_programme(conn, programme_id)
+            total += await activity_settings.refresh_programme(conn, programme_id)
     if total:
         log.info("refreshed the facts of %d members in %d programmes", total, len(programmes))
     return total

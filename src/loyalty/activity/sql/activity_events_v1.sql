@@ -122,3 +122,101 @@ BEGIN
     UPDATE member_events SET amount = p_amount, points = v_points, outcome = p_outcome, response = v_response
     WHERE programme_id = p_programme AND member_id = p_member AND id = p_row_id;
 END $$;
+
+-- A whole member event in one autocommit call, on a plan made from one read without locks
+-- (activity.repository.read_for_event): the event row, the member's facts as that read
+-- computed them, the order's activity day, the rules' usage rows, then activity_event_apply.
+--
+-- The plan holds only if what it was made from is unchanged, so the call first takes the
+-- member's facts row and tier row (in the order every event takes them) and compares their
+-- xmin (the id of the transaction that last wrote the row) and the programme's config version
+-- with the read's. A difference raises SQLSTATE LYSTL (stale): nothing was written and the
+-- caller reads and plans again. Every write to a member's activity days or rule usage also
+-- writes the facts row, so its xmin stands for all of them.
+--
+-- When the ledger does not pay every earn as planned (activity_event_apply's finished =
+-- false) the call raises LYTXN: nothing was written, and the caller records the event on its
+-- transactional path, which decides the tier again on what was earned.
+--
+-- replayed: the event id was recorded meanwhile; nothing was written, the caller reads the
+-- stored answer. Otherwise results are activity_event_apply's, one per earn.
+-- p_facts: the member_facts columns of the read's refresh; p_usage: [[rule_id, period,
+-- period_start], ...] of the rules that may earn.
+CREATE OR REPLACE FUNCTION activity_event_write(
+    p_programme bigint, p_member bigint, p_config_version int, p_facts_xmin bigint, p_tier_xmin bigint,
+    p_event jsonb, p_facts jsonb, p_day date, p_spend bigint, p_add_day boolean, p_usage jsonb,
+    p_amount bigint, p_earns jsonb, p_tier jsonb, p_tier_new boolean, p_history jsonb, p_events jsonb,
+    p_outcome jsonb, p_response jsonb,
+    OUT replayed boolean, OUT results jsonb
+) LANGUAGE plpgsql AS $$
+DECLARE
+    v_row bigint;
+    v_xmin bigint;
+    v_finished boolean;
+BEGIN
+    replayed := false;
+    -- The event row first, as on the transactional path: its unique event id orders
+    -- concurrent duplicates before any member lock is taken.
+    INSERT INTO member_events (programme_id, member_id, event_id, type, occurred_at, order_ref, amount,
+                               currency, channel, payload)
+    SELECT p_programme, p_member, e.event_id, e.type, e.occurred_at, e.order_ref, e.amount, e.currency,
+           e.channel, p_event->'payload'
+    FROM jsonb_to_record(p_event) AS e(event_id text, type text, occurred_at timestamptz, order_ref text,
+                                       amount bigint, currency text, channel text)
+    ON CONFLICT (programme_id, event_id) DO NOTHING
+    RETURNING id INTO v_row;
+    IF v_row IS NULL THEN
+        replayed := true;
+        RETURN;
+    END IF;
+
+    IF (SELECT config_version FROM programmes WHERE id = p_programme) IS DISTINCT FROM p_config_version THEN
+        RAISE EXCEPTION 'the programme''s configuration changed since the read' USING ERRCODE = 'LYSTL';
+    END IF;
+    SELECT xmin::text::bigint INTO v_xmin FROM member_facts
+    WHERE programme_id = p_programme AND member_id = p_member FOR UPDATE;
+    IF v_xmin IS DISTINCT FROM p_facts_xmin THEN
+        RAISE EXCEPTION 'the member''s facts changed since the read' USING ERRCODE = 'LYSTL';
+    END IF;
+    IF v_xmin IS NULL THEN
+        INSERT INTO member_facts (programme_id, member_id) VALUES (p_programme, p_member)
+        ON CONFLICT (programme_id, member_id) DO NOTHING;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'the member''s facts appeared since the read' USING ERRCODE = 'LYSTL';
+        END IF;
+    END IF;
+    v_xmin := NULL;
+    SELECT xmin::text::bigint INTO v_xmin FROM member_tiers
+    WHERE programme_id = p_programme AND member_id = p_member FOR UPDATE;
+    IF v_xmin IS DISTINCT FROM p_tier_xmin THEN
+        RAISE EXCEPTION 'the member''s tier changed since the read' USING ERRCODE = 'LYSTL';
+    END IF;
+
+    UPDATE member_facts f SET
+        qualifying_points = v.qualifying_points, spend = v.spend, orders = v.orders,
+        lifetime_points = v.lifetime_points, lifetime_spend = v.lifetime_spend,
+        lifetime_orders = v.lifetime_orders, first_order_at = v.first_order_at,
+        last_order_at = v.last_order_at, recency_score = v.recency_score,
+        frequency_score = v.frequency_score, monetary_score = v.monetary_score, lifecycle = v.lifecycle,
+        window_start = v.window_start, updated_at = now()
+    FROM jsonb_populate_record(NULL::member_facts, p_facts) v
+    WHERE f.programme_id = p_programme AND f.member_id = p_member;
+    IF p_add_day THEN
+        INSERT INTO member_activity_days AS d (programme_id, member_id, day, orders, spend, qualifying_points)
+        VALUES (p_programme, p_member, p_day, 1, p_spend, 0)
+        ON CONFLICT (programme_id, member_id, day) DO UPDATE SET
+            orders = d.orders + excluded.orders, spend = d.spend + excluded.spend;
+    END IF;
+    INSERT INTO earning_rule_usage (programme_id, member_id, rule_id, period, period_start, points)
+    SELECT p_programme, p_member, (u->>0)::bigint, u->>1, (u->>2)::date, 0
+    FROM jsonb_array_elements(p_usage) u
+    ORDER BY 3, 4, 5
+    ON CONFLICT (programme_id, member_id, rule_id, period, period_start) DO NOTHING;
+
+    SELECT a.finished, a.results INTO v_finished, results
+    FROM activity_event_apply(p_programme, p_member, v_row, p_day, p_amount, p_earns, p_tier, p_tier_new,
+                              p_history, p_events, p_outcome, p_response) a;
+    IF NOT v_finished THEN
+        RAISE EXCEPTION 'the ledger did not pay every earn as planned' USING ERRCODE = 'LYTXN';
+    END IF;
+END $$;
