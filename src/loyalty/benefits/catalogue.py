@@ -20,13 +20,8 @@ REQUIRED_LANGUAGES = ("en", "zh-CN")
 
 
 def utcnow() -> datetime:
+    """The clock every benefit use case reads (UTC-aware)."""
     return datetime.now(UTC)
-
-
-def member_not_found(external_id: str) -> NotFound:
-    return NotFound(
-        "No member with this id in the programme.", code="member_not_found", extra={"member_id": external_id}
-    )
 
 
 def benefit_not_found(code: str) -> NotFound:

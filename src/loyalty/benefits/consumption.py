@@ -18,8 +18,8 @@ from loyalty.activity.facts import row_to_facts
 from loyalty.auth.core import Principal
 from loyalty.benefits import core, repository
 from loyalty.benefits import schemas as s
-from loyalty.benefits.catalogue import benefit_not_found, load_benefit, member_not_found, utcnow
-from loyalty.benefits.entitlements import parsed_rule
+from loyalty.benefits.catalogue import benefit_not_found, load_benefit, utcnow
+from loyalty.benefits.entitlements import member_not_found, parsed_rule
 from loyalty.errors import Conflict, NotFound
 from loyalty.events import repository as outbox
 

@@ -16,13 +16,20 @@ from loyalty.activity.facts import load_facts
 from loyalty.auth.core import Principal
 from loyalty.benefits import core, repository
 from loyalty.benefits import schemas as s
-from loyalty.benefits.catalogue import member_not_found, to_def, utcnow
+from loyalty.benefits.catalogue import to_def, utcnow
+from loyalty.errors import NotFound
 
 
 @functools.lru_cache(maxsize=1024)
 def parsed_rule(rule_json: str) -> rules.Rule:
     """Segment rules arrive as JSON text; parsing one is cached by its text."""
     return rules.parse_rule(msgspec.json.decode(rule_json))
+
+
+def member_not_found(external_id: str) -> NotFound:
+    return NotFound(
+        "No member with this id in the programme.", code="member_not_found", extra={"member_id": external_id}
+    )
 
 
 async def member_id_of(conn: AsyncConnection, who: Principal, external_id: str) -> int:
