@@ -31,6 +31,7 @@ FILES = (
     "ledger/sql/ledger_v1.sql",
     "ledger/sql/ledger_events_v1.sql",
     "benefits/sql/benefit_events_v1.sql",
+    "benefits/sql/benefit_consume_v1.sql",
     "activity/sql/activity_events_v1.sql",
     "reports/sql/reports_v1.sql",
     "imports/sql/imports_v1.sql",

@@ -23,7 +23,7 @@ from litestar.params import FromPath, QueryParameter
 from loyalty import rules
 from loyalty.benefits import core, repository
 from loyalty.benefits import schemas as s
-from loyalty.benefits.service import parsed_rule, source_view
+from loyalty.benefits.entitlements import parsed_rule, source_view
 from loyalty.errors import NotFound
 from loyalty.facts.repository import row_to_facts
 from loyalty.http.fast_routes import Arguments, FastRoute, Reply

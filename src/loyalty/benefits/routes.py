@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from loyalty.benefits import schemas as s
 from loyalty.benefits import service
 from loyalty.benefits.checkout import CHECK_BENEFIT, CHECKOUT_ROLES
+from loyalty.benefits.consume_routes import CONSUME_BENEFIT, RESERVE_BENEFIT
 from loyalty.http.edge import PathId
 from loyalty.http.lanes import allow
 from loyalty.http.principal import Principal
@@ -62,28 +63,6 @@ class BenefitController(Controller):
         data: JSONBody[s.BenefitUpdate],
     ) -> s.BenefitView:
         return await service.update(tx, who, code, data)
-
-    @post("/{code:str}/consume", dependencies=WRITE, guards=[CHECKOUT], status_code=201)
-    async def consume(
-        self,
-        tx: NamedDependency[AsyncConnection],
-        who: NamedDependency[Principal],
-        code: FromPath[str],
-        data: JSONBody[s.ConsumeRequest],
-    ) -> s.ConsumptionResult:
-        """One use for an order, idempotent by order_reference; 409 quota_exhausted when none is left."""
-        return await service.consume(tx, who, code, data, reserve=False)
-
-    @post("/{code:str}/reserve", dependencies=WRITE, guards=[CHECKOUT], status_code=201)
-    async def reserve(
-        self,
-        tx: NamedDependency[AsyncConnection],
-        who: NamedDependency[Principal],
-        code: FromPath[str],
-        data: JSONBody[s.ReserveRequest],
-    ) -> s.ConsumptionResult:
-        """Hold one use for a checkout; commit or release it, or it is released at the timeout."""
-        return await service.consume(tx, who, code, data, reserve=True)
 
     @post(
         "/{code:str}/consumptions/{order_reference:str}/commit",
@@ -238,6 +217,8 @@ class MyBenefitsController(Controller):
 
 ROUTES: list[Any] = [
     CHECK_BENEFIT.handler(),
+    CONSUME_BENEFIT.handler(),
+    RESERVE_BENEFIT.handler(),
     BenefitController,
     TierBenefitController,
     CampaignController,
