@@ -80,6 +80,17 @@ async def provide_posting(request: Request) -> AsyncIterator[PostingConnection]:
         yield conn
 
 
+async def provide_grouped_posting(request: Request) -> AsyncIterator[PostingConnection]:
+    """Like provide_posting, for a route whose write is one batchable posting (a clawback): with
+    group commit on, the process's committer, which answers once the posting's batch committed."""
+    state = request.app.state
+    if state.committer is not None:
+        yield state.committer
+        return
+    async with state.posting_pool.acquire(timeout=state.pool_timeout) as conn:
+        yield conn
+
+
 async def provide_read(request: Request) -> AsyncIterator[AsyncConnection]:
     engine: AsyncEngine = request.app.state.engine
     async with engine.connect() as conn:
@@ -194,9 +205,12 @@ class PostingLane:
             data = decode_body(await _read_body(receive), self.body_type)
         key = _idempotency_key(scope["headers"])
         state = scope["litestar_app"].state
-        pool: asyncpg.Pool = state.posting_pool
-        async with pool.acquire(timeout=state.pool_timeout) as conn:
-            result = await self.call(conn, principal, data, key, scope["path_params"])
+        if state.committer is not None:  # group commit: answered once its batch committed
+            result = await self.call(state.committer, principal, data, key, scope["path_params"])
+        else:
+            pool: asyncpg.Pool = state.posting_pool
+            async with pool.acquire(timeout=state.pool_timeout) as conn:
+                result = await self.call(conn, principal, data, key, scope["path_params"])
         replayed = [(b"idempotent-replayed", b"true")] if result.replayed else []
         await send_json(send, self.status, result.body, replayed)
 

@@ -24,6 +24,7 @@ from loyalty.web import (
     PostingLane,
     allow,
     posted,
+    provide_grouped_posting,
     provide_posting,
     provide_read,
     provide_tx,
@@ -32,6 +33,8 @@ from loyalty.web import (
 WRITE = {"tx": Provide(provide_tx)}
 # Routes whose write is a single posting-function call (see web.provide_posting).
 POSTING = {"tx": Provide(provide_posting)}
+# A single batchable posting: through the group committer when it is on.
+GROUPED = {"tx": Provide(provide_grouped_posting)}
 READ = {"tx": Provide(provide_read)}
 ECOMMERCE_ROLES = ("ecommerce", "operator")
 GRANTS_ROLES = ("ecommerce", "marketing", "operator")
@@ -192,14 +195,14 @@ class PointsController(Controller):
 
     @post(
         "/clawbacks",
-        dependencies=POSTING,
+        dependencies=GROUPED,
         guards=[ECOMMERCE],
         responses=_spec(s.ClawbackResult),
         status_code=201,
     )
     async def clawback(
         self,
-        tx: NamedDependency[PoolConnectionProxy],
+        tx: NamedDependency[Any],  # the group committer, or a pooled connection (web.provide_grouped_posting)
         who: NamedDependency[Principal],
         data: JSONBody[s.ClawbackRequest],
         idempotency_key: IdempotencyKey,
