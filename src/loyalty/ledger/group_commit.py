@@ -40,17 +40,22 @@ _BATCH_SQL = (
 _RETRY_SPLIT = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 
 
+def batch_order(params: dict[str, Any]) -> tuple[Any, ...]:
+    """Postings of one batch run in this order (by budget, then member), so that concurrent
+    batches take their locks in the same order and rarely wait on each other in a cycle."""
+    return (
+        params["p_programme"],
+        params.get("p_budget") or "",
+        params.get("p_member") or "",
+        params.get("p_hold") or 0,
+    )
+
+
 @dataclass(slots=True)
 class _Op:
     function: str
     params: dict[str, Any]
     future: asyncio.Future[Posted] = field(repr=False)
-
-    def order(self) -> tuple[Any, ...]:
-        """Operations of one batch run in this order, so that concurrent batches take the
-        budget and member locks in the same order and rarely wait on each other in a cycle."""
-        p = self.params
-        return (p["p_programme"], p.get("p_budget") or "", p.get("p_member") or "", p.get("p_hold") or 0)
 
 
 class GroupCommitter:
@@ -121,7 +126,7 @@ class GroupCommitter:
             return True
         count_group_commit(len(batch))
         try:
-            await self._run(conn, sorted(batch, key=_Op.order))
+            await self._run(conn, sorted(batch, key=lambda op: batch_order(op.params)))
         except Exception as exc:
             _fail(batch, exc)
             return False
