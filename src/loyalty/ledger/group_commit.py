@@ -38,16 +38,20 @@ _BATCH_SQL = (
 )
 # A whole batch lost to another batch's locks: it committed nothing, so it is sent again in halves.
 _RETRY_SPLIT = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+_SINGLE_ATTEMPTS = 3
 
 
 def batch_order(params: dict[str, Any]) -> tuple[Any, ...]:
-    """Postings of one batch run in this order (by budget, then member), so that concurrent
-    batches take their locks in the same order and rarely wait on each other in a cycle."""
+    """Postings of one batch run in this order, so that concurrent batches take their locks in
+    the same order and rarely wait on each other in a cycle: by budget (an earn locks its budget
+    before its member), then member; captures and voids, whose member is not known here, last."""
+    hold = params.get("p_hold")
     return (
         params["p_programme"],
+        hold is not None,
         params.get("p_budget") or "",
         params.get("p_member") or "",
-        params.get("p_hold") or 0,
+        hold or 0,
     )
 
 
@@ -137,7 +141,7 @@ class GroupCommitter:
             # A batch of one is the plain single call: no JSON, and exactly today's behaviour.
             op = batch[0]
             try:
-                result = await post_on_driver(conn, op.function, op.params)
+                result = await _single(conn, op)
             except Exception as exc:
                 _settle_error(op, exc)
                 if not isinstance(exc, DomainError | asyncpg.PostgresError):
@@ -169,6 +173,19 @@ class GroupCommitter:
         for op in again:
             count_group_commit(0, outcome="retried")
             await self._run(conn, [op])
+
+
+async def _single(conn: Any, op: _Op) -> Posted:
+    """One posting on its own. Alone it meets another batch in a deadlock only rarely; as it
+    rolled back and committed nothing, it is tried again, a few times, before it fails."""
+    for attempt in range(_SINGLE_ATTEMPTS):
+        try:
+            return await post_on_driver(conn, op.function, op.params)
+        except _RETRY_SPLIT:
+            if attempt == _SINGLE_ATTEMPTS - 1:
+                raise
+            count_group_commit(0, outcome="retried")
+    raise AssertionError("unreachable")
 
 
 def _settle(op: _Op, result: Posted) -> None:

@@ -20,6 +20,9 @@ DECLARE
     a jsonb;
     r record;
 BEGIN
+    -- One shard of each sharded account for the whole batch (see ledger_shard); 720720 is a
+    -- multiple of every shard count up to 16, so each shard is as likely.
+    PERFORM set_config('loyalty.batch_shard', floor(random() * 720720)::int::text, true);
     FOR op IN SELECT value FROM jsonb_array_elements(p_ops) WITH ORDINALITY AS t(value, n) ORDER BY n LOOP
         a := op->'a';
         op_replayed := NULL;
