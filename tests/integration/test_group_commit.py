@@ -351,3 +351,28 @@ async def test_a_batch_answers_as_its_postings_one_at_a_time(
             one_by_one[i] = await _answer(_call(conn, single, single_holds, op, key))
     assert [_outcome(a) for a in batched] == [_outcome(a) for a in one_by_one]
     assert await _state(engine, grouped) == await _state(engine, single)
+
+
+async def test_a_posting_waits_for_a_flusher_no_longer_than_for_a_connection(
+    engine: AsyncEngine, pool: asyncpg.Pool
+) -> None:
+    who = await _programme(engine, ["ann", "bob"], base=1_000)
+    committer = GroupCommitter(pool, flushers=1, max_batch=64, acquire_timeout=0.3)
+    async with engine.connect() as locker, locker.begin() as held:
+        await locker.execute(
+            text(
+                "SELECT 1 FROM account_balances ab JOIN budgets b ON b.account_id = ab.account_id "
+                "AND b.programme_id = ab.programme_id WHERE b.programme_id = :p FOR UPDATE OF ab"
+            ),
+            {"p": who.programme_id},
+        )
+        stuck = asyncio.ensure_future(service.earn(committer, who, _earn("ann", 5), "first"))
+        await asyncio.sleep(0.1)  # the only flusher now waits on the lock with it
+        queued = asyncio.ensure_future(service.earn(committer, who, _earn("bob", 5), "second"))
+        await asyncio.sleep(0.6)
+        assert not stuck.done() and not queued.done()
+        await held.rollback()
+    assert not (await stuck).replayed  # the call under way commits once the lock is gone
+    with pytest.raises(TimeoutError):  # a 503, as when the pool has no connection in time
+        await queued
+    assert (await _balance(engine, who, "bob")).available == 0

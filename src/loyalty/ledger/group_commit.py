@@ -60,6 +60,7 @@ class _Op:
     function: str
     params: dict[str, Any]
     future: asyncio.Future[Posted] = field(repr=False)
+    queued_at: float = 0.0
 
 
 class GroupCommitter:
@@ -83,8 +84,9 @@ class GroupCommitter:
         if function not in BATCHABLE:
             async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
                 return await post_on_driver(conn, function, params)
-        future: asyncio.Future[Posted] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Op(function, params, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Posted] = loop.create_future()
+        self._queue.append(_Op(function, params, future, loop.time()))
         if self._active < self.flushers:
             self._active += 1
             task = asyncio.create_task(self._flush())
@@ -118,10 +120,17 @@ class GroupCommitter:
 
     def _take(self) -> list[_Op]:
         batch: list[_Op] = []
+        # A posting waits for a flusher no longer than a request waits for a pooled connection:
+        # with PostgreSQL hung, the answer is a 503 within the API's bounds, not a long queue.
+        too_old = asyncio.get_running_loop().time() - self.acquire_timeout
         while self._queue and len(batch) < self.max_batch:
             op = self._queue.popleft()
-            if not op.future.done():  # a caller that went away before its turn is dropped
-                batch.append(op)
+            if op.future.done():  # a caller that went away before its turn is dropped
+                continue
+            if op.queued_at < too_old:
+                _settle_error(op, TimeoutError("no posting connection in time (group commit queue)"))
+                continue
+            batch.append(op)
         return batch
 
     async def _send(self, conn: Any, batch: list[_Op]) -> bool:
