@@ -26,7 +26,7 @@ from loyalty.db import create_posting_pool
 from loyalty.errors import DomainError
 from loyalty.ledger import schemas as s
 from loyalty.ledger import service
-from loyalty.ledger.group_commit import GroupCommitter, batch_order
+from loyalty.ledger.group_commit import GroupCommitter, batch_order, for_settings
 from loyalty.ledger.repository import Posted
 from loyalty.ledger.verify import verify
 from loyalty.members import schemas as ms
@@ -376,3 +376,12 @@ async def test_a_posting_waits_for_a_flusher_no_longer_than_for_a_connection(
     with pytest.raises(TimeoutError):  # a 503, as when the pool has no connection in time
         await queued
     assert (await _balance(engine, who, "bob")).available == 0
+
+
+async def test_the_setting_turns_it_off_and_sizes_it(pool: asyncpg.Pool) -> None:
+    off = Settings.from_env({"LOYALTY_GROUP_COMMIT": "false"})
+    assert off.group_commit is False and for_settings(pool, off) is None
+    sized = Settings.from_env({"LOYALTY_GROUP_COMMIT_FLUSHERS": "2", "LOYALTY_GROUP_COMMIT_MAX_BATCH": "16"})
+    committer = for_settings(pool, sized)
+    assert committer is not None and (committer.flushers, committer.max_batch) == (2, 16)
+    assert Settings.from_env(sized.to_env()) == sized
