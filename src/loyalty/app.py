@@ -29,6 +29,7 @@ from loyalty.http.lanes import PUBLIC_PATHS, AuthMiddleware, StrictRequest, prov
 from loyalty.http.openapi import ProblemDocs
 from loyalty.imports.routes import build_routes as import_routes
 from loyalty.jobs.routes import ROUTES as JOB_ROUTES
+from loyalty.ledger import group_commit
 from loyalty.ledger.routes import ROUTES as LEDGER_ROUTES
 from loyalty.members.routes import ROUTES as MEMBER_ROUTES
 from loyalty.observability import wiring as observability
@@ -73,6 +74,7 @@ def create_app(settings: Settings) -> Litestar:
         )
         # How long a request waits for a pooled posting connection before it answers 503.
         app.state.pool_timeout = settings.db_timeout_seconds
+        app.state.committer = group_commit.for_settings(app.state.posting_pool, settings)
         app.state.redis = redis
         # Benefit definitions and tier maps for the checkout check, stamped with their version.
         app.state.benefit_catalogues = CatalogueCache()
@@ -87,6 +89,8 @@ def create_app(settings: Settings) -> Litestar:
         finally:
             await revocations.stop()
             await redis.aclose()
+            if app.state.committer is not None:
+                await app.state.committer.close()
             await app.state.posting_pool.close()
             await engine.dispose()
 

@@ -72,6 +72,11 @@ class Settings:
     # Console logins tried from one client address per 5 minutes, whatever the accounts, before
     # 429 (0: no limit; the per-account lockout holds either way).
     console_login_limit: int = 30
+    # Group commit of the HTTP single postings (docs/group-commit.md): off sends each one as its
+    # own call. Flushers: batches under way at once; max batch: postings per call.
+    group_commit: bool = True
+    group_commit_flushers: int = 3
+    group_commit_max_batch: int = 24
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> Settings:
@@ -110,6 +115,9 @@ class Settings:
             import_max_bytes=env.integer("IMPORT_MAX_BYTES", 64 * 1024 * 1024),
             console_idle_minutes=env.integer("CONSOLE_IDLE_MINUTES", 30),
             console_login_limit=env.integer("CONSOLE_LOGIN_LIMIT", 30),
+            group_commit=env.boolean("GROUP_COMMIT", True),
+            group_commit_flushers=env.integer("GROUP_COMMIT_FLUSHERS", 3),
+            group_commit_max_batch=env.integer("GROUP_COMMIT_MAX_BATCH", 24),
         )
 
     def with_urls(self, database_url: str | None, redis_url: str | None) -> Settings:
@@ -151,6 +159,9 @@ class Settings:
             "IMPORT_MAX_BYTES": str(self.import_max_bytes),
             "CONSOLE_IDLE_MINUTES": str(self.console_idle_minutes),
             "CONSOLE_LOGIN_LIMIT": str(self.console_login_limit),
+            "GROUP_COMMIT": str(self.group_commit).lower(),
+            "GROUP_COMMIT_FLUSHERS": str(self.group_commit_flushers),
+            "GROUP_COMMIT_MAX_BATCH": str(self.group_commit_max_batch),
         }
         return {ENV_PREFIX + key: value for key, value in values.items() if value is not None}
 

@@ -30,6 +30,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 FILES = (
     "ledger/sql/ledger_v1.sql",
     "ledger/sql/ledger_events_v1.sql",
+    "ledger/sql/ledger_batch_v1.sql",
     "benefits/sql/benefit_events_v1.sql",
     "benefits/sql/benefit_consume_v1.sql",
     "activity/sql/activity_events_v1.sql",

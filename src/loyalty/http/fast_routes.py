@@ -34,9 +34,10 @@ from loyalty.http.lanes import JSON, Answer, IdempotencyKey, InvalidRequest, all
 from loyalty.http.principal import Principal
 
 # How a lane gets its connection: "posting" — a pooled asyncpg connection, the call one
-# autocommit statement; "transaction" — a SQLAlchemy transaction committed before the answer;
+# autocommit statement; "grouped" — a single posting that goes through the process's group
+# committer when group commit is on (ledger/group_commit.py), else as "posting"; "transaction" — a SQLAlchemy transaction committed before the answer;
 # "read" — a pooled asyncpg connection for a read.
-Connection = Literal["posting", "transaction", "read"]
+Connection = Literal["posting", "grouped", "transaction", "read"]
 DEFAULT_MAX_BODY = 1024 * 1024
 
 
@@ -204,7 +205,11 @@ class FastLane:
         key = _idempotency_key(scope["headers"]) if route.idempotent else None
         state: State = scope["litestar_app"].state
         arguments = Arguments(body, key, path, query, state)
-        if route.connection == "transaction":
+        committer = getattr(state, "committer", None) if route.connection == "grouped" else None
+        if committer is not None:
+            # Group commit: the call joins the process's next batch and returns once it committed.
+            result = await route.call(committer, principal, arguments)
+        elif route.connection == "transaction":
             engine: AsyncEngine = state.engine
             async with engine.connect() as conn, conn.begin():
                 result = await route.call(conn, principal, arguments)

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol, TypeAlias
 
 import asyncpg
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty.db import PostingConnection
+from loyalty.db import PostingConnection as DriverConnection
 from loyalty.idempotency import Posted
 from loyalty.ledger.errors import ledger_error
 from loyalty.observability.metrics import metered_post
@@ -42,27 +43,50 @@ def _posting_statement(function: str, params: tuple[str, ...]) -> Any:
 _DRIVER_SQL: dict[tuple[str, int], str] = {}
 
 
+class Committer(Protocol):
+    """What ledger/group_commit.GroupCommitter offers the postings: one call, answered after
+    the commit of the batch it went in, and its pool for a write that needs a connection."""
+
+    pool: asyncpg.Pool
+    acquire_timeout: float
+
+    async def post(self, function: str, params: dict[str, Any]) -> Posted: ...
+
+
+# A posting function is called on a plain asyncpg connection (the call is its own transaction),
+# through the process's group committer (the HTTP write path: many calls in one), or inside a
+# caller's SQLAlchemy transaction (jobs, tests, the demo).
+PostingConnection: TypeAlias = DriverConnection | Committer
+
+
 async def post(conn: PostingConnection, function: str, **params: Any) -> Posted:
     """Calls one posting function; a business failure comes back as a domain error. Counted in
     the ledger operation metrics by kind and outcome."""
     return await metered_post(function, _post(conn, function, params))
 
 
+async def post_on_driver(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, function: str, params: dict[str, Any]
+) -> Posted:
+    """One posting function called on an asyncpg connection: in autocommit, its own transaction."""
+    sql = _DRIVER_SQL.get((function, len(params)))
+    if sql is None:
+        args = ", ".join(f"${i}" for i in range(1, len(params) + 1))
+        sql = _DRIVER_SQL[(function, len(params))] = f"SELECT replayed, body::text FROM {function}({args})"
+    try:
+        record = await conn.fetchrow(sql, *params.values())
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == DOMAIN_SQLSTATE:
+            raise ledger_error(exc.message, getattr(exc, "detail", None)) from None
+        raise
+    return Posted(replayed=record[0], body=record[1].encode())
+
+
 async def _post(conn: PostingConnection, function: str, params: dict[str, Any]) -> Posted:
+    if isinstance(conn, asyncpg.Connection | asyncpg.pool.PoolConnectionProxy):
+        return await post_on_driver(conn, function, params)
     if not isinstance(conn, AsyncConnection):
-        sql = _DRIVER_SQL.get((function, len(params)))
-        if sql is None:
-            args = ", ".join(f"${i}" for i in range(1, len(params) + 1))
-            sql = _DRIVER_SQL[(function, len(params))] = (
-                f"SELECT replayed, body::text FROM {function}({args})"
-            )
-        try:
-            record = await conn.fetchrow(sql, *params.values())
-        except asyncpg.PostgresError as exc:
-            if exc.sqlstate == DOMAIN_SQLSTATE:
-                raise ledger_error(exc.message, getattr(exc, "detail", None)) from None
-            raise
-        return Posted(replayed=record[0], body=record[1].encode())
+        return await conn.post(function, params)
     stmt = _posting_statement(function, tuple(params))
     try:
         row = (await conn.execute(stmt, params)).one()
@@ -72,6 +96,17 @@ async def _post(conn: PostingConnection, function: str, params: dict[str, Any]) 
             raise error from None
         raise
     return Posted(replayed=row[0], body=row[1].encode())
+
+
+@asynccontextmanager
+async def dedicated(conn: PostingConnection) -> AsyncIterator[PostingConnection]:
+    """A connection of its own, for a write of several statements (a posting and its audit row):
+    the group committer lends one from its pool; any other connection is used as it is."""
+    if isinstance(conn, AsyncConnection | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy):
+        yield conn
+        return
+    async with conn.pool.acquire(timeout=conn.acquire_timeout) as own:
+        yield own
 
 
 async def claim_key(conn: AsyncConnection, programme_id: int, key: str | None, fingerprint: bytes) -> Any:
@@ -278,7 +313,11 @@ async def hold(conn: AsyncConnection, programme_id: int, hold_id: int) -> str | 
     ).scalar_one_or_none()
 
 
-async def budget(conn: PostingConnection, programme_id: int, code: str) -> str | None:
+async def budget(
+    conn: AsyncConnection | asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    programme_id: int,
+    code: str,
+) -> str | None:
     if not isinstance(conn, AsyncConnection):
         return await conn.fetchval(
             "SELECT ledger_budget_json(programme_id, id)::text FROM budgets WHERE programme_id = $1 AND code = $2",

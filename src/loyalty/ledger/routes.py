@@ -39,6 +39,7 @@ def _fast(
         result=result,
         call=call,
         tags=("ledger",),
+        connection="grouped",
         **options,
     )
 

@@ -149,6 +149,17 @@ async def capture(
 
 
 async def void(conn: PostingConnection, who: Principal, hold_id: int, key: str | None) -> Posted:
+    if not _is_operator(who):
+        # Checkout code voids its own holds all day: the ledger entry is the record of that.
+        return await _void(conn, who, hold_id, key)
+    # An operator's void and its audit row are one transaction, on a connection of their own.
+    async with repository.dedicated(conn) as own:
+        return await _void(own, who, hold_id, key, audited=True)
+
+
+async def _void(
+    conn: PostingConnection, who: Principal, hold_id: int, key: str | None, *, audited: bool = False
+) -> Posted:
     posting = repository.post(
         conn,
         "ledger_void",
@@ -172,8 +183,7 @@ async def void(conn: PostingConnection, who: Principal, hold_id: int, key: str |
             "transaction_id": body["transaction_id"],
         }
 
-    if not _is_operator(who):
-        # Checkout code voids its own holds all day: the ledger entry is the record of that.
+    if not audited:
         return await posting
     return await _audited(conn, who, posting, action="hold.void", entity="hold", entity_id=hold_id, view=view)
 

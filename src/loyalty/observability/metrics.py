@@ -60,6 +60,17 @@ JOB_DURATION = Histogram(
     ["job"],
     buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0),
 )
+GROUP_COMMIT_BATCH = Histogram(
+    "loyalty_group_commit_batch_size",
+    "Postings per group-commit call (ledger/group_commit.py); _count is the number of flushes.",
+    buckets=(1, 2, 4, 8, 12, 16, 24, 32, 48, 64),
+)
+GROUP_COMMIT_RETRIES = Counter(
+    "loyalty_group_commit_retries_total",
+    "Group-commit work sent again: split (a batch lost to a deadlock, sent in halves), "
+    "retried (one posting of a batch sent again alone).",
+    ["reason"],
+)
 # Pools are per process; livesum adds up the live API processes' figures.
 DB_POOL = Gauge(
     "loyalty_db_pool_connections",
@@ -108,6 +119,16 @@ def count_ledger(kind: str, outcome: str, code: str = "") -> None:
     if child is None:
         child = _ledger_children[key] = LEDGER_OPERATIONS.labels(kind, outcome, code)
     child.inc()
+
+
+def count_group_commit(size: int, *, outcome: str = "flush") -> None:
+    """A group-commit flush of ``size`` postings, or (outcome split/retried) work sent again."""
+    if not _enabled:
+        return
+    if outcome == "flush":
+        GROUP_COMMIT_BATCH.observe(size)
+    else:
+        GROUP_COMMIT_RETRIES.labels(outcome).inc()
 
 
 async def metered_post(function: str, call: Awaitable[Any]) -> Any:

@@ -117,6 +117,17 @@ RETURNS TABLE (account_id bigint, shards int) LANGUAGE sql STABLE AS $$
     SELECT id, shards FROM accounts WHERE programme_id = p_programme AND kind = p_kind;
 $$;
 
+-- The shard of a sharded account that a write uses: a random one, so that concurrent writers
+-- spread over the shards. Inside a group-commit batch (ledger_post_batch sets
+-- loyalty.batch_shard for its transaction) every posting of the batch takes the same one, so a
+-- batch holds a single shard of each account rather than most of them, and two batches meet on
+-- an account only when they drew the same shard.
+CREATE OR REPLACE FUNCTION ledger_shard(p_shards int)
+RETURNS int LANGUAGE sql VOLATILE AS $$
+    SELECT coalesce(nullif(current_setting('loyalty.batch_shard', true), '')::int % p_shards,
+                    floor(random() * p_shards)::int)
+$$;
+
 -- Credits a sink (redemption, breakage, adjustments, funding) on a random shard: sinks have no
 -- floor, so any shard will do and concurrent writers rarely meet.
 CREATE OR REPLACE FUNCTION ledger_credit_sink(p_programme bigint, p_txn bigint, p_seq int, p_kind text, p_amount bigint)
@@ -130,7 +141,7 @@ BEGIN
         RETURN;
     END IF;
     SELECT a.account_id, a.shards INTO v_account, v_shards FROM ledger_system_account(p_programme, p_kind) a;
-    v_shard := floor(random() * v_shards)::int;
+    v_shard := ledger_shard(v_shards);
     UPDATE account_balances SET available = available + p_amount
     WHERE programme_id = p_programme AND account_id = v_account AND shard = v_shard;
     PERFORM ledger_entry(p_programme, p_txn, p_seq, v_account, v_shard, 0, p_amount);
@@ -146,7 +157,7 @@ CREATE OR REPLACE FUNCTION ledger_take_from_budget(
     p_txn bigint, p_seq int, OUT taken bigint, OUT next_seq int
 ) LANGUAGE plpgsql AS $$
 DECLARE
-    v_shard int := floor(random() * p_shards)::int;
+    v_shard int := ledger_shard(p_shards);
     v_total bigint;
     v_after bigint;
     v_target bigint;
@@ -500,7 +511,7 @@ BEGIN
             coalesce(p_metadata, '{}'), p_actor);
     SELECT a.id, a.shards INTO v_sink, v_sink_shards FROM accounts a
     WHERE a.programme_id = p_programme AND a.kind = 'redemption';
-    v_shard := floor(random() * v_sink_shards)::int;
+    v_shard := ledger_shard(v_sink_shards);
     UPDATE account_balances SET available = available + p_amount
     WHERE programme_id = p_programme AND account_id = v_sink AND shard = v_shard;
     INSERT INTO entries (programme_id, txn_id, seq, account_id, shard, bucket, amount)
@@ -1082,7 +1093,7 @@ BEGIN
     END IF;
     SELECT a.id, a.shards INTO v_breakage, v_shards FROM accounts a
     WHERE a.programme_id = p_programme AND a.kind = 'breakage';
-    v_shard := floor(random() * v_shards)::int;
+    v_shard := ledger_shard(v_shards);
     v_expired := ledger_expire_member(p_programme, p_member, p_account, v_breakage, v_shard);
     UPDATE account_balances SET available = available + v_expired
     WHERE programme_id = p_programme AND account_id = v_breakage AND shard = v_shard;
@@ -1148,7 +1159,7 @@ BEGIN
         PERFORM 1 FROM account_balances
         WHERE programme_id = m.programme_id AND account_id = m.account_id AND shard = 0 FOR UPDATE;
         SELECT a.account_id, a.shards INTO v_breakage, v_shards FROM ledger_system_account(m.programme_id, 'breakage') a;
-        v_shard := floor(random() * v_shards)::int;
+        v_shard := ledger_shard(v_shards);
         v_expired := ledger_expire_member(m.programme_id, m.member_id, m.account_id, v_breakage, v_shard);
         IF v_expired > 0 THEN
             INSERT INTO pg_temp.breakage_credits VALUES (m.programme_id, v_breakage, v_shard, v_expired);

@@ -1,0 +1,225 @@
+"""Group commit: the API process's concurrent single postings go to PostgreSQL together.
+
+Callers submit one posting (function, arguments) and await its answer. A few flushers take
+whatever is queued when they get a connection, up to ``max_batch`` operations, and send it as
+one call of ``ledger_post_batch`` (ledger/sql/ledger_batch_v1.sql): one round trip and one
+commit for the lot. There is no timer: an idle process sends a lone posting at once, as a
+plain single call; under load the batch is what arrived while the last call ran.
+
+Each operation keeps its own idempotency key, answer and error: it runs in its own
+subtransaction, so a refusal rolls back only itself. Answers are given only after the call
+returned, and the call is its own transaction (autocommit), so an answer means committed. If
+the call fails (connection lost, statement timeout, PostgreSQL gone) every operation of the
+batch gets that error and none an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from loyalty.errors import DomainError
+from loyalty.idempotency import Posted
+from loyalty.ledger.errors import ledger_error
+from loyalty.ledger.repository import DOMAIN_SQLSTATE, post_on_driver
+from loyalty.observability.metrics import count_group_commit
+from loyalty.settings import Settings
+
+# The posting functions ledger_post_batch dispatches to.
+BATCHABLE = frozenset(
+    {"ledger_earn", "ledger_spend", "ledger_hold", "ledger_capture", "ledger_void", "ledger_clawback"}
+)
+_BATCH_SQL = (
+    "SELECT op_replayed, op_body, op_sqlstate, op_message, op_detail FROM ledger_post_batch($1::jsonb)"
+)
+# A whole batch lost to another batch's locks: it committed nothing, so it is sent again in halves.
+_RETRY_SPLIT = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+_SINGLE_ATTEMPTS = 3
+
+
+def batch_order(params: dict[str, Any]) -> tuple[Any, ...]:
+    """Postings of one batch run in this order, so that concurrent batches take their locks in
+    the same order and rarely wait on each other in a cycle: by budget (an earn locks its budget
+    before its member), then member; captures and voids, whose member is not known here, last."""
+    hold = params.get("p_hold")
+    return (
+        params["p_programme"],
+        hold is not None,
+        params.get("p_budget") or "",
+        params.get("p_member") or "",
+        hold or 0,
+    )
+
+
+@dataclass(slots=True)
+class _Op:
+    function: str
+    params: dict[str, Any]
+    future: asyncio.Future[Posted] = field(repr=False)
+    queued_at: float = 0.0
+
+
+class GroupCommitter:
+    """One per API process, on the posting pool. ``post`` is what ``repository.post`` calls."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, *, flushers: int = 3, max_batch: int = 24, acquire_timeout: float = 2.0
+    ) -> None:
+        if flushers < 1 or max_batch < 1:
+            raise ValueError("flushers and max_batch must be at least 1")
+        self.pool = pool
+        self.flushers = flushers
+        self.max_batch = max_batch
+        self.acquire_timeout = acquire_timeout
+        self._queue: deque[_Op] = deque()
+        self._active = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def post(self, function: str, params: dict[str, Any]) -> Posted:
+        """One posting, answered once its batch has committed; a refusal raises its domain error."""
+        if function not in BATCHABLE:
+            async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
+                return await post_on_driver(conn, function, params)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Posted] = loop.create_future()
+        self._queue.append(_Op(function, params, future, loop.time()))
+        if self._active < self.flushers:
+            self._active += 1
+            task = asyncio.create_task(self._flush())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await future
+
+    async def close(self) -> None:
+        """Wait for the batches under way (the pool is closed after this)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                try:
+                    conn = await self.pool.acquire(timeout=self.acquire_timeout)
+                except Exception as exc:  # no connection: the operations waiting get the error
+                    _fail(self._take(), exc)
+                    continue
+                try:
+                    while self._queue:
+                        if not await self._send(conn, self._take()):
+                            break  # the connection may be broken: release it, take another
+                finally:
+                    await self.pool.release(conn)
+        finally:
+            # No await between the last look at the queue and this: a posting queued after it
+            # starts a flusher of its own.
+            self._active -= 1
+
+    def _take(self) -> list[_Op]:
+        batch: list[_Op] = []
+        # A posting waits for a flusher no longer than a request waits for a pooled connection:
+        # with PostgreSQL hung, the answer is a 503 within the API's bounds, not a long queue.
+        too_old = asyncio.get_running_loop().time() - self.acquire_timeout
+        while self._queue and len(batch) < self.max_batch:
+            op = self._queue.popleft()
+            if op.future.done():  # a caller that went away before its turn is dropped
+                continue
+            if op.queued_at < too_old:
+                _settle_error(op, TimeoutError("no posting connection in time (group commit queue)"))
+                continue
+            batch.append(op)
+        return batch
+
+    async def _send(self, conn: Any, batch: list[_Op]) -> bool:
+        """Run one batch and settle its futures; False if the call itself failed."""
+        if not batch:
+            return True
+        count_group_commit(len(batch))
+        try:
+            await self._run(conn, sorted(batch, key=lambda op: batch_order(op.params)))
+        except Exception as exc:
+            _fail(batch, exc)
+            return False
+        return True
+
+    async def _run(self, conn: Any, batch: list[_Op]) -> None:
+        if len(batch) == 1:
+            # A batch of one is the plain single call: no JSON, and exactly today's behaviour.
+            op = batch[0]
+            try:
+                result = await _single(conn, op)
+            except Exception as exc:
+                _settle_error(op, exc)
+                if not isinstance(exc, DomainError | asyncpg.PostgresError):
+                    raise  # the connection's failure, not this operation's
+                return
+            _settle(op, result)
+            return
+        payload = msgspec.json.encode([{"f": op.function, "a": list(op.params.values())} for op in batch])
+        try:
+            rows = await conn.fetch(_BATCH_SQL, payload.decode())
+        except _RETRY_SPLIT:
+            # Nothing of this batch committed: send it again in halves, down to single calls.
+            count_group_commit(0, outcome="split")
+            half = len(batch) // 2
+            await self._run(conn, batch[:half])
+            await self._run(conn, batch[half:])
+            return
+        again: list[_Op] = []
+        for op, row in zip(batch, rows, strict=True):
+            replayed, body, sqlstate, message, detail = row
+            if sqlstate is None:
+                _settle(op, Posted(replayed=replayed, body=body.encode()))
+            elif sqlstate == DOMAIN_SQLSTATE:
+                _settle_error(op, ledger_error(message, detail or None))
+            else:
+                # Not a refusal of the ledger (a deadlock with another batch, say): its
+                # subtransaction left nothing behind, and it runs again alone, as a single call.
+                again.append(op)
+        for op in again:
+            count_group_commit(0, outcome="retried")
+            await self._run(conn, [op])
+
+
+async def _single(conn: Any, op: _Op) -> Posted:
+    """One posting on its own. Alone it meets another batch in a deadlock only rarely; as it
+    rolled back and committed nothing, it is tried again, a few times, before it fails."""
+    for attempt in range(_SINGLE_ATTEMPTS):
+        try:
+            return await post_on_driver(conn, op.function, op.params)
+        except _RETRY_SPLIT:
+            if attempt == _SINGLE_ATTEMPTS - 1:
+                raise
+            count_group_commit(0, outcome="retried")
+    raise AssertionError("unreachable")
+
+
+def _settle(op: _Op, result: Posted) -> None:
+    if not op.future.done():
+        op.future.set_result(result)
+
+
+def _settle_error(op: _Op, exc: BaseException) -> None:
+    if not op.future.done():
+        op.future.set_exception(exc)
+
+
+def _fail(batch: list[_Op], exc: BaseException) -> None:
+    for op in batch:
+        _settle_error(op, exc)
+
+
+def for_settings(pool: asyncpg.Pool, settings: Settings) -> GroupCommitter | None:
+    """The process's committer, or None when group commit is off (each posting its own call)."""
+    if not settings.group_commit:
+        return None
+    return GroupCommitter(
+        pool,
+        flushers=settings.group_commit_flushers,
+        max_batch=settings.group_commit_max_batch,
+        acquire_timeout=settings.db_timeout_seconds,
+    )

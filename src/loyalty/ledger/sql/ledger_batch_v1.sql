@@ -1,0 +1,70 @@
+-- Group commit: many single postings in one call and one commit (ledger/group_commit.py).
+--
+-- p_ops is a JSON array of {"f": function name, "a": [its arguments, in order]}; bytea
+-- arguments come base64-encoded, timestamps as ISO 8601 text. Each operation runs in its own
+-- subtransaction: a failing one rolls back only itself and reports its error, its neighbours
+-- go on. The answer is one row per operation, in the order given.
+--
+-- Errors that are not the ledger's own (LY000) are reported too, with their SQLSTATE, and the
+-- caller runs that operation again on its own, where it behaves exactly as a single call. A
+-- cancelled statement (statement timeout) is not caught by WHEN OTHERS: it fails the whole
+-- call, and nothing of the batch commits.
+--
+-- The calls are static, one per posting function, not dynamic SQL: the plans are cached with
+-- the function, and nothing in p_ops can choose what runs beyond the names listed here.
+CREATE OR REPLACE FUNCTION ledger_post_batch(p_ops jsonb)
+RETURNS TABLE (op_replayed boolean, op_body text, op_sqlstate text, op_message text, op_detail text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    op jsonb;
+    a jsonb;
+    r record;
+BEGIN
+    -- One shard of each sharded account for the whole batch (see ledger_shard); 720720 is a
+    -- multiple of every shard count up to 16, so each shard is as likely.
+    PERFORM set_config('loyalty.batch_shard', floor(random() * 720720)::int::text, true);
+    FOR op IN SELECT value FROM jsonb_array_elements(p_ops) WITH ORDINALITY AS t(value, n) ORDER BY n LOOP
+        a := op->'a';
+        op_replayed := NULL;
+        op_body := NULL;
+        op_sqlstate := NULL;
+        op_message := NULL;
+        op_detail := NULL;
+        BEGIN
+            CASE op->>'f'
+            WHEN 'ledger_earn' THEN
+                SELECT * INTO r FROM ledger_earn(
+                    (a->>0)::bigint, a->>1, decode(a->>2, 'base64'), a->>3, a->>4, (a->>5)::bigint,
+                    (a->>6)::boolean, a->>7, a->>8, (a->>9)::timestamptz, (a->>10)::timestamptz,
+                    (a->>11)::jsonb, a->>12);
+            WHEN 'ledger_spend' THEN
+                SELECT * INTO r FROM ledger_spend(
+                    (a->>0)::bigint, a->>1, decode(a->>2, 'base64'), a->>3, (a->>4)::bigint, a->>5, a->>6,
+                    (a->>7)::jsonb, a->>8);
+            WHEN 'ledger_hold' THEN
+                SELECT * INTO r FROM ledger_hold(
+                    (a->>0)::bigint, a->>1, decode(a->>2, 'base64'), a->>3, (a->>4)::bigint,
+                    (a->>5)::timestamptz, a->>6, a->>7);
+            WHEN 'ledger_capture' THEN
+                SELECT * INTO r FROM ledger_capture(
+                    (a->>0)::bigint, a->>1, decode(a->>2, 'base64'), (a->>3)::bigint, (a->>4)::bigint, a->>5);
+            WHEN 'ledger_void' THEN
+                SELECT * INTO r FROM ledger_void(
+                    (a->>0)::bigint, a->>1, decode(a->>2, 'base64'), (a->>3)::bigint, a->>4);
+            WHEN 'ledger_clawback' THEN
+                SELECT * INTO r FROM ledger_clawback(
+                    (a->>0)::bigint, a->>1, decode(a->>2, 'base64'), a->>3, a->>4, (a->>5)::bigint, a->>6,
+                    a->>7);
+            ELSE
+                RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'not a batchable posting function: '
+                    || coalesce(op->>'f', 'null');
+            END CASE;
+            op_replayed := r.replayed;
+            op_body := r.body::text;
+        EXCEPTION WHEN OTHERS THEN
+            GET STACKED DIAGNOSTICS op_sqlstate = RETURNED_SQLSTATE, op_message = MESSAGE_TEXT,
+                                    op_detail = PG_EXCEPTION_DETAIL;
+        END;
+        RETURN NEXT;
+    END LOOP;
+END $$;
