@@ -94,7 +94,7 @@ async def consume_with(
 
 
 class _FactsRow:
-    """benefit_consume's facts object seen as the row activity.facts.row_to_facts reads."""
+    """benefit_consume's facts object seen as the row facts.repository.row_to_facts reads."""
 
     __slots__ = ("_mapping",)
 

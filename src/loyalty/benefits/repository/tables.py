@@ -15,7 +15,7 @@ from loyalty.benefits.models import (
     BenefitUsage,
     TierBenefit,
 )
-from loyalty.events.models import DomainEvent
+from loyalty.outbox.models import DomainEvent
 from loyalty.members.models import Member
 from loyalty.tiers.models import MemberTier
 
