@@ -15,8 +15,8 @@ from loyalty.benefits.models import (
     BenefitUsage,
     TierBenefit,
 )
-from loyalty.outbox.models import DomainEvent
 from loyalty.members.models import Member
+from loyalty.outbox.models import DomainEvent
 from loyalty.tiers.models import MemberTier
 
 benefits = cast(Table, Benefit.__table__)
