@@ -16,6 +16,7 @@ batch gets that error and none an answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -113,7 +114,7 @@ class GroupCommitter:
                         if not await self._send(conn, self._take()):
                             break  # the connection may be broken: release it, take another
                 finally:
-                    await self.pool.release(conn)
+                    await _release(self.pool, conn)
         finally:
             # No await between the last look at the queue and this: a posting queued after it
             # starts a flusher of its own.
@@ -223,3 +224,13 @@ def for_settings(pool: asyncpg.Pool, settings: Settings) -> GroupCommitter | Non
         max_batch=settings.group_commit_max_batch,
         acquire_timeout=settings.db_timeout_seconds,
     )
+
+
+async def _release(pool: asyncpg.Pool, conn: Any) -> None:
+    """Back to the pool; a connection that cannot be reset (PostgreSQL stopped or frozen under
+    it) is closed instead. The flusher goes on: an exception here would end its task unseen."""
+    try:
+        await pool.release(conn)
+    except Exception:  # noqa: BLE001 - the pool has already given up this connection
+        with contextlib.suppress(Exception):
+            conn.terminate()
