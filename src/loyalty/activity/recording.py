@@ -147,25 +147,23 @@ async def record(
     multiplier = MemberMultiplier(
         conn, who.programme_id, member_id, now, any_in_programme=config.has_multipliers
     )
-    slots: list[s.RuleOutcome | _Plan] = [
-        await _plan_rule(req, c, base, used, multiplier) if isinstance(c, _Candidate) else c
-        for c in candidates
-    ]
-    plans = [slot for slot in slots if isinstance(slot, _Plan)]
-
     # Everything is decided here on the planned points and written in one call, which finishes
     # the event when every budget pays what was planned (the usual case).
-    planned = [(p.grant, bool(p.rule["qualifying"])) for p in plans]
-    facts = _counted(base, planned, qualifies=qualifies)
-    tier = _tier_writes(
-        config, tier_row, facts, now=now, who=who, member_id=member_id, external_id=req.member_id
+    plan = await _plan_event(
+        req,
+        who,
+        config,
+        candidates,
+        base,
+        used,
+        multiplier,
+        tier_row,
+        member_id,
+        now=now,
+        qualifies=qualifies,
     )
-    earns = {i: _earn_args(who, req, i, plan) for i, plan in _indexed(slots)}
-    outcomes: list[s.RuleOutcome] = [
-        _outcome(slot, slot.grant, None, pending=earns[i]["pending"]) if isinstance(slot, _Plan) else slot
-        for i, slot in enumerate(slots)
-    ]
-    result = build_result(req, occurred_at, outcomes, None, facts, tier.change, simulate)
+    slots, planned, facts, tier, earns = plan.slots, plan.planned, plan.facts, plan.tier, plan.earns
+    result = build_result(req, occurred_at, plan.outcomes, None, facts, tier.change, simulate)
     finished, results = await repository.apply_event(
         conn,
         who.programme_id,
@@ -197,6 +195,51 @@ async def record(
         msgspec.to_builtins(result),
     )  # fmt: skip
     return False, result
+
+
+@dataclasses.dataclass(slots=True)
+class _EventPlan:
+    """What both ways of recording an event decide before they write: each rule's slot (a plan
+    or a miss), the planned (points, qualifying) pairs, the facts with them, the tier writes,
+    the earns' arguments by slot and the answer's rule outcomes."""
+
+    slots: list[s.RuleOutcome | _Plan]
+    planned: list[tuple[int, bool]]
+    facts: Facts
+    tier: _TierWrites
+    earns: dict[int, dict[str, Any]]
+    outcomes: list[s.RuleOutcome]
+
+
+async def _plan_event(
+    req: s.EventIn,
+    who: Principal,
+    config: EventConfig,
+    candidates: list[Any],
+    base: Facts,
+    used: Any,
+    multiplier: Any,
+    tier_row: Any,
+    member_id: int,
+    *,
+    now: datetime,
+    qualifies: bool,
+) -> _EventPlan:
+    slots: list[s.RuleOutcome | _Plan] = [
+        await _plan_rule(req, c, base, used, multiplier) if isinstance(c, _Candidate) else c
+        for c in candidates
+    ]
+    planned = [(p.grant, bool(p.rule["qualifying"])) for p in slots if isinstance(p, _Plan)]
+    facts = _counted(base, planned, qualifies=qualifies)
+    tier = _tier_writes(
+        config, tier_row, facts, now=now, who=who, member_id=member_id, external_id=req.member_id
+    )
+    earns = {i: _earn_args(who, req, i, plan) for i, plan in _indexed(slots)}
+    outcomes: list[s.RuleOutcome] = [
+        _outcome(slot, slot.grant, None, pending=earns[i]["pending"]) if isinstance(slot, _Plan) else slot
+        for i, slot in enumerate(slots)
+    ]
+    return _EventPlan(slots, planned, facts, tier, earns, outcomes)
 
 
 # Plans of an optimistic read that went stale before its write, retried before the event
@@ -288,25 +331,23 @@ async def _record_optimistic(
     used = {(rule_id, period): points for rule_id, period, points in msgspec.json.decode(read["usage"])}
     base = row_to_facts(row, now=now)
     qualifies = core.in_window(day, read["window_start"], who.timezone)
-    no_multiplier = _NoMultiplier()
-    slots: list[s.RuleOutcome | _Plan] = [
-        await _plan_rule(req, c, base, used, no_multiplier) if isinstance(c, _Candidate) else c
-        for c in candidates
-    ]
-    plans = [slot for slot in slots if isinstance(slot, _Plan)]
-    planned = [(p.grant, bool(p.rule["qualifying"])) for p in plans]
-    facts = _counted(base, planned, qualifies=qualifies)
-    tier = _tier_writes(
-        config, tier_row, facts, now=now, who=who, member_id=member_id, external_id=req.member_id
+    plan = await _plan_event(
+        req,
+        who,
+        config,
+        candidates,
+        base,
+        used,
+        _NoMultiplier(),
+        tier_row,
+        member_id,
+        now=now,
+        qualifies=qualifies,
     )
+    slots, planned, facts, tier, earns = plan.slots, plan.planned, plan.facts, plan.tier, plan.earns
     if not tier.here:
         return None  # a promotion's bonus is an earn of its own: assess_member writes it
-    earns = {i: _earn_args(who, req, i, plan) for i, plan in _indexed(slots)}
-    outcomes: list[s.RuleOutcome] = [
-        _outcome(slot, slot.grant, None, pending=earns[i]["pending"]) if isinstance(slot, _Plan) else slot
-        for i, slot in enumerate(slots)
-    ]
-    result = build_result(req, occurred_at, outcomes, None, facts, tier.change, False)
+    result = build_result(req, occurred_at, plan.outcomes, None, facts, tier.change, False)
     event = {
         "event_id": req.event_id,
         "type": req.type,

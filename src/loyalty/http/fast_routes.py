@@ -187,7 +187,6 @@ class FastLane:
     def __init__(self, app: Any, *, route: FastRoute) -> None:
         self.app = app
         self.route = route
-        self.query_names = tuple(route.query)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         route = self.route
