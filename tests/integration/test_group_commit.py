@@ -343,7 +343,7 @@ async def test_a_batch_answers_as_its_postings_one_at_a_time(
             "p_hold": op[1] if op[0] in ("capture", "void") else None,
         }
 
-    order = sorted(range(len(ops)), key=lambda i: batch_order(params(i)))
+    order = sorted(range(len(ops)), key=lambda i: batch_order(f"ledger_{ops[i][0][0]}", params(i)))
     one_by_one: list[Any] = [None] * len(ops)
     async with pool.acquire() as conn:
         for i in order:

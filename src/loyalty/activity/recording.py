@@ -33,6 +33,7 @@ from loyalty.http.principal import Principal
 from loyalty.ledger import schemas as ls
 from loyalty.ledger import service as ledger
 from loyalty.ledger.errors import ledger_error
+from loyalty.ledger.group_commit import GroupCommitter
 from loyalty.rules import Facts, explain
 from loyalty.tiers import service as tiers
 
@@ -247,7 +248,9 @@ async def _plan_event(
 _OPTIMISTIC_ATTEMPTS = 3
 
 
-async def record_event(conn: AsyncConnection, who: Principal, req: s.EventIn) -> tuple[bool, s.EventResult]:
+async def record_event(
+    conn: AsyncConnection, who: Principal, req: s.EventIn, *, committer: GroupCommitter | None = None
+) -> tuple[bool, s.EventResult]:
     """POST /v1/events: ``record``'s effect and answer, in two round trips when it can.
 
     ``conn`` is the request's connection, in a transaction not begun yet (SQLAlchemy begins it
@@ -259,7 +262,11 @@ async def record_event(conn: AsyncConnection, who: Principal, req: s.EventIn) ->
     The event goes the transactional way, ``record`` in ``conn``'s transaction, when the plan
     needs what the read does not carry (a refund, a configuration not cached, a member's
     benefit multiplier, a promotion that pays a bonus), when the ledger does not pay an earn as
-    planned, and after _OPTIMISTIC_ATTEMPTS stale reads."""
+    planned, and after _OPTIMISTIC_ATTEMPTS stale reads.
+
+    With the process's group ``committer`` the optimistic write joins its next batch, with the
+    ledger's postings and other events (ledger/group_commit.py): one call and one commit for
+    them all; a stale refusal of this event is its own, and it is read and planned again."""
     config = cached_config(conn, who.programme_id)
     if (
         req.type != "order_refunded"
@@ -271,7 +278,7 @@ async def record_event(conn: AsyncConnection, who: Principal, req: s.EventIn) ->
         if driver is not None and not driver.is_in_transaction():
             for _ in range(_OPTIMISTIC_ATTEMPTS):
                 try:
-                    answer = await _record_optimistic(driver, who, req, config)
+                    answer = await _record_optimistic(driver, who, req, config, committer)
                 except repository.StaleRead:
                     continue
                 except repository.NeedsTransaction:
@@ -283,7 +290,7 @@ async def record_event(conn: AsyncConnection, who: Principal, req: s.EventIn) ->
 
 
 async def _record_optimistic(
-    driver: Any, who: Principal, req: s.EventIn, config: EventConfig
+    driver: Any, who: Principal, req: s.EventIn, config: EventConfig, committer: GroupCommitter | None
 ) -> tuple[bool, s.EventResult] | None:
     """One read, a plan, one write; None when the event needs the transactional way."""
     now = now_utc()
@@ -359,7 +366,7 @@ async def _record_optimistic(
         "payload": payload,
     }
     replayed, results = await repository.write_event(
-        driver,
+        driver if committer is None else committer,
         who.programme_id,
         member_id,
         config_version=config.version,

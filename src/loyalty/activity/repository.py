@@ -11,6 +11,8 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty.idempotency import Posted
+from loyalty.ledger.group_commit import EVENT_WRITE, GroupCommitter, Refused
 from loyalty.tiers.repository import TIER_COLUMNS
 
 _DEFAULT_SETTINGS: dict[str, Any] = {
@@ -935,7 +937,7 @@ _WRITE_EVENT = (
 
 
 async def write_event(
-    conn: asyncpg.Connection,
+    conn: asyncpg.Connection | GroupCommitter,
     programme_id: int,
     member_id: int,
     *,
@@ -956,36 +958,61 @@ async def write_event(
     outcome: dict[str, Any],
     response: Any,
 ) -> tuple[bool, list[dict[str, Any]]]:
-    """activity_event_write, one autocommit call: (replayed, one result per earn as
-    apply_event's). Raises StaleRead or NeedsTransaction, having written nothing."""
+    """activity_event_write in autocommit: (replayed, one result per earn as apply_event's).
+    Raises StaleRead or NeedsTransaction, having written nothing.
+
+    On a connection it is one call of its own; through the group committer it joins the
+    process's next batch with the ledger's postings (ledger/group_commit.py), one commit for
+    all, and returns once that committed."""
+    # activity_event_write's arguments in order: JSON values as the batch sends them.
+    params: dict[str, Any] = {
+        "p_programme": programme_id,
+        "p_member": member_id,
+        "p_config_version": config_version,
+        "p_facts_xmin": facts_xmin,
+        "p_tier_xmin": tier_xmin,
+        "p_event": event,
+        "p_facts": msgspec.Raw(facts_values.encode()),
+        "p_day": day,
+        "p_spend": spend or 0,
+        "p_add_day": spend is not None,
+        "p_usage": [[rule, period, start.isoformat()] for rule, period, start in usage],
+        "p_amount": amount,
+        "p_earns": earns,
+        "p_tier": tier,
+        "p_tier_new": tier_new,
+        "p_history": history,
+        "p_events": events,
+        "p_outcome": outcome,
+        "p_response": response,
+    }
+
+    async def alone(driver: Any) -> Posted:
+        jsonb = _WRITE_EVENT_JSONB
+        args = [
+            facts_values if name == "p_facts" else _json(value) if name in jsonb else value
+            for name, value in params.items()
+        ]
+        row = await driver.fetchrow(_WRITE_EVENT, *args)
+        assert row is not None
+        return Posted(replayed=bool(row[0]), body=b"null" if row[1] is None else row[1].encode())
+
     try:
-        row = await conn.fetchrow(
-            _WRITE_EVENT,
-            programme_id,
-            member_id,
-            config_version,
-            facts_xmin,
-            tier_xmin,
-            _json(event),
-            facts_values,
-            day,
-            spend or 0,
-            spend is not None,
-            _json([[rule, period, start.isoformat()] for rule, period, start in usage]),
-            amount,
-            _json(earns),
-            _json(tier),
-            tier_new,
-            _json(history),
-            _json(events),
-            _json(outcome),
-            _json(response),
-        )
-    except asyncpg.PostgresError as exc:
+        if isinstance(conn, GroupCommitter):
+            posted = await conn.post(EVENT_WRITE, params, alone=alone, weight=1 + 2 * len(earns))
+        else:
+            posted = await alone(conn)
+    except (asyncpg.PostgresError, Refused) as exc:
         if exc.sqlstate == "LYSTL":
             raise StaleRead(str(exc)) from None
         if exc.sqlstate == "LYTXN":
             raise NeedsTransaction(str(exc)) from None
         raise
-    assert row is not None
-    return bool(row[0]), [] if row[1] is None else msgspec.json.decode(row[1])
+    results = msgspec.json.decode(posted.body)
+    return posted.replayed, [] if results is None else results
+
+
+# The jsonb arguments of activity_event_write (cast from text on a single call).
+_WRITE_EVENT_JSONB = frozenset(
+    {"p_event", "p_usage", "p_earns", "p_tier", "p_history", "p_events", "p_outcome", "p_response"}
+)

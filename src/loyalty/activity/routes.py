@@ -25,7 +25,9 @@ TAGGERS = allow("crm", "operator")
 
 
 async def _record(conn: AsyncConnection, who: Principal, args: Arguments) -> Reply:
-    replayed, result = await recording.record_event(conn, who, args.body)
+    # Group commit (on by default): the event's write goes in the process's next batch.
+    committer = getattr(args.state, "committer", None)
+    replayed, result = await recording.record_event(conn, who, args.body, committer=committer)
     return Reply(replayed, msgspec.json.encode(result))
 
 

@@ -11,6 +11,10 @@ subtransaction, so a refusal rolls back only itself. Answers are given only afte
 returned, and the call is its own transaction (autocommit), so an answer means committed. If
 the call fails (connection lost, statement timeout, PostgreSQL gone) every operation of the
 batch gets that error and none an answer.
+
+Besides the postings, the final write of a member event (``activity_event_write``, which the
+event pipeline submits with the single call it replaces, see activity.repository.write_event)
+goes in the same batches: under load, events and postings share one commit.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,30 +36,65 @@ from loyalty.ledger.repository import DOMAIN_SQLSTATE, post_on_driver
 from loyalty.observability.metrics import count_group_commit
 from loyalty.settings import Settings
 
-# The posting functions ledger_post_batch dispatches to.
+# An event's final write (activity/sql/activity_events_v1.sql): it locks the member's facts
+# and tier rows before the budgets of its earns.
+EVENT_WRITE = "activity_event_write"
+# The functions ledger_post_batch dispatches to.
 BATCHABLE = frozenset(
-    {"ledger_earn", "ledger_spend", "ledger_hold", "ledger_capture", "ledger_void", "ledger_clawback"}
+    {
+        "ledger_earn",
+        "ledger_spend",
+        "ledger_hold",
+        "ledger_capture",
+        "ledger_void",
+        "ledger_clawback",
+        EVENT_WRITE,
+    }
 )
+# Subtransactions that write, per operation (each gets a subtransaction id): a posting's block
+# and an earn's budget fast path. An event's are given by its caller (one, and two per earn).
+POSTING_WEIGHT = 2
 _BATCH_SQL = (
     "SELECT op_replayed, op_body, op_sqlstate, op_message, op_detail FROM ledger_post_batch($1::jsonb)"
 )
 # A whole batch lost to another batch's locks: it committed nothing, so it is sent again in halves.
 _RETRY_SPLIT = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
 _SINGLE_ATTEMPTS = 3
+# The project's own SQLSTATEs (class LY): an operation's answer, not a reason to try it again.
+_OWN_SQLSTATES = "LY"
 
 
-def batch_order(params: dict[str, Any]) -> tuple[Any, ...]:
-    """Postings of one batch run in this order, so that concurrent batches take their locks in
-    the same order and rarely wait on each other in a cycle: by budget (an earn locks its budget
-    before its member), then member; captures and voids, whose member is not known here, last."""
+class Refused(Exception):
+    """An operation's own refusal under one of the project's SQLSTATEs (LY...) other than the
+    ledger's LY000 (an event's stale plan, LYSTL, say): the caller's to handle, never retried
+    here. ``sqlstate`` as on asyncpg's errors, so that a caller handles both alike."""
+
+    def __init__(self, sqlstate: str, message: str) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+def batch_order(function: str, params: dict[str, Any]) -> tuple[Any, ...]:
+    """Operations of one batch run in this order, so that concurrent batches take their locks in
+    the same order and rarely wait on each other in a cycle: events first, by member (an event
+    locks its member's facts before its budgets); then postings by budget (an earn locks its
+    budget before its member), then member; captures and voids, whose member is not known
+    here, last."""
+    if function == EVENT_WRITE:
+        return (params["p_programme"], 0, False, "", "", params["p_member"])
     hold = params.get("p_hold")
     return (
         params["p_programme"],
+        1,
         hold is not None,
         params.get("p_budget") or "",
         params.get("p_member") or "",
         hold or 0,
     )
+
+
+# An operation's call on its own, on a connection: what a batch of one, or a retry alone, sends.
+Alone = Callable[[Any], Awaitable[Posted]]
 
 
 @dataclass(slots=True)
@@ -63,6 +103,8 @@ class _Op:
     params: dict[str, Any]
     future: asyncio.Future[Posted] = field(repr=False)
     queued_at: float = 0.0
+    alone: Alone | None = field(default=None, repr=False)
+    weight: int = POSTING_WEIGHT
 
 
 class GroupCommitter:
@@ -81,14 +123,23 @@ class GroupCommitter:
         self._active = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def post(self, function: str, params: dict[str, Any]) -> Posted:
-        """One posting, answered once its batch has committed; a refusal raises its domain error."""
+    async def post(
+        self, function: str, params: dict[str, Any], *, alone: Alone | None = None, weight: int | None = None
+    ) -> Posted:
+        """One operation, answered once its batch has committed; a refusal of the ledger raises
+        its domain error, another refusal of the project's (LY...) ``Refused``.
+
+        ``params`` are the function's arguments in order, as the batch sends them (JSON);
+        ``alone`` the operation's own call when it is not a plain posting function's (it then
+        raises asyncpg's errors as they come); ``weight`` its subtransactions, when not a
+        posting's."""
         if function not in BATCHABLE:
             async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
-                return await post_on_driver(conn, function, params)
+                return await (alone or _posting(function, params))(conn)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Posted] = loop.create_future()
-        self._queue.append(_Op(function, params, future, loop.time()))
+        op = _Op(function, params, future, loop.time(), alone, POSTING_WEIGHT if weight is None else weight)
+        self._queue.append(op)
         if self._active < self.flushers:
             self._active += 1
             task = asyncio.create_task(self._flush())
@@ -122,10 +173,14 @@ class GroupCommitter:
 
     def _take(self) -> list[_Op]:
         batch: list[_Op] = []
+        # Subtransactions per call at most: max_batch postings' worth (see docs/group-commit.md).
+        room = self.max_batch * POSTING_WEIGHT
         # A posting waits for a flusher no longer than a request waits for a pooled connection:
         # with PostgreSQL hung, the answer is a 503 within the API's bounds, not a long queue.
         too_old = asyncio.get_running_loop().time() - self.acquire_timeout
         while self._queue and len(batch) < self.max_batch:
+            if batch and self._queue[0].weight > room:
+                break  # the next call takes it
             op = self._queue.popleft()
             if op.future.done():  # a caller that went away before its turn is dropped
                 continue
@@ -133,6 +188,7 @@ class GroupCommitter:
                 _settle_error(op, TimeoutError("no posting connection in time (group commit queue)"))
                 continue
             batch.append(op)
+            room -= op.weight
         return batch
 
     async def _send(self, conn: Any, batch: list[_Op]) -> bool:
@@ -141,7 +197,7 @@ class GroupCommitter:
             return True
         count_group_commit(len(batch))
         try:
-            await self._run(conn, sorted(batch, key=lambda op: batch_order(op.params)))
+            await self._run(conn, sorted(batch, key=lambda op: batch_order(op.function, op.params)))
         except Exception as exc:
             _fail(batch, exc)
             return False
@@ -155,7 +211,7 @@ class GroupCommitter:
                 result = await _single(conn, op)
             except Exception as exc:
                 _settle_error(op, exc)
-                if not isinstance(exc, DomainError | asyncpg.PostgresError):
+                if not isinstance(exc, DomainError | Refused | asyncpg.PostgresError):
                     raise  # the connection's failure, not this operation's
                 return
             _settle(op, result)
@@ -174,9 +230,12 @@ class GroupCommitter:
         for op, row in zip(batch, rows, strict=True):
             replayed, body, sqlstate, message, detail = row
             if sqlstate is None:
-                _settle(op, Posted(replayed=replayed, body=body.encode()))
+                # An event replayed has no results: null, as its single call answers.
+                _settle(op, Posted(replayed=replayed, body=b"null" if body is None else body.encode()))
             elif sqlstate == DOMAIN_SQLSTATE:
                 _settle_error(op, ledger_error(message, detail or None))
+            elif sqlstate.startswith(_OWN_SQLSTATES):
+                _settle_error(op, Refused(sqlstate, message))
             else:
                 # Not a refusal of the ledger (a deadlock with another batch, say): its
                 # subtransaction left nothing behind, and it runs again alone, as a single call.
@@ -186,12 +245,20 @@ class GroupCommitter:
             await self._run(conn, [op])
 
 
+def _posting(function: str, params: dict[str, Any]) -> Alone:
+    async def call(conn: Any) -> Posted:
+        return await post_on_driver(conn, function, params)
+
+    return call
+
+
 async def _single(conn: Any, op: _Op) -> Posted:
-    """One posting on its own. Alone it meets another batch in a deadlock only rarely; as it
+    """One operation on its own. Alone it meets another batch in a deadlock only rarely; as it
     rolled back and committed nothing, it is tried again, a few times, before it fails."""
+    call = op.alone or _posting(op.function, op.params)
     for attempt in range(_SINGLE_ATTEMPTS):
         try:
-            return await post_on_driver(conn, op.function, op.params)
+            return await call(conn)
         except _RETRY_SPLIT:
             if attempt == _SINGLE_ATTEMPTS - 1:
                 raise

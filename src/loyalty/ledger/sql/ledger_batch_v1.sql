@@ -12,6 +12,13 @@
 --
 -- The calls are static, one per posting function, not dynamic SQL: the plans are cached with
 -- the function, and nothing in p_ops can choose what runs beyond the names listed here.
+--
+-- Besides the postings, a member event's final write, activity_event_write
+-- (activity/sql/activity_events_v1.sql, created after this file: PL/pgSQL resolves the name
+-- when the call first runs), answers its results as op_body (null when replayed). Its refusals
+-- (LYSTL: a stale plan; LYTXN: the ledger did not pay as planned) come back as its errors and
+-- roll back only its own block. Its jsonb arguments come as JSON values; a JSON null is SQL
+-- NULL to it.
 CREATE OR REPLACE FUNCTION ledger_post_batch(p_ops jsonb)
 RETURNS TABLE (op_replayed boolean, op_body text, op_sqlstate text, op_message text, op_detail text)
 LANGUAGE plpgsql AS $$
@@ -55,6 +62,13 @@ BEGIN
                 SELECT * INTO r FROM ledger_clawback(
                     (a->>0)::bigint, a->>1, decode(a->>2, 'base64'), a->>3, a->>4, (a->>5)::bigint, a->>6,
                     a->>7);
+            WHEN 'activity_event_write' THEN
+                SELECT w.replayed, w.results AS body INTO r FROM activity_event_write(
+                    (a->>0)::bigint, (a->>1)::bigint, (a->>2)::int, (a->>3)::bigint, (a->>4)::bigint,
+                    nullif(a->5, 'null'), nullif(a->6, 'null'), (a->>7)::date, (a->>8)::bigint,
+                    (a->>9)::boolean, nullif(a->10, 'null'), (a->>11)::bigint, nullif(a->12, 'null'),
+                    nullif(a->13, 'null'), (a->>14)::boolean, nullif(a->15, 'null'), nullif(a->16, 'null'),
+                    nullif(a->17, 'null'), nullif(a->18, 'null')) w;
             ELSE
                 RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'not a batchable posting function: '
                     || coalesce(op->>'f', 'null');
