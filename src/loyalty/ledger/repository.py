@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty import distribution
 from loyalty.db import PostingConnection as DriverConnection
 from loyalty.idempotency import Posted
 from loyalty.ledger.errors import ledger_error
@@ -62,7 +63,7 @@ PostingConnection: TypeAlias = DriverConnection | Committer
 async def post(conn: PostingConnection, function: str, **params: Any) -> Posted:
     """Calls one posting function; a business failure comes back as a domain error. Counted in
     the ledger operation metrics by kind and outcome."""
-    return await metered_post(function, _post(conn, function, params))
+    return await metered_post(function, _post(conn, function, distribution.route(function, params)))
 
 
 async def post_on_driver(
