@@ -133,10 +133,12 @@ def upgrade() -> None:
     # A budget's top-up or move writes its shards on every node and then reads them back in the
     # same transaction, which Citus allows only over one connection per node. The hot paths touch
     # one shard and do not notice.
-    op.execute(
-        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET citus.multi_shard_modify_mode = sequential', "
-        "current_database()); END $$"
-    )
+    # And the reads that join a member's rows with a budget's or a sink's shards (verify, the
+    # reports) need Citus to repartition.
+    for setting in ("citus.multi_shard_modify_mode = sequential", "citus.enable_repartition_joins = on"):
+        op.execute(
+            f"DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET {setting}', current_database()); END $$"
+        )
     op.execute("SET LOCAL citus.multi_shard_modify_mode = 'sequential'")
     for table in REFERENCE_TABLES:
         op.execute(f"SELECT create_reference_table('{table}')")

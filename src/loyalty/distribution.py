@@ -13,10 +13,12 @@ import hashlib
 from typing import Any
 
 _SIGN_BIT_CLEARED = (1 << 63) - 1
-_DETECT = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
+CITUS_PRESENT = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
 
-# The posting functions delegated by their member (migration 0021, citus_v1.sql).
+# The posting functions delegated by their member (the end of ledger_v1.sql).
 ROUTED = frozenset({"ledger_earn", "ledger_spend"})
+# What a delegated call raises when it needs shards on other nodes; it wrote nothing.
+NEEDS_COORDINATOR = "LY002"
 
 
 class Layout:
@@ -33,7 +35,7 @@ def member_key(programme_id: int, external_id: str) -> int:
 
 async def detect(conn: Any) -> bool:
     """Reads whether the database is a Citus coordinator (an asyncpg connection or pool)."""
-    Layout.citus = bool(await conn.fetchval(_DETECT))
+    Layout.citus = bool(await conn.fetchval(CITUS_PRESENT))
     return Layout.citus
 
 

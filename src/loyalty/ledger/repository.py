@@ -63,13 +63,33 @@ PostingConnection: TypeAlias = DriverConnection | Committer
 async def post(conn: PostingConnection, function: str, **params: Any) -> Posted:
     """Calls one posting function; a business failure comes back as a domain error. Counted in
     the ledger operation metrics by kind and outcome."""
-    return await metered_post(function, _post(conn, function, distribution.route(function, params)))
+    return await metered_post(function, _post(conn, function, params))
 
 
 async def post_on_driver(
     conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, function: str, params: dict[str, Any]
 ) -> Posted:
-    """One posting function called on an asyncpg connection: in autocommit, its own transaction."""
+    """One posting function called on an asyncpg connection: in autocommit, its own transaction.
+
+    On Citus the call names its member's key and so runs whole on that member's node; one that
+    needs the other nodes (an earn whose budget shard runs short) comes back as LY002, having
+    written nothing, and goes again through the coordinator."""
+    routed = distribution.route(function, params)
+    if routed is params:
+        return await _call_on_driver(conn, function, params)
+    try:
+        return await _call_on_driver(conn, function, routed)
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate != distribution.NEEDS_COORDINATOR:
+            raise
+    # Inside a transaction block Citus does not delegate: the coordinator runs the call.
+    async with conn.transaction():
+        return await _call_on_driver(conn, function, params)
+
+
+async def _call_on_driver(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, function: str, params: dict[str, Any]
+) -> Posted:
     sql = _DRIVER_SQL.get((function, len(params)))
     if sql is None:
         args = ", ".join(f"${i}" for i in range(1, len(params) + 1))

@@ -289,7 +289,12 @@ BEGIN
         RETURN;
     END IF;
 
-    -- On Citus this is the one distributed transaction an earn may become.
+    -- On Citus this is the one distributed transaction an earn may become. A call delegated to
+    -- its member's node cannot reach the other nodes' shards: it gives up (LY002, nothing
+    -- written) and the caller sends it again through the coordinator.
+--citus: IF NOT citus_is_coordinator() THEN
+--citus:     RAISE EXCEPTION USING ERRCODE = 'LY002', MESSAGE = 'budget_shard_short';
+--citus: END IF;
     PERFORM ledger_lock_account_shards(p_programme, ARRAY[p_account]);
     SELECT coalesce(sum(available), 0) INTO v_total
     FROM account_balances WHERE programme_id = p_programme AND account_id = p_account;
