@@ -26,7 +26,7 @@ from loyalty.errors import DomainError
 from loyalty.http.principal import Principal
 from loyalty.ledger import schemas as s
 from loyalty.ledger import service
-from loyalty.ledger.group_commit import GroupCommitter, batch_order, for_settings
+from loyalty.ledger.group_commit import GroupCommitter, _Op, batch_order, for_settings
 from loyalty.ledger.repository import Posted
 from loyalty.ledger.verify import verify
 from loyalty.members import schemas as ms
@@ -385,3 +385,19 @@ async def test_the_setting_turns_it_off_and_sizes_it(pool: asyncpg.Pool) -> None
     committer = for_settings(pool, sized)
     assert committer is not None and (committer.flushers, committer.max_batch) == (2, 16)
     assert Settings.from_env(sized.to_env()) == sized
+
+
+async def test_a_batch_holds_at_most_max_batch_postings_worth_of_subtransactions() -> None:
+    """An event with earns weighs more than a posting (see docs/group-commit.md, Batch size): a
+    call takes operations up to 2 x max_batch subtransactions, and at least one."""
+    committer = GroupCommitter(None, flushers=1, max_batch=4)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    weights = [3, 3, 2, 9, 1, 1]
+    for weight in weights:
+        committer._queue.append(
+            _Op("activity_event_write", {}, loop.create_future(), loop.time(), None, weight)
+        )
+    taken = []
+    while committer._queue:
+        taken.append([op.weight for op in committer._take()])
+    assert taken == [[3, 3, 2], [9], [1, 1]]
