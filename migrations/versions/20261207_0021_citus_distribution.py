@@ -57,6 +57,7 @@ MEMBER_TABLES = (
     ("holds", "member_id"),
     ("idempotency_keys", "member_id"),
     ("budget_member_usage", "member_id"),
+    ("hold_routes", "id"),
 )
 
 # Primary keys that gain the distribution column (Citus checks uniqueness within a shard only).
@@ -108,6 +109,15 @@ def upgrade() -> None:
         "uq_members_programme_id_external_id", "members", ["programme_id", "external_id", "id"]
     )
 
+    # A hold's member, by the hold's id: a capture or a void names only the hold. The id is
+    # drawn so that it hashes into the member's shard, so this row sits beside the hold.
+    op.create_table(
+        "hold_routes",
+        sa.Column("id", sa.BigInteger(), nullable=False),
+        sa.Column("programme_id", sa.BigInteger(), nullable=False),
+        sa.Column("member_id", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_hold_routes"),
+    )
     op.create_table(
         "ledger_anchors",
         sa.Column("shard_index", sa.Integer(), primary_key=True),
@@ -121,9 +131,14 @@ def upgrade() -> None:
     op.execute(
         """
         CREATE OR REPLACE FUNCTION ledger_owner() RETURNS bigint LANGUAGE plpgsql STABLE AS $$
+        DECLARE
+            v_owner bigint := nullif(current_setting('loyalty.owner', true), '')::bigint;
         BEGIN
-            RETURN coalesce(nullif(current_setting('loyalty.owner', true), '')::bigint,
-                            (SELECT anchor FROM ledger_anchors WHERE shard_index = 0));
+            -- A routed posting reads no table here: on its member's node that would be a nested query.
+            IF v_owner IS NOT NULL THEN
+                RETURN v_owner;
+            END IF;
+            RETURN (SELECT anchor FROM ledger_anchors WHERE shard_index = 0);
         END $$
         """
     )

@@ -18,6 +18,8 @@
 -- ledger_earn and ledger_spend gained p_member_key (the member's shard on Citus).
 DROP FUNCTION IF EXISTS ledger_earn(bigint, text, bytea, text, text, bigint, boolean, text, text, timestamptz, timestamptz, jsonb, text);
 DROP FUNCTION IF EXISTS ledger_spend(bigint, text, bytea, text, bigint, text, text, jsonb, text);
+DROP FUNCTION IF EXISTS ledger_hold(bigint, text, bytea, text, bigint, timestamptz, text, text);
+DROP FUNCTION IF EXISTS ledger_clawback(bigint, text, bytea, text, text, bigint, text, text);
 
 -- ledger_expire_member_now returned void before it returned the points it expired.
 DO $$
@@ -71,9 +73,14 @@ END $$;
 -- own postings: budget top-ups, moves, sweeps). Citus only.
 CREATE OR REPLACE FUNCTION ledger_owner()
 RETURNS bigint LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_owner bigint := nullif(current_setting('loyalty.owner', true), '')::bigint;
 BEGIN
-    RETURN coalesce(nullif(current_setting('loyalty.owner', true), '')::bigint,
-                    (SELECT anchor FROM ledger_anchors WHERE shard_index = 0));
+    -- A routed posting reads no table here: on its member's node that would be a nested query.
+    IF v_owner IS NOT NULL THEN
+        RETURN v_owner;
+    END IF;
+    RETURN (SELECT anchor FROM ledger_anchors WHERE shard_index = 0);
 END $$;
 
 -- The pseudo-member that owns shard p_shard of every budget and sink. Citus only.
@@ -169,19 +176,30 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$ --@plain
     FROM account_balances WHERE programme_id = p_programme AND account_id = p_account AND shard = 0; --@plain
 $$; --@plain
 --citus: RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+--citus: DECLARE
+--citus:     v_routed bigint := nullif(current_setting('loyalty.owner', true), '')::bigint;
 --citus: BEGIN
---citus:     RETURN (
---citus:         SELECT jsonb_build_object('available', available, 'pending', pending, 'held', held)
---citus:         FROM account_balances WHERE programme_id = p_programme AND account_id = p_account AND shard = 0
---citus:     );
+--citus:     -- Inside a routed posting the balance row is its member's: read on that shard alone.
+--citus:     IF v_routed IS NOT NULL THEN
+--citus:         RETURN (SELECT jsonb_build_object('available', available, 'pending', pending, 'held', held)
+--citus:                 FROM account_balances WHERE programme_id = p_programme AND account_id = p_account AND shard = 0
+--citus:                   AND member_id = v_routed);
+--citus:     END IF;
+--citus:     RETURN (SELECT jsonb_build_object('available', available, 'pending', pending, 'held', held)
+--citus:             FROM account_balances WHERE programme_id = p_programme AND account_id = p_account AND shard = 0);
 --citus: END
 --citus: $$;
 
 CREATE OR REPLACE FUNCTION ledger_member(p_programme bigint, p_external_id text, OUT member_id bigint, OUT account_id bigint)
 LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_key bigint;
 BEGIN
+--citus: v_key := loyalty_member_key(p_programme, p_external_id);
     SELECT m.id, m.account_id INTO member_id, account_id
-    FROM members m WHERE m.programme_id = p_programme AND m.external_id = p_external_id;
+    FROM members m WHERE m.programme_id = p_programme AND m.external_id = p_external_id
+--citus:   AND m.id = v_key
+    ;
     IF NOT FOUND THEN
         PERFORM loyalty_fail('member_not_found', jsonb_build_object('member_id', p_external_id));
     END IF;
@@ -193,9 +211,13 @@ CREATE OR REPLACE FUNCTION ledger_active_member(p_programme bigint, p_external_i
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_status text;
+    v_key bigint;
 BEGIN
+--citus: v_key := loyalty_member_key(p_programme, p_external_id);
     SELECT m.id, m.account_id, m.status INTO member_id, account_id, v_status
-    FROM members m WHERE m.programme_id = p_programme AND m.external_id = p_external_id;
+    FROM members m WHERE m.programme_id = p_programme AND m.external_id = p_external_id
+--citus:   AND m.id = v_key
+    ;
     IF NOT FOUND THEN
         PERFORM loyalty_fail('member_not_found', jsonb_build_object('member_id', p_external_id));
     END IF;
@@ -323,7 +345,17 @@ DECLARE
     v_part bigint;
     v_seq int := p_seq;
     v_anchor bigint;
+    v_routed int;
 BEGIN
+    -- Citus: inside a routed posting (a refund) the points go back to the shard beside the member.
+--citus: IF nullif(current_setting('loyalty.owner', true), '') IS NOT NULL THEN
+--citus:     v_routed := ledger_shard(p_shards);
+--citus:     v_anchor := ledger_anchor(v_routed);
+--citus:     UPDATE account_balances SET available = available + p_amount
+--citus:     WHERE programme_id = p_programme AND account_id = p_account AND shard = v_routed AND member_id = v_anchor;
+--citus:     PERFORM ledger_entry(p_programme, p_txn, v_seq, p_account, v_routed, 0, p_amount);
+--citus:     RETURN v_seq + 1;
+--citus: END IF;
     FOR i IN 0 .. p_shards - 1 LOOP
         v_part := p_amount / p_shards + CASE WHEN i < p_amount % p_shards THEN 1 ELSE 0 END;
         IF v_part <> 0 THEN
@@ -391,6 +423,7 @@ BEGIN
              FROM lot_movements mv
              JOIN lots l ON l.programme_id = mv.programme_id AND l.member_id = mv.member_id AND l.id = mv.lot_id
              WHERE mv.programme_id = p_programme AND mv.hold_id = p_hold
+--citus:          AND mv.member_id = p_member AND l.member_id = p_member
              GROUP BY l.id, l.unit_cost_micros, l.expires_at
              HAVING sum(mv.amount) > 0
              ORDER BY l.expires_at DESC NULLS FIRST, l.id DESC LOOP
@@ -418,13 +451,20 @@ RETURNS bigint LANGUAGE sql STABLE AS $$ --@plain
     WHERE mv.programme_id = p_programme AND mv.hold_id = p_hold; --@plain
 $$; --@plain
 --citus: RETURNS bigint LANGUAGE plpgsql STABLE AS $$
+--citus: DECLARE
+--citus:     v_routed bigint := nullif(current_setting('loyalty.owner', true), '')::bigint;
 --citus: BEGIN
---citus:     RETURN (
---citus:         SELECT coalesce(sum(mv.amount * l.unit_cost_micros), 0)::bigint
---citus:         FROM lot_movements mv
---citus:         JOIN lots l ON l.programme_id = mv.programme_id AND l.member_id = mv.member_id AND l.id = mv.lot_id
---citus:         WHERE mv.programme_id = p_programme AND mv.hold_id = p_hold
---citus:     );
+--citus:     IF v_routed IS NOT NULL THEN
+--citus:         RETURN (SELECT coalesce(sum(mv.amount * l.unit_cost_micros), 0)::bigint
+--citus:                 FROM lot_movements mv
+--citus:                 JOIN lots l ON l.programme_id = mv.programme_id AND l.member_id = mv.member_id AND l.id = mv.lot_id
+--citus:                 WHERE mv.programme_id = p_programme AND mv.hold_id = p_hold AND mv.member_id = v_routed
+--citus:                   AND l.member_id = v_routed);
+--citus:     END IF;
+--citus:     RETURN (SELECT coalesce(sum(mv.amount * l.unit_cost_micros), 0)::bigint
+--citus:             FROM lot_movements mv
+--citus:             JOIN lots l ON l.programme_id = mv.programme_id AND l.member_id = mv.member_id AND l.id = mv.lot_id
+--citus:             WHERE mv.programme_id = p_programme AND mv.hold_id = p_hold);
 --citus: END
 --citus: $$;
 
@@ -703,23 +743,32 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$ --@plain
     WHERE h.programme_id = p_programme AND h.id = p_hold; --@plain
 $$; --@plain
 --citus: RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+--citus: DECLARE
+--citus:     v_routed bigint := nullif(current_setting('loyalty.owner', true), '')::bigint;
+--citus:     h holds%ROWTYPE;
+--citus:     m members%ROWTYPE;
 --citus: BEGIN
---citus:     RETURN (
---citus:         SELECT jsonb_build_object(
---citus:             'hold_id', h.id, 'member_id', m.external_id, 'amount', h.amount, 'captured', h.captured,
---citus:             'status', h.status, 'reference', h.reference, 'expires_at', loyalty_ts(h.expires_at),
---citus:             'created_at', loyalty_ts(h.created_at), 'closed_at', loyalty_ts(h.closed_at),
---citus:             'balance', ledger_balance_json(h.programme_id, m.account_id))
---citus:         FROM holds h JOIN members m ON m.programme_id = h.programme_id AND m.id = h.member_id
---citus:         WHERE h.programme_id = p_programme AND h.id = p_hold
---citus:     );
+--citus:     IF v_routed IS NOT NULL THEN
+--citus:         SELECT * INTO h FROM holds WHERE programme_id = p_programme AND id = p_hold AND member_id = v_routed;
+--citus:     ELSE
+--citus:         SELECT * INTO h FROM holds WHERE programme_id = p_programme AND id = p_hold;
+--citus:     END IF;
+--citus:     IF NOT FOUND THEN
+--citus:         RETURN NULL;
+--citus:     END IF;
+--citus:     SELECT * INTO m FROM members WHERE programme_id = p_programme AND id = h.member_id;
+--citus:     RETURN jsonb_build_object(
+--citus:         'hold_id', h.id, 'member_id', m.external_id, 'amount', h.amount, 'captured', h.captured,
+--citus:         'status', h.status, 'reference', h.reference, 'expires_at', loyalty_ts(h.expires_at),
+--citus:         'created_at', loyalty_ts(h.created_at), 'closed_at', loyalty_ts(h.closed_at),
+--citus:         'balance', ledger_balance_json(h.programme_id, m.account_id));
 --citus: END
 --citus: $$;
 
 CREATE OR REPLACE FUNCTION ledger_hold(
     p_programme bigint, p_key text, p_fingerprint bytea, p_member text, p_amount bigint,
     p_expires_at timestamptz, p_reference text, p_actor text,
-    OUT replayed boolean, OUT body jsonb
+    p_member_key bigint DEFAULT NULL, OUT replayed boolean, OUT body jsonb
 ) LANGUAGE plpgsql AS $$
 DECLARE
     v_member bigint;
@@ -727,7 +776,10 @@ DECLARE
     v_txn bigint;
     v_hold bigint;
     v_available bigint;
+    v_shardid bigint;
 BEGIN
+--citus: p_member_key := coalesce(p_member_key, loyalty_member_key(p_programme, p_member));
+--citus: PERFORM ledger_route(p_member_key);
     body := ledger_claim_key(p_programme, p_key, p_fingerprint);
     IF body IS NOT NULL THEN
         replayed := true;
@@ -737,10 +789,13 @@ BEGIN
     SELECT * INTO v_member, v_account FROM ledger_active_member(p_programme, p_member);
     UPDATE account_balances SET available = available - p_amount, held = held + p_amount
     WHERE programme_id = p_programme AND account_id = v_account AND shard = 0 AND available >= p_amount
+--citus:   AND member_id = v_member
     RETURNING available INTO v_available;
     IF NOT FOUND THEN
         SELECT available INTO v_available FROM account_balances
-        WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
+        WHERE programme_id = p_programme AND account_id = v_account AND shard = 0
+--citus:   AND member_id = v_member
+        ;
         PERFORM loyalty_fail('insufficient_points', jsonb_build_object(
             'member_id', p_member, 'available', v_available, 'requested', p_amount));
     END IF;
@@ -748,9 +803,22 @@ BEGIN
     PERFORM ledger_expire_before_debit(p_programme, v_member, v_account, p_member, p_amount, v_available);
     INSERT INTO transactions (programme_id, kind, member_id, reference, amount, actor)
     VALUES (p_programme, 'hold', v_member, p_reference, 0, p_actor) RETURNING id INTO v_txn;
-    INSERT INTO holds (programme_id, member_id, txn_id, amount, reference, expires_at)
-    VALUES (p_programme, v_member, v_txn, p_amount, p_reference, p_expires_at) RETURNING id INTO v_hold;
-    UPDATE transactions SET hold_id = v_hold WHERE programme_id = p_programme AND id = v_txn;
+    -- Citus: a capture or void names only the hold, so the hold's id is drawn until it hashes
+    -- into its member's shard, where hold_routes keeps the member; both calls then run whole
+    -- on that node, delegated by the hold id.
+--citus: v_shardid := get_shard_id_for_distribution_column('members', v_member);
+--citus: LOOP
+--citus:     v_hold := nextval(pg_get_serial_sequence('holds', 'id'));
+--citus:     EXIT WHEN get_shard_id_for_distribution_column('members', v_hold) = v_shardid;
+--citus: END LOOP;
+--citus: INSERT INTO hold_routes (id, programme_id, member_id) VALUES (v_hold, p_programme, v_member);
+--citus: INSERT INTO holds (programme_id, id, member_id, txn_id, amount, reference, expires_at)
+--citus: VALUES (p_programme, v_hold, v_member, v_txn, p_amount, p_reference, p_expires_at);
+    INSERT INTO holds (programme_id, member_id, txn_id, amount, reference, expires_at) --@plain
+    VALUES (p_programme, v_member, v_txn, p_amount, p_reference, p_expires_at) RETURNING id INTO v_hold; --@plain
+    UPDATE transactions SET hold_id = v_hold WHERE programme_id = p_programme AND id = v_txn
+--citus:   AND member_id = v_member
+    ;
     PERFORM ledger_take_lots(p_programme, v_member, p_amount, v_txn, v_hold);
     PERFORM ledger_entry(p_programme, v_txn, 0, v_account, 0, 0, -p_amount);
     PERFORM ledger_entry(p_programme, v_txn, 1, v_account, 0, 2, p_amount);
@@ -770,8 +838,13 @@ DECLARE
     v_back bigint;
     v_before bigint;
     v_cost bigint;
+    v_member bigint;
 BEGIN
-    SELECT * INTO h FROM holds WHERE programme_id = p_programme AND id = p_hold FOR UPDATE;
+--citus: SELECT r.member_id INTO v_member FROM hold_routes r WHERE r.id = p_hold AND r.programme_id = p_programme;
+--citus: PERFORM ledger_route(coalesce(v_member, ledger_owner()));
+    SELECT * INTO h FROM holds WHERE programme_id = p_programme AND id = p_hold --@plain
+--citus: SELECT * INTO h FROM holds WHERE programme_id = p_programme AND id = p_hold AND member_id = v_member
+    FOR UPDATE;
     IF NOT FOUND THEN
         PERFORM loyalty_fail('hold_not_found', jsonb_build_object('hold_id', p_hold));
     END IF;
@@ -789,9 +862,12 @@ BEGIN
     v_back := h.amount - p_capture;
     UPDATE account_balances SET held = held - h.amount, available = available + v_back
     WHERE programme_id = p_programme AND account_id = v_account AND shard = 0
+--citus:   AND member_id = h.member_id
     RETURNING available - v_back INTO v_before;
     INSERT INTO transactions (programme_id, kind, member_id, hold_id, reference, amount, actor)
-    VALUES (p_programme, CASE p_status WHEN 'captured' THEN 'capture' WHEN 'voided' THEN 'void' ELSE 'hold_expiry' END,
+    -- (A searched CASE: Citus deparses a simple CASE over a parameter wrongly.)
+    VALUES (p_programme, CASE WHEN p_status = 'captured' THEN 'capture' WHEN p_status = 'voided' THEN 'void'
+                              ELSE 'hold_expiry' END,
             h.member_id, h.id, h.reference, -p_capture, p_actor)
     RETURNING id INTO v_txn;
     -- Cost of what stays captured: what the hold took, less what goes back to the lots.
@@ -800,12 +876,16 @@ BEGIN
     -- A member who went into debt while the hold was open (a refund of spent points) pays it
     -- off first out of what comes back, as with any other credit.
     PERFORM ledger_take_lots(p_programme, h.member_id, least(v_back, greatest(-v_before, 0)), v_txn);
-    UPDATE transactions SET cost_micros = v_cost WHERE programme_id = p_programme AND id = v_txn;
+    UPDATE transactions SET cost_micros = v_cost WHERE programme_id = p_programme AND id = v_txn
+--citus:   AND member_id = h.member_id
+    ;
     PERFORM ledger_entry(p_programme, v_txn, 0, v_account, 0, 2, -h.amount);
     PERFORM ledger_entry(p_programme, v_txn, 1, v_account, 0, 0, v_back);
     PERFORM ledger_credit_sink(p_programme, v_txn, 2, 'redemption', p_capture);
     UPDATE holds SET status = p_status, captured = p_capture, closed_at = now()
-    WHERE programme_id = p_programme AND id = h.id;
+    WHERE programme_id = p_programme AND id = h.id
+--citus:   AND member_id = h.member_id
+    ;
     RETURN ledger_hold_json(p_programme, h.id) || jsonb_build_object('transaction_id', v_txn, 'cost_micros', v_cost);
 END $$;
 
@@ -813,7 +893,11 @@ CREATE OR REPLACE FUNCTION ledger_capture(
     p_programme bigint, p_key text, p_fingerprint bytea, p_hold bigint, p_amount bigint, p_actor text,
     OUT replayed boolean, OUT body jsonb
 ) LANGUAGE plpgsql AS $$
+DECLARE
+    v_member bigint;
 BEGIN
+--citus: SELECT r.member_id INTO v_member FROM hold_routes r WHERE r.id = p_hold AND r.programme_id = p_programme;
+--citus: PERFORM ledger_route(v_member);
     body := ledger_claim_key(p_programme, p_key, p_fingerprint);
     IF body IS NOT NULL THEN
         replayed := true;
@@ -828,7 +912,11 @@ CREATE OR REPLACE FUNCTION ledger_void(
     p_programme bigint, p_key text, p_fingerprint bytea, p_hold bigint, p_actor text,
     OUT replayed boolean, OUT body jsonb
 ) LANGUAGE plpgsql AS $$
+DECLARE
+    v_member bigint;
 BEGIN
+--citus: SELECT r.member_id INTO v_member FROM hold_routes r WHERE r.id = p_hold AND r.programme_id = p_programme;
+--citus: PERFORM ledger_route(v_member);
     body := ledger_claim_key(p_programme, p_key, p_fingerprint);
     IF body IS NOT NULL THEN
         replayed := true;
@@ -863,7 +951,7 @@ END $$;
 CREATE OR REPLACE FUNCTION ledger_clawback(
     p_programme bigint, p_key text, p_fingerprint bytea, p_member text, p_reference text,
     p_amount bigint, p_reason text, p_actor text,
-    OUT replayed boolean, OUT body jsonb
+    p_member_key bigint DEFAULT NULL, OUT replayed boolean, OUT body jsonb
 ) LANGUAGE plpgsql AS $$
 DECLARE
     v_member bigint;
@@ -888,7 +976,10 @@ DECLARE
     v_lots bigint[];
     r record;
     bud record;
+    v_anchor bigint;
 BEGIN
+--citus: p_member_key := coalesce(p_member_key, loyalty_member_key(p_programme, p_member));
+--citus: PERFORM ledger_route(p_member_key);
     body := ledger_claim_key(p_programme, p_key, p_fingerprint);
     IF body IS NOT NULL THEN
         replayed := true;
@@ -919,13 +1010,26 @@ BEGIN
       AND u.budget_id IN (SELECT l.budget_id FROM lots l WHERE l.programme_id = p_programme
                           AND l.member_id = v_member AND l.id = ANY (v_lots))
     ORDER BY u.budget_id FOR UPDATE;
-    PERFORM 1 FROM account_balances ab JOIN budgets b ON b.programme_id = ab.programme_id AND b.account_id = ab.account_id
-    WHERE ab.programme_id = p_programme
-      AND b.id IN (SELECT l.budget_id FROM lots l WHERE l.programme_id = p_programme
-                   AND l.member_id = v_member AND l.id = ANY (v_lots))
-    ORDER BY ab.account_id, ab.shard FOR UPDATE OF ab;
+    -- (Citus: the refund goes back into the budget shard beside the member, which alone is
+    -- locked, one budget at a time in the same order.)
+    PERFORM 1 FROM account_balances ab JOIN budgets b ON b.programme_id = ab.programme_id AND b.account_id = ab.account_id --@plain
+    WHERE ab.programme_id = p_programme --@plain
+      AND b.id IN (SELECT l.budget_id FROM lots l WHERE l.programme_id = p_programme --@plain
+                   AND l.member_id = v_member AND l.id = ANY (v_lots)) --@plain
+    ORDER BY ab.account_id, ab.shard FOR UPDATE OF ab; --@plain
+--citus: v_anchor := ledger_anchor(current_setting('loyalty.batch_shard')::int);
+--citus: FOR r IN SELECT DISTINCT b.account_id FROM budgets b
+--citus:          WHERE b.programme_id = p_programme
+--citus:            AND b.id = ANY (ARRAY(SELECT l.budget_id FROM lots l WHERE l.programme_id = p_programme
+--citus:                                  AND l.member_id = v_member AND l.id = ANY (v_lots)))
+--citus:          ORDER BY b.account_id LOOP
+--citus:     PERFORM 1 FROM account_balances
+--citus:     WHERE programme_id = p_programme AND account_id = r.account_id AND member_id = v_anchor FOR UPDATE;
+--citus: END LOOP;
     SELECT available INTO v_available FROM account_balances
-    WHERE programme_id = p_programme AND account_id = v_account AND shard = 0 FOR UPDATE;
+    WHERE programme_id = p_programme AND account_id = v_account AND shard = 0
+--citus:   AND member_id = v_member
+    FOR UPDATE;
 
     SELECT coalesce(sum(l.amount - l.clawed), 0) INTO v_clawable
     FROM lots l WHERE l.programme_id = p_programme AND l.member_id = v_member AND l.id = ANY (v_lots);
@@ -955,8 +1059,14 @@ BEGIN
     RETURNING id INTO v_txn;
 
     -- Points still in the earned lots come back from there first.
-    FOR r IN SELECT p.lot_id, p.portion, l.remaining, l.vested, l.unit_cost_micros
-             FROM pg_temp.claw_plan p JOIN lots l ON l.programme_id = p_programme AND l.member_id = v_member AND l.id = p.lot_id LOOP
+    -- (Citus would ship the temporary plan to a join with lots over a connection of its own,
+    -- making the refund a two-phase commit: there the plan is read into an array first.)
+    FOR r IN SELECT p.lot_id, p.portion, l.remaining, l.vested, l.unit_cost_micros --@plain
+             FROM pg_temp.claw_plan p JOIN lots l ON l.programme_id = p_programme AND l.member_id = v_member AND l.id = p.lot_id LOOP --@plain
+--citus: v_lots := ARRAY(SELECT cp.lot_id FROM pg_temp.claw_plan cp);
+--citus: FOR r IN SELECT l.id AS lot_id, 0::bigint AS portion, l.remaining, l.vested, l.unit_cost_micros FROM lots l
+--citus:          WHERE l.programme_id = p_programme AND l.member_id = v_member AND l.id = ANY (v_lots) LOOP
+--citus:     r.portion := (SELECT cp.portion FROM pg_temp.claw_plan cp WHERE cp.lot_id = r.lot_id);
         v_from_lot := least(r.remaining, r.portion);
         UPDATE lots SET remaining = remaining - v_from_lot, clawed = clawed + r.portion
         WHERE programme_id = p_programme AND member_id = v_member AND id = r.lot_id;
@@ -980,7 +1090,9 @@ BEGIN
     IF v_shortfall > 0 THEN
         IF ledger_expire_member_locked(p_programme, v_member, v_account) > 0 THEN
             SELECT available INTO v_available FROM account_balances
-            WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
+            WHERE programme_id = p_programme AND account_id = v_account AND shard = 0
+--citus:       AND member_id = v_member
+            ;
         END IF;
         v_from_other := least(v_shortfall, greatest(v_available - v_avail_taken, 0));
         v_cost := v_cost + ledger_take_lots(p_programme, v_member, v_from_other, v_txn);
@@ -993,7 +1105,9 @@ BEGIN
     v_avail_taken := v_avail_taken + v_from_other + v_debt;
 
     UPDATE account_balances SET available = available - v_avail_taken, pending = pending - v_pending_taken
-    WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
+    WHERE programme_id = p_programme AND account_id = v_account AND shard = 0
+--citus:   AND member_id = v_member
+    ;
     PERFORM ledger_entry(p_programme, v_txn, v_seq, v_account, 0, 0, -v_avail_taken);
     v_seq := v_seq + 1;
     PERFORM ledger_entry(p_programme, v_txn, v_seq, v_account, 0, 1, -v_pending_taken);
@@ -1028,7 +1142,9 @@ BEGIN
     UPDATE transactions SET amount = -(v_avail_taken + v_pending_taken), cost_micros = v_cost,
         metadata = jsonb_build_object('requested', v_want, 'from_earned_lots', v_want - v_shortfall,
                                       'from_other_points', v_from_other, 'debt', v_debt, 'written_off', v_forgiven)
-    WHERE programme_id = p_programme AND id = v_txn;
+    WHERE programme_id = p_programme AND id = v_txn
+--citus:   AND member_id = v_member
+    ;
     body := jsonb_build_object(
         'transaction_id', v_txn, 'kind', 'clawback', 'member_id', p_member, 'reference', p_reference,
         'requested', v_want, 'clawed_back', v_avail_taken + v_pending_taken,
@@ -1244,7 +1360,9 @@ BEGIN
     UPDATE lots SET remaining = 0
     WHERE programme_id = p_programme AND member_id = p_member AND remaining > 0 AND expires_at <= now();
     UPDATE account_balances SET available = available - v_avail, pending = pending - v_pending
-    WHERE programme_id = p_programme AND account_id = p_account AND shard = 0;
+    WHERE programme_id = p_programme AND account_id = p_account AND shard = 0
+--citus:   AND member_id = p_member
+    ;
     PERFORM ledger_entry(p_programme, v_txn, 0, p_account, 0, 0, -v_avail);
     PERFORM ledger_entry(p_programme, v_txn, 1, p_account, 0, 1, -v_pending);
     PERFORM ledger_entry(p_programme, v_txn, 2, p_breakage, p_shard, 0, v_avail + v_pending);
@@ -1263,17 +1381,22 @@ DECLARE
     v_shards int;
     v_shard int;
     v_expired bigint;
+    v_anchor bigint;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM lots WHERE programme_id = p_programme AND member_id = p_member
                    AND remaining > 0 AND expires_at <= now()) THEN
         RETURN 0;
     END IF;
+--citus: PERFORM ledger_route(p_member);
     SELECT a.id, a.shards INTO v_breakage, v_shards FROM accounts a
     WHERE a.programme_id = p_programme AND a.kind = 'breakage';
     v_shard := ledger_shard(v_shards);
+--citus: v_anchor := ledger_anchor(v_shard);
     v_expired := ledger_expire_member(p_programme, p_member, p_account, v_breakage, v_shard);
     UPDATE account_balances SET available = available + v_expired
-    WHERE programme_id = p_programme AND account_id = v_breakage AND shard = v_shard;
+    WHERE programme_id = p_programme AND account_id = v_breakage AND shard = v_shard
+--citus:   AND member_id = v_anchor
+    ;
     RETURN v_expired;
 END $$;
 
@@ -1307,7 +1430,9 @@ CREATE OR REPLACE FUNCTION ledger_expire_member_now(p_programme bigint, p_member
 RETURNS bigint LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM 1 FROM account_balances
-    WHERE programme_id = p_programme AND account_id = p_account AND shard = 0 FOR UPDATE;
+    WHERE programme_id = p_programme AND account_id = p_account AND shard = 0
+--citus:   AND member_id = p_member
+    FOR UPDATE;
     RETURN ledger_expire_member_locked(p_programme, p_member, p_account);
 END $$;
 
@@ -1882,3 +2007,7 @@ END $$;
 -- Citus: a call that names its member's key runs whole on that member's node.
 --citus: SELECT create_distributed_function('ledger_earn(bigint, text, bytea, text, text, bigint, boolean, text, text, timestamptz, timestamptz, jsonb, text, bigint)', 'p_member_key', colocate_with := 'members');
 --citus: SELECT create_distributed_function('ledger_spend(bigint, text, bytea, text, bigint, text, text, jsonb, text, bigint)', 'p_member_key', colocate_with := 'members');
+--citus: SELECT create_distributed_function('ledger_hold(bigint, text, bytea, text, bigint, timestamptz, text, text, bigint)', 'p_member_key', colocate_with := 'members');
+--citus: SELECT create_distributed_function('ledger_capture(bigint, text, bytea, bigint, bigint, text)', 'p_hold', colocate_with := 'members');
+--citus: SELECT create_distributed_function('ledger_void(bigint, text, bytea, bigint, text)', 'p_hold', colocate_with := 'members');
+--citus: SELECT create_distributed_function('ledger_clawback(bigint, text, bytea, text, text, bigint, text, text, bigint)', 'p_member_key', colocate_with := 'members');
