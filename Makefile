@@ -17,6 +17,7 @@ help:
 	@echo "make test      run the tests on $(TEST_WORKERS) xdist workers (PYTEST_ARGS=... to pass options)"
 	@echo "make test-citus  the cluster tests and the ledger, tiers, benefits and API suites on a local Citus"
 	@echo "                 cluster (a coordinator and 2 workers in .loyalty/test/citus; CITUS_SUITES=... to choose)"
+	@echo "make citus-install  Citus 14.0.1 into the embedded PostgreSQL (../shared/citus/install.sh; CITUS_INSTALL=...)"
 	@echo "make test-external  the tests against Debian's PostgreSQL and redis-server (installs them; root)"
 	@echo "make stress    run the long concurrency tests (-m stress)"
 	@echo "make chaos     kill and stop the API, worker, PostgreSQL and Redis under load (CHAOS_ARGS=--short)"
