@@ -13,7 +13,7 @@ from litestar.openapi.spec import Components, SecurityScheme
 from redis.asyncio import Redis
 
 import loyalty
-from loyalty import apidocs
+from loyalty import apidocs, distribution
 from loyalty.activity.routes import ROUTES as ACTIVITY_ROUTES
 from loyalty.audit.routes import ROUTES as AUDIT_ROUTES
 from loyalty.auth.revocation import RevocationListener
@@ -74,7 +74,10 @@ def create_app(settings: Settings) -> Litestar:
         )
         # How long a request waits for a pooled posting connection before it answers 503.
         app.state.pool_timeout = settings.db_timeout_seconds
-        app.state.committer = group_commit.for_settings(app.state.posting_pool, settings)
+        # On Citus a batch would span members on different nodes: each posting goes alone, to
+        # its member's node (docs/scaling.md).
+        citus = await distribution.detect(app.state.posting_pool)
+        app.state.committer = None if citus else group_commit.for_settings(app.state.posting_pool, settings)
         app.state.redis = redis
         # Benefit definitions and tier maps for the checkout check, stamped with their version.
         app.state.benefit_catalogues = CatalogueCache()

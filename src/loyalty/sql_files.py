@@ -12,6 +12,11 @@ So every file must be safe to run on a database that holds any earlier version o
 changed (``CREATE OR REPLACE`` cannot change a result type, and a changed argument list would
 leave the old one behind as an overload). The files run after every table exists, so a
 ``LANGUAGE sql`` body may read any table; a versioned revision must not call these functions.
+
+On a database with the ``citus`` extension (docs/scaling.md) a file is applied in its Citus
+form: a line ``--citus: TEXT`` becomes ``TEXT`` (the filters and columns that route a statement
+to its member's shard), and a line that ends in ``--@plain`` is left out. Without Citus a file
+runs exactly as written.
 """
 
 from __future__ import annotations
@@ -54,8 +59,31 @@ class SqlFile:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-def load(paths: tuple[str, ...] = FILES) -> list[SqlFile]:
-    return [SqlFile(path, (PACKAGE_DIR / path).read_text()) for path in paths]
+CITUS_LINE = "--citus:"
+PLAIN_ONLY = "--@plain"
+
+
+def load(paths: tuple[str, ...] = FILES, *, citus: bool = False) -> list[SqlFile]:
+    files = [SqlFile(path, (PACKAGE_DIR / path).read_text()) for path in paths]
+    return [SqlFile(file.path, citus_form(file.sql)) for file in files] if citus else files
+
+
+def citus_form(sql: str) -> str:
+    """The text of a file as it runs on Citus: ``--citus:`` lines uncommented, ``--@plain`` lines out."""
+    out: list[str] = []
+    for line in sql.splitlines():
+        body = line.lstrip()
+        if body.startswith(CITUS_LINE):
+            indent = line[: len(line) - len(body)]
+            out.append(indent + body[len(CITUS_LINE) :].removeprefix(" "))
+        elif not line.rstrip().endswith(PLAIN_ONLY):
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def has_citus(connection: Connection) -> bool:
+    query = text("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
+    return bool(connection.execute(query).scalar())
 
 
 def statements(sql: str) -> list[str]:
@@ -68,7 +96,7 @@ def statements(sql: str) -> list[str]:
             continue
         current.append(line)
         in_body ^= line.count("$$") % 2 == 1
-        if not in_body and line.rstrip().endswith(";"):
+        if not in_body and line.rstrip().removesuffix(PLAIN_ONLY).rstrip().endswith(";"):
             out.append("\n".join(current))
             current = []
     if current and "".join(current).strip():
@@ -95,7 +123,12 @@ def apply_changed(connection: Connection, files: list[SqlFile] | None = None) ->
     Runs in the connection's current transaction: the caller commits, and a failing file
     leaves the functions and the records as they were.
     """
-    files = load() if files is None else files
+    citus = has_citus(connection)
+    files = load(citus=citus) if files is None else files
+    if citus:
+        # The files replace triggers on distributed tables, which Citus refuses by default; the
+        # Citus forms of those triggers only touch their own row's shard.
+        connection.exec_driver_sql("SET LOCAL citus.enable_unsafe_triggers = on")
     connection.exec_driver_sql(_CREATE_RECORD_TABLE)
     connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK})
     recorded = {

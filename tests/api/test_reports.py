@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import date, timedelta
+from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import text
@@ -137,7 +138,7 @@ async def test_every_figure_agrees_with_the_ledger(clamp: Api, engine: AsyncEngi
     last = series["days"][-1]
     assert last["outstanding_points"] == liability["outstanding_points"]
     assert last["liability_micros"] == liability["liability_micros"]
-    flows = (await api.get("/v1/reports/flows", params={"since": _days_ago(6)})).json()
+    flows = (await api.get("/v1/reports/flows", params={"since": _days_ago(6, "Asia/Shanghai")})).json()
     totals = flows["totals"]
     assert len(flows["days"]) == 7
     assert totals["expired_points"] == liability["breakage_points"] > 0
@@ -295,9 +296,10 @@ async def test_programmes_see_only_their_own_figures(api: Api, other: Api, engin
     assert "zed" not in csv_text
 
 
-def _days_ago(n: int) -> str:
-    # The programmes' day: UTC for `api`, Asia/Shanghai for `clamp`; a day either way is safe.
-    return (date.today() - timedelta(days=n)).isoformat()
+def _days_ago(n: int, timezone: str = "UTC") -> str:
+    """n days before today in the programme's timezone (UTC for `api`, Asia/Shanghai for `clamp`,
+    where the day starts eight hours before UTC's)."""
+    return (datetime.now(ZoneInfo(timezone)).date() - timedelta(days=n)).isoformat()
 
 
 async def test_members_by_tier_and_moves_agree_with_the_tier_rows(api: Api, engine: AsyncEngine) -> None:

@@ -12,6 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty import distribution
 from loyalty.db import PostingConnection as DriverConnection
 from loyalty.idempotency import Posted
 from loyalty.ledger.errors import ledger_error
@@ -68,7 +69,27 @@ async def post(conn: PostingConnection, function: str, **params: Any) -> Posted:
 async def post_on_driver(
     conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, function: str, params: dict[str, Any]
 ) -> Posted:
-    """One posting function called on an asyncpg connection: in autocommit, its own transaction."""
+    """One posting function called on an asyncpg connection: in autocommit, its own transaction.
+
+    On Citus the call names its member's key and so runs whole on that member's node; one that
+    needs the other nodes (an earn whose budget shard runs short) comes back as LY002, having
+    written nothing, and goes again through the coordinator."""
+    routed = distribution.route(function, params)
+    if routed is params:
+        return await _call_on_driver(conn, function, params)
+    try:
+        return await _call_on_driver(conn, function, routed)
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate != distribution.NEEDS_COORDINATOR:
+            raise
+    # Inside a transaction block Citus does not delegate: the coordinator runs the call.
+    async with conn.transaction():
+        return await _call_on_driver(conn, function, params)
+
+
+async def _call_on_driver(
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, function: str, params: dict[str, Any]
+) -> Posted:
     sql = _DRIVER_SQL.get((function, len(params)))
     if sql is None:
         args = ", ".join(f"${i}" for i in range(1, len(params) + 1))

@@ -13,6 +13,8 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty.distribution import CITUS_PRESENT
+
 # At most this many violations are reported per check: a systematic fault would otherwise
 # list millions of rows.
 MAX_PER_CHECK = 1000
@@ -35,7 +37,8 @@ class _Check:
     name: str
     description: str
     # Selects (programme_id, subject, detail jsonb) for each violation; {scope} filters a
-    # table aliased by the given letter to one programme (or none).
+    # table aliased by the given letter to one programme (or none). On Citus, {citus_b_m} joins
+    # a member's balance row on its shard's column too (docs/scaling.md).
     sql: str
 
 
@@ -94,7 +97,8 @@ _CHECKS: tuple[_Check, ...] = (
         ), open_held AS (
             SELECT h.programme_id, h.member_id, sum(mv.amount) AS held
             FROM holds h
-            JOIN lot_movements mv ON mv.programme_id = h.programme_id AND mv.hold_id = h.id
+            JOIN lot_movements mv
+              ON mv.programme_id = h.programme_id AND mv.member_id = h.member_id AND mv.hold_id = h.id
             WHERE {scope_h} AND h.status = 'open'
             GROUP BY h.programme_id, h.member_id
         )
@@ -106,7 +110,7 @@ _CHECKS: tuple[_Check, ...] = (
                    'reason', CASE WHEN b.account_id IS NULL THEN 'member has no balance row' END)
         FROM members m
         LEFT JOIN account_balances b
-          ON b.programme_id = m.programme_id AND b.account_id = m.account_id AND b.shard = 0
+          ON b.programme_id = m.programme_id AND b.account_id = m.account_id AND b.shard = 0 {citus_b_m}
         LEFT JOIN lot_sums ls ON ls.programme_id = m.programme_id AND ls.member_id = m.id
         LEFT JOIN open_held oh ON oh.programme_id = m.programme_id AND oh.member_id = m.id
         WHERE {scope_m} AND (
@@ -123,7 +127,8 @@ _CHECKS: tuple[_Check, ...] = (
         SELECT h.programme_id, 'hold ' || h.id,
                jsonb_build_object('amount', h.amount, 'movements', coalesce(sum(mv.amount), 0))
         FROM holds h
-        LEFT JOIN lot_movements mv ON mv.programme_id = h.programme_id AND mv.hold_id = h.id
+        LEFT JOIN lot_movements mv
+          ON mv.programme_id = h.programme_id AND mv.member_id = h.member_id AND mv.hold_id = h.id
         WHERE {scope_h} AND h.status = 'open'
         GROUP BY h.programme_id, h.id, h.amount
         HAVING coalesce(sum(mv.amount), 0) <> h.amount
@@ -216,11 +221,12 @@ CHECKS: tuple[str, ...] = tuple(c.name for c in _CHECKS)
 _SCOPE_ALIASES = ("a", "b", "e", "h", "l", "m", "u")
 
 
-def _render(sql: str, programme_id: int | None) -> str:
+def _render(sql: str, programme_id: int | None, citus: bool = False) -> str:
     scopes = {
         f"scope_{alias}": ("true" if programme_id is None else f"{alias}.programme_id = :programme_id")
         for alias in _SCOPE_ALIASES
     }
+    scopes["citus_b_m"] = "AND b.member_id = m.id" if citus else ""
     return sql.format(**scopes) + f"\nLIMIT {MAX_PER_CHECK}"
 
 
@@ -231,9 +237,10 @@ async def verify(conn: AsyncConnection, programme_id: int | None = None) -> list
     that every check sees the same snapshot (run_cli does).
     """
     params = {} if programme_id is None else {"programme_id": programme_id}
+    citus = bool(await conn.scalar(text(CITUS_PRESENT)))
     violations: list[Violation] = []
     for check in _CHECKS:
-        rows = await conn.execute(text(_render(check.sql, programme_id)), params)
+        rows = await conn.execute(text(_render(check.sql, programme_id, citus)), params)
         violations.extend(
             Violation(check=check.name, programme_id=int(r[0]), subject=str(r[1]), detail=dict(r[2]))
             for r in rows

@@ -56,6 +56,10 @@ async def update(conn: AsyncConnection, programme_id: int, changes: dict[str, An
     if not changes:
         return
     sets = ", ".join(f"{column} = :{column}" for column in changes)
+    if "timezone" in changes:
+        # Local days move with the timezone. A trigger does this on a single node; on Citus,
+        # where programmes is replicated and each replica would draw its own number, only this.
+        sets += ", config_version = nextval('programme_config_version_seq')"
     await conn.execute(text(f"UPDATE programmes SET {sets} WHERE id = :p"), {"p": programme_id, **changes})
     if "clawback_policy" in changes:
         # A member's floor follows the policy: 0 under 'clamp', none under 'negative'. Members

@@ -15,6 +15,11 @@
 -- whose copy of it is older, so each statement must be safe on any earlier version. A function
 -- whose result type or arguments change needs its old form dropped below.
 
+-- ledger_earn and ledger_spend gained p_member_key (the member's shard on Citus).
+DROP FUNCTION IF EXISTS ledger_earn(bigint, text, bytea, text, text, bigint, boolean, text, text, timestamptz, timestamptz, jsonb, text);
+DROP FUNCTION IF EXISTS ledger_spend(bigint, text, bytea, text, bigint, text, text, jsonb, text);
+DROP FUNCTION IF EXISTS ledger_hold(bigint, text, bytea, text, bigint, timestamptz, text, text);
+
 -- ledger_expire_member_now returned void before it returned the points it expired.
 DO $$
 BEGIN
@@ -36,6 +41,74 @@ BEGIN
     RAISE EXCEPTION USING ERRCODE = 'LY000', MESSAGE = p_code, DETAIL = p_detail::text;
 END $$;
 
+-- On Citus (docs/scaling.md, migration 0021) a member's id is this hash of its programme and
+-- external id, so that a caller can name the member's shard before it reads anything
+-- (loyalty.distribution.member_key computes the same in Python). Unused on a single node.
+CREATE OR REPLACE FUNCTION loyalty_member_key(p_programme bigint, p_external_id text)
+RETURNS bigint LANGUAGE sql IMMUTABLE AS $$
+    SELECT ('x' || left(md5(p_programme::text || '/' || p_external_id), 16))::bit(64)::bigint
+           & 9223372036854775807
+$$;
+
+-- On Citus, every row that a posting writes sits on its member's shard. ledger_route names the
+-- member for the rest of the transaction: ledger_owner() is the default owner (member_id) of
+-- the ledger rows that have no member of their own (entries, idempotency keys, the budget and
+-- sink shard rows are owned by the anchor of a shard), and loyalty.batch_shard makes
+-- ledger_shard pick the budget and sink shards that sit beside the member. Never called on a
+-- single node, where these tables have no owner column.
+CREATE OR REPLACE FUNCTION ledger_route(p_member bigint)
+RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+    v_index int;
+BEGIN
+    SELECT shard_index INTO v_index FROM ledger_anchors
+    WHERE shardid = get_shard_id_for_distribution_column('members', p_member);
+    PERFORM set_config('loyalty.owner', p_member::text, true);
+    PERFORM set_config('loyalty.batch_shard', v_index::text, true);
+    RETURN v_index;
+END $$;
+
+-- The owner of rows written now: the routed member, else the anchor of shard 0 (a programme's
+-- own postings: budget top-ups, moves, sweeps). Citus only.
+CREATE OR REPLACE FUNCTION ledger_owner()
+RETURNS bigint LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_owner bigint := nullif(current_setting('loyalty.owner', true), '')::bigint;
+BEGIN
+    -- A routed posting reads no table here: on its member's node that would be a nested query.
+    IF v_owner IS NOT NULL THEN
+        RETURN v_owner;
+    END IF;
+    RETURN (SELECT anchor FROM ledger_anchors WHERE shard_index = 0);
+END $$;
+
+-- The pseudo-member that owns shard p_shard of every budget and sink. Citus only.
+CREATE OR REPLACE FUNCTION ledger_anchor(p_shard int)
+RETURNS bigint LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT anchor FROM ledger_anchors WHERE shard_index = p_shard);
+END $$;
+
+-- Locks every shard row of the given (sharded, system) accounts, in account and shard order.
+-- On Citus the shards sit on different nodes and a multi-shard SELECT cannot lock, so there
+-- they are locked one by one, in the same order: a budget's top-up, move, sweep or close is a
+-- distributed transaction.
+CREATE OR REPLACE FUNCTION ledger_lock_account_shards(p_programme bigint, p_accounts bigint[])
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+BEGIN
+    PERFORM 1 FROM account_balances --@plain
+    WHERE programme_id = p_programme AND account_id = ANY (p_accounts) ORDER BY account_id, shard FOR UPDATE; --@plain
+--citus: FOR r IN SELECT ab.account_id, ab.shard, ab.member_id FROM account_balances ab
+--citus:          WHERE ab.programme_id = p_programme AND ab.account_id = ANY (p_accounts)
+--citus:          ORDER BY ab.account_id, ab.shard LOOP
+--citus:     PERFORM 1 FROM account_balances
+--citus:     WHERE programme_id = p_programme AND account_id = r.account_id AND shard = r.shard
+--citus:       AND member_id = r.member_id FOR UPDATE;
+--citus: END LOOP;
+END $$;
+
 -- Claims an idempotency key. NULL: the caller goes on and must store its response with
 -- ledger_store_key. Otherwise the stored response of the first call with that key. A
 -- concurrent first call holds the key's index entry until it ends, so a duplicate waits here
@@ -45,6 +118,7 @@ RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     v_fingerprint bytea;
     v_response jsonb;
+    v_owner bigint;
 BEGIN
     IF p_key IS NULL THEN
         RETURN NULL;
@@ -55,8 +129,11 @@ BEGIN
     IF FOUND THEN
         RETURN NULL;
     END IF;
+--citus: v_owner := ledger_owner();
     SELECT fingerprint, response INTO v_fingerprint, v_response
-    FROM idempotency_keys WHERE programme_id = p_programme AND key = p_key;
+    FROM idempotency_keys WHERE programme_id = p_programme AND key = p_key
+--citus:   AND member_id = v_owner
+    ;
     IF v_fingerprint <> p_fingerprint THEN
         PERFORM loyalty_fail('idempotency_key_reused', jsonb_build_object('key', p_key));
     END IF;
@@ -65,31 +142,63 @@ END $$;
 
 CREATE OR REPLACE FUNCTION ledger_store_key(p_programme bigint, p_key text, p_status int, p_response jsonb)
 RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_owner bigint;
 BEGIN
+--citus: v_owner := ledger_owner();
     IF p_key IS NOT NULL THEN
         UPDATE idempotency_keys SET response = p_response, status_code = p_status
-        WHERE programme_id = p_programme AND key = p_key;
+        WHERE programme_id = p_programme AND key = p_key
+--citus:   AND member_id = v_owner
+        ;
     END IF;
 END $$;
 
 CREATE OR REPLACE FUNCTION ledger_entry(
     p_programme bigint, p_txn bigint, p_seq int, p_account bigint, p_shard int, p_bucket int, p_amount bigint
-) RETURNS void LANGUAGE sql AS $$
-    INSERT INTO entries (programme_id, txn_id, seq, account_id, shard, bucket, amount)
-    SELECT p_programme, p_txn, p_seq, p_account, p_shard, p_bucket, p_amount WHERE p_amount <> 0;
-$$;
+) RETURNS void LANGUAGE sql AS $$ --@plain
+    INSERT INTO entries (programme_id, txn_id, seq, account_id, shard, bucket, amount) --@plain
+    SELECT p_programme, p_txn, p_seq, p_account, p_shard, p_bucket, p_amount WHERE p_amount <> 0; --@plain
+$$; --@plain
+--citus: ) RETURNS void LANGUAGE plpgsql AS $$
+--citus: BEGIN
+--citus:     IF p_amount <> 0 THEN
+--citus:         INSERT INTO entries (programme_id, txn_id, seq, account_id, shard, bucket, amount)
+--citus:         VALUES (p_programme, p_txn, p_seq, p_account, p_shard, p_bucket, p_amount);
+--citus:     END IF;
+--citus: END
+--citus: $$;
 
 CREATE OR REPLACE FUNCTION ledger_balance_json(p_programme bigint, p_account bigint)
-RETURNS jsonb LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object('available', available, 'pending', pending, 'held', held)
-    FROM account_balances WHERE programme_id = p_programme AND account_id = p_account AND shard = 0;
-$$;
+RETURNS jsonb LANGUAGE sql STABLE AS $$ --@plain
+    SELECT jsonb_build_object('available', available, 'pending', pending, 'held', held) --@plain
+    FROM account_balances WHERE programme_id = p_programme AND account_id = p_account AND shard = 0; --@plain
+$$; --@plain
+--citus: RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+--citus: DECLARE
+--citus:     v_routed bigint := nullif(current_setting('loyalty.owner', true), '')::bigint;
+--citus: BEGIN
+--citus:     -- Inside a routed posting the balance row is its member's: read on that shard alone.
+--citus:     IF v_routed IS NOT NULL THEN
+--citus:         RETURN (SELECT jsonb_build_object('available', available, 'pending', pending, 'held', held)
+--citus:                 FROM account_balances WHERE programme_id = p_programme AND account_id = p_account AND shard = 0
+--citus:                   AND member_id = v_routed);
+--citus:     END IF;
+--citus:     RETURN (SELECT jsonb_build_object('available', available, 'pending', pending, 'held', held)
+--citus:             FROM account_balances WHERE programme_id = p_programme AND account_id = p_account AND shard = 0);
+--citus: END
+--citus: $$;
 
 CREATE OR REPLACE FUNCTION ledger_member(p_programme bigint, p_external_id text, OUT member_id bigint, OUT account_id bigint)
 LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_key bigint;
 BEGIN
+--citus: v_key := loyalty_member_key(p_programme, p_external_id);
     SELECT m.id, m.account_id INTO member_id, account_id
-    FROM members m WHERE m.programme_id = p_programme AND m.external_id = p_external_id;
+    FROM members m WHERE m.programme_id = p_programme AND m.external_id = p_external_id
+--citus:   AND m.id = v_key
+    ;
     IF NOT FOUND THEN
         PERFORM loyalty_fail('member_not_found', jsonb_build_object('member_id', p_external_id));
     END IF;
@@ -101,9 +210,13 @@ CREATE OR REPLACE FUNCTION ledger_active_member(p_programme bigint, p_external_i
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     v_status text;
+    v_key bigint;
 BEGIN
+--citus: v_key := loyalty_member_key(p_programme, p_external_id);
     SELECT m.id, m.account_id, m.status INTO member_id, account_id, v_status
-    FROM members m WHERE m.programme_id = p_programme AND m.external_id = p_external_id;
+    FROM members m WHERE m.programme_id = p_programme AND m.external_id = p_external_id
+--citus:   AND m.id = v_key
+    ;
     IF NOT FOUND THEN
         PERFORM loyalty_fail('member_not_found', jsonb_build_object('member_id', p_external_id));
     END IF;
@@ -113,9 +226,15 @@ BEGIN
 END $$;
 
 CREATE OR REPLACE FUNCTION ledger_system_account(p_programme bigint, p_kind text)
-RETURNS TABLE (account_id bigint, shards int) LANGUAGE sql STABLE AS $$
-    SELECT id, shards FROM accounts WHERE programme_id = p_programme AND kind = p_kind;
-$$;
+RETURNS TABLE (account_id bigint, shards int) LANGUAGE sql STABLE AS $$ --@plain
+    SELECT id, shards FROM accounts WHERE programme_id = p_programme AND kind = p_kind; --@plain
+$$; --@plain
+--citus: RETURNS TABLE (account_id bigint, shards int) LANGUAGE plpgsql STABLE AS $$
+--citus: BEGIN
+--citus:     RETURN QUERY
+--citus:     SELECT a.id, a.shards::int FROM accounts a WHERE a.programme_id = p_programme AND a.kind = p_kind;
+--citus: END
+--citus: $$;
 
 -- The shard of a sharded account that a write uses: a random one, so that concurrent writers
 -- spread over the shards. Inside a group-commit batch (ledger_post_batch sets
@@ -136,14 +255,18 @@ DECLARE
     v_account bigint;
     v_shards int;
     v_shard int;
+    v_anchor bigint;
 BEGIN
     IF p_amount = 0 THEN
         RETURN;
     END IF;
     SELECT a.account_id, a.shards INTO v_account, v_shards FROM ledger_system_account(p_programme, p_kind) a;
     v_shard := ledger_shard(v_shards);
+--citus: v_anchor := ledger_anchor(v_shard);
     UPDATE account_balances SET available = available + p_amount
-    WHERE programme_id = p_programme AND account_id = v_account AND shard = v_shard;
+    WHERE programme_id = p_programme AND account_id = v_account AND shard = v_shard
+--citus:   AND member_id = v_anchor
+    ;
     PERFORM ledger_entry(p_programme, p_txn, p_seq, v_account, v_shard, 0, p_amount);
 END $$;
 
@@ -158,18 +281,22 @@ CREATE OR REPLACE FUNCTION ledger_take_from_budget(
 ) LANGUAGE plpgsql AS $$
 DECLARE
     v_shard int := ledger_shard(p_shards);
+    v_anchor bigint;
     v_total bigint;
     v_after bigint;
     v_target bigint;
     r record;
 BEGIN
     next_seq := p_seq;
+--citus: v_anchor := ledger_anchor(v_shard);
     -- An UPDATE ... WHERE available >= n that waited for a busy shard keeps the row locked even
     -- when its re-check then fails; the slow path would lock the other shards around it, out of
     -- order, and deadlock with another slow path. A miss therefore rolls the block back.
     BEGIN
         UPDATE account_balances SET available = available - p_amount
-        WHERE programme_id = p_programme AND account_id = p_account AND shard = v_shard AND available >= p_amount;
+        WHERE programme_id = p_programme AND account_id = p_account AND shard = v_shard AND available >= p_amount
+--citus:   AND member_id = v_anchor
+        ;
         IF NOT FOUND THEN
             RAISE EXCEPTION USING ERRCODE = 'LY001';
         END IF;
@@ -183,8 +310,13 @@ BEGIN
         RETURN;
     END IF;
 
-    PERFORM 1 FROM account_balances
-    WHERE programme_id = p_programme AND account_id = p_account ORDER BY shard FOR UPDATE;
+    -- On Citus this is the one distributed transaction an earn may become. A call delegated to
+    -- its member's node cannot reach the other nodes' shards: it gives up (LY002, nothing
+    -- written) and the caller sends it again through the coordinator.
+--citus: IF NOT citus_is_coordinator() THEN
+--citus:     RAISE EXCEPTION USING ERRCODE = 'LY002', MESSAGE = 'budget_shard_short';
+--citus: END IF;
+    PERFORM ledger_lock_account_shards(p_programme, ARRAY[p_account]);
     SELECT coalesce(sum(available), 0) INTO v_total
     FROM account_balances WHERE programme_id = p_programme AND account_id = p_account;
     IF v_total < p_amount AND NOT (p_partial AND v_total > 0) THEN
@@ -211,12 +343,16 @@ CREATE OR REPLACE FUNCTION ledger_spread_into(
 DECLARE
     v_part bigint;
     v_seq int := p_seq;
+    v_anchor bigint;
 BEGIN
     FOR i IN 0 .. p_shards - 1 LOOP
         v_part := p_amount / p_shards + CASE WHEN i < p_amount % p_shards THEN 1 ELSE 0 END;
         IF v_part <> 0 THEN
+--citus:     v_anchor := ledger_anchor(i);
             UPDATE account_balances SET available = available + v_part
-            WHERE programme_id = p_programme AND account_id = p_account AND shard = i;
+            WHERE programme_id = p_programme AND account_id = p_account AND shard = i
+--citus:       AND member_id = v_anchor
+            ;
             PERFORM ledger_entry(p_programme, p_txn, v_seq, p_account, i, 0, v_part);
             v_seq := v_seq + 1;
         END IF;
@@ -276,6 +412,7 @@ BEGIN
              FROM lot_movements mv
              JOIN lots l ON l.programme_id = mv.programme_id AND l.member_id = mv.member_id AND l.id = mv.lot_id
              WHERE mv.programme_id = p_programme AND mv.hold_id = p_hold
+--citus:          AND mv.member_id = p_member AND l.member_id = p_member
              GROUP BY l.id, l.unit_cost_micros, l.expires_at
              HAVING sum(mv.amount) > 0
              ORDER BY l.expires_at DESC NULLS FIRST, l.id DESC LOOP
@@ -296,26 +433,59 @@ END $$;
 
 -- Cost of the points an open hold took, as recorded in its lot movements.
 CREATE OR REPLACE FUNCTION ledger_hold_cost(p_programme bigint, p_hold bigint)
-RETURNS bigint LANGUAGE sql STABLE AS $$
-    SELECT coalesce(sum(mv.amount * l.unit_cost_micros), 0)::bigint
-    FROM lot_movements mv
-    JOIN lots l ON l.programme_id = mv.programme_id AND l.member_id = mv.member_id AND l.id = mv.lot_id
-    WHERE mv.programme_id = p_programme AND mv.hold_id = p_hold;
-$$;
+RETURNS bigint LANGUAGE sql STABLE AS $$ --@plain
+    SELECT coalesce(sum(mv.amount * l.unit_cost_micros), 0)::bigint --@plain
+    FROM lot_movements mv --@plain
+    JOIN lots l ON l.programme_id = mv.programme_id AND l.member_id = mv.member_id AND l.id = mv.lot_id --@plain
+    WHERE mv.programme_id = p_programme AND mv.hold_id = p_hold; --@plain
+$$; --@plain
+--citus: RETURNS bigint LANGUAGE plpgsql STABLE AS $$
+--citus: DECLARE
+--citus:     v_routed bigint := nullif(current_setting('loyalty.owner', true), '')::bigint;
+--citus: BEGIN
+--citus:     IF v_routed IS NOT NULL THEN
+--citus:         RETURN (SELECT coalesce(sum(mv.amount * l.unit_cost_micros), 0)::bigint
+--citus:                 FROM lot_movements mv
+--citus:                 JOIN lots l ON l.programme_id = mv.programme_id AND l.member_id = mv.member_id AND l.id = mv.lot_id
+--citus:                 WHERE mv.programme_id = p_programme AND mv.hold_id = p_hold AND mv.member_id = v_routed
+--citus:                   AND l.member_id = v_routed);
+--citus:     END IF;
+--citus:     RETURN (SELECT coalesce(sum(mv.amount * l.unit_cost_micros), 0)::bigint
+--citus:             FROM lot_movements mv
+--citus:             JOIN lots l ON l.programme_id = mv.programme_id AND l.member_id = mv.member_id AND l.id = mv.lot_id
+--citus:             WHERE mv.programme_id = p_programme AND mv.hold_id = p_hold);
+--citus: END
+--citus: $$;
 
 CREATE OR REPLACE FUNCTION ledger_txn_json(p_programme bigint, p_txn bigint)
-RETURNS jsonb LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object(
-        'id', t.id, 'kind', t.kind, 'member_id', m.external_id, 'amount', t.amount,
-        'cost_micros', t.cost_micros, 'reference', t.reference, 'reason', t.reason,
-        'budget', b.code, 'hold_id', t.hold_id, 'reverses_id', t.reverses_id,
-        'counterparty_id', cp.external_id, 'metadata', t.metadata, 'created_at', loyalty_ts(t.created_at))
-    FROM transactions t
-    LEFT JOIN members m ON m.programme_id = t.programme_id AND m.id = t.member_id
-    LEFT JOIN members cp ON cp.programme_id = t.programme_id AND cp.id = t.counterparty_id
-    LEFT JOIN budgets b ON b.programme_id = t.programme_id AND b.id = t.budget_id
-    WHERE t.programme_id = p_programme AND t.id = p_txn;
-$$;
+RETURNS jsonb LANGUAGE sql STABLE AS $$ --@plain
+    SELECT jsonb_build_object( --@plain
+        'id', t.id, 'kind', t.kind, 'member_id', m.external_id, 'amount', t.amount, --@plain
+        'cost_micros', t.cost_micros, 'reference', t.reference, 'reason', t.reason, --@plain
+        'budget', b.code, 'hold_id', t.hold_id, 'reverses_id', t.reverses_id, --@plain
+        'counterparty_id', cp.external_id, 'metadata', t.metadata, 'created_at', loyalty_ts(t.created_at)) --@plain
+    FROM transactions t --@plain
+    LEFT JOIN members m ON m.programme_id = t.programme_id AND m.id = t.member_id --@plain
+    LEFT JOIN members cp ON cp.programme_id = t.programme_id AND cp.id = t.counterparty_id --@plain
+    LEFT JOIN budgets b ON b.programme_id = t.programme_id AND b.id = t.budget_id --@plain
+    WHERE t.programme_id = p_programme AND t.id = p_txn; --@plain
+$$; --@plain
+--citus: RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+--citus: BEGIN
+--citus:     RETURN (
+--citus:         SELECT jsonb_build_object(
+--citus:             'id', t.id, 'kind', t.kind, 'member_id', m.external_id, 'amount', t.amount,
+--citus:             'cost_micros', t.cost_micros, 'reference', t.reference, 'reason', t.reason,
+--citus:             'budget', b.code, 'hold_id', t.hold_id, 'reverses_id', t.reverses_id,
+--citus:             'counterparty_id', cp.external_id, 'metadata', t.metadata, 'created_at', loyalty_ts(t.created_at))
+--citus:         FROM transactions t
+--citus:         LEFT JOIN members m ON m.programme_id = t.programme_id AND m.id = t.member_id
+--citus:         LEFT JOIN members cp ON cp.programme_id = t.programme_id AND cp.id = t.counterparty_id
+--citus:         LEFT JOIN budgets b ON b.programme_id = t.programme_id AND b.id = t.budget_id
+--citus:         WHERE t.programme_id = p_programme AND t.id = p_txn
+--citus:     );
+--citus: END
+--citus: $$;
 
 -- Credits a member's available bucket with points that become a lot (earn, transfer in,
 -- adjustment, vesting). A member in debt (negative balance, 'negative' clawback policy) pays it
@@ -341,7 +511,7 @@ CREATE OR REPLACE FUNCTION ledger_earn(
     p_programme bigint, p_key text, p_fingerprint bytea, p_member text, p_budget text,
     p_amount bigint, p_partial boolean, p_reference text, p_reason text,
     p_vests_at timestamptz, p_expires_at timestamptz, p_metadata jsonb, p_actor text,
-    OUT replayed boolean, OUT body jsonb
+    p_member_key bigint DEFAULT NULL, OUT replayed boolean, OUT body jsonb
 ) LANGUAGE plpgsql AS $$
 -- The hottest write of the service: every step is written out here rather than called, and
 -- the transaction row is written once, with its final amount.
@@ -361,6 +531,8 @@ DECLARE
     v_pending boolean := p_vests_at IS NOT NULL AND p_vests_at > now();
 BEGIN
     replayed := false;
+--citus: PERFORM ledger_route(coalesce(p_member_key, loyalty_member_key(p_programme, p_member)));
+--citus: p_member_key := coalesce(p_member_key, loyalty_member_key(p_programme, p_member));
     IF p_key IS NOT NULL THEN
         INSERT INTO idempotency_keys (programme_id, key, fingerprint) VALUES (p_programme, p_key, p_fingerprint)
         ON CONFLICT DO NOTHING;
@@ -371,7 +543,9 @@ BEGIN
         END IF;
     END IF;
     SELECT m.id, m.account_id, m.status INTO v_member, v_account, v_status
-    FROM members m WHERE m.programme_id = p_programme AND m.external_id = p_member;
+    FROM members m WHERE m.programme_id = p_programme AND m.external_id = p_member
+--citus:   AND m.id = p_member_key
+    ;
     IF NOT FOUND THEN
         PERFORM loyalty_fail('member_not_found', jsonb_build_object('member_id', p_member));
     ELSIF v_status <> 'active' THEN
@@ -419,11 +593,13 @@ BEGIN
     IF v_pending THEN
         UPDATE account_balances SET pending = pending + v_amount
         WHERE programme_id = p_programme AND account_id = v_account AND shard = 0
+--citus:   AND member_id = v_member
         RETURNING available, pending, held INTO v_available, v_pending_balance, v_held;
         v_remaining := v_amount;
     ELSE
         UPDATE account_balances SET available = available + v_amount
         WHERE programme_id = p_programme AND account_id = v_account AND shard = 0
+--citus:   AND member_id = v_member
         RETURNING available, pending, held INTO v_available, v_pending_balance, v_held;
         -- A member in debt pays it off first: the lot keeps only what exceeds the debt.
         v_remaining := v_amount - least(v_amount, greatest(v_amount - v_available, 0));
@@ -447,7 +623,9 @@ BEGIN
         'reference', p_reference, 'cost_micros', v_amount * b.unit_cost_micros,
         'balance', jsonb_build_object('available', v_available, 'pending', v_pending_balance, 'held', v_held));
     IF p_key IS NOT NULL THEN
-        UPDATE idempotency_keys SET response = body, status_code = 201 WHERE programme_id = p_programme AND key = p_key;
+        UPDATE idempotency_keys SET response = body, status_code = 201 WHERE programme_id = p_programme AND key = p_key
+--citus:   AND member_id = v_member
+        ;
     END IF;
 END $$;
 
@@ -457,7 +635,7 @@ END $$;
 CREATE OR REPLACE FUNCTION ledger_spend(
     p_programme bigint, p_key text, p_fingerprint bytea, p_member text, p_amount bigint,
     p_reference text, p_reason text, p_metadata jsonb, p_actor text,
-    OUT replayed boolean, OUT body jsonb
+    p_member_key bigint DEFAULT NULL, OUT replayed boolean, OUT body jsonb
 ) LANGUAGE plpgsql AS $$
 DECLARE
     v_member bigint;
@@ -471,8 +649,11 @@ DECLARE
     v_sink bigint;
     v_sink_shards int;
     v_shard int;
+    v_anchor bigint;
 BEGIN
     replayed := false;
+--citus: PERFORM ledger_route(coalesce(p_member_key, loyalty_member_key(p_programme, p_member)));
+--citus: p_member_key := coalesce(p_member_key, loyalty_member_key(p_programme, p_member));
     IF p_key IS NOT NULL THEN
         INSERT INTO idempotency_keys (programme_id, key, fingerprint) VALUES (p_programme, p_key, p_fingerprint)
         ON CONFLICT DO NOTHING;
@@ -483,7 +664,9 @@ BEGIN
         END IF;
     END IF;
     SELECT m.id, m.account_id, m.status INTO v_member, v_account, v_status
-    FROM members m WHERE m.programme_id = p_programme AND m.external_id = p_member;
+    FROM members m WHERE m.programme_id = p_programme AND m.external_id = p_member
+--citus:   AND m.id = p_member_key
+    ;
     IF NOT FOUND THEN
         PERFORM loyalty_fail('member_not_found', jsonb_build_object('member_id', p_member));
     ELSIF v_status <> 'active' THEN
@@ -491,10 +674,13 @@ BEGIN
     END IF;
     UPDATE account_balances SET available = available - p_amount
     WHERE programme_id = p_programme AND account_id = v_account AND shard = 0 AND available >= p_amount
+--citus:   AND member_id = v_member
     RETURNING available, pending, held INTO v_available, v_pending, v_held;
     IF NOT FOUND THEN
         SELECT available INTO v_available FROM account_balances
-        WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
+        WHERE programme_id = p_programme AND account_id = v_account AND shard = 0
+--citus:   AND member_id = v_member
+        ;
         PERFORM loyalty_fail('insufficient_points', jsonb_build_object(
             'member_id', p_member, 'available', v_available, 'requested', p_amount));
     END IF;
@@ -502,7 +688,9 @@ BEGIN
     -- Expired pending lots lower pending, not available, so the balance is re-read.
     IF ledger_expire_before_debit(p_programme, v_member, v_account, p_member, p_amount, v_available) THEN
         SELECT available, pending, held INTO v_available, v_pending, v_held FROM account_balances
-        WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
+        WHERE programme_id = p_programme AND account_id = v_account AND shard = 0
+--citus:   AND member_id = v_member
+        ;
     END IF;
     v_txn := nextval('transactions_id_seq');
     v_cost := ledger_take_lots(p_programme, v_member, p_amount, v_txn);
@@ -512,8 +700,11 @@ BEGIN
     SELECT a.id, a.shards INTO v_sink, v_sink_shards FROM accounts a
     WHERE a.programme_id = p_programme AND a.kind = 'redemption';
     v_shard := ledger_shard(v_sink_shards);
+--citus: v_anchor := ledger_anchor(v_shard);
     UPDATE account_balances SET available = available + p_amount
-    WHERE programme_id = p_programme AND account_id = v_sink AND shard = v_shard;
+    WHERE programme_id = p_programme AND account_id = v_sink AND shard = v_shard
+--citus:   AND member_id = v_anchor
+    ;
     INSERT INTO entries (programme_id, txn_id, seq, account_id, shard, bucket, amount)
     VALUES (p_programme, v_txn, 0, v_account, 0, 0, -p_amount), (p_programme, v_txn, 1, v_sink, v_shard, 0, p_amount);
     body := jsonb_build_object(
@@ -521,7 +712,9 @@ BEGIN
         'reference', p_reference, 'cost_micros', v_cost,
         'balance', jsonb_build_object('available', v_available, 'pending', v_pending, 'held', v_held));
     IF p_key IS NOT NULL THEN
-        UPDATE idempotency_keys SET response = body, status_code = 201 WHERE programme_id = p_programme AND key = p_key;
+        UPDATE idempotency_keys SET response = body, status_code = 201 WHERE programme_id = p_programme AND key = p_key
+--citus:   AND member_id = v_member
+        ;
     END IF;
 END $$;
 
@@ -529,20 +722,42 @@ END $$;
 -- Holds: reserve (available -> held), capture (held -> redemption, rest back), void.
 ---------------------------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION ledger_hold_json(p_programme bigint, p_hold bigint)
-RETURNS jsonb LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object(
-        'hold_id', h.id, 'member_id', m.external_id, 'amount', h.amount, 'captured', h.captured,
-        'status', h.status, 'reference', h.reference, 'expires_at', loyalty_ts(h.expires_at),
-        'created_at', loyalty_ts(h.created_at), 'closed_at', loyalty_ts(h.closed_at),
-        'balance', ledger_balance_json(h.programme_id, m.account_id))
-    FROM holds h JOIN members m ON m.programme_id = h.programme_id AND m.id = h.member_id
-    WHERE h.programme_id = p_programme AND h.id = p_hold;
-$$;
+RETURNS jsonb LANGUAGE sql STABLE AS $$ --@plain
+    SELECT jsonb_build_object( --@plain
+        'hold_id', h.id, 'member_id', m.external_id, 'amount', h.amount, 'captured', h.captured, --@plain
+        'status', h.status, 'reference', h.reference, 'expires_at', loyalty_ts(h.expires_at), --@plain
+        'created_at', loyalty_ts(h.created_at), 'closed_at', loyalty_ts(h.closed_at), --@plain
+        'balance', ledger_balance_json(h.programme_id, m.account_id)) --@plain
+    FROM holds h JOIN members m ON m.programme_id = h.programme_id AND m.id = h.member_id --@plain
+    WHERE h.programme_id = p_programme AND h.id = p_hold; --@plain
+$$; --@plain
+--citus: RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+--citus: DECLARE
+--citus:     v_routed bigint := nullif(current_setting('loyalty.owner', true), '')::bigint;
+--citus:     h holds%ROWTYPE;
+--citus:     m members%ROWTYPE;
+--citus: BEGIN
+--citus:     IF v_routed IS NOT NULL THEN
+--citus:         SELECT * INTO h FROM holds WHERE programme_id = p_programme AND id = p_hold AND member_id = v_routed;
+--citus:     ELSE
+--citus:         SELECT * INTO h FROM holds WHERE programme_id = p_programme AND id = p_hold;
+--citus:     END IF;
+--citus:     IF NOT FOUND THEN
+--citus:         RETURN NULL;
+--citus:     END IF;
+--citus:     SELECT * INTO m FROM members WHERE programme_id = p_programme AND id = h.member_id;
+--citus:     RETURN jsonb_build_object(
+--citus:         'hold_id', h.id, 'member_id', m.external_id, 'amount', h.amount, 'captured', h.captured,
+--citus:         'status', h.status, 'reference', h.reference, 'expires_at', loyalty_ts(h.expires_at),
+--citus:         'created_at', loyalty_ts(h.created_at), 'closed_at', loyalty_ts(h.closed_at),
+--citus:         'balance', ledger_balance_json(h.programme_id, m.account_id));
+--citus: END
+--citus: $$;
 
 CREATE OR REPLACE FUNCTION ledger_hold(
     p_programme bigint, p_key text, p_fingerprint bytea, p_member text, p_amount bigint,
     p_expires_at timestamptz, p_reference text, p_actor text,
-    OUT replayed boolean, OUT body jsonb
+    p_member_key bigint DEFAULT NULL, OUT replayed boolean, OUT body jsonb
 ) LANGUAGE plpgsql AS $$
 DECLARE
     v_member bigint;
@@ -550,7 +765,10 @@ DECLARE
     v_txn bigint;
     v_hold bigint;
     v_available bigint;
+    v_shardid bigint;
 BEGIN
+--citus: p_member_key := coalesce(p_member_key, loyalty_member_key(p_programme, p_member));
+--citus: PERFORM ledger_route(p_member_key);
     body := ledger_claim_key(p_programme, p_key, p_fingerprint);
     IF body IS NOT NULL THEN
         replayed := true;
@@ -560,10 +778,13 @@ BEGIN
     SELECT * INTO v_member, v_account FROM ledger_active_member(p_programme, p_member);
     UPDATE account_balances SET available = available - p_amount, held = held + p_amount
     WHERE programme_id = p_programme AND account_id = v_account AND shard = 0 AND available >= p_amount
+--citus:   AND member_id = v_member
     RETURNING available INTO v_available;
     IF NOT FOUND THEN
         SELECT available INTO v_available FROM account_balances
-        WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
+        WHERE programme_id = p_programme AND account_id = v_account AND shard = 0
+--citus:   AND member_id = v_member
+        ;
         PERFORM loyalty_fail('insufficient_points', jsonb_build_object(
             'member_id', p_member, 'available', v_available, 'requested', p_amount));
     END IF;
@@ -571,9 +792,22 @@ BEGIN
     PERFORM ledger_expire_before_debit(p_programme, v_member, v_account, p_member, p_amount, v_available);
     INSERT INTO transactions (programme_id, kind, member_id, reference, amount, actor)
     VALUES (p_programme, 'hold', v_member, p_reference, 0, p_actor) RETURNING id INTO v_txn;
-    INSERT INTO holds (programme_id, member_id, txn_id, amount, reference, expires_at)
-    VALUES (p_programme, v_member, v_txn, p_amount, p_reference, p_expires_at) RETURNING id INTO v_hold;
-    UPDATE transactions SET hold_id = v_hold WHERE programme_id = p_programme AND id = v_txn;
+    -- Citus: a capture or void names only the hold, so the hold's id is drawn until it hashes
+    -- into its member's shard, where hold_routes keeps the member; both calls then run whole
+    -- on that node, delegated by the hold id.
+--citus: v_shardid := get_shard_id_for_distribution_column('members', v_member);
+--citus: LOOP
+--citus:     v_hold := nextval(pg_get_serial_sequence('holds', 'id'));
+--citus:     EXIT WHEN get_shard_id_for_distribution_column('members', v_hold) = v_shardid;
+--citus: END LOOP;
+--citus: INSERT INTO hold_routes (id, programme_id, member_id) VALUES (v_hold, p_programme, v_member);
+--citus: INSERT INTO holds (programme_id, id, member_id, txn_id, amount, reference, expires_at)
+--citus: VALUES (p_programme, v_hold, v_member, v_txn, p_amount, p_reference, p_expires_at);
+    INSERT INTO holds (programme_id, member_id, txn_id, amount, reference, expires_at) --@plain
+    VALUES (p_programme, v_member, v_txn, p_amount, p_reference, p_expires_at) RETURNING id INTO v_hold; --@plain
+    UPDATE transactions SET hold_id = v_hold WHERE programme_id = p_programme AND id = v_txn
+--citus:   AND member_id = v_member
+    ;
     PERFORM ledger_take_lots(p_programme, v_member, p_amount, v_txn, v_hold);
     PERFORM ledger_entry(p_programme, v_txn, 0, v_account, 0, 0, -p_amount);
     PERFORM ledger_entry(p_programme, v_txn, 1, v_account, 0, 2, p_amount);
@@ -593,8 +827,13 @@ DECLARE
     v_back bigint;
     v_before bigint;
     v_cost bigint;
+    v_member bigint;
 BEGIN
-    SELECT * INTO h FROM holds WHERE programme_id = p_programme AND id = p_hold FOR UPDATE;
+--citus: SELECT r.member_id INTO v_member FROM hold_routes r WHERE r.id = p_hold AND r.programme_id = p_programme;
+--citus: PERFORM ledger_route(coalesce(v_member, ledger_owner()));
+    SELECT * INTO h FROM holds WHERE programme_id = p_programme AND id = p_hold --@plain
+--citus: SELECT * INTO h FROM holds WHERE programme_id = p_programme AND id = p_hold AND member_id = v_member
+    FOR UPDATE;
     IF NOT FOUND THEN
         PERFORM loyalty_fail('hold_not_found', jsonb_build_object('hold_id', p_hold));
     END IF;
@@ -612,9 +851,12 @@ BEGIN
     v_back := h.amount - p_capture;
     UPDATE account_balances SET held = held - h.amount, available = available + v_back
     WHERE programme_id = p_programme AND account_id = v_account AND shard = 0
+--citus:   AND member_id = h.member_id
     RETURNING available - v_back INTO v_before;
     INSERT INTO transactions (programme_id, kind, member_id, hold_id, reference, amount, actor)
-    VALUES (p_programme, CASE p_status WHEN 'captured' THEN 'capture' WHEN 'voided' THEN 'void' ELSE 'hold_expiry' END,
+    -- (A searched CASE: Citus deparses a simple CASE over a parameter wrongly.)
+    VALUES (p_programme, CASE WHEN p_status = 'captured' THEN 'capture' WHEN p_status = 'voided' THEN 'void'
+                              ELSE 'hold_expiry' END,
             h.member_id, h.id, h.reference, -p_capture, p_actor)
     RETURNING id INTO v_txn;
     -- Cost of what stays captured: what the hold took, less what goes back to the lots.
@@ -623,12 +865,16 @@ BEGIN
     -- A member who went into debt while the hold was open (a refund of spent points) pays it
     -- off first out of what comes back, as with any other credit.
     PERFORM ledger_take_lots(p_programme, h.member_id, least(v_back, greatest(-v_before, 0)), v_txn);
-    UPDATE transactions SET cost_micros = v_cost WHERE programme_id = p_programme AND id = v_txn;
+    UPDATE transactions SET cost_micros = v_cost WHERE programme_id = p_programme AND id = v_txn
+--citus:   AND member_id = h.member_id
+    ;
     PERFORM ledger_entry(p_programme, v_txn, 0, v_account, 0, 2, -h.amount);
     PERFORM ledger_entry(p_programme, v_txn, 1, v_account, 0, 0, v_back);
     PERFORM ledger_credit_sink(p_programme, v_txn, 2, 'redemption', p_capture);
     UPDATE holds SET status = p_status, captured = p_capture, closed_at = now()
-    WHERE programme_id = p_programme AND id = h.id;
+    WHERE programme_id = p_programme AND id = h.id
+--citus:   AND member_id = h.member_id
+    ;
     RETURN ledger_hold_json(p_programme, h.id) || jsonb_build_object('transaction_id', v_txn, 'cost_micros', v_cost);
 END $$;
 
@@ -636,7 +882,11 @@ CREATE OR REPLACE FUNCTION ledger_capture(
     p_programme bigint, p_key text, p_fingerprint bytea, p_hold bigint, p_amount bigint, p_actor text,
     OUT replayed boolean, OUT body jsonb
 ) LANGUAGE plpgsql AS $$
+DECLARE
+    v_member bigint;
 BEGIN
+--citus: SELECT r.member_id INTO v_member FROM hold_routes r WHERE r.id = p_hold AND r.programme_id = p_programme;
+--citus: PERFORM ledger_route(v_member);
     body := ledger_claim_key(p_programme, p_key, p_fingerprint);
     IF body IS NOT NULL THEN
         replayed := true;
@@ -651,7 +901,11 @@ CREATE OR REPLACE FUNCTION ledger_void(
     p_programme bigint, p_key text, p_fingerprint bytea, p_hold bigint, p_actor text,
     OUT replayed boolean, OUT body jsonb
 ) LANGUAGE plpgsql AS $$
+DECLARE
+    v_member bigint;
 BEGIN
+--citus: SELECT r.member_id INTO v_member FROM hold_routes r WHERE r.id = p_hold AND r.programme_id = p_programme;
+--citus: PERFORM ledger_route(v_member);
     body := ledger_claim_key(p_programme, p_key, p_fingerprint);
     IF body IS NOT NULL THEN
         replayed := true;
@@ -1177,19 +1431,39 @@ END $$;
 -- Budgets: create (funding -> budget), top up, move between budgets, close (budget -> funding).
 ---------------------------------------------------------------------------------------------
 CREATE OR REPLACE FUNCTION ledger_budget_json(p_programme bigint, p_budget bigint)
-RETURNS jsonb LANGUAGE sql STABLE AS $$
-    SELECT jsonb_build_object(
-        'code', b.code, 'name', b.name, 'status', b.status, 'cap', b.cap,
-        'remaining', r.remaining, 'issued', b.cap - r.remaining,
-        'issued_cost_micros', (b.cap - r.remaining) * b.unit_cost_micros,
-        'unit_cost_micros', b.unit_cost_micros, 'starts_at', loyalty_ts(b.starts_at), 'ends_at', loyalty_ts(b.ends_at),
-        'per_member_cap', b.per_member_cap, 'alert_thresholds', to_jsonb(b.alert_thresholds),
-        'alerts_sent', to_jsonb(b.alerts_sent), 'created_at', loyalty_ts(b.created_at), 'closed_at', loyalty_ts(b.closed_at))
-    FROM budgets b,
-         LATERAL (SELECT coalesce(sum(available), 0) AS remaining FROM account_balances ab
-                  WHERE ab.programme_id = b.programme_id AND ab.account_id = b.account_id) r
-    WHERE b.programme_id = p_programme AND b.id = p_budget;
-$$;
+RETURNS jsonb LANGUAGE sql STABLE AS $$ --@plain
+    SELECT jsonb_build_object( --@plain
+        'code', b.code, 'name', b.name, 'status', b.status, 'cap', b.cap, --@plain
+        'remaining', r.remaining, 'issued', b.cap - r.remaining, --@plain
+        'issued_cost_micros', (b.cap - r.remaining) * b.unit_cost_micros, --@plain
+        'unit_cost_micros', b.unit_cost_micros, 'starts_at', loyalty_ts(b.starts_at), 'ends_at', loyalty_ts(b.ends_at), --@plain
+        'per_member_cap', b.per_member_cap, 'alert_thresholds', to_jsonb(b.alert_thresholds), --@plain
+        'alerts_sent', to_jsonb(b.alerts_sent), 'created_at', loyalty_ts(b.created_at), 'closed_at', loyalty_ts(b.closed_at)) --@plain
+    FROM budgets b, --@plain
+         LATERAL (SELECT coalesce(sum(available), 0) AS remaining FROM account_balances ab --@plain
+                  WHERE ab.programme_id = b.programme_id AND ab.account_id = b.account_id) r --@plain
+    WHERE b.programme_id = p_programme AND b.id = p_budget; --@plain
+$$; --@plain
+--citus: RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+--citus: DECLARE
+--citus:     v_remaining bigint;
+--citus: BEGIN
+--citus:     -- Citus: the budget's shards sit on every node; their sum is read on its own.
+--citus:     SELECT coalesce(sum(ab.available), 0) INTO v_remaining FROM account_balances ab
+--citus:     JOIN budgets b ON b.programme_id = ab.programme_id AND b.account_id = ab.account_id
+--citus:     WHERE b.programme_id = p_programme AND b.id = p_budget;
+--citus:     RETURN (
+--citus:         SELECT jsonb_build_object(
+--citus:             'code', b.code, 'name', b.name, 'status', b.status, 'cap', b.cap,
+--citus:             'remaining', v_remaining, 'issued', b.cap - v_remaining,
+--citus:             'issued_cost_micros', (b.cap - v_remaining) * b.unit_cost_micros,
+--citus:             'unit_cost_micros', b.unit_cost_micros, 'starts_at', loyalty_ts(b.starts_at), 'ends_at', loyalty_ts(b.ends_at),
+--citus:             'per_member_cap', b.per_member_cap, 'alert_thresholds', to_jsonb(b.alert_thresholds),
+--citus:             'alerts_sent', to_jsonb(b.alerts_sent), 'created_at', loyalty_ts(b.created_at), 'closed_at', loyalty_ts(b.closed_at))
+--citus:         FROM budgets b WHERE b.programme_id = p_programme AND b.id = p_budget
+--citus:     );
+--citus: END
+--citus: $$;
 
 CREATE OR REPLACE FUNCTION ledger_fund_budget(
     p_programme bigint, p_budget bigint, p_amount bigint, p_kind text, p_reason text, p_actor text
@@ -1200,11 +1474,11 @@ DECLARE
     v_seq int;
     v_txn bigint;
     v_funding bigint;
+    v_left bigint;
 BEGIN
     SELECT * INTO b FROM budgets WHERE programme_id = p_programme AND id = p_budget;
     -- With the shards locked, a close that committed meanwhile is visible: refuse then.
-    PERFORM 1 FROM account_balances WHERE programme_id = p_programme AND account_id = b.account_id
-    ORDER BY shard FOR UPDATE;
+    PERFORM ledger_lock_account_shards(p_programme, ARRAY[b.account_id]);
     IF (SELECT status FROM budgets WHERE programme_id = p_programme AND id = p_budget) <> 'active' THEN
         PERFORM loyalty_fail('budget_closed', jsonb_build_object('budget', b.code));
     END IF;
@@ -1217,11 +1491,15 @@ BEGIN
     WHERE programme_id = p_programme AND account_id = v_funding AND shard = 0;
     PERFORM ledger_entry(p_programme, v_txn, v_seq, v_funding, 0, 0, -p_amount);
     UPDATE budgets SET cap = cap + p_amount WHERE programme_id = p_programme AND id = p_budget;
-    -- A top-up re-arms the alerts whose threshold the budget is now below.
+    -- A top-up re-arms the alerts whose threshold the budget is now below. (Citus cannot update
+    -- a reference table from a query that reads a distributed one: the sum is read first.)
+--citus: v_left := (SELECT coalesce(sum(available), 0) FROM account_balances
+--citus:            WHERE programme_id = p_programme AND account_id = b.account_id);
     UPDATE budgets bu SET alerts_sent = ARRAY(
         SELECT x FROM unnest(bu.alerts_sent) x
-        WHERE (bu.cap - (SELECT coalesce(sum(available), 0) FROM account_balances
-                         WHERE programme_id = p_programme AND account_id = bu.account_id)) * 100 >= x::bigint * bu.cap)
+        WHERE (bu.cap - (SELECT coalesce(sum(available), 0) FROM account_balances --@plain
+                         WHERE programme_id = p_programme AND account_id = bu.account_id)) * 100 >= x::bigint * bu.cap) --@plain
+--citus:     WHERE (bu.cap - v_left) * 100 >= x::bigint * bu.cap)
     WHERE bu.programme_id = p_programme AND bu.id = p_budget AND cardinality(bu.alerts_sent) > 0;
     RETURN v_txn;
 END $$;
@@ -1245,9 +1523,14 @@ BEGIN
     IF EXISTS (SELECT 1 FROM budgets WHERE programme_id = p_programme AND code = p_code) THEN
         PERFORM loyalty_fail('budget_exists', jsonb_build_object('budget', p_code));
     END IF;
+    -- Citus: one budget shard beside each member shard, owned by that shard's anchor, so that an
+    -- earn takes from the shard on its member's node; the cap is spread over them.
+--citus: p_shards := (SELECT count(*) FROM ledger_anchors);
     INSERT INTO accounts (programme_id, kind, shards) VALUES (p_programme, 'budget', p_shards) RETURNING id INTO v_account;
-    INSERT INTO account_balances (programme_id, account_id, shard, floor)
-    SELECT p_programme, v_account, s, 0 FROM generate_series(0, p_shards - 1) s;
+    INSERT INTO account_balances (programme_id, account_id, shard, floor) --@plain
+    SELECT p_programme, v_account, s, 0 FROM generate_series(0, p_shards - 1) s; --@plain
+--citus: INSERT INTO account_balances (programme_id, account_id, shard, floor, member_id)
+--citus: SELECT p_programme, v_account, a.shard_index, 0, a.anchor FROM ledger_anchors a;
     INSERT INTO budgets (programme_id, code, name, account_id, cap, unit_cost_micros, starts_at, ends_at,
                          per_member_cap, alert_thresholds)
     VALUES (p_programme, p_code, coalesce(p_name, ''), v_account, 0, p_unit_cost_micros, p_starts_at, p_ends_at,
@@ -1321,8 +1604,7 @@ BEGIN
     END IF;
     SELECT shards INTO v_from_shards FROM accounts WHERE programme_id = p_programme AND id = bf.account_id;
     SELECT shards INTO v_to_shards FROM accounts WHERE programme_id = p_programme AND id = bt.account_id;
-    PERFORM 1 FROM account_balances WHERE programme_id = p_programme AND account_id IN (bf.account_id, bt.account_id)
-    ORDER BY account_id, shard FOR UPDATE;
+    PERFORM ledger_lock_account_shards(p_programme, ARRAY[bf.account_id, bt.account_id]);
     -- Re-read with the shards locked: a close that committed meanwhile is visible now.
     bf := ledger_lock_budget(p_programme, p_from);
     bt := ledger_lock_budget(p_programme, p_to);
@@ -1354,7 +1636,7 @@ DECLARE
     r record;
 BEGIN
     SELECT * INTO b FROM budgets WHERE programme_id = p_programme AND id = p_budget;
-    PERFORM 1 FROM account_balances WHERE programme_id = p_programme AND account_id = b.account_id ORDER BY shard FOR UPDATE;
+    PERFORM ledger_lock_account_shards(p_programme, ARRAY[b.account_id]);
     SELECT coalesce(sum(available), 0) INTO v_total FROM account_balances
     WHERE programme_id = p_programme AND account_id = b.account_id;
     IF v_total = 0 THEN
@@ -1392,8 +1674,7 @@ BEGIN
     replayed := false;
     b := ledger_lock_budget(p_programme, p_code);
     -- Shards before the budget row, as top-ups and moves take them.
-    PERFORM 1 FROM account_balances WHERE programme_id = p_programme AND account_id = b.account_id
-    ORDER BY shard FOR UPDATE;
+    PERFORM ledger_lock_account_shards(p_programme, ARRAY[b.account_id]);
     b := ledger_lock_budget(p_programme, p_code);
     UPDATE budgets SET status = 'closed', closed_at = now() WHERE programme_id = p_programme AND id = b.id;
     PERFORM ledger_sweep_budget(p_programme, b.id, 'budget closed', p_actor);
@@ -1414,10 +1695,14 @@ BEGIN
     FOREACH v_kind IN ARRAY ARRAY['funding', 'redemption', 'breakage', 'adjustments'] LOOP
         -- Sinks are credited by every spend and expiry, so they are sharded like budgets.
         v_shards := CASE WHEN v_kind IN ('redemption', 'breakage') THEN p_sink_shards ELSE 1 END;
+        -- Citus: one sink shard beside each member shard, owned by that shard's anchor.
+--citus: v_shards := CASE WHEN v_kind IN ('redemption', 'breakage') THEN (SELECT count(*) FROM ledger_anchors) ELSE 1 END;
         INSERT INTO accounts (programme_id, kind, shards) VALUES (p_programme, v_kind, v_shards)
         RETURNING id INTO v_account;
-        INSERT INTO account_balances (programme_id, account_id, shard, floor)
-        SELECT p_programme, v_account, s, NULL FROM generate_series(0, v_shards - 1) s;
+        INSERT INTO account_balances (programme_id, account_id, shard, floor) --@plain
+        SELECT p_programme, v_account, s, NULL FROM generate_series(0, v_shards - 1) s; --@plain
+--citus: INSERT INTO account_balances (programme_id, account_id, shard, floor, member_id)
+--citus: SELECT p_programme, v_account, a.shard_index, NULL, a.anchor FROM ledger_anchors a WHERE a.shard_index < v_shards;
     END LOOP;
 END $$;
 
@@ -1429,13 +1714,21 @@ DECLARE
     v_account bigint;
     v_member bigint;
 BEGIN
+    -- Citus: the member's id is its key, which names its shard (loyalty_member_key).
+--citus: v_member := loyalty_member_key(p_programme, p_external_id);
     INSERT INTO accounts (programme_id, kind, shards) VALUES (p_programme, 'member', 1) RETURNING id INTO v_account;
-    INSERT INTO account_balances (programme_id, account_id, shard, floor)
-    SELECT p_programme, v_account, 0, CASE WHEN clawback_policy = 'clamp' THEN 0 END
+    INSERT INTO account_balances (programme_id, account_id, shard, floor) --@plain
+--citus: INSERT INTO account_balances (programme_id, account_id, shard, floor, member_id)
+    SELECT p_programme, v_account, 0, CASE WHEN clawback_policy = 'clamp' THEN 0 END --@plain
+--citus: SELECT p_programme, v_account, 0, CASE WHEN clawback_policy = 'clamp' THEN 0 END, v_member
     FROM programmes WHERE id = p_programme;
-    INSERT INTO members (programme_id, external_id, account_id, attributes)
-    VALUES (p_programme, p_external_id, v_account, coalesce(p_attributes, '{}'))
+    INSERT INTO members (programme_id, external_id, account_id, attributes) --@plain
+    VALUES (p_programme, p_external_id, v_account, coalesce(p_attributes, '{}')) --@plain
+--citus: INSERT INTO members (programme_id, id, external_id, account_id, attributes)
+--citus: VALUES (p_programme, v_member, p_external_id, v_account, coalesce(p_attributes, '{}'))
     RETURNING id INTO v_member;
+--citus: INSERT INTO report_deltas (programme_id, day, metric, n)
+--citus: SELECT p_programme, (now() AT TIME ZONE p.timezone)::date, 'new_member', 1 FROM programmes p WHERE p.id = p_programme;
     RETURN v_member;
 END $$;
 
@@ -1662,3 +1955,10 @@ BEGIN
     SELECT count(*) INTO v_count FROM events;
     RETURN v_count;
 END $$;
+
+-- Citus: a call that names its member's key runs whole on that member's node.
+--citus: SELECT create_distributed_function('ledger_earn(bigint, text, bytea, text, text, bigint, boolean, text, text, timestamptz, timestamptz, jsonb, text, bigint)', 'p_member_key', colocate_with := 'members');
+--citus: SELECT create_distributed_function('ledger_spend(bigint, text, bytea, text, bigint, text, text, jsonb, text, bigint)', 'p_member_key', colocate_with := 'members');
+--citus: SELECT create_distributed_function('ledger_hold(bigint, text, bytea, text, bigint, timestamptz, text, text, bigint)', 'p_member_key', colocate_with := 'members');
+--citus: SELECT create_distributed_function('ledger_capture(bigint, text, bytea, bigint, bigint, text)', 'p_hold', colocate_with := 'members');
+--citus: SELECT create_distributed_function('ledger_void(bigint, text, bytea, bigint, text)', 'p_hold', colocate_with := 'members');

@@ -13,9 +13,11 @@ BEGIN
     RETURN NULL;
 END $$;
 
+-- On Citus a trigger on a member's shard cannot write to another table's, so there
+-- ledger_open_member writes its enrolment's delta itself.
 DROP TRIGGER IF EXISTS report_members_enrolled ON members;
-CREATE TRIGGER report_members_enrolled AFTER INSERT ON members
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION report_members_enrolled();
+CREATE TRIGGER report_members_enrolled AFTER INSERT ON members --@plain
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION report_members_enrolled(); --@plain
 
 -- Only rows that change the tier count as moves ('' stands for "no tier").
 CREATE OR REPLACE FUNCTION report_tier_changes() RETURNS trigger LANGUAGE plpgsql AS $$
