@@ -202,8 +202,14 @@ class CitusCluster:
     def prepare_database(self, name: str, *, workers: Sequence[Node] | None = None) -> str:
         """Create ``name`` on every node with the extension, and register the nodes in it.
 
-        Idempotent. Answers the coordinator's URL of the database.
+        Idempotent. Answers the coordinator's URL of the database. Several processes preparing
+        databases at once take turns: two concurrent `citus_add_node`s of one worker in two
+        databases fail on it ("tuple concurrently updated").
         """
+        with self._locked():
+            return self._prepare_database(name, workers)
+
+    def _prepare_database(self, name: str, workers: Sequence[Node] | None) -> str:
         chosen = list(self.workers if workers is None else workers)
         for node in [self.coordinator, *chosen]:
             if _psql(node, f"SELECT 1 FROM pg_database WHERE datname = {_literal(name)}") != "1":
@@ -216,11 +222,15 @@ class CitusCluster:
             database=name,
         )
         for worker in chosen:
-            self.register_worker(name, worker)
+            self._register_worker(name, worker)
         return coordinator.url(name)
 
     def register_worker(self, database: str, node: Node) -> None:
-        """Add ``node`` to ``database``'s node list (it must have the database and extension)."""
+        """Add ``node`` to ``database``'s node list, creating the database and extension on it."""
+        with self._locked():
+            self._register_worker(database, node)
+
+    def _register_worker(self, database: str, node: Node) -> None:
         if _psql(self.coordinator, f"SELECT 1 FROM pg_database WHERE datname = {_literal(database)}") != "1":
             raise RuntimeError(f"database {database} does not exist on the coordinator")
         if _psql(node, f"SELECT 1 FROM pg_database WHERE datname = {_literal(database)}") != "1":
@@ -238,9 +248,10 @@ class CitusCluster:
 
     def drop_database(self, name: str) -> None:
         """Drop ``name`` on every node (coordinator first), terminating its sessions."""
-        for node in self.nodes:
-            if _running_pid(node) is not None:
-                _psql(node, f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)")
+        with self._locked():
+            for node in self.nodes:
+                if _running_pid(node) is not None:
+                    _psql(node, f"DROP DATABASE IF EXISTS {_ident(name)} WITH (FORCE)")
 
     def databases(self, like: str) -> set[str]:
         """The databases whose name is LIKE ``like`` on any node."""
