@@ -17,7 +17,7 @@ CITUS_PRESENT = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citu
 
 # The posting functions delegated by their member (the end of ledger_v1.sql).
 # (ledger_capture and ledger_void are delegated by their hold's id, which needs no key.)
-ROUTED = frozenset({"ledger_earn", "ledger_spend", "ledger_hold"})
+ROUTED = frozenset({"ledger_earn", "ledger_spend", "ledger_hold", "ledger_clawback"})
 # What a delegated call raises when it needs shards on other nodes; it wrote nothing.
 NEEDS_COORDINATOR = "LY002"
 

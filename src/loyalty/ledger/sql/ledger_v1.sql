@@ -19,6 +19,7 @@
 DROP FUNCTION IF EXISTS ledger_earn(bigint, text, bytea, text, text, bigint, boolean, text, text, timestamptz, timestamptz, jsonb, text);
 DROP FUNCTION IF EXISTS ledger_spend(bigint, text, bytea, text, bigint, text, text, jsonb, text);
 DROP FUNCTION IF EXISTS ledger_hold(bigint, text, bytea, text, bigint, timestamptz, text, text);
+DROP FUNCTION IF EXISTS ledger_clawback(bigint, text, bytea, text, text, bigint, text, text);
 
 -- ledger_expire_member_now returned void before it returned the points it expired.
 DO $$
@@ -344,7 +345,17 @@ DECLARE
     v_part bigint;
     v_seq int := p_seq;
     v_anchor bigint;
+    v_routed int;
 BEGIN
+    -- Citus: inside a routed posting (a refund) the points go back to the shard beside the member.
+--citus: IF nullif(current_setting('loyalty.owner', true), '') IS NOT NULL THEN
+--citus:     v_routed := ledger_shard(p_shards);
+--citus:     v_anchor := ledger_anchor(v_routed);
+--citus:     UPDATE account_balances SET available = available + p_amount
+--citus:     WHERE programme_id = p_programme AND account_id = p_account AND shard = v_routed AND member_id = v_anchor;
+--citus:     PERFORM ledger_entry(p_programme, p_txn, v_seq, p_account, v_routed, 0, p_amount);
+--citus:     RETURN v_seq + 1;
+--citus: END IF;
     FOR i IN 0 .. p_shards - 1 LOOP
         v_part := p_amount / p_shards + CASE WHEN i < p_amount % p_shards THEN 1 ELSE 0 END;
         IF v_part <> 0 THEN
@@ -940,7 +951,7 @@ END $$;
 CREATE OR REPLACE FUNCTION ledger_clawback(
     p_programme bigint, p_key text, p_fingerprint bytea, p_member text, p_reference text,
     p_amount bigint, p_reason text, p_actor text,
-    OUT replayed boolean, OUT body jsonb
+    p_member_key bigint DEFAULT NULL, OUT replayed boolean, OUT body jsonb
 ) LANGUAGE plpgsql AS $$
 DECLARE
     v_member bigint;
@@ -965,7 +976,10 @@ DECLARE
     v_lots bigint[];
     r record;
     bud record;
+    v_anchor bigint;
 BEGIN
+--citus: p_member_key := coalesce(p_member_key, loyalty_member_key(p_programme, p_member));
+--citus: PERFORM ledger_route(p_member_key);
     body := ledger_claim_key(p_programme, p_key, p_fingerprint);
     IF body IS NOT NULL THEN
         replayed := true;
@@ -996,13 +1010,26 @@ BEGIN
       AND u.budget_id IN (SELECT l.budget_id FROM lots l WHERE l.programme_id = p_programme
                           AND l.member_id = v_member AND l.id = ANY (v_lots))
     ORDER BY u.budget_id FOR UPDATE;
-    PERFORM 1 FROM account_balances ab JOIN budgets b ON b.programme_id = ab.programme_id AND b.account_id = ab.account_id
-    WHERE ab.programme_id = p_programme
-      AND b.id IN (SELECT l.budget_id FROM lots l WHERE l.programme_id = p_programme
-                   AND l.member_id = v_member AND l.id = ANY (v_lots))
-    ORDER BY ab.account_id, ab.shard FOR UPDATE OF ab;
+    -- (Citus: the refund goes back into the budget shard beside the member, which alone is
+    -- locked, one budget at a time in the same order.)
+    PERFORM 1 FROM account_balances ab JOIN budgets b ON b.programme_id = ab.programme_id AND b.account_id = ab.account_id --@plain
+    WHERE ab.programme_id = p_programme --@plain
+      AND b.id IN (SELECT l.budget_id FROM lots l WHERE l.programme_id = p_programme --@plain
+                   AND l.member_id = v_member AND l.id = ANY (v_lots)) --@plain
+    ORDER BY ab.account_id, ab.shard FOR UPDATE OF ab; --@plain
+--citus: v_anchor := ledger_anchor(current_setting('loyalty.batch_shard')::int);
+--citus: FOR r IN SELECT DISTINCT b.account_id FROM budgets b
+--citus:          WHERE b.programme_id = p_programme
+--citus:            AND b.id = ANY (ARRAY(SELECT l.budget_id FROM lots l WHERE l.programme_id = p_programme
+--citus:                                  AND l.member_id = v_member AND l.id = ANY (v_lots)))
+--citus:          ORDER BY b.account_id LOOP
+--citus:     PERFORM 1 FROM account_balances
+--citus:     WHERE programme_id = p_programme AND account_id = r.account_id AND member_id = v_anchor FOR UPDATE;
+--citus: END LOOP;
     SELECT available INTO v_available FROM account_balances
-    WHERE programme_id = p_programme AND account_id = v_account AND shard = 0 FOR UPDATE;
+    WHERE programme_id = p_programme AND account_id = v_account AND shard = 0
+--citus:   AND member_id = v_member
+    FOR UPDATE;
 
     SELECT coalesce(sum(l.amount - l.clawed), 0) INTO v_clawable
     FROM lots l WHERE l.programme_id = p_programme AND l.member_id = v_member AND l.id = ANY (v_lots);
@@ -1032,8 +1059,14 @@ BEGIN
     RETURNING id INTO v_txn;
 
     -- Points still in the earned lots come back from there first.
-    FOR r IN SELECT p.lot_id, p.portion, l.remaining, l.vested, l.unit_cost_micros
-             FROM pg_temp.claw_plan p JOIN lots l ON l.programme_id = p_programme AND l.member_id = v_member AND l.id = p.lot_id LOOP
+    -- (Citus would ship the temporary plan to a join with lots over a connection of its own,
+    -- making the refund a two-phase commit: there the plan is read into an array first.)
+    FOR r IN SELECT p.lot_id, p.portion, l.remaining, l.vested, l.unit_cost_micros --@plain
+             FROM pg_temp.claw_plan p JOIN lots l ON l.programme_id = p_programme AND l.member_id = v_member AND l.id = p.lot_id LOOP --@plain
+--citus: v_lots := ARRAY(SELECT cp.lot_id FROM pg_temp.claw_plan cp);
+--citus: FOR r IN SELECT l.id AS lot_id, 0::bigint AS portion, l.remaining, l.vested, l.unit_cost_micros FROM lots l
+--citus:          WHERE l.programme_id = p_programme AND l.member_id = v_member AND l.id = ANY (v_lots) LOOP
+--citus:     r.portion := (SELECT cp.portion FROM pg_temp.claw_plan cp WHERE cp.lot_id = r.lot_id);
         v_from_lot := least(r.remaining, r.portion);
         UPDATE lots SET remaining = remaining - v_from_lot, clawed = clawed + r.portion
         WHERE programme_id = p_programme AND member_id = v_member AND id = r.lot_id;
@@ -1057,7 +1090,9 @@ BEGIN
     IF v_shortfall > 0 THEN
         IF ledger_expire_member_locked(p_programme, v_member, v_account) > 0 THEN
             SELECT available INTO v_available FROM account_balances
-            WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
+            WHERE programme_id = p_programme AND account_id = v_account AND shard = 0
+--citus:       AND member_id = v_member
+            ;
         END IF;
         v_from_other := least(v_shortfall, greatest(v_available - v_avail_taken, 0));
         v_cost := v_cost + ledger_take_lots(p_programme, v_member, v_from_other, v_txn);
@@ -1070,7 +1105,9 @@ BEGIN
     v_avail_taken := v_avail_taken + v_from_other + v_debt;
 
     UPDATE account_balances SET available = available - v_avail_taken, pending = pending - v_pending_taken
-    WHERE programme_id = p_programme AND account_id = v_account AND shard = 0;
+    WHERE programme_id = p_programme AND account_id = v_account AND shard = 0
+--citus:   AND member_id = v_member
+    ;
     PERFORM ledger_entry(p_programme, v_txn, v_seq, v_account, 0, 0, -v_avail_taken);
     v_seq := v_seq + 1;
     PERFORM ledger_entry(p_programme, v_txn, v_seq, v_account, 0, 1, -v_pending_taken);
@@ -1105,7 +1142,9 @@ BEGIN
     UPDATE transactions SET amount = -(v_avail_taken + v_pending_taken), cost_micros = v_cost,
         metadata = jsonb_build_object('requested', v_want, 'from_earned_lots', v_want - v_shortfall,
                                       'from_other_points', v_from_other, 'debt', v_debt, 'written_off', v_forgiven)
-    WHERE programme_id = p_programme AND id = v_txn;
+    WHERE programme_id = p_programme AND id = v_txn
+--citus:   AND member_id = v_member
+    ;
     body := jsonb_build_object(
         'transaction_id', v_txn, 'kind', 'clawback', 'member_id', p_member, 'reference', p_reference,
         'requested', v_want, 'clawed_back', v_avail_taken + v_pending_taken,
@@ -1321,7 +1360,9 @@ BEGIN
     UPDATE lots SET remaining = 0
     WHERE programme_id = p_programme AND member_id = p_member AND remaining > 0 AND expires_at <= now();
     UPDATE account_balances SET available = available - v_avail, pending = pending - v_pending
-    WHERE programme_id = p_programme AND account_id = p_account AND shard = 0;
+    WHERE programme_id = p_programme AND account_id = p_account AND shard = 0
+--citus:   AND member_id = p_member
+    ;
     PERFORM ledger_entry(p_programme, v_txn, 0, p_account, 0, 0, -v_avail);
     PERFORM ledger_entry(p_programme, v_txn, 1, p_account, 0, 1, -v_pending);
     PERFORM ledger_entry(p_programme, v_txn, 2, p_breakage, p_shard, 0, v_avail + v_pending);
@@ -1340,17 +1381,22 @@ DECLARE
     v_shards int;
     v_shard int;
     v_expired bigint;
+    v_anchor bigint;
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM lots WHERE programme_id = p_programme AND member_id = p_member
                    AND remaining > 0 AND expires_at <= now()) THEN
         RETURN 0;
     END IF;
+--citus: PERFORM ledger_route(p_member);
     SELECT a.id, a.shards INTO v_breakage, v_shards FROM accounts a
     WHERE a.programme_id = p_programme AND a.kind = 'breakage';
     v_shard := ledger_shard(v_shards);
+--citus: v_anchor := ledger_anchor(v_shard);
     v_expired := ledger_expire_member(p_programme, p_member, p_account, v_breakage, v_shard);
     UPDATE account_balances SET available = available + v_expired
-    WHERE programme_id = p_programme AND account_id = v_breakage AND shard = v_shard;
+    WHERE programme_id = p_programme AND account_id = v_breakage AND shard = v_shard
+--citus:   AND member_id = v_anchor
+    ;
     RETURN v_expired;
 END $$;
 
@@ -1384,7 +1430,9 @@ CREATE OR REPLACE FUNCTION ledger_expire_member_now(p_programme bigint, p_member
 RETURNS bigint LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM 1 FROM account_balances
-    WHERE programme_id = p_programme AND account_id = p_account AND shard = 0 FOR UPDATE;
+    WHERE programme_id = p_programme AND account_id = p_account AND shard = 0
+--citus:   AND member_id = p_member
+    FOR UPDATE;
     RETURN ledger_expire_member_locked(p_programme, p_member, p_account);
 END $$;
 
@@ -1962,3 +2010,4 @@ END $$;
 --citus: SELECT create_distributed_function('ledger_hold(bigint, text, bytea, text, bigint, timestamptz, text, text, bigint)', 'p_member_key', colocate_with := 'members');
 --citus: SELECT create_distributed_function('ledger_capture(bigint, text, bytea, bigint, bigint, text)', 'p_hold', colocate_with := 'members');
 --citus: SELECT create_distributed_function('ledger_void(bigint, text, bytea, bigint, text)', 'p_hold', colocate_with := 'members');
+--citus: SELECT create_distributed_function('ledger_clawback(bigint, text, bytea, text, text, bigint, text, text, bigint)', 'p_member_key', colocate_with := 'members');
