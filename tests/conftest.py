@@ -1,7 +1,10 @@
 """Shared fixtures: real PostgreSQL and Redis, one migrated database per xdist worker.
 
 Servers come from LOYALTY_DATABASE_URL / LOYALTY_REDIS_URL when set, else embedded ones in
-.loyalty/test/ that every worker joins (the last worker out stops them). Each worker builds
+.loyalty/test/ that every worker joins (the last worker out stops them). With LOYALTY_TEST_CITUS=1
+(`make test-citus`) PostgreSQL is a local Citus cluster in .loyalty/test/citus/ (a coordinator and
+two workers, started here if `make` has not), and each worker's database is created on every node
+with the extension and the nodes registered in it before the migrations run. Each worker builds
 its own database `loyalty_test_<worker>` with the real Alembic migrations, never create_all,
 and uses Redis database number <worker index + 1>. Tests isolate themselves by creating their
 own programme, so nothing is truncated between tests.
@@ -25,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from loyalty.db import async_url, create_engine, create_sessionmaker, plain_url
 from loyalty.embedded import EmbeddedServers
+from loyalty.embedded_citus import CitusCluster
 from loyalty.migrate import upgrade_async
 from loyalty.settings import Settings
 
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TEST_DATA_DIR = PROJECT_ROOT / ".loyalty" / "test"
 TEST_SECRET_KEY = "test-secret-key-not-for-production-0123456789"
+CITUS_DATA_DIR = TEST_DATA_DIR / "citus"
 
 # Database-backed examples have uneven latency; a per-example deadline would only flake.
 hypothesis_settings.register_profile("loyalty", deadline=None)
@@ -51,6 +56,17 @@ hypothesis_settings.load_profile("ci" if os.environ.get("CI") else "loyalty")
 class ServerURLs:
     database_url: str  # the server's maintenance database (tests never write to it)
     redis_url: str
+    citus: CitusCluster | None = None  # the cluster the database_url is the coordinator of
+
+
+def citus_run() -> bool:
+    """Whether this run is on the local Citus cluster (`make test-citus`)."""
+    return os.environ.get("LOYALTY_TEST_CITUS", "") not in ("", "0")
+
+
+def citus_test_cluster() -> CitusCluster:
+    # The test cluster keeps its two-phase commit records: tests/citus proves routing with them.
+    return CitusCluster(CITUS_DATA_DIR, workers=2, keep_2pc_records=True)
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +74,11 @@ def servers() -> Iterator[ServerURLs]:
     """PostgreSQL and Redis URLs: from the environment, else embedded servers shared by the workers."""
     database_url = os.environ.get("LOYALTY_DATABASE_URL") or None
     redis_url = os.environ.get("LOYALTY_REDIS_URL") or None
+    cluster = None
+    if citus_run():
+        # Adopted when `make test-citus` started it; `make` stops it, not the workers.
+        cluster = citus_test_cluster().start()
+        database_url = cluster.database_url()
     embedded = None
     if database_url is None or redis_url is None:
         embedded = EmbeddedServers(
@@ -66,7 +87,7 @@ def servers() -> Iterator[ServerURLs]:
         database_url = database_url or embedded.database_url
         redis_url = redis_url or embedded.redis_url
     try:
-        yield ServerURLs(database_url=database_url, redis_url=redis_url)
+        yield ServerURLs(database_url=database_url, redis_url=redis_url, citus=cluster)
     finally:
         if embedded is not None:
             embedded.stop()
@@ -85,6 +106,12 @@ async def database_url(servers: ServerURLs, worker_id: str) -> AsyncIterator[str
     The name carries the process id, so that several test runs can share the embedded server.
     """
     name = f"loyalty_test_{worker_id}_{os.getpid()}"
+    if servers.citus is not None:
+        url = _prepare_citus_database(servers.citus, name)
+        await upgrade_async(url)
+        yield url
+        servers.citus.drop_database(name)
+        return
     admin = await asyncpg.connect(plain_url(servers.database_url))
     try:
         # Databases of earlier runs that were killed before they could drop their own.
@@ -105,6 +132,15 @@ async def database_url(servers: ServerURLs, worker_id: str) -> AsyncIterator[str
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+def _prepare_citus_database(cluster: CitusCluster, name: str) -> str:
+    """``name`` on every node of the cluster, with the extension and the nodes registered."""
+    for stale in cluster.databases("loyalty_test_%"):
+        pid = stale.rsplit("_", 1)[-1]
+        if stale == name or (pid.isdigit() and not _alive(int(pid))):
+            cluster.drop_database(stale)
+    return cluster.prepare_database(name)
 
 
 def _alive(pid: int) -> bool:

@@ -192,7 +192,8 @@ async def test_a_failed_call_answers_no_posting_and_commits_none(
                 break
         assert pid is not None, "the batch never waited on the lock"
         assert not waiting.done()
-        await pool.execute("SELECT pg_terminate_backend($1)", pid)
+        # ::integer: Citus adds a pg_terminate_backend(bigint) for its global process ids.
+        await pool.execute("SELECT pg_terminate_backend($1::integer)", pid)
         results = await waiting
         await held.rollback()
     assert len(results) == 6
