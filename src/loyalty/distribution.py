@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+import asyncpg
+
 _SIGN_BIT_CLEARED = (1 << 63) - 1
 CITUS_PRESENT = "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')"
 
@@ -34,9 +36,17 @@ def member_key(programme_id: int, external_id: str) -> int:
     return int.from_bytes(digest[:8], "big") & _SIGN_BIT_CLEARED
 
 
-async def detect(conn: Any) -> bool:
-    """Reads whether the database is a Citus coordinator (an asyncpg connection or pool)."""
-    Layout.citus = bool(await conn.fetchval(CITUS_PRESENT))
+async def detect(conn: Any, timeout: float = 2.0) -> bool:
+    """Reads whether the database is a Citus coordinator (an asyncpg connection or pool).
+
+    A database that cannot answer now (the API starting while PostgreSQL is down) counts as a
+    single node: the API must start anyway and answer 503 until it is back. On Citus that only
+    costs speed, never correctness: postings then run from the coordinator.
+    """
+    try:
+        Layout.citus = bool(await conn.fetchval(CITUS_PRESENT, timeout=timeout))
+    except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        Layout.citus = False
     return Layout.citus
 
 

@@ -543,6 +543,10 @@ class LedgerMachine(RuleBasedStateMachine):
             plan[i] = (lot, portion, from_lot)
         from_other = debt = forgiven = 0
         if shortfall > 0:
+            # What was already spent comes out of the member's other points, and those past
+            # their expiry (pending ones too) expire first rather than pay for the refund.
+            self.expire_member(m)
+            available_before = m.available
             from_other = min(shortfall, max(available_before - avail_taken, 0))
             self.take_lots(m, from_other)
             if self.policy == "negative":
