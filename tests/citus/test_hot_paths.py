@@ -38,29 +38,46 @@ async def test_earn_spend_hold_capture_void_and_clawback_each_stay_on_one_shard(
         await api.enrol(member)
     for i, member in enumerate(members):
         earned = await _posting(
-            api, database_url, "/v1/earn", {"member_id": member, "budget": "base", "points": 100, "reference": f"o-{i}"},
+            api,
+            database_url,
+            "/v1/earn",
+            {"member_id": member, "budget": "base", "points": 100, "reference": f"o-{i}"},
             f"earn-{i}",
         )
         assert earned["amount"] == 100
     # A retry is answered from the member's shard too, with the first answer.
     again = await _posting(
-        api, database_url, "/v1/earn", {"member_id": members[0], "budget": "base", "points": 100, "reference": "o-0"},
+        api,
+        database_url,
+        "/v1/earn",
+        {"member_id": members[0], "budget": "base", "points": 100, "reference": "o-0"},
         "earn-0",
     )
     assert again["amount"] == 100 and again["balance"]["available"] == 100
     for i, member in enumerate(members[:4]):
-        spent = await _posting(api, database_url, "/v1/spend", {"member_id": member, "points": 30}, f"spend-{i}")
+        spent = await _posting(
+            api, database_url, "/v1/spend", {"member_id": member, "points": 30}, f"spend-{i}"
+        )
         assert spent["balance"]["available"] == 70
-        hold = await _posting(api, database_url, "/v1/holds", {"member_id": member, "points": 20}, f"hold-{i}")
+        hold = await _posting(
+            api, database_url, "/v1/holds", {"member_id": member, "points": 20}, f"hold-{i}"
+        )
         captured = await _posting(
             api, database_url, f"/v1/holds/{hold['hold_id']}/capture", {"points": 15}, f"capture-{i}", 200
         )
         assert captured["status"] == "captured" and captured["balance"]["available"] == 55
-        second = await _posting(api, database_url, "/v1/holds", {"member_id": member, "points": 10}, f"hold2-{i}")
-        voided = await _posting(api, database_url, f"/v1/holds/{second['hold_id']}/void", None, f"void-{i}", 200)
+        second = await _posting(
+            api, database_url, "/v1/holds", {"member_id": member, "points": 10}, f"hold2-{i}"
+        )
+        voided = await _posting(
+            api, database_url, f"/v1/holds/{second['hold_id']}/void", None, f"void-{i}", 200
+        )
         assert voided["status"] == "voided" and voided["balance"]["available"] == 55
         clawed = await _posting(
-            api, database_url, "/v1/clawbacks", {"member_id": member, "reference": f"o-{i}", "points": 40},
+            api,
+            database_url,
+            "/v1/clawbacks",
+            {"member_id": member, "reference": f"o-{i}", "points": 40},
             f"claw-{i}",
         )
         assert clawed["clawed_back"] == 40 and clawed["balance"]["available"] == 15
