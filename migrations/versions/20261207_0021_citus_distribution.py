@@ -184,6 +184,28 @@ def upgrade() -> None:
         END $$
         """
     )
+    # A change of rules, ladders or benefits moves the programme's config_version (migration
+    # 0007). programmes is a reference table now, and Citus refuses a volatile function inside
+    # an UPDATE of one: the number is drawn first.
+    op.execute(
+        """
+        CREATE OR REPLACE FUNCTION programme_config_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+        DECLARE
+            v_version bigint;
+        BEGIN
+            IF TG_OP IN ('UPDATE', 'DELETE') THEN
+                v_version := nextval('programme_config_version_seq');
+                UPDATE programmes SET config_version = v_version WHERE id = OLD.programme_id;
+            END IF;
+            IF TG_OP IN ('INSERT', 'UPDATE') THEN
+                v_version := nextval('programme_config_version_seq');
+                UPDATE programmes SET config_version = v_version WHERE id = NEW.programme_id;
+            END IF;
+            RETURN NULL;
+        END $$
+        """
+    )
+
     # Every other table: a Citus local table on the coordinator, reachable from the workers.
     op.execute(
         """
