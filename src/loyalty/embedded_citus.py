@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from loyalty.embedded import POSTGRES_TUNING, pg_binary
+from loyalty.embedded import POSTGRES_TUNING, pg_binary, write_owned
 
 HOST = "127.0.0.1"
 SUPERUSER = "postgres"
@@ -407,20 +407,11 @@ def _write_node_conf(node: Node, settings: dict[str, str]) -> None:
     }
     lines += [f"{name} = '{value}'" for name, value in values.items()]
     owner = node.pgdata.stat()
-    _write_owned(node.pgdata / _TUNING_FILE, "\n".join(lines) + "\n", owner)
+    write_owned(node.pgdata / _TUNING_FILE, "\n".join(lines) + "\n", owner)
     conf = node.pgdata / "postgresql.conf"
     text = conf.read_text()
     if _INCLUDE_LINE not in text:
-        _write_owned(conf, text + f"\n{_INCLUDE_LINE}\n", owner)
-
-
-def _write_owned(path: Path, text: str, owner: os.stat_result) -> None:
-    if path.exists() and path.read_text() == text:
-        return
-    path.write_text(text)
-    if os.geteuid() == 0:
-        os.chown(path, owner.st_uid, owner.st_gid)
-    path.chmod(0o600)
+        write_owned(conf, text + f"\n{_INCLUDE_LINE}\n", owner)
 
 
 def _running_pid(node: Node) -> int | None:

@@ -173,18 +173,19 @@ async def member_ids(conn: AsyncConnection, programme_id: int, external_id: str)
 
 async def balance(conn: AsyncConnection, programme_id: int, member_id: int, soon: datetime) -> dict[str, int]:
     # By the member's primary key: members has no index on account_id, and a programme of a
-    # million members would be scanned to find one.
+    # million members would be scanned to find one. (No join of the two: on Citus a member's
+    # balance row is joined on its shard column, which a single node does not have.)
     row = (
         await conn.execute(
             text(
                 """
                 SELECT ab.available, ab.pending, ab.held,
                        (SELECT coalesce(sum(l.remaining), 0) FROM lots l
-                        WHERE l.programme_id = m.programme_id AND l.member_id = m.id
+                        WHERE l.programme_id = :p AND l.member_id = :m
                           AND l.remaining > 0 AND l.expires_at <= :soon) AS expiring_soon
-                FROM members m JOIN account_balances ab
-                  ON ab.programme_id = m.programme_id AND ab.account_id = m.account_id AND ab.shard = 0
-                WHERE m.programme_id = :p AND m.id = :m
+                FROM account_balances ab
+                WHERE ab.programme_id = :p AND ab.shard = 0
+                  AND ab.account_id = (SELECT m.account_id FROM members m WHERE m.programme_id = :p AND m.id = :m)
                 """
             ),
             {"p": programme_id, "m": member_id, "soon": soon},

@@ -101,13 +101,10 @@ DECLARE
 BEGIN
     PERFORM 1 FROM account_balances --@plain
     WHERE programme_id = p_programme AND account_id = ANY (p_accounts) ORDER BY account_id, shard FOR UPDATE; --@plain
---citus: FOR r IN SELECT ab.account_id, ab.shard, ab.member_id FROM account_balances ab
---citus:          WHERE ab.programme_id = p_programme AND ab.account_id = ANY (p_accounts)
---citus:          ORDER BY ab.account_id, ab.shard LOOP
---citus:     PERFORM 1 FROM account_balances
---citus:     WHERE programme_id = p_programme AND account_id = r.account_id AND shard = r.shard
---citus:       AND member_id = r.member_id FOR UPDATE;
---citus: END LOOP;
+--citus: -- One statement that writes nothing locks every row, on every node at once (Citus's
+--citus: -- distributed deadlock detection settles two such statements that meet).
+--citus: UPDATE account_balances SET available = available
+--citus: WHERE programme_id = p_programme AND account_id = ANY (p_accounts);
 END $$;
 
 -- Claims an idempotency key. NULL: the caller goes on and must store its response with
@@ -356,6 +353,19 @@ BEGIN
 --citus:     PERFORM ledger_entry(p_programme, p_txn, v_seq, p_account, v_routed, 0, p_amount);
 --citus:     RETURN v_seq + 1;
 --citus: END IF;
+    -- Citus, outside a posting (a top-up): one statement for the shards and one for the entries,
+    -- not two per shard, each a round trip to a node.
+--citus: UPDATE account_balances SET available = available + p_amount / p_shards
+--citus:     + CASE WHEN shard < p_amount % p_shards THEN 1 ELSE 0 END
+--citus: WHERE programme_id = p_programme AND account_id = p_account AND shard < p_shards
+--citus:   AND (p_amount / p_shards > 0 OR shard < p_amount % p_shards);
+--citus: INSERT INTO entries (programme_id, txn_id, seq, account_id, shard, bucket, amount)
+--citus: SELECT p_programme, p_txn, p_seq + g.i, p_account, g.i, 0,
+--citus:        p_amount / p_shards + CASE WHEN g.i < p_amount % p_shards THEN 1 ELSE 0 END
+--citus: FROM generate_series(0, p_shards - 1) AS g(i)
+--citus: WHERE p_amount / p_shards > 0 OR g.i < p_amount % p_shards;
+--citus: RETURN p_seq + (SELECT count(*) FROM generate_series(0, p_shards - 1) AS g(i)
+--citus:                 WHERE p_amount / p_shards > 0 OR g.i < p_amount % p_shards)::int;
     FOR i IN 0 .. p_shards - 1 LOOP
         v_part := p_amount / p_shards + CASE WHEN i < p_amount % p_shards THEN 1 ELSE 0 END;
         IF v_part <> 0 THEN
