@@ -10,7 +10,7 @@ BENCH_ARGS ?=
 CHAOS_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help serve test test-citus test-citus-all citus-install test-external stress chaos bench bench-reports bench-replay bench-console bench-members screenshots lint typecheck fmt clean
+.PHONY: help serve test test-citus test-citus-all citus-install test-external stress chaos bench bench-citus bench-reports bench-replay bench-console bench-members screenshots lint typecheck fmt clean
 
 help:
 	@echo "make serve     run the API and the worker (embedded PostgreSQL/Redis unless LOYALTY_*_URL are set)"
@@ -23,6 +23,8 @@ help:
 	@echo "make stress    run the long concurrency tests (-m stress)"
 	@echo "make chaos     kill and stop the API, worker, PostgreSQL and Redis under load (CHAOS_ARGS=--short)"
 	@echo "make bench     run the benchmarks"
+	@echo "make bench-citus  earn, spend, events and the check through the API on one node and on a local Citus"
+	@echo "                 cluster (a coordinator and 2 workers in .loyalty/bench-citus), the nodes' share of the load"
 	@echo "make bench-reports  the dashboard's reads on a 1M-member programme, and the rollup's cost on earns"
 	@echo "make bench-replay  replay a draft earning-rule set over 1M synthetic events"
 	@echo "make bench-console the console's page times on the demo and a 1M-member programme (also in make bench)"
@@ -97,6 +99,10 @@ chaos: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# One node and a coordinator + 2 workers in one run (bench/citus.py); the cluster is stopped however it ends.
+bench-citus: citus-install
+	$(BIN)/python -m bench.citus $(BENCH_ARGS)
 
 # Not part of `make bench`: building the large programme takes a minute or two.
 bench-reports: $(STAMP)

@@ -230,7 +230,7 @@ def _call(port: int, key: str, method: str, path: str, body: Any) -> tuple[int, 
         return exc.code, exc.read().decode()
 
 
-def _setup_catalogue(port: int, key: str) -> None:
+def setup_catalogue(port: int, key: str) -> None:
     now = datetime.now(UTC)
     calls: list[tuple[str, str, Any]] = [
         ("POST", "/v1/benefits", {"code": "ship", "type": "flag", "names": NAMES}),
@@ -339,7 +339,7 @@ async def _seed(url: str) -> tuple[int, dict[str, str]]:
 # Run ---------------------------------------------------------------------------------------
 
 
-def _check_request(port: int, key: str) -> Callable[[int], bytes]:
+def check_request(port: int, key: str) -> Callable[[int], bytes]:
     heads = {
         code: encode_request(
             "GET",
@@ -441,12 +441,12 @@ async def _run(settings: Settings, o: Options, profiles: list[dict[str, Any]] | 
     with stack.Granian(API_FACTORY, env, workers=2) as server:
         server.start("/health/ready")
         assert server.process is not None
-        await asyncio.to_thread(_setup_catalogue, server.port, keys["operator"])
+        await asyncio.to_thread(setup_catalogue, server.port, keys["operator"])
         await _seed_members(url, programme_id)
         probe = CpuProbe(api_pid=server.process.pid, postmaster_pid=o.postmaster)
         for run in range(o.check_runs):
             check = await open_loop(
-                server.host, server.port, _check_request(server.port, keys["ecommerce"]), rate=o.rate,
+                server.host, server.port, check_request(server.port, keys["ecommerce"]), rate=o.rate,
                 # The first run warms the server up; the next ones follow on a warm server.
                 warmup=o.warmup if run == 0 else min(o.warmup, 1.0), duration=o.duration, probe=probe,
             )  # fmt: skip
