@@ -55,35 +55,34 @@ async def toy(database_url: str) -> AsyncIterator[str]:
 
 async def keys_by_node(database_url: str, table: str, keys: range = range(1, 101)) -> dict[int, list[int]]:
     """Node port -> the keys of ``table`` whose shard lies there."""
-    connection = await asyncpg.connect(plain_url(database_url))
-    try:
-        rows = await connection.fetch(
-            "SELECT k, p.nodeport FROM unnest($1::bigint[]) AS k, "
-            "LATERAL (SELECT nodeport FROM pg_dist_shard_placement "
-            "  WHERE shardid = get_shard_id_for_distribution_column($2, k)) AS p",
-            list(keys),
-            table,
-        )
-    finally:
-        await connection.close()
-    found: dict[int, list[int]] = {}
-    for row in rows:
-        found.setdefault(row["nodeport"], []).append(row["k"])
-    return found
+    return await _group_keys(
+        database_url,
+        "SELECT k, p.nodeport AS place FROM unnest($1::bigint[]) AS k, "
+        "LATERAL (SELECT nodeport FROM pg_dist_shard_placement "
+        "  WHERE shardid = get_shard_id_for_distribution_column($2, k)) AS p",
+        table,
+        keys,
+    )
 
 
 async def keys_by_shard(database_url: str, table: str, keys: range = range(1, 101)) -> dict[int, list[int]]:
     """Shard id -> the keys of ``table`` in it."""
+    return await _group_keys(
+        database_url,
+        "SELECT k, get_shard_id_for_distribution_column($2, k) AS place FROM unnest($1::bigint[]) AS k",
+        table,
+        keys,
+    )
+
+
+async def _group_keys(database_url: str, sql: str, table: str, keys: range) -> dict[int, list[int]]:
+    """The keys grouped by the ``place`` column that ``sql`` gives each (k, place) row."""
     connection = await asyncpg.connect(plain_url(database_url))
     try:
-        rows = await connection.fetch(
-            "SELECT k, get_shard_id_for_distribution_column($2, k) AS shard FROM unnest($1::bigint[]) AS k",
-            list(keys),
-            table,
-        )
+        rows = await connection.fetch(sql, list(keys), table)
     finally:
         await connection.close()
     found: dict[int, list[int]] = {}
     for row in rows:
-        found.setdefault(row["shard"], []).append(row["k"])
+        found.setdefault(row["place"], []).append(row["k"])
     return found

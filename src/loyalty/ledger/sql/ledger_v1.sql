@@ -552,8 +552,8 @@ DECLARE
     v_pending boolean := p_vests_at IS NOT NULL AND p_vests_at > now();
 BEGIN
     replayed := false;
---citus: PERFORM ledger_route(coalesce(p_member_key, loyalty_member_key(p_programme, p_member)));
 --citus: p_member_key := coalesce(p_member_key, loyalty_member_key(p_programme, p_member));
+--citus: PERFORM ledger_route(p_member_key);
     IF p_key IS NOT NULL THEN
         INSERT INTO idempotency_keys (programme_id, key, fingerprint) VALUES (p_programme, p_key, p_fingerprint)
         ON CONFLICT DO NOTHING;
@@ -673,8 +673,8 @@ DECLARE
     v_anchor bigint;
 BEGIN
     replayed := false;
---citus: PERFORM ledger_route(coalesce(p_member_key, loyalty_member_key(p_programme, p_member)));
 --citus: p_member_key := coalesce(p_member_key, loyalty_member_key(p_programme, p_member));
+--citus: PERFORM ledger_route(p_member_key);
     IF p_key IS NOT NULL THEN
         INSERT INTO idempotency_keys (programme_id, key, fingerprint) VALUES (p_programme, p_key, p_fingerprint)
         ON CONFLICT DO NOTHING;
