@@ -41,10 +41,23 @@ depends_on: str | Sequence[str] | None = None
 # move whole shards as nodes are added (32 is Citus's own default).
 SHARD_COUNT = 32
 
-# Read by the posting and event functions on the node that runs them: replicated everywhere.
-# The rules, ladders and benefits that events and checks read stay on the coordinator for now
-# (docs/scaling.md, "Not yet on Citus").
-REFERENCE_TABLES = ("programmes", "accounts", "budgets", "webhook_endpoints")
+# Read by the posting, event, check and consume functions on the node that runs them:
+# replicated everywhere. Their writers move programmes.config_version themselves on Citus (a
+# reference table's trigger would run on every replica).
+REFERENCE_TABLES = (
+    "programmes",
+    "accounts",
+    "budgets",
+    "webhook_endpoints",
+    "activity_settings",
+    "earning_rules",
+    "segments",
+    "tier_ladder_versions",
+    "benefits",
+    "benefit_catalogue_versions",
+    "tier_benefits",
+    "benefit_campaigns",
+)
 
 # Distributed by member and co-located with members (table, distribution column).
 MEMBER_TABLES = (
@@ -58,6 +71,15 @@ MEMBER_TABLES = (
     ("idempotency_keys", "member_id"),
     ("budget_member_usage", "member_id"),
     ("hold_routes", "id"),
+    ("member_events", "member_id"),
+    ("member_facts", "member_id"),
+    ("member_activity_days", "member_id"),
+    ("member_tiers", "member_id"),
+    ("member_tier_history", "member_id"),
+    ("earning_rule_usage", "member_id"),
+    ("benefit_grants", "member_id"),
+    ("benefit_usage", "member_id"),
+    ("benefit_consumptions", "member_id"),
 )
 
 # Primary keys that gain the distribution column (Citus checks uniqueness within a shard only).
@@ -67,6 +89,18 @@ _KEYS = {
     "entries": ("programme_id", "txn_id", "seq", "member_id"),
     "holds": ("programme_id", "id", "member_id"),
     "idempotency_keys": ("programme_id", "key", "member_id"),
+    "benefit_grants": ("programme_id", "id", "member_id"),
+    "benefit_consumptions": ("programme_id", "id", "member_id"),
+}
+
+# Unique keys that gain the distribution column. A client's event id and an order's consumption
+# name one member, so a retry finds its first row on that member's shard.
+_UNIQUES = {
+    "uq_member_events_event_id": ("member_events", ("programme_id", "event_id", "member_id")),
+    "uq_benefit_consumptions_programme_id_benefit_id_order_reference": (
+        "benefit_consumptions",
+        ("programme_id", "benefit_id", "order_reference", "member_id"),
+    ),
 }
 
 
@@ -93,6 +127,15 @@ def upgrade() -> None:
         # A reference table's trigger runs on every replica, and each would draw its own
         # config_version: programmes.repository.update sets it instead.
         ("programmes_config_version", "programmes"),
+        ("activity_settings_config_version", "activity_settings"),
+        ("earning_rules_config_version", "earning_rules"),
+        ("tier_ladder_versions_config_version", "tier_ladder_versions"),
+        ("benefits_config_version", "benefits"),
+        # Statement triggers over transition tables, which Citus cannot join with distributed
+        # tables: the repeatable SQL files give their Citus forms (row triggers).
+        ("member_tiers_benefit_grants_insert", "member_tiers"),
+        ("member_tiers_benefit_grants_update", "member_tiers"),
+        ("report_tier_changes", "member_tier_history"),
     ):
         op.execute(f"DROP TRIGGER IF EXISTS {trigger} ON {table}")
 
@@ -102,6 +145,9 @@ def upgrade() -> None:
     for table, columns in _KEYS.items():
         op.drop_constraint(f"pk_{table}", table, type_="primary")
         op.create_primary_key(f"pk_{table}", table, list(columns))
+    for name, (table, columns) in _UNIQUES.items():
+        op.drop_constraint(name, table, type_="unique")
+        op.create_unique_constraint(name, table, list(columns))
     # A member's id is loyalty_member_key(programme, external id), given by the enrolling call.
     op.execute("ALTER TABLE members ALTER COLUMN id DROP IDENTITY")
     op.drop_constraint("uq_members_programme_id_external_id", "members", type_="unique")
@@ -153,6 +199,27 @@ def upgrade() -> None:
     for setting in ("citus.multi_shard_modify_mode = sequential", "citus.enable_repartition_joins = on"):
         op.execute(
             f"DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET {setting}', current_database()); END $$"
+        )
+    # Citus distributes some tables with identity columns and refuses others (one referencing a
+    # reference table): the member tables' own ids come from plain sequences instead, which
+    # Citus gives each node a range of.
+    for table, _column in MEMBER_TABLES[1:]:
+        op.execute(
+            f"""
+            DO $$
+            DECLARE
+                r record;
+            BEGIN
+                FOR r IN SELECT attname FROM pg_attribute
+                         WHERE attrelid = '{table}'::regclass AND attidentity <> '' LOOP
+                    EXECUTE format('ALTER TABLE {table} ALTER COLUMN %I DROP IDENTITY', r.attname);
+                    EXECUTE format('CREATE SEQUENCE IF NOT EXISTS %I AS bigint OWNED BY {table}.%I',
+                                   '{table}_' || r.attname || '_seq', r.attname);
+                    EXECUTE format('ALTER TABLE {table} ALTER COLUMN %I SET DEFAULT nextval(%L)',
+                                   r.attname, '{table}_' || r.attname || '_seq');
+                END LOOP;
+            END $$
+            """
         )
     op.execute("SET LOCAL citus.multi_shard_modify_mode = 'sequential'")
     for table in REFERENCE_TABLES:

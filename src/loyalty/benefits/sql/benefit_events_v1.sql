@@ -54,14 +54,14 @@ END $$;
 
 DROP TRIGGER IF EXISTS member_tiers_benefit_grants_insert ON member_tiers;
 
-CREATE TRIGGER member_tiers_benefit_grants_insert
-AFTER INSERT ON member_tiers
-REFERENCING NEW TABLE AS new_tiers
-FOR EACH STATEMENT EXECUTE FUNCTION benefit_emit_tier_grants();
+CREATE TRIGGER member_tiers_benefit_grants_insert --@plain
+AFTER INSERT ON member_tiers --@plain
+REFERENCING NEW TABLE AS new_tiers --@plain
+FOR EACH STATEMENT EXECUTE FUNCTION benefit_emit_tier_grants(); --@plain
 
 DROP TRIGGER IF EXISTS member_tiers_benefit_grants_update ON member_tiers;
 
-CREATE TRIGGER member_tiers_benefit_grants_update
-AFTER UPDATE ON member_tiers
-REFERENCING OLD TABLE AS old_tiers NEW TABLE AS new_tiers
-FOR EACH STATEMENT EXECUTE FUNCTION benefit_emit_tier_grants();
+CREATE TRIGGER member_tiers_benefit_grants_update --@plain
+AFTER UPDATE ON member_tiers --@plain
+REFERENCING OLD TABLE AS old_tiers NEW TABLE AS new_tiers --@plain
+FOR EACH STATEMENT EXECUTE FUNCTION benefit_emit_tier_grants(); --@plain

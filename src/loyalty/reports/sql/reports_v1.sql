@@ -32,5 +32,5 @@ BEGIN
 END $$;
 
 DROP TRIGGER IF EXISTS report_tier_changes ON member_tier_history;
-CREATE TRIGGER report_tier_changes AFTER INSERT ON member_tier_history
-    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION report_tier_changes();
+CREATE TRIGGER report_tier_changes AFTER INSERT ON member_tier_history --@plain
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION report_tier_changes(); --@plain
