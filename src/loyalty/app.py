@@ -74,6 +74,8 @@ def create_app(settings: Settings) -> Litestar:
         )
         # How long a request waits for a pooled posting connection before it answers 503.
         app.state.pool_timeout = settings.db_timeout_seconds
+        # ... and how long a posting, an event or a checkout call may wait on the database in all.
+        app.state.db_deadline = settings.db_deadline_seconds
         # On Citus a batch would span members on different nodes: each posting goes alone, to
         # its member's node (docs/scaling.md).
         citus = await distribution.detect(app.state.posting_pool)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TypeAlias
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 from sqlalchemy import MetaData
@@ -14,6 +16,8 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 from sqlalchemy.orm import DeclarativeBase
+
+T = TypeVar("T")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -123,3 +127,25 @@ async def create_posting_pool(
         timeout=connect_timeout,
         command_timeout=command_timeout,
     )
+
+
+async def within(deadline: float | None, work: Awaitable[T]) -> T:
+    """``work`` if it is done by ``deadline`` (event-loop time; None: no bound), else
+    TimeoutError at the deadline. Unlike ``asyncio.timeout``, the answer does not wait for the
+    cancelled work to clean up: returning a connection to a hung server (its rollback) is
+    bounded by the statement timeout, and is left to finish on its own."""
+    if deadline is None:
+        return await work
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+    if not done:
+        task.cancel()
+        # Its outcome (a CancelledError or the cleanup's error) is of no one's interest now.
+        task.add_done_callback(_drop_outcome)
+        raise TimeoutError("the database did not answer within the request's deadline")
+    return task.result()
+
+
+def _drop_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -31,6 +31,9 @@ class Settings:
     # (db_timeout), and each statement (db_command_timeout). Past them the request answers 503.
     db_timeout_seconds: float = 2.0
     db_command_timeout_seconds: float = 2.0
+    # The bound on a fast route's whole database part (posting, event, checkout): its queue,
+    # pool, connect and statement waits together. Unset: db_timeout + db_command_timeout.
+    db_deadline: float | None = None
     # The API's bound on each Redis call (connect and read); past it, 503.
     redis_timeout_seconds: float = 1.0
     member_token_ttl_seconds: int = 3600
@@ -94,6 +97,7 @@ class Settings:
             db_pool_size=env.integer("DB_POOL_SIZE", 10),
             db_timeout_seconds=env.number("DB_TIMEOUT_SECONDS", 2.0),
             db_command_timeout_seconds=env.number("DB_COMMAND_TIMEOUT_SECONDS", 2.0),
+            db_deadline=env.number("DB_DEADLINE_SECONDS", 0.0) or None,
             redis_timeout_seconds=env.number("REDIS_TIMEOUT_SECONDS", 1.0),
             member_token_ttl_seconds=env.integer("MEMBER_TOKEN_TTL_SECONDS", 3600),
             key_cache_ttl_seconds=env.integer("KEY_CACHE_TTL_SECONDS", 10),
@@ -120,6 +124,10 @@ class Settings:
             group_commit_max_batch=env.integer("GROUP_COMMIT_MAX_BATCH", 24),
         )
 
+    @property
+    def db_deadline_seconds(self) -> float:
+        return self.db_deadline or self.db_timeout_seconds + self.db_command_timeout_seconds
+
     def with_urls(self, database_url: str | None, redis_url: str | None) -> Settings:
         return dataclasses.replace(self, database_url=database_url, redis_url=redis_url)
 
@@ -138,6 +146,7 @@ class Settings:
             "DB_POOL_SIZE": str(self.db_pool_size),
             "DB_TIMEOUT_SECONDS": str(self.db_timeout_seconds),
             "DB_COMMAND_TIMEOUT_SECONDS": str(self.db_command_timeout_seconds),
+            **({"DB_DEADLINE_SECONDS": str(self.db_deadline)} if self.db_deadline else {}),
             "REDIS_TIMEOUT_SECONDS": str(self.redis_timeout_seconds),
             "MEMBER_TOKEN_TTL_SECONDS": str(self.member_token_ttl_seconds),
             "KEY_CACHE_TTL_SECONDS": str(self.key_cache_ttl_seconds),

@@ -126,7 +126,7 @@ async def outage_programme(engine: AsyncEngine) -> Programme:
 
 @contextlib.asynccontextmanager
 async def _client(settings: Settings, **changes: Any) -> AsyncIterator[AsyncTestClient[Any]]:
-    app = create_app(dataclasses.replace(settings, **FAST, **changes))
+    app = create_app(dataclasses.replace(settings, **{**FAST, **changes}))
     async with AsyncTestClient(app=app) as client:
         yield client
 
@@ -213,6 +213,49 @@ async def test_postgres_frozen_answers_503_then_recovers_without_doubling(
     finally:
         await conn.close()
     assert earned == 1
+
+
+async def test_fast_routes_meet_one_deadline_however_their_waits_add_up(
+    settings: Settings, outage_programme: Programme
+) -> None:
+    """With PostgreSQL frozen, each wait (the group commit queue, the pool, connecting, the
+    statement) is bounded on its own, and one after another they would add up to several
+    times that. The fast routes answer within their one deadline instead: here 0.6 s, against
+    bounds of 1.5 s per wait."""
+    assert settings.database_url is not None
+    proxy = FreezableProxy(settings.database_url)
+    proxy.start()
+    try:
+        url = _with_server(settings.database_url, "127.0.0.1", proxy.port)
+        slow = {"db_timeout_seconds": 1.5, "db_command_timeout_seconds": 1.5, "db_deadline": 0.6}
+        async with _client(settings, database_url=url, **slow) as client:
+            headers = outage_programme.headers
+            assert (
+                await client.post("/v1/members", json={"member_id": "d"}, headers=headers("crm"))
+            ).status_code == 201
+            budget = {"code": "base", "cap": 100_000, "unit_cost_micros": 10_000}
+            assert (
+                await client.post("/v1/budgets", json=budget, headers=headers("operator"))
+            ).status_code == 201
+            earn = {"member_id": "d", "budget": "base", "points": 1}
+            assert (await client.post("/v1/earn", json=earn, headers=headers("ecommerce"))).status_code == 201
+
+            proxy.freeze(True)
+
+            async def one(path: str, body: dict[str, Any] | None, role: str) -> None:
+                started = time.monotonic()
+                method = "POST" if body is not None else "GET"
+                r = await client.request(method, path, json=body, headers=headers(role, new_key()))
+                _assert_unavailable(r, "database_unavailable", started, bound=1.2)
+
+            # More callers than the pool has connections: most wait in the queue first.
+            await asyncio.gather(
+                *(one("/v1/earn", earn, "ecommerce") for _ in range(24)),
+                *(one("/v1/benefits/x/check?member_id=d", None, "ecommerce") for _ in range(4)),
+            )
+    finally:
+        proxy.freeze(False)
+        proxy.close()
 
 
 async def test_redis_refusing_needs_only_what_needs_redis(

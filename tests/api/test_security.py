@@ -215,3 +215,28 @@ async def test_limits_hold_across_api_processes(
         await asyncio.sleep(0.3)
         codes.append((await first.get("/v1/programme", headers=headers)).status_code)
     assert codes == [200, 200, 200, 429, 429]
+
+
+async def test_counts_on_their_way_to_redis_still_count(settings: Settings) -> None:
+    """While a sync's INCRBYs are on the wire, the counts it carries are in neither the local
+    pending counts nor the totals Redis answered: the estimate must still include them, or a
+    guesser's sixth try slips through every time it lands during a sync."""
+    assert settings.redis_url is not None
+    await _flush(settings)
+    limiter = ratelimit.RateLimiter(
+        None, limits=ratelimit.Limits(auth_failures=5), redis_url=settings.redis_url
+    )
+    try:
+        key = f"rl:af:test-{new_key()}:0"
+        for _ in range(5):
+            limiter._add(key, time.time() + 60)
+        sync = asyncio.create_task(limiter._sync())
+        await asyncio.sleep(0)  # the pipeline is sent; Redis has not answered yet
+        assert not sync.done()
+        assert limiter._estimate(key) == 5
+        limiter._add(key, time.time() + 60)
+        assert limiter._estimate(key) == 6
+        await sync
+        assert limiter._estimate(key) == 6
+    finally:
+        await limiter.aclose()

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from loyalty import audit
 from loyalty.auth import core, repository
 from loyalty.auth import schemas as s
+from loyalty.db import within
 from loyalty.errors import InvalidInput, NotFound, Unauthorized
 from loyalty.members import service as members
 
@@ -66,12 +67,11 @@ class ProgrammeZones:
         self.ttl = ttl
         self._items: dict[int, tuple[float, str]] = {}
 
-    async def get(self, engine: AsyncEngine, programme_id: int) -> str | None:
+    async def get(self, engine: AsyncEngine, programme_id: int, deadline: float | None = None) -> str | None:
         item = self._items.get(programme_id)
         if item is not None and item[0] >= time.monotonic():
             return item[1]
-        async with engine.connect() as conn:
-            tz = await repository.programme_timezone(conn, programme_id)
+        tz = await within(deadline, _programme_timezone(engine, programme_id))
         if tz is not None:
             if len(self._items) >= 10_000:
                 self._items.clear()
@@ -86,7 +86,9 @@ class Authenticator:
         self.cache = KeyCache(cache_ttl)
         self.zones = ProgrammeZones(cache_ttl)
 
-    async def authenticate(self, authorization: str | None) -> core.Principal:
+    async def authenticate(self, authorization: str | None, deadline: float | None = None) -> core.Principal:
+        """The caller behind the header; a key or zone not cached is looked up in PostgreSQL,
+        by ``deadline`` (event-loop time) when one is given."""
         if not authorization:
             raise Unauthorized(
                 "Send 'Authorization: Bearer <API key or member token>'.", code="missing_credentials"
@@ -98,13 +100,12 @@ class Authenticator:
         if not core.looks_like_api_key(credential):
             member = core.read_member_token(credential, secret=self.secret)
             # A member sees dates in the programme's time zone, as staff do (quota resets...).
-            tz = await self.zones.get(self.engine, member.programme_id)
+            tz = await self.zones.get(self.engine, member.programme_id, deadline)
             return member if tz is None else dataclasses.replace(member, timezone=tz)
         key_hash = core.hash_key(credential)
         principal = self.cache.get(key_hash)
         if principal is None:
-            async with self.engine.connect() as conn:
-                row = await repository.principal_row(conn, key_hash)
+            row = await within(deadline, _principal_row(self.engine, key_hash))
             if row is None:
                 raise Unauthorized("Unknown or revoked API key.", code="invalid_api_key")
             key_id, programme_id, programme_code, role, tz = row
@@ -117,6 +118,16 @@ class Authenticator:
             )
             self.cache.put(key_hash, principal)
         return principal
+
+
+async def _principal_row(engine: AsyncEngine, key_hash: bytes) -> tuple[int, int, str, str, str] | None:
+    async with engine.connect() as conn:
+        return await repository.principal_row(conn, key_hash)
+
+
+async def _programme_timezone(engine: AsyncEngine, programme_id: int) -> str | None:
+    async with engine.connect() as conn:
+        return await repository.programme_timezone(conn, programme_id)
 
 
 async def create_api_key(

@@ -13,6 +13,7 @@ limits are read from the very annotations the handler carries. The handler's bod
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import typing
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,7 +31,16 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Body, KwargDefinition
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from loyalty.http.lanes import JSON, Answer, IdempotencyKey, InvalidRequest, allow, decode_body, require_role
+from loyalty.http.lanes import (
+    JSON,
+    Answer,
+    IdempotencyKey,
+    InvalidRequest,
+    allow,
+    db_deadline,
+    decode_body,
+    require_role,
+)
 from loyalty.http.principal import Principal
 
 # How a lane gets its connection: "posting" — a pooled asyncpg connection, the call one
@@ -205,17 +215,22 @@ class FastLane:
         state: State = scope["litestar_app"].state
         arguments = Arguments(body, key, path, query, state)
         committer = getattr(state, "committer", None) if route.connection == "grouped" else None
-        if committer is not None:
-            # Group commit: the call joins the process's next batch and returns once it committed.
-            result = await route.call(committer, principal, arguments)
-        elif route.connection == "transaction":
-            engine: AsyncEngine = state.engine
-            async with engine.connect() as conn, conn.begin():
-                result = await route.call(conn, principal, arguments)
-        else:
-            pool: asyncpg.Pool = state.posting_pool
-            async with pool.acquire(timeout=state.pool_timeout) as conn:
-                result = await route.call(conn, principal, arguments)
+        # One deadline for the whole database part (queue, pool, connect, statements): with
+        # PostgreSQL hung, each wait alone is bounded, but one after another they would add up.
+        # Past it the answer is a 503 (TimeoutError); a write that reached the server may still
+        # commit, and its retry with the same Idempotency-Key replays it.
+        async with asyncio.timeout_at(db_deadline(scope)):
+            if committer is not None:
+                # Group commit: the call joins the process's next batch, returns once it committed.
+                result = await route.call(committer, principal, arguments)
+            elif route.connection == "transaction":
+                engine: AsyncEngine = state.engine
+                async with engine.connect() as conn, conn.begin():
+                    result = await route.call(conn, principal, arguments)
+            else:
+                pool: asyncpg.Pool = state.posting_pool
+                async with pool.acquire(timeout=state.pool_timeout) as conn:
+                    result = await route.call(conn, principal, arguments)
         replayed = [(b"idempotent-replayed", b"true")] if result.replayed else None
         await send_json(send, route.status, result.body, replayed)
 

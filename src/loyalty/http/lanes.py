@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any, Protocol
 
@@ -25,11 +26,26 @@ PUBLIC_PATHS = {"/health/live", "/health/ready"}
 JSON = "application/json"
 
 
+# Where a request's database deadline is kept in its ASGI scope (see db_deadline).
+DB_DEADLINE = "loyalty.db_deadline"
+
+
 class AuthMiddleware(AbstractAuthenticationMiddleware):
     async def authenticate_request(self, connection: ASGIConnection) -> AuthenticationResult:
         authenticator: Authenticator = connection.app.state.authenticator
-        principal = await authenticator.authenticate(connection.headers.get("authorization"))
+        # The request's database deadline starts here: a key not in the cache is looked up in
+        # PostgreSQL, and that wait counts towards the same bound as the fast route's own.
+        budget = getattr(connection.app.state, "db_deadline", None)
+        deadline = None if budget is None else asyncio.get_running_loop().time() + budget
+        connection.scope[DB_DEADLINE] = deadline  # type: ignore[literal-required]
+        principal = await authenticator.authenticate(connection.headers.get("authorization"), deadline)
         return AuthenticationResult(user=principal, auth=None)
+
+
+def db_deadline(scope: Any) -> float | None:
+    """The event-loop time by which the request's database work must be done (None: unbounded)."""
+    deadline: float | None = scope.get(DB_DEADLINE)
+    return deadline
 
 
 def allow(*roles: str) -> Callable[[ASGIConnection, BaseRouteHandler], Awaitable[None]]:

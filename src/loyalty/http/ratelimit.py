@@ -126,6 +126,9 @@ class RateLimiter:
         self._stop = asyncio.Event()
         # Counter -> count added here since the last sync; counter -> total at the last sync.
         self._pending: dict[str, int] = {}
+        # Counts on their way to Redis: between a sync's send and its answer they are in
+        # neither _known nor _pending, and an estimate without them would drop for a moment.
+        self._sending: dict[str, int] = {}
         self._known: dict[str, int] = {}
         self._expires: dict[str, float] = {}
         self._failure_keys: set[str] = set()
@@ -201,7 +204,7 @@ class RateLimiter:
                 now=now,
                 ip_count=ip_count,
                 credential_count=credential_count,
-                failures=self._known.get(fail_key, 0) + self._pending.get(fail_key, 0),
+                failures=self._estimate(fail_key),
                 known_good=digest in self._good,
             )
             if blocked is not None:
@@ -236,11 +239,13 @@ class RateLimiter:
 
     def _add(self, key: str, expires: float) -> int:
         """Count one; the estimate is the total at the last sync plus what came since."""
-        pending = self._pending.get(key, 0) + 1
-        self._pending[key] = pending
+        self._pending[key] = self._pending.get(key, 0) + 1
         if key not in self._expires:
             self._expires[key] = expires
-        return self._known.get(key, 0) + pending
+        return self._estimate(key)
+
+    def _estimate(self, key: str) -> int:
+        return self._known.get(key, 0) + self._sending.get(key, 0) + self._pending.get(key, 0)
 
     async def _sync_loop(self, stop: asyncio.Event) -> None:
         # The stop flag ends the loop even if a cancellation is lost inside the Redis client
@@ -264,12 +269,15 @@ class RateLimiter:
             pipe.expireat(key, int(self._expires[key]) + 1)
         for key in failure_keys:
             pipe.get(key)
+        self._sending = pending
         try:
             async with asyncio.timeout(REDIS_TIMEOUT_SECONDS * 2):
                 result = await pipe.execute() if pending or failure_keys else await self._client().ping()
         except (RedisError, OSError, TimeoutError) as exc:
             self._trip(exc)
             return
+        finally:
+            self._sending = {}
         if isinstance(result, list):
             totals = result[0 : 2 * len(pending) : 2]
             self._known.update(zip(pending.keys(), (int(t) for t in totals), strict=True))
