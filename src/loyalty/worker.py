@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -22,6 +23,7 @@ from loyalty.benefits import tasks as benefit_tasks
 from loyalty.console import tasks as console_tasks
 from loyalty.db import create_engine
 from loyalty.imports import tasks as import_tasks
+from loyalty.jobs import lost as lost_jobs
 from loyalty.ledger import tasks as ledger_tasks
 from loyalty.observability import wiring as observability
 from loyalty.reports import tasks as report_tasks
@@ -31,6 +33,19 @@ from loyalty.webhooks import tasks as webhook_tasks
 
 EVERY_10_SECONDS = set(range(0, 60, 10))
 EVERY_5_SECONDS = set(range(0, 60, 5))
+
+
+async def _requeue_reassess(redis: Any, run: Mapping[str, Any]) -> None:
+    await tier_tasks.enqueue_reassess(redis, programme_id=run["programme_id"], job_id=run["job_id"])
+
+
+# The jobs that can be queued again from their job_runs record alone.
+REQUEUE: dict[str, lost_jobs.Requeue] = {tier_tasks.JOB_NAME: _requeue_reassess}
+
+
+async def recover_lost_jobs(ctx: dict[str, Any]) -> dict[str, int]:
+    """Cron: runs recorded as queued that Redis lost are queued again or marked failed."""
+    return await lost_jobs.recover_lost_jobs(ctx["engine"], ctx["redis"], REQUEUE)
 
 
 def build_worker_settings(settings: Settings) -> dict[str, Any]:
@@ -66,6 +81,7 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
             report_tasks.refresh_expiry_forecast,
             import_tasks.run_import,
             console_tasks.purge_console_sessions,
+            recover_lost_jobs,
         ],
         "cron_jobs": [
             cron(ledger_tasks.expire_holds, second=EVERY_10_SECONDS, unique=True, run_at_startup=True),
@@ -98,6 +114,7 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
             # The dashboard's rollups, from a watermark: seconds behind the ledger.
             cron(report_tasks.rollup_reports, second=EVERY_10_SECONDS, unique=True, run_at_startup=True),
             cron(console_tasks.purge_console_sessions, minute={41}, second={0}, unique=True),
+            cron(recover_lost_jobs, second={40}, unique=True),
             cron(
                 report_tasks.refresh_expiry_forecast,
                 minute=set(range(1, 60, 10)),

@@ -102,3 +102,49 @@ async def test_jobs_are_scoped_to_their_programme(api: Api, other: Api) -> None:
     problem(await other.get(f"/v1/jobs/{job_id}", expect=None), 404, "not_found")
     problem(await api.get("/v1/jobs/tiers-reassess:0:nope", expect=None), 404, "not_found")
     await api.get(f"/v1/jobs/{job_id}", role="ecommerce", expect=403)
+
+
+async def test_runs_that_redis_lost_are_queued_again_or_shown_failed(
+    api: Api, engine: AsyncEngine, redis_url: str
+) -> None:
+    """Redis loses its data between a job being queued and run (a failover, a restart without
+    persistence): the run's record says queued, and arq holds nothing. The sweep queues a
+    re-assessment again under its own id, which then runs once; a job it cannot rebuild (a rule
+    replay, whose draft lived only in the queue) is marked failed, saying why."""
+    from datetime import timedelta
+
+    from sqlalchemy import text
+
+    from loyalty import worker
+    from loyalty.jobs import lost
+
+    await _publish(api, {"tiers": [{"code": "base", "rank": 0}]})
+    job_id = await _reassess(api)
+    replay_id = f"replay:{api.programme.id}:lost-{job_id[-6:]}"
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO job_runs (job_id, programme_id, name, status) "
+                "VALUES (:j, :p, 'replay_earning_rules', 'queued')"
+            ),
+            {"j": replay_id, "p": api.programme.id},
+        )
+    pool = ArqRedis.from_url(redis_url)
+    try:
+        # Both runs are young: the sweep leaves them alone even though arq lost one of them.
+        await pool.delete(f"arq:job:{job_id}")
+        assert await lost.recover_lost_jobs(engine, pool, worker.REQUEUE) == {"requeued": 0, "failed": 0}
+        counts = await lost.recover_lost_jobs(engine, pool, worker.REQUEUE, older_than=timedelta(0))
+        assert counts == {"requeued": 1, "failed": 1}
+        assert await pool.exists(f"arq:job:{job_id}")
+        # Once queued again, the run is arq's: a second sweep changes nothing.
+        counts = await lost.recover_lost_jobs(engine, pool, worker.REQUEUE, older_than=timedelta(0))
+        assert counts == {"requeued": 0, "failed": 0}
+    finally:
+        await pool.aclose()
+    failed = (await api.get(f"/v1/jobs/{replay_id}")).json()
+    assert failed["status"] == "failed" and "start it again" in failed["error"]
+    await run_job(redis_url, engine, job_id)
+    done = (await api.get(f"/v1/jobs/{job_id}")).json()
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 1

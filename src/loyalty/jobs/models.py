@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, Index, Integer, Text, func
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, Index, Integer, Text, func, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -19,6 +19,7 @@ class JobRun(Base):
     __table_args__ = (
         CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed')", name="status"),
         Index("ix_job_runs_programme_created", "programme_id", "created_at"),
+        Index("ix_job_runs_queued", "created_at", postgresql_where=text("status = 'queued'")),
     )
 
     job_id: Mapped[str] = mapped_column(Text, primary_key=True)

@@ -4,7 +4,7 @@ upsert on the job id."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import Table, func, select
@@ -72,3 +72,25 @@ async def record_progress(conn: AsyncConnection, *, job_id: str, progress: dict[
         .where(runs.c.job_id == job_id, runs.c.status == "running")
         .values(result={"progress": progress})
     )
+
+
+async def queued_before(conn: AsyncConnection, age: timedelta) -> list[dict[str, Any]]:
+    """Runs still queued that were due (created, or deferred to) longer than ``age`` ago."""
+    due = func.coalesce(runs.c.run_at, runs.c.created_at)
+    rows = await conn.execute(
+        select(runs.c.job_id, runs.c.programme_id, runs.c.name)
+        .where(runs.c.status == "queued", due < func.now() - age)
+        .order_by(runs.c.created_at)
+        .limit(1000)
+    )
+    return [dict(row._mapping) for row in rows]
+
+
+async def record_lost(conn: AsyncConnection, *, job_id: str, error: str) -> bool:
+    """Mark a queued run failed (not one a worker has started meanwhile); whether it was."""
+    result = await conn.execute(
+        runs.update()
+        .where(runs.c.job_id == job_id, runs.c.status == "queued")
+        .values(status="failed", error=error, finished_at=func.now())
+    )
+    return bool(result.rowcount)
