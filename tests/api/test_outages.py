@@ -131,6 +131,20 @@ async def _client(settings: Settings, **changes: Any) -> AsyncIterator[AsyncTest
         yield client
 
 
+async def _member_with_points(
+    client: AsyncTestClient[Any], programme: Programme, member: str, *, points: int
+) -> dict[str, Any]:
+    """Before the outage: a member, the 'base' budget and one earn; the earn's body."""
+    headers = programme.headers
+    r = await client.post("/v1/members", json={"member_id": member}, headers=headers("crm"))
+    assert r.status_code == 201, r.text
+    budget = {"code": "base", "cap": 100_000, "unit_cost_micros": 10_000}
+    assert (await client.post("/v1/budgets", json=budget, headers=headers("operator"))).status_code == 201
+    earn = {"member_id": member, "budget": "base", "points": points}
+    assert (await client.post("/v1/earn", json=earn, headers=headers("ecommerce"))).status_code == 201
+    return earn
+
+
 async def test_postgres_refusing_answers_503_quickly(settings: Settings, outage_programme: Programme) -> None:
     assert settings.database_url is not None
     dead = _with_server(settings.database_url, "127.0.0.1", _free_port())
@@ -163,14 +177,7 @@ async def test_postgres_frozen_answers_503_then_recovers_without_doubling(
         url = _with_server(settings.database_url, "127.0.0.1", proxy.port)
         async with _client(settings, database_url=url) as client:
             headers = outage_programme.headers
-            r = await client.post("/v1/members", json={"member_id": "frozen"}, headers=headers("crm"))
-            assert r.status_code == 201, r.text
-            budget = {"code": "base", "cap": 100_000, "unit_cost_micros": 10_000}
-            assert (
-                await client.post("/v1/budgets", json=budget, headers=headers("operator"))
-            ).status_code == 201
-            earn = {"member_id": "frozen", "budget": "base", "points": 5}
-            assert (await client.post("/v1/earn", json=earn, headers=headers("ecommerce"))).status_code == 201
+            earn = await _member_with_points(client, outage_programme, "frozen", points=5)
 
             proxy.freeze(True)
             key = new_key()
@@ -230,15 +237,7 @@ async def test_fast_routes_meet_one_deadline_however_their_waits_add_up(
         slow = {"db_timeout_seconds": 1.5, "db_command_timeout_seconds": 1.5, "db_deadline": 0.6}
         async with _client(settings, database_url=url, **slow) as client:
             headers = outage_programme.headers
-            assert (
-                await client.post("/v1/members", json={"member_id": "d"}, headers=headers("crm"))
-            ).status_code == 201
-            budget = {"code": "base", "cap": 100_000, "unit_cost_micros": 10_000}
-            assert (
-                await client.post("/v1/budgets", json=budget, headers=headers("operator"))
-            ).status_code == 201
-            earn = {"member_id": "d", "budget": "base", "points": 1}
-            assert (await client.post("/v1/earn", json=earn, headers=headers("ecommerce"))).status_code == 201
+            earn = await _member_with_points(client, outage_programme, "d", points=1)
 
             proxy.freeze(True)
 

@@ -24,17 +24,6 @@ async def by_id(conn: AsyncConnection, programme_id: int) -> dict[str, Any]:
     return dict(row._mapping)
 
 
-async def bump_config_version(conn: AsyncConnection, programme_id: int) -> None:
-    """Move the programme's ``config_version``, so that every plan cached under the old number
-    (rules, ladders, segments, benefits) is made again. On a single node the config tables'
-    triggers do this as well; on Citus, where those tables are replicated and a replica's
-    trigger would draw a number of its own, the writer calls this in the same transaction."""
-    await conn.execute(
-        text("UPDATE programmes SET config_version = nextval('programme_config_version_seq') WHERE id = :p"),
-        {"p": programme_id},
-    )
-
-
 async def insert(
     conn: AsyncConnection,
     *,
