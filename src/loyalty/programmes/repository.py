@@ -24,6 +24,21 @@ async def by_id(conn: AsyncConnection, programme_id: int) -> dict[str, Any]:
     return dict(row._mapping)
 
 
+async def bump_config_version(conn: AsyncConnection, programme_id: int) -> None:
+    """Move the programme's ``config_version``, so that every plan cached under the old number
+    (rules, ladders, segments, benefits) is made again.
+
+    On a single node the config tables' triggers do this too; on Citus those tables are
+    replicated, a replica's trigger would draw a number of its own, and an UPDATE of a
+    reference table may not call ``nextval``: the writer calls this in its own transaction,
+    and the number is drawn before the UPDATE.
+    """
+    version = (await conn.execute(text("SELECT nextval('programme_config_version_seq')"))).scalar_one()
+    await conn.execute(
+        text("UPDATE programmes SET config_version = :v WHERE id = :p"), {"v": version, "p": programme_id}
+    )
+
+
 async def insert(
     conn: AsyncConnection,
     *,
@@ -56,11 +71,11 @@ async def update(conn: AsyncConnection, programme_id: int, changes: dict[str, An
     if not changes:
         return
     sets = ", ".join(f"{column} = :{column}" for column in changes)
+    await conn.execute(text(f"UPDATE programmes SET {sets} WHERE id = :p"), {"p": programme_id, **changes})
     if "timezone" in changes:
         # Local days move with the timezone. A trigger does this on a single node; on Citus,
         # where programmes is replicated and each replica would draw its own number, only this.
-        sets += ", config_version = nextval('programme_config_version_seq')"
-    await conn.execute(text(f"UPDATE programmes SET {sets} WHERE id = :p"), {"p": programme_id, **changes})
+        await bump_config_version(conn, programme_id)
     if "clawback_policy" in changes:
         # A member's floor follows the policy: 0 under 'clamp', none under 'negative'. Members
         # already below zero keep their debt; the floor then only stops further debits.
