@@ -416,15 +416,57 @@ async def run_job(conn: AsyncConnection, function: str, limit: int) -> int:
     return int((await conn.execute(text(f"SELECT {function}(:n)"), {"n": limit})).scalar_one())
 
 
-async def purge_idempotency_keys(conn: AsyncConnection, older_than_days: int, limit: int) -> int:
-    result = await conn.execute(
-        text(
+async def is_citus(conn: AsyncConnection) -> bool:
+    return bool((await conn.execute(text(distribution.CITUS_PRESENT))).scalar_one())
+
+
+# What the member-by-member form of a job (on Citus) finds due: (programme, member[, hold]).
+# Reads without locks, across shards; each item is re-checked under its lock when it is done.
+_DUE = {
+    "vest": "SELECT DISTINCT programme_id, member_id FROM lots WHERE NOT vested AND vests_at <= now() LIMIT :n",
+    "expire": (
+        "SELECT DISTINCT programme_id, member_id FROM lots "
+        "WHERE remaining > 0 AND expires_at <= now() LIMIT :n"
+    ),
+    "holds": (
+        "SELECT programme_id, member_id, id FROM holds WHERE status = 'open' AND expires_at <= now() "
+        "ORDER BY expires_at LIMIT :n"
+    ),
+}
+
+
+async def due_for_job(conn: AsyncConnection, job: str, limit: int) -> list[tuple[int, ...]]:
+    return [tuple(row) for row in await conn.execute(text(_DUE[job]), {"n": limit})]
+
+
+async def run_member_job(conn: AsyncConnection, job: str, item: tuple[int, ...]) -> int:
+    """One member's share of a job, in the caller's transaction (delegated to its node on Citus)."""
+    if job == "holds":
+        programme_id, member_id, hold_id = item
+        query = text("SELECT ledger_expire_hold(:p, :h, :m)")
+        return int(
+            (await conn.execute(query, {"p": programme_id, "h": hold_id, "m": member_id})).scalar_one()
+        )
+    programme_id, member_id = item
+    query = text("SELECT ledger_member_job(:j, :p, :m)")
+    return int((await conn.execute(query, {"j": job, "p": programme_id, "m": member_id})).scalar_one())
+
+
+async def purge_idempotency_keys(
+    conn: AsyncConnection, older_than_days: int, limit: int, *, citus: bool = False
+) -> int:
+    if citus:
+        # Citus cannot plan a DELETE by ctid over several shards; the key names the row as well.
+        query = """
+            DELETE FROM idempotency_keys WHERE (programme_id, key, member_id) IN (
+                SELECT programme_id, key, member_id FROM idempotency_keys
+                WHERE created_at < now() - make_interval(days => :days) LIMIT :n)
             """
+    else:
+        query = """
             DELETE FROM idempotency_keys WHERE ctid = ANY (ARRAY(
                 SELECT ctid FROM idempotency_keys
                 WHERE created_at < now() - make_interval(days => :days) LIMIT :n))
             """
-        ),
-        {"days": older_than_days, "n": limit},
-    )
+    result = await conn.execute(text(query), {"days": older_than_days, "n": limit})
     return result.rowcount

@@ -20,6 +20,8 @@ DROP FUNCTION IF EXISTS ledger_earn(bigint, text, bytea, text, text, bigint, boo
 DROP FUNCTION IF EXISTS ledger_spend(bigint, text, bytea, text, bigint, text, text, jsonb, text);
 DROP FUNCTION IF EXISTS ledger_hold(bigint, text, bytea, text, bigint, timestamptz, text, text);
 DROP FUNCTION IF EXISTS ledger_clawback(bigint, text, bytea, text, text, bigint, text, text);
+-- ledger_credit_member_available gained p_member (the balance row's shard on Citus).
+DROP FUNCTION IF EXISTS ledger_credit_member_available(bigint, bigint, bigint);
 
 -- ledger_expire_member_now returned void before it returned the points it expired.
 DO $$
@@ -512,7 +514,7 @@ $$; --@plain
 -- adjustment, vesting). A member in debt (negative balance, 'negative' clawback policy) pays it
 -- off first: the new lot keeps only what is left after the debt. Returns the lot's remaining.
 CREATE OR REPLACE FUNCTION ledger_credit_member_available(
-    p_programme bigint, p_account bigint, p_amount bigint
+    p_programme bigint, p_member bigint, p_account bigint, p_amount bigint
 ) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     v_new bigint;
@@ -520,6 +522,7 @@ DECLARE
 BEGIN
     UPDATE account_balances SET available = available + p_amount
     WHERE programme_id = p_programme AND account_id = p_account AND shard = 0
+--citus:   AND member_id = p_member
     RETURNING available INTO v_new;
     v_old := v_new - p_amount;
     RETURN p_amount - least(p_amount, greatest(-v_old, 0));
@@ -1196,7 +1199,7 @@ BEGIN
         PERFORM ledger_expire_member_now(p_programme, v_member, v_account);
     END IF;
     IF p_amount > 0 THEN
-        v_remaining := ledger_credit_member_available(p_programme, v_account, p_amount);
+        v_remaining := ledger_credit_member_available(p_programme, v_member, v_account, p_amount);
         INSERT INTO lots (programme_id, member_id, txn_id, amount, remaining, unit_cost_micros, vested, expires_at)
         VALUES (p_programme, v_member, v_txn, p_amount, v_remaining, coalesce(p_unit_cost_micros, 0), true, p_expires_at);
         v_cost := p_amount * coalesce(p_unit_cost_micros, 0);
@@ -1273,7 +1276,7 @@ BEGIN
     WHERE programme_id = p_programme AND account_id = v_from_account AND shard = 0;
     PERFORM ledger_take_lots(p_programme, v_from, p_amount, v_txn);
     -- The receiver's debt, if any, is paid off first, out of the lots that expire soonest.
-    v_debt_left := p_amount - ledger_credit_member_available(p_programme, v_to_account, p_amount);
+    v_debt_left := p_amount - ledger_credit_member_available(p_programme, v_to, v_to_account, p_amount);
     FOR r IN SELECT l.id, l.budget_id, l.unit_cost_micros, l.expires_at, mv.amount
              FROM lot_movements mv JOIN lots l ON l.programme_id = mv.programme_id AND l.member_id = mv.member_id AND l.id = mv.lot_id
              WHERE mv.programme_id = p_programme AND mv.member_id = v_from AND mv.txn_id = v_txn
@@ -1296,50 +1299,103 @@ END $$;
 ---------------------------------------------------------------------------------------------
 -- Worker jobs: vesting of pending lots and expiry of lots into breakage.
 ---------------------------------------------------------------------------------------------
+-- Vests one member's pending lots whose return window has closed: one 'vest' transaction
+-- (pending -> available, a member's debt paid off first). Returns 1 if anything vested.
+CREATE OR REPLACE FUNCTION ledger_vest_member(p_programme bigint, p_member bigint, p_account bigint)
+RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+    l record;
+    v_txn bigint;
+    v_total bigint;
+    v_remaining bigint;
+BEGIN
+    PERFORM 1 FROM account_balances
+    WHERE programme_id = p_programme AND account_id = p_account AND shard = 0
+--citus:   AND member_id = p_member
+    FOR UPDATE;
+    SELECT sum(remaining) INTO v_total FROM lots
+    WHERE programme_id = p_programme AND member_id = p_member AND NOT vested AND vests_at <= now();
+    IF v_total IS NULL THEN
+        RETURN 0;
+    ELSIF v_total = 0 THEN
+        -- Wholly clawed back while pending: nothing left to vest.
+        UPDATE lots SET vested = true
+        WHERE programme_id = p_programme AND member_id = p_member AND NOT vested AND vests_at <= now();
+        RETURN 0;
+    END IF;
+    INSERT INTO transactions (programme_id, kind, member_id, amount, actor)
+    VALUES (p_programme, 'vest', p_member, v_total, 'system:vesting') RETURNING id INTO v_txn;
+    UPDATE account_balances SET pending = pending - v_total
+    WHERE programme_id = p_programme AND account_id = p_account AND shard = 0
+--citus:   AND member_id = p_member
+    ;
+    FOR l IN SELECT id, remaining FROM lots
+             WHERE programme_id = p_programme AND member_id = p_member AND NOT vested AND vests_at <= now()
+             ORDER BY id LOOP
+        v_remaining := CASE WHEN l.remaining > 0
+            THEN ledger_credit_member_available(p_programme, p_member, p_account, l.remaining) ELSE 0 END;
+        UPDATE lots SET vested = true, remaining = v_remaining
+        WHERE programme_id = p_programme AND member_id = p_member AND id = l.id;
+    END LOOP;
+    PERFORM ledger_entry(p_programme, v_txn, 0, p_account, 0, 1, -v_total);
+    PERFORM ledger_entry(p_programme, v_txn, 1, p_account, 0, 0, v_total);
+    RETURN 1;
+END $$;
+
 CREATE OR REPLACE FUNCTION ledger_vest_due(p_limit int DEFAULT 500)
 RETURNS int LANGUAGE plpgsql AS $$
 DECLARE
     m record;
-    l record;
-    v_txn bigint;
-    v_total bigint;
     v_count int := 0;
-    v_remaining bigint;
 BEGIN
     FOR m IN SELECT DISTINCT lo.programme_id, lo.member_id, mb.account_id FROM (
                  SELECT programme_id, member_id FROM lots WHERE NOT vested AND vests_at <= now()
                  ORDER BY vests_at LIMIT p_limit) lo
              JOIN members mb ON mb.programme_id = lo.programme_id AND mb.id = lo.member_id
              ORDER BY mb.account_id LOOP
-        PERFORM 1 FROM account_balances
-        WHERE programme_id = m.programme_id AND account_id = m.account_id AND shard = 0 FOR UPDATE;
-        SELECT sum(remaining) INTO v_total FROM lots
-        WHERE programme_id = m.programme_id AND member_id = m.member_id AND NOT vested AND vests_at <= now();
-        IF v_total IS NULL THEN
-            CONTINUE;
-        ELSIF v_total = 0 THEN
-            -- Wholly clawed back while pending: nothing left to vest.
-            UPDATE lots SET vested = true
-            WHERE programme_id = m.programme_id AND member_id = m.member_id AND NOT vested AND vests_at <= now();
-            CONTINUE;
-        END IF;
-        INSERT INTO transactions (programme_id, kind, member_id, amount, actor)
-        VALUES (m.programme_id, 'vest', m.member_id, v_total, 'system:vesting') RETURNING id INTO v_txn;
-        UPDATE account_balances SET pending = pending - v_total
-        WHERE programme_id = m.programme_id AND account_id = m.account_id AND shard = 0;
-        FOR l IN SELECT id, remaining FROM lots
-                 WHERE programme_id = m.programme_id AND member_id = m.member_id AND NOT vested AND vests_at <= now()
-                 ORDER BY id LOOP
-            v_remaining := CASE WHEN l.remaining > 0
-                THEN ledger_credit_member_available(m.programme_id, m.account_id, l.remaining) ELSE 0 END;
-            UPDATE lots SET vested = true, remaining = v_remaining
-            WHERE programme_id = m.programme_id AND member_id = m.member_id AND id = l.id;
-        END LOOP;
-        PERFORM ledger_entry(m.programme_id, v_txn, 0, m.account_id, 0, 1, -v_total);
-        PERFORM ledger_entry(m.programme_id, v_txn, 1, m.account_id, 0, 0, v_total);
-        v_count := v_count + 1;
+        v_count := v_count + ledger_vest_member(m.programme_id, m.member_id, m.account_id);
     END LOOP;
     RETURN v_count;
+END $$;
+
+-- On Citus the jobs that walk many members cannot lock across shards (a multi-shard
+-- FOR UPDATE is refused): the worker lists what is due, then gives each member a transaction
+-- of its own through this call, delegated by the member to its node (one shard, no 2PC).
+-- p_job: 'vest' or 'expire'. Returns 1 if the member had something done. The same call works
+-- on a single node (p_member_key is then the member's id); the batch functions are used there.
+CREATE OR REPLACE FUNCTION ledger_member_job(p_job text, p_programme bigint, p_member_key bigint)
+RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+    v_account bigint;
+BEGIN
+--citus: PERFORM ledger_route(p_member_key);
+    SELECT account_id INTO v_account FROM members WHERE programme_id = p_programme AND id = p_member_key;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    IF p_job = 'vest' THEN
+        RETURN ledger_vest_member(p_programme, p_member_key, v_account);
+    ELSIF p_job = 'expire' THEN
+        RETURN CASE WHEN ledger_expire_member_now(p_programme, p_member_key, v_account) > 0 THEN 1 ELSE 0 END;
+    END IF;
+    RAISE EXCEPTION 'unknown member job %', p_job;
+END $$;
+
+-- One timed-out hold, voided on its member's node (the Citus form of ledger_expire_holds).
+-- Returns 0 when the hold was settled or its timeout moved meanwhile.
+CREATE OR REPLACE FUNCTION ledger_expire_hold(p_programme bigint, p_hold bigint, p_member_key bigint)
+RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+--citus: PERFORM ledger_route(p_member_key);
+    PERFORM 1 FROM holds
+    WHERE programme_id = p_programme AND id = p_hold AND member_id = p_member_key
+      AND status = 'open' AND expires_at <= now()
+    FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN 0;
+    END IF;
+    PERFORM ledger_settle_hold(p_programme, p_hold, 0, 'expired', 'system:hold-timeout');
+    RETURN 1;
 END $$;
 
 -- Expires a member's lots that are past their expiry: one 'expire' transaction, the lots'
@@ -1349,6 +1405,7 @@ CREATE OR REPLACE FUNCTION ledger_expire_member(
     p_programme bigint, p_member bigint, p_account bigint, p_breakage bigint, p_shard int
 ) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
+    r record;
     v_txn bigint;
     v_avail bigint;
     v_pending bigint;
@@ -1364,9 +1421,15 @@ BEGIN
     INSERT INTO transactions (programme_id, kind, member_id, amount, cost_micros, actor)
     VALUES (p_programme, 'expire', p_member, -(v_avail + v_pending), v_cost, 'system:expiry')
     RETURNING id INTO v_txn;
-    INSERT INTO lot_movements (programme_id, member_id, txn_id, lot_id, amount)
-    SELECT programme_id, member_id, v_txn, id, remaining FROM lots
-    WHERE programme_id = p_programme AND member_id = p_member AND remaining > 0 AND expires_at <= now();
+    INSERT INTO lot_movements (programme_id, member_id, txn_id, lot_id, amount) --@plain
+    SELECT programme_id, member_id, v_txn, id, remaining FROM lots --@plain
+    WHERE programme_id = p_programme AND member_id = p_member AND remaining > 0 AND expires_at <= now(); --@plain
+--citus: -- Citus runs an INSERT ... SELECT as one task per shard: row by row, it stays on the member's.
+--citus: FOR r IN SELECT id, remaining FROM lots
+--citus:          WHERE programme_id = p_programme AND member_id = p_member AND remaining > 0 AND expires_at <= now() LOOP
+--citus:     INSERT INTO lot_movements (programme_id, member_id, txn_id, lot_id, amount)
+--citus:     VALUES (p_programme, p_member, v_txn, r.id, r.remaining);
+--citus: END LOOP;
     UPDATE lots SET remaining = 0
     WHERE programme_id = p_programme AND member_id = p_member AND remaining > 0 AND expires_at <= now();
     UPDATE account_balances SET available = available - v_avail, pending = pending - v_pending
@@ -2021,3 +2084,5 @@ END $$;
 --citus: SELECT create_distributed_function('ledger_capture(bigint, text, bytea, bigint, bigint, text)', 'p_hold', colocate_with := 'members');
 --citus: SELECT create_distributed_function('ledger_void(bigint, text, bytea, bigint, text)', 'p_hold', colocate_with := 'members');
 --citus: SELECT create_distributed_function('ledger_clawback(bigint, text, bytea, text, text, bigint, text, text, bigint)', 'p_member_key', colocate_with := 'members');
+--citus: SELECT create_distributed_function('ledger_member_job(text, bigint, bigint)', 'p_member_key', colocate_with := 'members');
+--citus: SELECT create_distributed_function('ledger_expire_hold(bigint, bigint, bigint)', 'p_member_key', colocate_with := 'members');
