@@ -281,6 +281,8 @@ async def history(
     if until is not None:
         clauses.append("t.created_at < :until")
         params["until"] = until
+    if distribution.Layout.citus:
+        return await _history_citus(conn, clauses, params)
     sql = f"""
         SELECT {_HISTORY_COLUMNS}
         FROM transactions t
@@ -293,6 +295,37 @@ async def history(
     return [dict(r._mapping) for r in await conn.execute(text(sql), params)]
 
 
+async def _history_citus(
+    conn: AsyncConnection, clauses: list[str], params: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The history on Citus. A transfer received sits on its sender's shard, so this read
+    visits every shard (a read, not one of the hot writes); the join with the member's row is
+    on the distribution column, and the few counterparties are named by a second read (a join
+    with them would join two shards)."""
+    columns = _HISTORY_COLUMNS.replace("cp.external_id AS counterparty_id", "t.counterparty_id")
+    sql = f"""
+        SELECT {columns}
+        FROM transactions t
+        LEFT JOIN budgets b ON b.programme_id = t.programme_id AND b.id = t.budget_id
+        LEFT JOIN members m ON m.programme_id = t.programme_id AND m.id = t.member_id
+        WHERE {" AND ".join(clauses)}
+        ORDER BY t.id DESC LIMIT :limit
+    """
+    rows = [dict(r._mapping) for r in await conn.execute(text(sql), params)]
+    ids = sorted({row["counterparty_id"] for row in rows if row["counterparty_id"] is not None})
+    names: dict[int, str] = {}
+    if ids:
+        found = await conn.execute(
+            text("SELECT id, external_id FROM members WHERE programme_id = :p AND id = ANY(:ids)"),
+            {"p": params["p"], "ids": ids},
+        )
+        names = {row.id: row.external_id for row in found}
+    for row in rows:
+        if row["counterparty_id"] is not None:
+            row["counterparty_id"] = names.get(row["counterparty_id"])
+    return rows
+
+
 async def transaction(conn: AsyncConnection, programme_id: int, txn_id: int) -> str | None:
     row = (
         await conn.execute(text("SELECT ledger_txn_json(:p, :t)::text"), {"p": programme_id, "t": txn_id})
@@ -301,6 +334,17 @@ async def transaction(conn: AsyncConnection, programme_id: int, txn_id: int) -> 
 
 
 async def transactions_by_reference(conn: AsyncConnection, programme_id: int, reference: str) -> list[str]:
+    if distribution.Layout.citus:
+        # A function that reads distributed tables cannot run inside a query over their
+        # shards: the ids first, then each transaction on its own shard.
+        ids = await conn.execute(
+            text(
+                "SELECT id FROM transactions WHERE programme_id = :p AND reference = :r ORDER BY id LIMIT 1000"
+            ),
+            {"p": programme_id, "r": reference},
+        )
+        found = [await transaction(conn, programme_id, txn_id) for (txn_id,) in ids.all()]
+        return [body for body in found if body is not None]
     rows = await conn.execute(
         text(
             "SELECT ledger_txn_json(programme_id, id)::text FROM transactions "
@@ -311,21 +355,25 @@ async def transactions_by_reference(conn: AsyncConnection, programme_id: int, re
     return [r[0] for r in rows]
 
 
+_ENTRIES = """
+    SELECT e.seq, a.kind AS account_kind, coalesce(m.external_id, b.code) AS account,
+           e.shard, CASE e.bucket WHEN 0 THEN 'available' WHEN 1 THEN 'pending' ELSE 'held' END AS bucket,
+           e.amount
+    FROM entries e JOIN accounts a ON a.programme_id = e.programme_id AND a.id = e.account_id
+    LEFT JOIN members m ON m.programme_id = e.programme_id AND m.account_id = e.account_id AND a.kind = 'member'
+    {citus_join}
+    LEFT JOIN budgets b ON b.programme_id = e.programme_id AND b.account_id = e.account_id AND a.kind = 'budget'
+    WHERE e.programme_id = :p AND e.txn_id = :t ORDER BY e.seq
+"""
+# On Citus a join of distributed tables must include the distribution column: a transaction's
+# entries sit with its member (their owner), and the member's row beside them.
+_ENTRIES_PLAIN = _ENTRIES.format(citus_join="")
+_ENTRIES_CITUS = _ENTRIES.format(citus_join="AND m.id = e.member_id")
+
+
 async def entries(conn: AsyncConnection, programme_id: int, txn_id: int) -> list[dict[str, Any]]:
-    rows = await conn.execute(
-        text(
-            """
-            SELECT e.seq, a.kind AS account_kind, coalesce(m.external_id, b.code) AS account,
-                   e.shard, CASE e.bucket WHEN 0 THEN 'available' WHEN 1 THEN 'pending' ELSE 'held' END AS bucket,
-                   e.amount
-            FROM entries e JOIN accounts a ON a.programme_id = e.programme_id AND a.id = e.account_id
-            LEFT JOIN members m ON m.programme_id = e.programme_id AND m.account_id = e.account_id AND a.kind = 'member'
-            LEFT JOIN budgets b ON b.programme_id = e.programme_id AND b.account_id = e.account_id AND a.kind = 'budget'
-            WHERE e.programme_id = :p AND e.txn_id = :t ORDER BY e.seq
-            """
-        ),
-        {"p": programme_id, "t": txn_id},
-    )
+    sql = _ENTRIES_CITUS if distribution.Layout.citus else _ENTRIES_PLAIN
+    rows = await conn.execute(text(sql), {"p": programme_id, "t": txn_id})
     return [dict(r._mapping) for r in rows]
 
 

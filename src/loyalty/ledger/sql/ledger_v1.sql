@@ -494,19 +494,32 @@ RETURNS jsonb LANGUAGE sql STABLE AS $$ --@plain
     WHERE t.programme_id = p_programme AND t.id = p_txn; --@plain
 $$; --@plain
 --citus: RETURNS jsonb LANGUAGE plpgsql STABLE AS $$
+--citus: DECLARE
+--citus:     -- Inside a routed posting the transaction is its member's: read on that shard alone.
+--citus:     v_owner bigint := nullif(current_setting('loyalty.owner', true), '')::bigint;
+--citus:     t transactions%ROWTYPE;
+--citus:     v_member text;
+--citus:     v_counterparty text;
 --citus: BEGIN
---citus:     RETURN (
---citus:         SELECT jsonb_build_object(
---citus:             'id', t.id, 'kind', t.kind, 'member_id', m.external_id, 'amount', t.amount,
---citus:             'cost_micros', t.cost_micros, 'reference', t.reference, 'reason', t.reason,
---citus:             'budget', b.code, 'hold_id', t.hold_id, 'reverses_id', t.reverses_id,
---citus:             'counterparty_id', cp.external_id, 'metadata', t.metadata, 'created_at', loyalty_ts(t.created_at))
---citus:         FROM transactions t
---citus:         LEFT JOIN members m ON m.programme_id = t.programme_id AND m.id = t.member_id
---citus:         LEFT JOIN members cp ON cp.programme_id = t.programme_id AND cp.id = t.counterparty_id
---citus:         LEFT JOIN budgets b ON b.programme_id = t.programme_id AND b.id = t.budget_id
---citus:         WHERE t.programme_id = p_programme AND t.id = p_txn
---citus:     );
+--citus:     IF v_owner IS NOT NULL THEN
+--citus:         SELECT * INTO t FROM transactions WHERE programme_id = p_programme AND id = p_txn AND member_id = v_owner;
+--citus:     ELSE
+--citus:         SELECT * INTO t FROM transactions WHERE programme_id = p_programme AND id = p_txn;
+--citus:     END IF;
+--citus:     IF NOT FOUND THEN
+--citus:         RETURN NULL;
+--citus:     END IF;
+--citus:     -- A transfer's counterparty lives on its own shard: each member is read on its own.
+--citus:     SELECT external_id INTO v_member FROM members WHERE programme_id = p_programme AND id = t.member_id;
+--citus:     IF t.counterparty_id IS NOT NULL THEN
+--citus:         SELECT external_id INTO v_counterparty FROM members WHERE programme_id = p_programme AND id = t.counterparty_id;
+--citus:     END IF;
+--citus:     RETURN jsonb_build_object(
+--citus:         'id', t.id, 'kind', t.kind, 'member_id', v_member, 'amount', t.amount,
+--citus:         'cost_micros', t.cost_micros, 'reference', t.reference, 'reason', t.reason,
+--citus:         'budget', (SELECT code FROM budgets WHERE programme_id = p_programme AND id = t.budget_id),
+--citus:         'hold_id', t.hold_id, 'reverses_id', t.reverses_id,
+--citus:         'counterparty_id', v_counterparty, 'metadata', t.metadata, 'created_at', loyalty_ts(t.created_at));
 --citus: END
 --citus: $$;
 
@@ -910,6 +923,9 @@ DECLARE
     v_member bigint;
 BEGIN
 --citus: SELECT r.member_id INTO v_member FROM hold_routes r WHERE r.id = p_hold AND r.programme_id = p_programme;
+--citus: IF v_member IS NULL THEN
+--citus:     PERFORM loyalty_fail('hold_not_found', jsonb_build_object('hold_id', p_hold));
+--citus: END IF;
 --citus: PERFORM ledger_route(v_member);
     body := ledger_claim_key(p_programme, p_key, p_fingerprint);
     IF body IS NOT NULL THEN
@@ -929,6 +945,9 @@ DECLARE
     v_member bigint;
 BEGIN
 --citus: SELECT r.member_id INTO v_member FROM hold_routes r WHERE r.id = p_hold AND r.programme_id = p_programme;
+--citus: IF v_member IS NULL THEN
+--citus:     PERFORM loyalty_fail('hold_not_found', jsonb_build_object('hold_id', p_hold));
+--citus: END IF;
 --citus: PERFORM ledger_route(v_member);
     body := ledger_claim_key(p_programme, p_key, p_fingerprint);
     IF body IS NOT NULL THEN
@@ -1246,6 +1265,10 @@ DECLARE
     v_debt_left bigint;
     r record;
 BEGIN
+    -- Citus: the one distributed write of the hot API (docs/scaling.md). The call is the
+    -- sender's: its key, transaction and entries sit on the sender's shard; the receiver's
+    -- balance row and lots on the receiver's.
+--citus: PERFORM ledger_route(loyalty_member_key(p_programme, p_from));
     body := ledger_claim_key(p_programme, p_key, p_fingerprint);
     IF body IS NOT NULL THEN
         replayed := true;
@@ -1260,12 +1283,21 @@ BEGIN
     IF v_from = v_to THEN
         PERFORM loyalty_fail('same_member', jsonb_build_object('member_id', p_from));
     END IF;
-    PERFORM 1 FROM account_balances
-    WHERE programme_id = p_programme AND account_id IN (v_from_account, v_to_account) AND shard = 0
-    ORDER BY account_id FOR UPDATE;
+    PERFORM 1 FROM account_balances --@plain
+    WHERE programme_id = p_programme AND account_id IN (v_from_account, v_to_account) AND shard = 0 --@plain
+    ORDER BY account_id FOR UPDATE; --@plain
+--citus: -- A multi-shard SELECT cannot lock: one row at a time, in the same (account) order.
+--citus: FOR r IN SELECT x.account_id, x.member_id FROM (VALUES (v_from_account, v_from), (v_to_account, v_to))
+--citus:          AS x(account_id, member_id) ORDER BY x.account_id LOOP
+--citus:     PERFORM 1 FROM account_balances
+--citus:     WHERE programme_id = p_programme AND account_id = r.account_id AND shard = 0 AND member_id = r.member_id
+--citus:     FOR UPDATE;
+--citus: END LOOP;
     PERFORM ledger_expire_member_now(p_programme, v_from, v_from_account);
     SELECT available INTO v_available FROM account_balances
-    WHERE programme_id = p_programme AND account_id = v_from_account AND shard = 0;
+    WHERE programme_id = p_programme AND account_id = v_from_account AND shard = 0
+--citus:   AND member_id = v_from
+    ;
     IF v_available < p_amount THEN
         PERFORM loyalty_fail('insufficient_points', jsonb_build_object(
             'member_id', p_from, 'available', v_available, 'requested', p_amount));
@@ -1273,7 +1305,9 @@ BEGIN
     INSERT INTO transactions (programme_id, kind, member_id, counterparty_id, amount, reason, actor)
     VALUES (p_programme, 'transfer', v_from, v_to, -p_amount, p_reason, p_actor) RETURNING id INTO v_txn;
     UPDATE account_balances SET available = available - p_amount
-    WHERE programme_id = p_programme AND account_id = v_from_account AND shard = 0;
+    WHERE programme_id = p_programme AND account_id = v_from_account AND shard = 0
+--citus:   AND member_id = v_from
+    ;
     PERFORM ledger_take_lots(p_programme, v_from, p_amount, v_txn);
     -- The receiver's debt, if any, is paid off first, out of the lots that expire soonest.
     v_debt_left := p_amount - ledger_credit_member_available(p_programme, v_to, v_to_account, p_amount);
@@ -1287,7 +1321,9 @@ BEGIN
         INSERT INTO lots (programme_id, member_id, txn_id, budget_id, amount, remaining, unit_cost_micros, vested, expires_at)
         VALUES (p_programme, v_to, v_txn, r.budget_id, r.amount, v_credit, r.unit_cost_micros, true, r.expires_at);
     END LOOP;
-    UPDATE transactions SET cost_micros = v_cost WHERE programme_id = p_programme AND id = v_txn;
+    UPDATE transactions SET cost_micros = v_cost WHERE programme_id = p_programme AND id = v_txn
+--citus:   AND member_id = v_from
+    ;
     PERFORM ledger_entry(p_programme, v_txn, 0, v_from_account, 0, 0, -p_amount);
     PERFORM ledger_entry(p_programme, v_txn, 1, v_to_account, 0, 0, p_amount);
     body := jsonb_build_object(
