@@ -53,9 +53,10 @@ async def detect(conn: Any, timeout: float = 2.0) -> bool:
     return Layout.citus
 
 
-def route(function: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The call's parameters with its member's key added, when the call is delegated on Citus."""
-    if not Layout.citus or function not in ROUTED or "p_member_key" in params:
+def route(function: str, params: dict[str, Any], *, citus: bool | None = None) -> dict[str, Any]:
+    """The call's parameters with its member's key added, when the call is delegated on Citus
+    (``citus``, else as ``detect`` found)."""
+    if not (Layout.citus if citus is None else citus) or function not in ROUTED or "p_member_key" in params:
         return params
     return {**params, "p_member_key": member_key(params["p_programme"], params["p_member"])}
 

@@ -11,15 +11,16 @@ import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
+from contextlib import asynccontextmanager
 
 import asyncpg
+import httpx
 import msgspec
 import pytest
-from litestar.testing import AsyncTestClient
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from loyalty import distribution
+from loyalty.app import create_app
 from loyalty.db import create_posting_pool, plain_url
 from loyalty.distribution import ShardMap, hashint8, member_key
 from loyalty.http.principal import Principal
@@ -300,7 +301,8 @@ async def test_an_earn_bigger_than_its_shard_leaves_the_batch_for_the_coordinato
     )
     assert [msgspec.json.decode(r.body)["amount"] for r in results] == points
     assert _retries("retried") - retried == 1
-    assert tuple(x - y for x, y in zip(_flushes(), before, strict=True)) == (2, 5)
+    # One batch of four; the big earn then went alone, through the coordinator.
+    assert tuple(x - y for x, y in zip(_flushes(), before, strict=True)) == (1, 4)
     for name, p in zip(names, points, strict=True):
         assert await _available(engine, who, name) == p
     async with engine.connect() as conn:
@@ -318,14 +320,43 @@ async def test_an_earn_bigger_than_its_shard_leaves_the_batch_for_the_coordinato
     assert remaining == 3200 - 265
 
 
+@asynccontextmanager
+async def _served(settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, GroupCommitter]]:
+    """The app served in this test's event loop (as tests/api/test_group_commit.py does), so
+    that concurrent requests meet in the committer; one flusher, so that they queue."""
+    app = create_app(settings)
+    async with app.lifespan():
+        committer = app.state.committer
+        assert committer is not None and committer.citus, "group commit is on, per shard, on Citus"
+        app.state.committer = GroupCommitter(
+            committer.pool, flushers=1, max_batch=committer.max_batch, citus=True
+        )
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver.local") as client:
+            yield client, app.state.committer
+        await app.state.committer.close()
+
+
 async def test_sixteen_clients_earning_and_spending_keep_exact_books(
-    client: AsyncTestClient[Any], engine: AsyncEngine, database_url: str
+    settings: Settings, engine: AsyncEngine, shards: ShardMap, database_url: str
 ) -> None:
-    api = Api(client, await make_programme(engine))
-    await api.budget(cap=1_000_000)
-    clients = [f"client-{i}" for i in range(16)]
-    for name in clients:
-        await api.enrol(name)
+    programme = await make_programme(engine)
+    # Eight members on each of two shards (on two workers), so that batches can form.
+    first, other = await _two_shards_on_two_nodes(database_url)
+    clients = _names_in(shards, programme.id, first, 8, "c-") + _names_in(
+        shards, programme.id, other, 8, "d-"
+    )
+    async with _served(settings) as (http, _):
+        api = Api(http, programme)  # type: ignore[arg-type]
+        await api.budget(cap=1_000_000)
+        for name in clients:
+            await api.enrol(name)
+        await _sixteen_clients(api, clients, database_url)
+    async with engine.connect() as sa:
+        assert await verify(sa, programme.id) == []
+
+
+async def _sixteen_clients(api: Api, clients: list[str], database_url: str) -> None:
     rounds = 12
     before = _flushes()
 
@@ -367,5 +398,3 @@ async def test_sixteen_clients_earning_and_spending_keep_exact_books(
         await conn.close()
     assert total == 0 and unbalanced == 0
     assert member_sum == 16 * rounds * 7
-    async with engine.connect() as sa:
-        assert await verify(sa, api.programme.id) == []

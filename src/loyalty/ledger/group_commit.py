@@ -161,12 +161,10 @@ class GroupCommitter:
         posting's."""
         if function not in BATCHABLE:
             async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
-                return await (alone or _posting(function, params))(conn)
+                return await (alone or _posting(function, params, self.citus))(conn)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Posted] = loop.create_future()
-        op = _Op(
-            function, params, future, loop.time(), alone, POSTING_WEIGHT if weight is None else weight
-        )
+        op = _Op(function, params, future, loop.time(), alone, POSTING_WEIGHT if weight is None else weight)
         self._queue.append(op)
         if self._active < self.flushers:
             self._active += 1
@@ -289,7 +287,7 @@ class GroupCommitter:
             # A batch of one is the plain single call: no JSON, and exactly today's behaviour.
             op = batch[0]
             try:
-                result = await _single(conn, op)
+                result = await _single(conn, op, self.citus)
             except Exception as exc:
                 _settle_error(op, exc)
                 if not isinstance(exc, DomainError | Refused | asyncpg.PostgresError):
@@ -356,17 +354,17 @@ class GroupCommitter:
         return first if anchor is None else anchor
 
 
-def _posting(function: str, params: dict[str, Any]) -> Alone:
+def _posting(function: str, params: dict[str, Any], citus: bool | None = None) -> Alone:
     async def call(conn: Any) -> Posted:
-        return await post_on_driver(conn, function, params)
+        return await post_on_driver(conn, function, params, citus=citus)
 
     return call
 
 
-async def _single(conn: Any, op: _Op) -> Posted:
+async def _single(conn: Any, op: _Op, citus: bool | None = None) -> Posted:
     """One operation on its own. Alone it meets another batch in a deadlock only rarely; as it
     rolled back and committed nothing, it is tried again, a few times, before it fails."""
-    call = op.alone or _posting(op.function, op.params)
+    call = op.alone or _posting(op.function, op.params, citus)
     for attempt in range(_SINGLE_ATTEMPTS):
         try:
             return await call(conn)
