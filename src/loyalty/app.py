@@ -76,10 +76,10 @@ def create_app(settings: Settings) -> Litestar:
         app.state.pool_timeout = settings.db_timeout_seconds
         # ... and how long a posting, an event or a checkout call may wait on the database in all.
         app.state.db_deadline = settings.db_deadline_seconds
-        # On Citus a batch would span members on different nodes: each posting goes alone, to
-        # its member's node (docs/scaling.md).
+        # On Citus the committer batches per shard: each batch runs on its shard's worker
+        # (docs/group-commit.md).
         citus = await distribution.detect(app.state.posting_pool)
-        app.state.committer = None if citus else group_commit.for_settings(app.state.posting_pool, settings)
+        app.state.committer = group_commit.for_settings(app.state.posting_pool, settings, citus=citus)
         app.state.redis = redis
         # Benefit definitions and tier maps for the checkout check, stamped with their version.
         app.state.benefit_catalogues = CatalogueCache()

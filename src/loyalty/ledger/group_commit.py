@@ -15,6 +15,15 @@ batch gets that error and none an answer.
 Besides the postings, the final write of a member event (``activity_event_write``, which the
 event pipeline submits with the single call it replaces, see activity.repository.write_event)
 goes in the same batches: under load, events and postings share one commit.
+
+On Citus (docs/group-commit.md, "On Citus") a batch holds postings of members of one shard
+only: the committer reads the shards' hash ranges (``distribution.ShardMap``), takes from the
+queue the postings of the oldest one's shard, and sends them as one call of
+``ledger_post_batch_routed``, delegated to that shard's worker, where the batch is one
+single-shard transaction. A posting that needs other shards (LY002) goes again alone, through
+the coordinator as a single call does; a stale map (LY003, nothing written) is read again and
+the batch's postings go alone. Events are not batched there: their tables are on the
+coordinator.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from loyalty import distribution
 from loyalty.errors import DomainError
 from loyalty.idempotency import Posted
 from loyalty.ledger.errors import ledger_error
@@ -56,6 +66,10 @@ BATCHABLE = frozenset(
 POSTING_WEIGHT = 2
 _BATCH_SQL = (
     "SELECT op_replayed, op_body, op_sqlstate, op_message, op_detail FROM ledger_post_batch($1::jsonb)"
+)
+_ROUTED_BATCH_SQL = (
+    "SELECT op_replayed, op_body, op_sqlstate, op_message, op_detail"
+    " FROM ledger_post_batch_routed($1::bigint, $2::jsonb)"
 )
 # A whole batch lost to another batch's locks: it committed nothing, so it is sent again in halves.
 _RETRY_SPLIT = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
@@ -105,13 +119,21 @@ class _Op:
     queued_at: float = 0.0
     alone: Alone | None = field(default=None, repr=False)
     weight: int = POSTING_WEIGHT
+    # On Citus: the key the posting is distributed by (its member's, or its hold's id).
+    key: int | None = None
 
 
 class GroupCommitter:
     """One per API process, on the posting pool. ``post`` is what ``repository.post`` calls."""
 
     def __init__(
-        self, pool: asyncpg.Pool, *, flushers: int = 3, max_batch: int = 24, acquire_timeout: float = 2.0
+        self,
+        pool: asyncpg.Pool,
+        *,
+        flushers: int = 3,
+        max_batch: int = 24,
+        acquire_timeout: float = 2.0,
+        citus: bool | None = None,
     ) -> None:
         if flushers < 1 or max_batch < 1:
             raise ValueError("flushers and max_batch must be at least 1")
@@ -122,6 +144,10 @@ class GroupCommitter:
         self._queue: deque[_Op] = deque()
         self._active = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        # On Citus: batches per shard, by this map (read by the first flusher, again when stale).
+        # None: the first flusher asks the database (the API says, from distribution.detect).
+        self.citus = citus
+        self.shards: distribution.ShardMap | None = None
 
     async def post(
         self, function: str, params: dict[str, Any], *, alone: Alone | None = None, weight: int | None = None
@@ -135,7 +161,7 @@ class GroupCommitter:
         posting's."""
         if function not in BATCHABLE:
             async with self.pool.acquire(timeout=self.acquire_timeout) as conn:
-                return await (alone or _posting(function, params))(conn)
+                return await (alone or _posting(function, params, self.citus))(conn)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Posted] = loop.create_future()
         op = _Op(function, params, future, loop.time(), alone, POSTING_WEIGHT if weight is None else weight)
@@ -161,6 +187,15 @@ class GroupCommitter:
                     _fail(self._take(), exc)
                     continue
                 try:
+                    if self.citus is not False and self.shards is None:
+                        try:
+                            if self.citus is None:
+                                self.citus = bool(await conn.fetchval(distribution.CITUS_PRESENT))
+                            if self.citus:
+                                self.shards = await distribution.ShardMap.load(conn)
+                        except Exception as exc:  # noqa: BLE001 - as for a failed call
+                            _fail(self._take(), exc)
+                            continue
                     while self._queue:
                         if not await self._send(conn, self._take()):
                             break  # the connection may be broken: release it, take another
@@ -172,6 +207,8 @@ class GroupCommitter:
             self._active -= 1
 
     def _take(self) -> list[_Op]:
+        if self.shards is not None:
+            return self._take_shard(self.shards)
         batch: list[_Op] = []
         # Subtransactions per call at most: max_batch postings' worth (see docs/group-commit.md).
         room = self.max_batch * POSTING_WEIGHT
@@ -191,6 +228,48 @@ class GroupCommitter:
             room -= op.weight
         return batch
 
+    def _take_shard(self, shards: distribution.ShardMap) -> list[_Op]:
+        """Citus: the oldest posting's and the others queued for its shard, in queue order, as
+        ``_take`` bounds them; postings of other shards stay queued, in their order."""
+        batch: list[_Op] = []
+        room = self.max_batch * POSTING_WEIGHT
+        too_old = asyncio.get_running_loop().time() - self.acquire_timeout
+        shard: int | None = None
+        kept: list[_Op] = []
+        while self._queue and len(batch) < self.max_batch:
+            op = self._queue.popleft()
+            if op.future.done():
+                continue
+            if op.queued_at < too_old:
+                _settle_error(op, TimeoutError("no posting connection in time (group commit queue)"))
+                continue
+            if op.key is None:
+                op.key = distribution.op_key(op.function, op.params)
+            try:
+                # An event (its tables are on the coordinator) or a key the map does not cover
+                # goes alone, as a batch of one.
+                its = None if op.key is None else shards.shard_of(op.key)
+            except LookupError:
+                its = None
+            if its is None:
+                if batch:
+                    kept.append(op)
+                    continue
+                batch.append(op)
+                break
+            if shard is None:
+                shard = its
+            elif its != shard:
+                kept.append(op)
+                continue
+            if batch and op.weight > room:
+                kept.append(op)
+                break
+            batch.append(op)
+            room -= op.weight
+        self._queue.extendleft(reversed(kept))
+        return batch
+
     async def _send(self, conn: Any, batch: list[_Op]) -> bool:
         """Run one batch and settle its futures; False if the call itself failed."""
         if not batch:
@@ -208,7 +287,7 @@ class GroupCommitter:
             # A batch of one is the plain single call: no JSON, and exactly today's behaviour.
             op = batch[0]
             try:
-                result = await _single(conn, op)
+                result = await _single(conn, op, self.citus)
             except Exception as exc:
                 _settle_error(op, exc)
                 if not isinstance(exc, DomainError | Refused | asyncpg.PostgresError):
@@ -218,13 +297,22 @@ class GroupCommitter:
             return
         payload = msgspec.json.encode([{"f": op.function, "a": list(op.params.values())} for op in batch])
         try:
-            rows = await conn.fetch(_BATCH_SQL, payload.decode())
+            if self.shards is None:
+                rows = await conn.fetch(_BATCH_SQL, payload.decode())
+            else:
+                rows = await conn.fetch(_ROUTED_BATCH_SQL, self._route(batch), payload.decode())
         except _RETRY_SPLIT:
-            # Nothing of this batch committed: send it again in halves, down to single calls.
-            count_group_commit(0, outcome="split")
-            half = len(batch) // 2
-            await self._run(conn, batch[:half])
-            await self._run(conn, batch[half:])
+            await self._split(conn, batch)
+            return
+        except asyncpg.PostgresError as exc:
+            if exc.sqlstate != distribution.STALE_SHARD_MAP:
+                raise
+            # The shards moved under the map: nothing was written. Read it again, and send the
+            # batch's postings alone (each is routed by its own member).
+            count_group_commit(0, outcome="stale_map")
+            self.shards = await distribution.ShardMap.load(conn)
+            for op in batch:
+                await self._run(conn, [op])
             return
         again: list[_Op] = []
         for op, row in zip(batch, rows, strict=True):
@@ -232,6 +320,10 @@ class GroupCommitter:
             if sqlstate is None:
                 # An event replayed has no results: null, as its single call answers.
                 _settle(op, Posted(replayed=replayed, body=b"null" if body is None else body.encode()))
+            elif sqlstate == distribution.NEEDS_COORDINATOR:
+                # Citus: more than the budget shard beside its member holds; alone, the call
+                # goes again through the coordinator (repository.post_on_driver).
+                again.append(op)
             elif sqlstate == DOMAIN_SQLSTATE:
                 _settle_error(op, ledger_error(message, detail or None))
             elif sqlstate.startswith(_OWN_SQLSTATES):
@@ -244,18 +336,35 @@ class GroupCommitter:
             count_group_commit(0, outcome="retried")
             await self._run(conn, [op])
 
+    async def _split(self, conn: Any, batch: list[_Op]) -> None:
+        # Nothing of this batch committed: send it again in halves, down to single calls.
+        count_group_commit(0, outcome="split")
+        half = len(batch) // 2
+        await self._run(conn, batch[:half])
+        await self._run(conn, batch[half:])
 
-def _posting(function: str, params: dict[str, Any]) -> Alone:
+    def _route(self, batch: list[_Op]) -> int:
+        """The key the batch is delegated by: its shard's anchor, else its first posting's key."""
+        first = batch[0].key
+        assert first is not None and self.shards is not None
+        try:
+            anchor = self.shards.anchor(self.shards.shard_of(first))
+        except LookupError:
+            anchor = None
+        return first if anchor is None else anchor
+
+
+def _posting(function: str, params: dict[str, Any], citus: bool | None = None) -> Alone:
     async def call(conn: Any) -> Posted:
-        return await post_on_driver(conn, function, params)
+        return await post_on_driver(conn, function, params, citus=citus)
 
     return call
 
 
-async def _single(conn: Any, op: _Op) -> Posted:
+async def _single(conn: Any, op: _Op, citus: bool | None = None) -> Posted:
     """One operation on its own. Alone it meets another batch in a deadlock only rarely; as it
     rolled back and committed nothing, it is tried again, a few times, before it fails."""
-    call = op.alone or _posting(op.function, op.params)
+    call = op.alone or _posting(op.function, op.params, citus)
     for attempt in range(_SINGLE_ATTEMPTS):
         try:
             return await call(conn)
@@ -281,8 +390,9 @@ def _fail(batch: list[_Op], exc: BaseException) -> None:
         _settle_error(op, exc)
 
 
-def for_settings(pool: asyncpg.Pool, settings: Settings) -> GroupCommitter | None:
-    """The process's committer, or None when group commit is off (each posting its own call)."""
+def for_settings(pool: asyncpg.Pool, settings: Settings, *, citus: bool = False) -> GroupCommitter | None:
+    """The process's committer, or None when group commit is off (each posting its own call);
+    on Citus (``citus``) it batches per shard."""
     if not settings.group_commit:
         return None
     return GroupCommitter(
@@ -290,6 +400,7 @@ def for_settings(pool: asyncpg.Pool, settings: Settings) -> GroupCommitter | Non
         flushers=settings.group_commit_flushers,
         max_batch=settings.group_commit_max_batch,
         acquire_timeout=settings.db_timeout_seconds,
+        citus=citus,
     )
 
 

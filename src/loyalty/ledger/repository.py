@@ -67,19 +67,23 @@ async def post(conn: PostingConnection, function: str, **params: Any) -> Posted:
 
 
 async def post_on_driver(
-    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, function: str, params: dict[str, Any]
+    conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy,
+    function: str,
+    params: dict[str, Any],
+    *,
+    citus: bool | None = None,
 ) -> Posted:
     """One posting function called on an asyncpg connection: in autocommit, its own transaction.
 
-    On Citus the call names its member's key and so runs whole on that member's node; one that
-    needs the other nodes (an earn whose budget shard runs short) comes back as LY002, having
-    written nothing, and goes again through the coordinator."""
-    routed = distribution.route(function, params)
-    if routed is params:
-        return await _call_on_driver(conn, function, params)
+    On Citus (``citus``, else as detected at start-up) the call names its member's key and so
+    runs whole on that member's node; one that needs the other nodes (an earn whose budget
+    shard runs short) comes back as LY002, having written nothing, and goes again through the
+    coordinator."""
+    routed = distribution.route(function, params, citus=citus)
     try:
         return await _call_on_driver(conn, function, routed)
     except asyncpg.PostgresError as exc:
+        # Never raised on a single node.
         if exc.sqlstate != distribution.NEEDS_COORDINATOR:
             raise
     # Inside a transaction block Citus does not delegate: the coordinator runs the call.

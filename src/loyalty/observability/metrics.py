@@ -68,7 +68,8 @@ GROUP_COMMIT_BATCH = Histogram(
 GROUP_COMMIT_RETRIES = Counter(
     "loyalty_group_commit_retries_total",
     "Group-commit work sent again: split (a batch lost to a deadlock, sent in halves), "
-    "retried (one posting of a batch sent again alone).",
+    "retried (one posting of a batch sent again alone), stale_map (Citus: a batch refused for an "
+    "out-of-date shard map, its postings sent again alone).",
     ["reason"],
 )
 # Pools are per process; livesum adds up the live API processes' figures.
@@ -122,7 +123,7 @@ def count_ledger(kind: str, outcome: str, code: str = "") -> None:
 
 
 def count_group_commit(size: int, *, outcome: str = "flush") -> None:
-    """A group-commit flush of ``size`` postings, or (outcome split/retried) work sent again."""
+    """A group-commit flush of ``size`` postings, or (outcome split/retried/stale_map) work sent again."""
     if not _enabled:
         return
     if outcome == "flush":

@@ -82,3 +82,38 @@ BEGIN
         RETURN NEXT;
     END LOOP;
 END $$;
+
+-- Group commit on Citus (docs/group-commit.md, "On Citus"): a batch whose operations all run
+-- under members of one shard, delegated by p_route (that shard's anchor, or any member key of
+-- the batch), so that the whole batch runs on the shard's worker as one single-shard
+-- transaction. Each operation's key (its member's, or its hold's id for a capture or void)
+-- must fall in p_route's shard: otherwise the caller's shard map is stale, and the call
+-- refuses (LY003) before it writes anything. Each posting routes itself (ledger_route), so
+-- its budget and sink shards are those beside its member; an earn that needs more than the
+-- shard beside it reports LY002 as its own error and the caller sends it again alone.
+-- On a single node it is ledger_post_batch itself (and the API does not call it).
+CREATE OR REPLACE FUNCTION ledger_post_batch_routed(p_route bigint, p_ops jsonb)
+RETURNS TABLE (op_replayed boolean, op_body text, op_sqlstate text, op_message text, op_detail text)
+LANGUAGE plpgsql AS $$
+--citus: DECLARE
+--citus:     v_shard bigint := get_shard_id_for_distribution_column('members', p_route);
+--citus:     op jsonb;
+--citus:     v_key bigint;
+BEGIN
+--citus: FOR op IN SELECT value FROM jsonb_array_elements(p_ops) LOOP
+--citus:     v_key := CASE
+--citus:         WHEN op->>'f' IN ('ledger_earn', 'ledger_spend', 'ledger_hold', 'ledger_clawback')
+--citus:             THEN loyalty_member_key((op->'a'->>0)::bigint, op->'a'->>3)
+--citus:         WHEN op->>'f' IN ('ledger_capture', 'ledger_void') THEN (op->'a'->>3)::bigint
+--citus:     END;
+--citus:     IF v_key IS NULL THEN
+--citus:         RAISE EXCEPTION USING ERRCODE = '22023', MESSAGE = 'not a posting routed by its member: '
+--citus:             || coalesce(op->>'f', 'null');
+--citus:     END IF;
+--citus:     IF get_shard_id_for_distribution_column('members', v_key) <> v_shard THEN
+--citus:         RAISE EXCEPTION USING ERRCODE = 'LY003', MESSAGE = 'stale_shard_map';
+--citus:     END IF;
+--citus: END LOOP;
+    RETURN QUERY SELECT * FROM ledger_post_batch(p_ops);
+END $$;
+--citus: SELECT create_distributed_function('ledger_post_batch_routed(bigint, jsonb)', 'p_route', colocate_with := 'members');
