@@ -91,8 +91,9 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    INSERT INTO domain_events (programme_id, type, subject, payload)
-    VALUES (NEW.programme_id, v_type, 'member:' || v_member, jsonb_build_object(
+    -- The event, and the deliveries its row trigger fans out, sit on the member's own shard.
+    INSERT INTO domain_events (programme_id, member_id, type, subject, payload)
+    VALUES (NEW.programme_id, NEW.member_id, v_type, 'member:' || v_member, jsonb_build_object(
         'member_id', v_member, 'transaction_id', NEW.id, 'kind', NEW.kind, 'points', abs(NEW.amount),
         'amount', NEW.amount,
         'budget', (SELECT code FROM budgets WHERE programme_id = NEW.programme_id AND id = NEW.budget_id),
