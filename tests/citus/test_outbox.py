@@ -106,7 +106,11 @@ async def test_an_earn_and_a_spend_with_a_subscribed_endpoint_stay_on_the_member
         assert report.after, "the proof read no node"
         async with single_shard_only(database_url):
             await api.post(
-                "/v1/spend", {"member_id": member, "points": 30}, role="ecommerce", key=f"spend-{i}", expect=201
+                "/v1/spend",
+                {"member_id": member, "points": 30},
+                role="ecommerce",
+                key=f"spend-{i}",
+                expect=201,
             )
 
     outbox = await _outbox(engine, api.programme.id)
@@ -142,7 +146,9 @@ async def test_the_proof_fails_when_a_members_event_is_written_off_its_node(
     member_id = member_key(api.programme.id, "far")
     _, node = await _placement(engine, "members", member_id)
     async with engine.connect() as conn:
-        anchors = (await conn.execute(text("SELECT anchor FROM ledger_anchors ORDER BY shard_index"))).scalars()
+        anchors = (
+            await conn.execute(text("SELECT anchor FROM ledger_anchors ORDER BY shard_index"))
+        ).scalars()
         anchor_list = list(anchors)
     far_anchor = None
     for anchor in anchor_list:
@@ -155,15 +161,13 @@ async def test_the_proof_fails_when_a_members_event_is_written_off_its_node(
         "VALUES (:p, 'test.event', 'member:far', '{{}}'{value})"
     )
     with pytest.raises(FannedOut):
-        async with single_shard_only(database_url):
-            async with engine.begin() as conn:
-                await conn.execute(
-                    text("SELECT set_config('loyalty.owner', :m, true)"), {"m": str(member_id)}
-                )
-                await conn.execute(text(insert.format(owner="", value="")), {"p": api.programme.id})
-                await conn.execute(
-                    text(insert.format(owner=", member_id", value=", :a")), {"p": api.programme.id, "a": far_anchor}
-                )
+        async with single_shard_only(database_url), engine.begin() as conn:
+            await conn.execute(text("SELECT set_config('loyalty.owner', :m, true)"), {"m": str(member_id)})
+            await conn.execute(text(insert.format(owner="", value="")), {"p": api.programme.id})
+            await conn.execute(
+                text(insert.format(owner=", member_id", value=", :a")),
+                {"p": api.programme.id, "a": far_anchor},
+            )
     async with engine.connect() as conn:
         owners = (
             await conn.execute(
@@ -197,15 +201,18 @@ async def test_two_workers_claiming_at_once_never_lease_one_delivery_twice(
         claimed_second = await racing
         await second.commit()
     assert len(claimed_first) == len(members)
-    assert all(row["member_id"] == member_key(api.programme.id, row["payload"]["member_id"])
-               for row in claimed_first)
+    assert all(
+        row["member_id"] == member_key(api.programme.id, row["payload"]["member_id"]) for row in claimed_first
+    )
     assert claimed_second == []
 
     # A lease that ran out is claimable again (at-least-once); an unexpired one is not.
     async with engine.begin() as conn:
         assert await repository.claim_due(conn, limit=100, lease_seconds=60) == []
         await conn.execute(
-            text("UPDATE webhook_deliveries SET lease_until = now() - interval '1 s' WHERE programme_id = :p"),
+            text(
+                "UPDATE webhook_deliveries SET lease_until = now() - interval '1 s' WHERE programme_id = :p"
+            ),
             {"p": api.programme.id},
         )
     async with engine.begin() as conn:
