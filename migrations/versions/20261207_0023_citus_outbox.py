@@ -59,7 +59,9 @@ def upgrade() -> None:
         return
     for table in TABLES:
         if bind.execute(
-            sa.text("SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = CAST(:t AS regclass))"),
+            sa.text(
+                "SELECT EXISTS (SELECT 1 FROM pg_dist_partition WHERE logicalrelid = CAST(:t AS regclass))"
+            ),
             {"t": table},
         ).scalar():
             raise RuntimeError(
@@ -71,9 +73,7 @@ def upgrade() -> None:
         # As in 0021: the ids come from plain sequences, which Citus gives each node a range of.
         op.execute(f"ALTER TABLE {table} ALTER COLUMN id DROP IDENTITY")
         op.execute(f"CREATE SEQUENCE IF NOT EXISTS {table}_id_seq AS bigint OWNED BY {table}.id")
-        op.execute(
-            f"SELECT setval('{table}_id_seq', coalesce((SELECT max(id) FROM {table}), 0) + 1, false)"
-        )
+        op.execute(f"SELECT setval('{table}_id_seq', coalesce((SELECT max(id) FROM {table}), 0) + 1, false)")
         op.execute(f"ALTER TABLE {table} ALTER COLUMN id SET DEFAULT nextval('{table}_id_seq')")
         op.add_column(
             table,

@@ -219,3 +219,36 @@ async def test_two_workers_claiming_at_once_never_lease_one_delivery_twice(
         again = await repository.claim_due(conn, limit=100, lease_seconds=60)
     assert sorted(r["id"] for r in again) == sorted(r["id"] for r in claimed_first)
     assert {r["attempts"] for r in again} == {2}
+
+
+async def test_a_members_events_go_out_in_their_order_whichever_node_drew_their_ids(
+    api: Api, engine: AsyncEngine, receiver: Receiver
+) -> None:
+    # Each node draws ids from its own range: an event written on the member's worker can have
+    # a larger id than a later one written from the coordinator (an expiry run, a retried earn).
+    receiver.secret = (await _endpoint(api, receiver.url, ["*"]))["secret"]
+    await api.enrol("ordered")
+    member_id = member_key(api.programme.id, "ordered")
+    for event_id, step in ((1 << 50, "first"), (7, "second")):
+        async with engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "INSERT INTO domain_events (programme_id, member_id, id, type, subject, payload) "
+                    "VALUES (:p, :m, :id, 'test.step', 'member:ordered', "
+                    "jsonb_build_object('step', CAST(:s AS text)))"
+                ),
+                {"p": api.programme.id, "m": member_id, "id": event_id, "s": step},
+            )
+    async with engine.begin() as conn:
+        claimed = await repository.claim_due(conn, limit=100, lease_seconds=60)
+    assert [row["payload"]["step"] for row in claimed] == ["first"]
+    # The abandoned lease runs out; the worker then sends both, in their order.
+    async with engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE webhook_deliveries SET lease_until = now() - interval '1 s' WHERE programme_id = :p"
+            ),
+            {"p": api.programme.id},
+        )
+    assert await tasks.deliver_webhooks({"engine": engine, "webhook_policy": LOCAL}) == 2
+    assert [r.json["data"]["step"] for r in receiver.received] == ["first", "second"]

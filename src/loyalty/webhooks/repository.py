@@ -257,7 +257,10 @@ async def _claim_due_citus(conn: AsyncConnection, *, limit: int, lease_seconds: 
     same delivery meet at its row lock: the second re-reads the row after the first commits,
     finds the lease, and skips it; so a delivery is never leased twice, and one whose lease ran
     out is claimable again (at-least-once). The order check is per member's shard: a subject's
-    deliveries have the member of their events.
+    deliveries have the member of their events. Each node draws ids from its own range (a
+    member's events come from its worker, or from the coordinator for a call that ran there),
+    so events are ordered by their transaction's time first (a delivery is written in its
+    event's transaction: same created_at), then by id.
     """
     rows = await conn.execute(
         text(
@@ -272,7 +275,8 @@ async def _claim_due_citus(conn: AsyncConnection, *, limit: int, lease_seconds: 
                       SELECT 1 FROM webhook_deliveries e
                       WHERE e.member_id = d.member_id
                         AND e.programme_id = d.programme_id AND e.endpoint_id = d.endpoint_id
-                        AND e.subject = d.subject AND e.event_id < d.event_id
+                        AND e.subject = d.subject
+                        AND (e.created_at, e.event_id) < (d.created_at, d.event_id)
                         AND e.status IN ('pending', 'failed'))
                 ORDER BY d.next_attempt_at, d.id
                 LIMIT :n
