@@ -64,6 +64,7 @@ CITUS_DATA_DIR := .loyalty/test/citus
 CITUS_SUITES ?= tests/citus tests/api/test_budgets.py tests/api/test_keys.py tests/api/test_security.py \
 	tests/api/test_docs_offline.py tests/api/test_segments.py tests/api/test_tracing.py \
 	tests/integration/test_benefit_period_sql.py tests/integration/test_ledger_tasks.py \
+	tests/api/test_webhooks.py tests/integration/test_webhooks.py tests/integration/test_webhook_targets.py \
 	$(CITUS_GROUP_COMMIT_TESTS)
 # Of the single-node group-commit and concurrency suites, the tests that hold on the cluster
 # (group commit per shard: tests/citus/test_group_commit.py). The others of test_group_commit.py
@@ -86,7 +87,8 @@ CITUS_ALL_SUITES := tests/citus tests/api tests/integration/test_ledger_model.py
 	tests/integration/test_verify.py tests/integration/test_tier_reassess.py \
 	tests/integration/test_tier_cron.py tests/integration/test_benefit_concurrency.py \
 	tests/integration/test_benefit_consume_pooled.py tests/integration/test_benefit_period_sql.py \
-	tests/integration/test_benefit_quota_model.py tests/integration/test_group_commit.py
+	tests/integration/test_benefit_quota_model.py tests/integration/test_group_commit.py \
+	tests/integration/test_webhooks.py tests/integration/test_webhook_targets.py
 
 citus-install: $(STAMP)
 	@test -x "$(CITUS_INSTALL)" || { echo "Citus's install.sh not found at $(CITUS_INSTALL): set CITUS_INSTALL=path/to/install.sh" >&2; exit 1; }

@@ -283,7 +283,9 @@ def upgrade() -> None:
             FOR r IN SELECT c.oid::regclass AS t FROM pg_class c
                      JOIN pg_namespace n ON n.oid = c.relnamespace
                      WHERE n.nspname = 'public' AND c.relkind = 'r'
-                       AND c.relname NOT IN ('alembic_version')
+                       -- The outbox is distributed by member in 0023 (a Citus local table
+                       -- with an identity column can be neither changed nor distributed).
+                       AND c.relname NOT IN ('alembic_version', 'domain_events', 'webhook_deliveries')
                        AND NOT EXISTS (SELECT 1 FROM pg_dist_partition p WHERE p.logicalrelid = c.oid) LOOP
                 PERFORM citus_add_local_table_to_metadata(r.t, cascade_via_foreign_keys := true);
             END LOOP;

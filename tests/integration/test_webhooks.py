@@ -91,9 +91,15 @@ async def _make_due(engine: AsyncEngine, programme: Programme) -> None:
     async with engine.begin() as conn:
         await conn.execute(
             text(
-                "UPDATE webhook_deliveries SET next_attempt_at = now() - interval '1 s', "
-                "lease_until = CASE WHEN lease_until IS NULL THEN NULL ELSE now() - interval '1 s' END "
-                "WHERE programme_id = :p"
+                # Two statements: Citus allows no now() inside a CASE of an UPDATE.
+                "UPDATE webhook_deliveries SET next_attempt_at = now() - interval '1 s' WHERE programme_id = :p"
+            ),
+            {"p": programme.id},
+        )
+        await conn.execute(
+            text(
+                "UPDATE webhook_deliveries SET lease_until = now() - interval '1 s' "
+                "WHERE programme_id = :p AND lease_until IS NOT NULL"
             ),
             {"p": programme.id},
         )

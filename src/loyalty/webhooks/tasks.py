@@ -96,6 +96,7 @@ async def _record(conn: Any, row: dict[str, Any], status_code: int | None, error
         status_code=status_code,
         error=error,
         next_attempt_at=next_at,
+        member_id=row.get("member_id"),
     )
     if not kept:
         log.warning("delivery %s: lease lost before its outcome was written", row["id"])

@@ -68,6 +68,7 @@ DECLARE
     v_types text[];
     v_type text;
     v_member text;
+    v_budget text;
 BEGIN
     IF NEW.amount = 0 OR (TG_OP = 'INSERT' AND NEW.kind NOT IN ('earn', 'spend', 'capture', 'expire', 'adjust'))
        OR (TG_OP = 'UPDATE' AND NEW.kind <> 'clawback') THEN
@@ -91,11 +92,14 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    INSERT INTO domain_events (programme_id, type, subject, payload)
-    VALUES (NEW.programme_id, v_type, 'member:' || v_member, jsonb_build_object(
+    -- Read first: Citus allows no subquery inside an INSERT into a distributed table.
+    SELECT code INTO v_budget FROM budgets WHERE programme_id = NEW.programme_id AND id = NEW.budget_id;
+    -- The event, and the deliveries its row trigger fans out, sit on the member's own shard.
+    INSERT INTO domain_events (programme_id, member_id, type, subject, payload)
+    VALUES (NEW.programme_id, NEW.member_id, v_type, 'member:' || v_member, jsonb_build_object(
         'member_id', v_member, 'transaction_id', NEW.id, 'kind', NEW.kind, 'points', abs(NEW.amount),
         'amount', NEW.amount,
-        'budget', (SELECT code FROM budgets WHERE programme_id = NEW.programme_id AND id = NEW.budget_id),
+        'budget', v_budget,
         'reference', NEW.reference, 'reason', NEW.reason, 'cost_micros', NEW.cost_micros, 'metadata', NEW.metadata));
     RETURN NULL;
 END $$;
