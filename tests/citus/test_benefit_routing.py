@@ -9,6 +9,7 @@ from typing import Any
 import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from loyalty.benefits import repository
@@ -122,3 +123,64 @@ async def test_the_proof_fails_on_a_commit_that_does_not_name_its_member(api: Ap
             )
     # It still works, through every shard.
     assert done.json()["state"] == "committed" and done.json()["member_id"] == MEMBERS[2]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a trigger on a shard cannot write domain_events while the outbox is a coordinator table",
+)
+async def test_a_tier_change_grants_what_the_new_tier_adds(api: Api, engine: AsyncEngine) -> None:
+    # The row triggers of member_tiers (the statement triggers' Citus form), on the member's shard.
+    await benefit(api, "priority")
+    r = await api.client.put(
+        "/v1/tier-benefits/silver", json={"benefits": [{"benefit": "lounge"}]}, headers=api.headers()
+    )
+    assert r.status_code == 200, r.text
+    r = await api.client.put(
+        "/v1/tier-benefits/platinum",
+        json={"benefits": [{"benefit": "lounge"}, {"benefit": "priority"}]},
+        headers=api.headers(),
+    )
+    assert r.status_code == 200, r.text
+    await api.enrol("fresh")
+    endpoint = (
+        await api.post(
+            "/v1/webhooks/endpoints", {"url": "https://crm.example/hooks", "event_types": ["benefit.granted"]}
+        )
+    ).json()["id"]
+    try:
+        async with engine.begin() as conn:
+            # The webhook fan-out of domain_events is not on Citus yet: the events alone are seen here.
+            await conn.execute(
+                text("ALTER TABLE domain_events DISABLE TRIGGER domain_events_webhook_fan_out")
+            )
+        async with engine.begin() as conn:  # an insert, above the base tier
+            await conn.execute(
+                text(
+                    "INSERT INTO member_tiers (programme_id, member_id, tier, rank, ladder_version) "
+                    "SELECT programme_id, id, 'silver', 1, 1 FROM members "
+                    "WHERE programme_id = :p AND external_id = 'fresh'"
+                ),
+                {"p": api.programme.id},
+            )
+        await set_tier(engine, api, MEMBERS[0], "platinum")  # an update: gold -> platinum
+        await set_tier(engine, api, MEMBERS[1], "gold")  # no change
+        async with engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT subject, payload FROM domain_events "
+                        "WHERE programme_id = :p AND type = 'benefit.granted' ORDER BY id"
+                    ),
+                    {"p": api.programme.id},
+                )
+            ).all()
+    finally:
+        async with engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE domain_events ENABLE TRIGGER domain_events_webhook_fan_out"))
+        r = await api.client.delete(f"/v1/webhooks/endpoints/{endpoint}", headers=api.headers())
+        assert r.status_code == 204, r.text
+    assert [(subject, p["benefit"], p["source"]) for subject, p in rows] == [
+        ("member:fresh", "lounge", {"kind": "tier", "ref": "silver"}),
+        (f"member:{MEMBERS[0]}", "priority", {"kind": "tier", "ref": "platinum"}),  # lounge carried over
+    ]

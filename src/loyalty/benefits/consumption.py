@@ -14,14 +14,13 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty import distribution, rules
-from loyalty.benefits import core, repository
+from loyalty.benefits import core, events, repository
 from loyalty.benefits import schemas as s
 from loyalty.benefits.catalogue import benefit_not_found, load_benefit, utcnow
 from loyalty.benefits.entitlements import member_not_found, parsed_rule
 from loyalty.errors import Conflict, NotFound
 from loyalty.facts.repository import row_to_facts
 from loyalty.http.principal import Principal
-from loyalty.outbox import repository as outbox
 
 
 def _refused(decision: core.Decision, member: str, benefit: str) -> Conflict:
@@ -183,7 +182,7 @@ async def _consumed_event(
     remaining: int | None,
     used: int | None = None,
 ) -> None:
-    await outbox.add(
+    await events.emit(
         conn,
         who.programme_id,
         "benefit.consumed",
@@ -270,11 +269,7 @@ async def settle(
                 reserved=delta_reserved,
             )
         await repository.set_consumption_state(conn, who.programme_id, row["member_id"], row["id"], target)
-        # On Citus the event is written only when an endpoint wants it, as benefit_consume does.
-        if commit and (
-            not distribution.Layout.citus
-            or await repository.event_wanted(conn, who.programme_id, "benefit.consumed")
-        ):
+        if commit:
             # The member's limit depends on their sources; the event carries the count instead.
             await _consumed_event(
                 conn,

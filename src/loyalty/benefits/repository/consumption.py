@@ -167,18 +167,14 @@ async def event_wanted(conn: AsyncConnection, programme_id: int, type_: str) -> 
     )
 
 
-async def release_expired(conn: AsyncConnection, now: datetime, limit: int = 1000) -> int:
-    """Releases reservations past their timeout, a batch at a time, in one statement."""
-    result = await conn.execute(
-        text(
-            """
+_RELEASE_DUE = """
             WITH due AS (
                 SELECT programme_id, id FROM benefit_consumptions
-                WHERE state = 'reserved' AND expires_at < :now
+                WHERE state = 'reserved' AND expires_at < :now{member}
                 ORDER BY expires_at LIMIT :limit FOR UPDATE SKIP LOCKED
             ), released AS (
                 UPDATE benefit_consumptions c SET state = 'released', updated_at = now()
-                FROM due WHERE c.programme_id = due.programme_id AND c.id = due.id
+                FROM due WHERE c.programme_id = due.programme_id AND c.id = due.id{c}
                 RETURNING c.programme_id, c.member_id, c.benefit_id, c.period_start
             ), per_row AS (
                 SELECT programme_id, member_id, benefit_id, period_start, count(*) AS n
@@ -186,12 +182,31 @@ async def release_expired(conn: AsyncConnection, now: datetime, limit: int = 100
             ), moved AS (
                 UPDATE benefit_usage u SET reserved = u.reserved - per_row.n FROM per_row
                 WHERE u.programme_id = per_row.programme_id AND u.member_id = per_row.member_id
-                  AND u.benefit_id = per_row.benefit_id AND u.period_start = per_row.period_start
+                  AND u.benefit_id = per_row.benefit_id AND u.period_start = per_row.period_start{u}
                 RETURNING 1
             )
             SELECT (SELECT count(*) FROM released), (SELECT count(*) FROM moved)
             """
-        ),
-        {"now": now, "limit": limit},
-    )
-    return int(result.one()[0])
+_RELEASE = text(_RELEASE_DUE.format(member="", c="", u=""))
+# Citus locks rows of one shard at a time: the same statement for one member's due rows.
+_RELEASE_MEMBER = text(
+    _RELEASE_DUE.format(member=" AND member_id = :m", c=" AND c.member_id = :m", u=" AND u.member_id = :m")
+)
+_DUE_MEMBERS = text(
+    "SELECT member_id FROM benefit_consumptions WHERE state = 'reserved' AND expires_at < :now"
+    " GROUP BY member_id ORDER BY min(expires_at) LIMIT :limit"
+)
+
+
+async def release_expired(conn: AsyncConnection, now: datetime, limit: int = 1000) -> int:
+    """Releases reservations past their timeout, a batch at a time, in one statement (on Citus,
+    one statement per member that has some: the members are found on every shard first)."""
+    if not distribution.Layout.citus:
+        return int((await conn.execute(_RELEASE, {"now": now, "limit": limit})).one()[0])
+    released = 0
+    for (member_id,) in (await conn.execute(_DUE_MEMBERS, {"now": now, "limit": limit})).all():
+        params = {"now": now, "limit": limit - released, "m": member_id}
+        released += int((await conn.execute(_RELEASE_MEMBER, params)).one()[0])
+        if released >= limit:
+            break
+    return released
