@@ -63,7 +63,13 @@ CITUS_DATA_DIR := .loyalty/test/citus
 # (docs/scaling.md, "Not yet on Citus").
 CITUS_SUITES ?= tests/citus tests/api/test_budgets.py tests/api/test_keys.py tests/api/test_security.py \
 	tests/api/test_docs_offline.py tests/api/test_segments.py tests/api/test_tracing.py \
-	tests/integration/test_benefit_period_sql.py
+	tests/integration/test_benefit_period_sql.py \
+	tests/api/test_benefit_upgrades.py tests/api/test_consume_agrees_with_check.py \
+	tests/integration/test_benefit_consume_pooled.py tests/integration/test_benefit_concurrency.py \
+	tests/integration/test_benefit_quota_model.py
+# Benefit files not yet whole on Citus: test_benefit_consume.py and test_benefits.py (one test
+# each expects an outbox row with no endpoint, which Citus does not write), test_benefit_events.py
+# (the tier engine's upsert and the campaign announcement are refused by Citus).
 # The rebalance tests start a cluster of their own (four more servers on 2 cores): alone, first.
 REBALANCE_TESTS := tests/citus/test_rebalance.py
 CITUS_ALL_SUITES := tests/citus tests/api tests/integration/test_ledger_model.py \
