@@ -65,7 +65,13 @@ CITUS_SUITES ?= tests/citus tests/api/test_budgets.py tests/api/test_keys.py tes
 	tests/api/test_docs_offline.py tests/api/test_segments.py tests/api/test_tracing.py \
 	tests/integration/test_benefit_period_sql.py tests/integration/test_ledger_tasks.py \
 	tests/api/test_webhooks.py tests/integration/test_webhooks.py tests/integration/test_webhook_targets.py \
+	tests/api/test_benefit_upgrades.py tests/api/test_consume_agrees_with_check.py \
+	tests/integration/test_benefit_consume_pooled.py tests/integration/test_benefit_concurrency.py \
+	tests/integration/test_benefit_quota_model.py \
 	$(CITUS_GROUP_COMMIT_TESTS)
+# Benefit files not yet whole on Citus: test_benefit_consume.py and test_benefits.py (one test
+# each expects an outbox row with no endpoint, which Citus does not write), test_benefit_events.py
+# (the tier engine's upsert and the campaign announcement are refused by Citus).
 # Of the single-node group-commit and concurrency suites, the tests that hold on the cluster
 # (group commit per shard: tests/citus/test_group_commit.py). The others of test_group_commit.py
 # count the calls of one mixed batch (per shard there are more) or block a budget with one

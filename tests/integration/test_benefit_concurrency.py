@@ -19,6 +19,7 @@ from loyalty.errors import Conflict
 from loyalty.http.principal import Principal
 from loyalty.members.schemas import MemberCreate
 from loyalty.members.service import enrol
+from tests.conftest import citus_run
 from tests.support import make_programme, new_key
 
 NAMES = {"en": "Returns", "zh-CN": "免费退货"}
@@ -97,6 +98,8 @@ async def _revocation_waits_for_consumption(wide: AsyncEngine, who: Principal, g
         )
         async with wide.connect() as b:
             await b.begin()
+            if citus_run():  # the lock is waited for on the member's worker
+                await b.execute(text("SET LOCAL citus.propagate_set_commands = 'local'"))
             await b.execute(text("SET LOCAL lock_timeout = '200ms'"))
             with pytest.raises(DBAPIError, match="lock timeout"):
                 await service.revoke(b, who, "m1", grant_id, s.RevokeRequest(reason="fraud"))

@@ -20,6 +20,7 @@ from loyalty.errors import Conflict
 from loyalty.http.principal import Principal
 from loyalty.members.schemas import MemberCreate
 from loyalty.members.service import enrol
+from tests.conftest import citus_run
 from tests.support import make_programme, new_key
 
 NAMES = {"en": "Returns", "zh-CN": "免费退货"}
@@ -95,7 +96,8 @@ async def test_64_concurrent_pooled_uses_of_a_quota_of_k(
         )
     assert row.used + row.reserved == limit
     assert (states.get("committed", 0), states.get("reserved", 0)) == (row.used, row.reserved)
-    assert events == row.used
+    # On Citus the event is written only when an endpoint wants it (there is none here).
+    assert events == (0 if citus_run() else row.used)
 
 
 async def test_one_order_sent_at_once_is_one_use(engine: AsyncEngine, pool: asyncpg.Pool) -> None:

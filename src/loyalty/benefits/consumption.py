@@ -13,15 +13,14 @@ from typing import Any
 import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty import rules
-from loyalty.benefits import core, repository
+from loyalty import distribution, rules
+from loyalty.benefits import core, events, repository
 from loyalty.benefits import schemas as s
 from loyalty.benefits.catalogue import benefit_not_found, load_benefit, utcnow
 from loyalty.benefits.entitlements import member_not_found, parsed_rule
 from loyalty.errors import Conflict, NotFound
 from loyalty.facts.repository import row_to_facts
 from loyalty.http.principal import Principal
-from loyalty.outbox import repository as outbox
 
 
 def _refused(decision: core.Decision, member: str, benefit: str) -> Conflict:
@@ -183,7 +182,7 @@ async def _consumed_event(
     remaining: int | None,
     used: int | None = None,
 ) -> None:
-    await outbox.add(
+    await events.emit(
         conn,
         who.programme_id,
         "benefit.consumed",
@@ -200,20 +199,52 @@ async def _consumed_event(
     )
 
 
+def _no_consumption(code: str, order_reference: str) -> NotFound:
+    return NotFound(
+        "No consumption for this order.",
+        code="consumption_not_found",
+        extra={"benefit": code, "order_reference": order_reference},
+    )
+
+
 async def settle(
-    conn: AsyncConnection, who: Principal, code: str, order_reference: str, *, commit: bool
+    conn: AsyncConnection,
+    who: Principal,
+    code: str,
+    order_reference: str,
+    *,
+    commit: bool,
+    member: str | None = None,
 ) -> s.ConsumptionResult:
     """commit: a reservation becomes a use. release: a reservation is dropped, or a committed
-    use is given back (order cancelled). Both are idempotent."""
+    use is given back (order cancelled). Both are idempotent. ``member`` (the external id the
+    order was used for, optional) finds the consumption among that member's alone: on Citus the
+    whole call then stays on the member's shard."""
     benefit = await load_benefit(conn, who, code)
-    row = await repository.consumption(conn, who.programme_id, benefit.id, order_reference, lock=True)
+    member_id: int | None = None
+    if member is not None:
+        found = await repository.member(conn, who.programme_id, member)
+        if found is None:
+            raise _no_consumption(code, order_reference)
+        member_id = found[0]
+    if distribution.Layout.citus:
+        if member_id is None:
+            # Found on every shard first (Citus locks rows on one shard at a time), then locked.
+            first = await repository.consumption(conn, who.programme_id, benefit.id, order_reference)
+            if first is None:
+                raise _no_consumption(code, order_reference)
+            member_id = int(first["member_id"])
+        await repository.route_to_member(conn, member_id)
+    row = await repository.consumption(
+        conn, who.programme_id, benefit.id, order_reference, lock=True, member_id=member_id
+    )
     if row is None:
-        raise NotFound(
-            "No consumption for this order.",
-            code="consumption_not_found",
-            extra={"benefit": code, "order_reference": order_reference},
-        )
-    external_id = await repository.external_id(conn, who.programme_id, row["member_id"])
+        raise _no_consumption(code, order_reference)
+    external_id = (
+        member
+        if member is not None
+        else await repository.external_id(conn, who.programme_id, row["member_id"])
+    )
     state = row["state"]
     target: s.ConsumptionState = "committed" if commit else "released"
     replayed = state == target
@@ -237,7 +268,7 @@ async def settle(
                 used=delta_used,
                 reserved=delta_reserved,
             )
-        await repository.set_consumption_state(conn, who.programme_id, row["id"], target)
+        await repository.set_consumption_state(conn, who.programme_id, row["member_id"], row["id"], target)
         if commit:
             # The member's limit depends on their sources; the event carries the count instead.
             await _consumed_event(

@@ -10,13 +10,12 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from loyalty.benefits import core, repository
+from loyalty.benefits import core, events, repository
 from loyalty.benefits.audience import who_gets
 from loyalty.benefits.catalogue import to_def, utcnow
 from loyalty.benefits.entitlements import member_id_of, source_ref, sources_of, with_upgrades
 from loyalty.errors import DomainError
 from loyalty.http.principal import Principal
-from loyalty.outbox import repository as outbox
 
 
 async def grant_gifts(conn: AsyncConnection, who: Principal, now: datetime) -> int:
@@ -95,7 +94,7 @@ async def _pay_gift(
         async with conn.begin_nested():
             posted = await ledger.earn(conn, who, request, key)
             if not posted.replayed:
-                await outbox.add(
+                await events.emit(
                     conn,
                     who.programme_id,
                     "benefit.granted",

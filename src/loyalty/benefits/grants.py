@@ -7,13 +7,12 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty import audit
-from loyalty.benefits import core, repository
+from loyalty.benefits import core, events, repository
 from loyalty.benefits import schemas as s
 from loyalty.benefits.catalogue import load_benefit, source_params, utcnow
 from loyalty.benefits.entitlements import member_id_of
 from loyalty.errors import InvalidInput, NotFound
 from loyalty.http.principal import Principal
-from loyalty.outbox import repository as outbox
 
 
 async def grant(conn: AsyncConnection, who: Principal, external_id: str, req: s.GrantCreate) -> s.GrantView:
@@ -35,7 +34,7 @@ async def grant(conn: AsyncConnection, who: Principal, external_id: str, req: s.
             "expires_at": req.expires_at,
         },
     )
-    await outbox.add(
+    await events.emit(
         conn,
         who.programme_id,
         "benefit.granted",

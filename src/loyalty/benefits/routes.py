@@ -26,6 +26,15 @@ CAMPAIGNS = allow("operator", "marketing")
 GRANTS = allow("operator", "crm")
 CHECKOUT = allow(*CHECKOUT_ROLES)
 MARKETING_READ = allow("operator", "marketing", "crm")
+# Commit and release may name the order's member: on Citus the call then stays on their shard.
+_SETTLE_MEMBER = Annotated[
+    str | None,
+    QueryParameter(
+        min_length=1,
+        max_length=128,
+        description="The brand's customer id the order was used for (optional; faster on a cluster).",
+    ),
+]
 
 
 class BenefitController(Controller):
@@ -76,8 +85,9 @@ class BenefitController(Controller):
         who: NamedDependency[Principal],
         code: FromPath[str],
         order_reference: FromPath[str],
+        member_id: _SETTLE_MEMBER = None,
     ) -> s.ConsumptionResult:
-        return await service.settle(tx, who, code, order_reference, commit=True)
+        return await service.settle(tx, who, code, order_reference, commit=True, member=member_id)
 
     @post(
         "/{code:str}/consumptions/{order_reference:str}/release",
@@ -91,9 +101,10 @@ class BenefitController(Controller):
         who: NamedDependency[Principal],
         code: FromPath[str],
         order_reference: FromPath[str],
+        member_id: _SETTLE_MEMBER = None,
     ) -> s.ConsumptionResult:
         """Drop a reservation, or give a committed use back when the order is cancelled."""
-        return await service.settle(tx, who, code, order_reference, commit=False)
+        return await service.settle(tx, who, code, order_reference, commit=False, member=member_id)
 
     @get("/{code:str}/members", dependencies=READ, guards=[MARKETING_READ])
     async def entitled(

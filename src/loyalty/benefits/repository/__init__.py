@@ -50,8 +50,10 @@ from loyalty.benefits.repository.consumption import (
     consume_in,
     consume_pooled,
     consumption,
+    event_wanted,
     move_use,
     release_expired,
+    route_to_member,
     set_consumption_state,
 )
 from loyalty.benefits.repository.grants import (
@@ -131,6 +133,8 @@ __all__ = [
     "release_expired",
     "revoke_grant",
     "set_consumption_state",
+    "event_wanted",
+    "route_to_member",
     "set_tier_benefits",
     "tier_benefit_params",
     "tier_benefits",

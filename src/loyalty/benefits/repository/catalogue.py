@@ -20,10 +20,13 @@ from loyalty.benefits.repository.tables import (
     tier_benefits,
 )
 from loyalty.errors import Conflict
+from loyalty.programmes.repository import bump_config_version
 
 
 async def bump_version(conn: AsyncConnection, programme_id: int) -> None:
-    """Every catalogue write calls this in its transaction: checkout caches reload on it."""
+    """Every catalogue write calls this in its transaction: checkout caches reload on it, and
+    the programme's config_version moves (on Citus the benefits table carries no trigger)."""
+    await bump_config_version(conn, programme_id)
     await conn.execute(
         text(
             "INSERT INTO benefit_catalogue_versions (programme_id) VALUES (:p) "

@@ -7,6 +7,8 @@ from datetime import date, datetime
 
 import asyncpg
 
+from loyalty import distribution
+
 # $1 programme, $2 member external id, $3 benefit id, $4 now, $5 the quota period's start (or
 # null), $6 the ids of the upgrade benefits that could bring $3 and $7 the tiers that include
 # one of them (both from the cached catalogue; empty when no upgrade can bring $3, which skips
@@ -76,6 +78,16 @@ SELECT m.id AS member_id, m.status,
 """
 
 
+# On Citus ($8 the member's key, docs/scaling.md): the same statement with every member-scoped
+# table filtered by the member's key itself, so that the whole check is one router query on the
+# member's shard; the catalogue, campaigns, segments and ladders are reference tables there.
+CHECK_SQL_CITUS = CHECK_SQL.replace("member_id = m.id", "member_id = $8").replace(
+    "WHERE m.programme_id = $1 AND m.external_id = $2",
+    "WHERE m.programme_id = $1 AND m.external_id = $2 AND m.id = $8",
+)
+assert CHECK_SQL_CITUS.count("$8") == 6
+
+
 async def check_row(
     conn: asyncpg.Connection,
     programme_id: int,
@@ -86,13 +98,7 @@ async def check_row(
     upgrade_ids: Sequence[int] = (),
     upgrade_tiers: Sequence[str] = (),
 ) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        CHECK_SQL,
-        programme_id,
-        external_id,
-        benefit_id,
-        now,
-        period_start,
-        list(upgrade_ids),
-        list(upgrade_tiers),
-    )
+    args = (programme_id, external_id, benefit_id, now, period_start, list(upgrade_ids), list(upgrade_tiers))
+    if distribution.Layout.citus:
+        return await conn.fetchrow(CHECK_SQL_CITUS, *args, distribution.member_key(programme_id, external_id))
+    return await conn.fetchrow(CHECK_SQL, *args)

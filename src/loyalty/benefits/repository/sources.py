@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import or_, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty import distribution
 from loyalty.benefits.repository.tables import (
     grants,
     member_tiers,
@@ -20,13 +21,13 @@ from loyalty.benefits.repository.tables import (
 
 
 async def member(conn: AsyncConnection, programme_id: int, external_id: str) -> tuple[int, str] | None:
-    row = (
-        await conn.execute(
-            select(members.c.id, members.c.status).where(
-                members.c.programme_id == programme_id, members.c.external_id == external_id
-            )
-        )
-    ).first()
+    stmt = select(members.c.id, members.c.status).where(
+        members.c.programme_id == programme_id, members.c.external_id == external_id
+    )
+    if distribution.Layout.citus:
+        # The id is a function of the external id there: the read names the member's shard.
+        stmt = stmt.where(members.c.id == distribution.member_key(programme_id, external_id))
+    row = (await conn.execute(stmt)).first()
     return (int(row[0]), str(row[1])) if row else None
 
 

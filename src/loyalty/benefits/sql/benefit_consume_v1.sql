@@ -23,6 +23,15 @@
 --   {"outcome": "error", "code"}   benefit_not_found | member_not_found | member_not_active
 --                                  | order_reference_reused
 --   {"outcome": "segments", "campaigns": [{code, rule, stamp}], "facts": {...}}
+--
+-- On Citus (docs/scaling.md) the call is delegated by p_member_key, the member's
+-- loyalty_member_key (computed here when the caller did not give it), and every statement names
+-- the member's shard: the member, their tier, grants, usage and consumptions sit there, and the
+-- catalogue (benefits, tier_benefits, campaigns, segments, ladders) is replicated to every node.
+-- An order reference is unique per member there: one reused for another member is not seen.
+
+-- benefit_consume gained p_member_key.
+DROP FUNCTION IF EXISTS benefit_consume(bigint, text, text, text, text, boolean, timestamptz, timestamptz, text, text);
 
 CREATE OR REPLACE FUNCTION benefit_utc_text(p_at timestamptz) RETURNS text
 LANGUAGE sql STABLE AS $$
@@ -46,7 +55,8 @@ CREATE OR REPLACE FUNCTION benefit_consume(
     p_expires_at timestamptz,
     p_now timestamptz,
     p_tz text,
-    p_segments text
+    p_segments text,
+    p_member_key bigint DEFAULT NULL
 ) RETURNS text LANGUAGE plpgsql AS $$
 DECLARE
     b benefits%ROWTYPE;
@@ -71,19 +81,26 @@ DECLARE
     v_taken int;
     v_remaining int;
 BEGIN
+--citus: p_member_key := coalesce(p_member_key, loyalty_member_key(p_programme, p_member));
+--citus: -- Rows written with DEFAULT ledger_owner() belong to the member too.
+--citus: PERFORM set_config('loyalty.owner', p_member_key::text, true);
     SELECT * INTO b FROM benefits WHERE programme_id = p_programme AND code = p_code;
     IF NOT FOUND THEN
         RETURN jsonb_build_object('outcome', 'error', 'code', 'benefit_not_found')::text;
     END IF;
     SELECT id, status INTO v_member, v_status
-      FROM members WHERE programme_id = p_programme AND external_id = p_member;
+      FROM members WHERE programme_id = p_programme AND external_id = p_member
+--citus:   AND id = p_member_key
+    ;
     IF NOT FOUND THEN
         RETURN jsonb_build_object('outcome', 'error', 'code', 'member_not_found')::text;
     END IF;
 
     -- A known order answers as it was first answered, before any other check.
     SELECT member_id, state, period_start, expires_at INTO v_prior FROM benefit_consumptions
-     WHERE programme_id = p_programme AND benefit_id = b.id AND order_reference = p_order;
+     WHERE programme_id = p_programme AND benefit_id = b.id AND order_reference = p_order
+--citus:   AND member_id = v_member
+    ;
     IF FOUND THEN
         RETURN benefit_consume_replay(v_prior.member_id, v_member, v_prior.state, v_prior.period_start,
                                       v_prior.expires_at);
@@ -229,12 +246,15 @@ BEGIN
     VALUES (p_programme, b.id, v_member, p_order, v_period,
             CASE WHEN p_reserve THEN 'reserved' ELSE 'committed' END,
             p_expires_at)
-    ON CONFLICT (programme_id, benefit_id, order_reference) DO NOTHING
+    ON CONFLICT (programme_id, benefit_id, order_reference) DO NOTHING --@plain
+--citus: ON CONFLICT (programme_id, benefit_id, order_reference, member_id) DO NOTHING
     RETURNING id INTO v_claim;
     IF v_claim IS NULL THEN
         -- A twin of this order committed while this one waited on the unique index.
         SELECT member_id, state, period_start, expires_at INTO v_prior FROM benefit_consumptions
-         WHERE programme_id = p_programme AND benefit_id = b.id AND order_reference = p_order;
+         WHERE programme_id = p_programme AND benefit_id = b.id AND order_reference = p_order
+--citus:       AND member_id = v_member
+        ;
         RETURN benefit_consume_replay(v_prior.member_id, v_member, v_prior.state, v_prior.period_start,
                                       v_prior.expires_at);
     END IF;
@@ -255,13 +275,21 @@ BEGIN
         END IF;
         IF v_taken IS NULL THEN
             -- Exhausted: the claim goes too, so a retry of this order is decided afresh.
-            DELETE FROM benefit_consumptions WHERE programme_id = p_programme AND id = v_claim;
+            DELETE FROM benefit_consumptions WHERE programme_id = p_programme AND id = v_claim
+--citus:       AND member_id = v_member
+            ;
             RETURN jsonb_build_object('outcome', 'refused', 'reason', 'quota_exhausted', 'remaining', 0)::text;
         END IF;
         v_remaining := greatest(v_limit - v_taken, 0);
     END IF;
 
-    IF NOT p_reserve THEN
+    -- On Citus the event is written only when an active endpoint of the programme wants it (as
+    -- the ledger's are), so that a consume without endpoints writes on the member's shard alone.
+    IF NOT p_reserve
+--citus:    AND EXISTS (SELECT 1 FROM webhook_endpoints ep
+--citus:                 WHERE ep.programme_id = p_programme AND ep.active
+--citus:                   AND ('benefit.consumed' = ANY (ep.event_types) OR '*' = ANY (ep.event_types)))
+    THEN
         INSERT INTO domain_events (programme_id, type, subject, payload)
         VALUES (p_programme, 'benefit.consumed', 'member:' || p_member,
                 jsonb_build_object('member_id', p_member, 'benefit', b.code, 'order_reference', p_order,
@@ -287,3 +315,5 @@ CREATE OR REPLACE FUNCTION benefit_consume_replay(
                                         'expires_at', benefit_utc_text(p_expires_at))
            END::text
 $$;
+
+--citus: SELECT create_distributed_function('benefit_consume(bigint, text, text, text, text, boolean, timestamptz, timestamptz, text, text, bigint)', 'p_member_key', colocate_with := 'members');
