@@ -11,6 +11,7 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty.distribution import Layout, member_key
 from loyalty.idempotency import Posted
 from loyalty.ledger.group_commit import EVENT_WRITE, GroupCommitter, Refused
 from loyalty.tiers.repository import TIER_COLUMNS
@@ -167,6 +168,18 @@ async def begin_event(
 
     ``order_at`` notes an order's time on the facts; ``spend`` (None: no activity day) is added
     to the day's figures with ``orders``."""
+    if Layout.citus:
+        return await _begin_event_routed(
+            conn,
+            programme_id,
+            external_id,
+            event,
+            payload,
+            order_at=order_at,
+            day=day,
+            orders=orders,
+            spend=spend,
+        )
     row = (
         await conn.execute(
             _BEGIN_EVENT,
@@ -184,6 +197,71 @@ async def begin_event(
         )
     ).one()
     return row[0], row[1], row[2]
+
+
+# begin_event's statements on Citus, each filtered by the member's key (a writable CTE whose
+# INSERT ... SELECT reads a distributed table is not a router query there).
+_BEGIN_MEMBER = text("SELECT id FROM members WHERE programme_id = :p AND external_id = :external AND id = :m")
+_BEGIN_ROW = text(
+    """
+    INSERT INTO member_events (programme_id, member_id, event_id, type, occurred_at, order_ref, amount,
+                               currency, channel, payload)
+    VALUES (:p, :m, :event_id, :type, :occurred_at, :order_ref, :amount, :currency, :channel,
+            CAST(:payload AS jsonb))
+    ON CONFLICT (programme_id, event_id, member_id) DO NOTHING
+    RETURNING id
+    """
+)
+_BEGIN_FACTS = text(
+    """
+    INSERT INTO member_facts AS mf (programme_id, member_id, first_order_at, last_order_at)
+    VALUES (:p, :m, CAST(:order_at AS timestamptz), CAST(:order_at AS timestamptz))
+    ON CONFLICT (programme_id, member_id) DO UPDATE SET
+        first_order_at = least(mf.first_order_at, excluded.first_order_at),
+        last_order_at = greatest(mf.last_order_at, excluded.last_order_at)
+    """
+)
+_BEGIN_DAY = text(
+    """
+    INSERT INTO member_activity_days AS d (programme_id, member_id, day, orders, spend, qualifying_points)
+    VALUES (:p, :m, :day, :orders, :spend, 0)
+    ON CONFLICT (programme_id, member_id, day) DO UPDATE SET
+        orders = d.orders + excluded.orders, spend = d.spend + excluded.spend
+    """
+)
+
+
+async def _begin_event_routed(
+    conn: AsyncConnection,
+    programme_id: int,
+    external_id: str,
+    event: dict[str, Any],
+    payload: dict[str, Any],
+    *,
+    order_at: datetime | None,
+    day: date,
+    orders: int,
+    spend: int | None,
+) -> tuple[int, int | None, int | None]:
+    """begin_event on Citus: the same writes in the same order, on the member's shard."""
+    key = member_key(programme_id, external_id)
+    version = int(
+        (
+            await conn.execute(
+                text("SELECT config_version FROM programmes WHERE id = :p"), {"p": programme_id}
+            )
+        ).scalar_one()
+    )
+    params = {"p": programme_id, "external": external_id, "m": key}
+    if (await conn.execute(_BEGIN_MEMBER, params)).scalar() is None:
+        return version, None, None
+    row_id = (await conn.execute(_BEGIN_ROW, {**params, **event, "payload": _json(payload)})).scalar()
+    if row_id is None:
+        return version, key, None
+    await conn.execute(_BEGIN_FACTS, {**params, "order_at": order_at})
+    if spend is not None:
+        await conn.execute(_BEGIN_DAY, {**params, "day": day, "orders": orders, "spend": spend})
+    return version, key, int(row_id)
 
 
 async def stored_event(conn: AsyncConnection, programme_id: int, event_id: str) -> dict[str, Any] | None:
@@ -456,7 +534,8 @@ _REFRESH_SQL = """
         last_order_at = CASE WHEN :rebuild THEN excluded.last_order_at ELSE mf.last_order_at END,
         recency_score = excluded.recency_score,
         frequency_score = excluded.frequency_score, monetary_score = excluded.monetary_score,
-        lifecycle = excluded.lifecycle, window_start = excluded.window_start, updated_at = now()
+        -- excluded.updated_at is now() (Citus takes no function call in DO UPDATE SET).
+        lifecycle = excluded.lifecycle, window_start = excluded.window_start, updated_at = excluded.updated_at
     """
 # Two statements rather than one "(:m IS NULL OR m.id = :m)": one member's refresh, after every
 # event, must keep its plan on the primary key instead of a generic plan over the programme.
@@ -851,7 +930,7 @@ _READ_REFRESH = (
     )
 )
 assert _READ_REFRESH.count(":order_at") == 2
-_READ_FOR_EVENT, _READ_NAMES = _positional(
+_READ_SQL = (
     _READ_REFRESH
     + f", v({_refresh_columns}) AS ({_refresh_select})"
     + """
@@ -882,6 +961,37 @@ _READ_FOR_EVENT, _READ_NAMES = _positional(
     WHERE p.id = :p
     """
 )
+_READ_FOR_EVENT, _READ_NAMES = _positional(_READ_SQL)
+
+
+def _citus_read(sql: str) -> str:
+    """The read's Citus form: every member-scoped table filtered by the member's key (its
+    distribution column there), so that the whole read goes to the member's shard."""
+    for plain, routed, count in (
+        ("AND m.external_id = :external", "AND m.external_id = :external AND m.id = :key", 1),
+        ("member_id IN (SELECT member_id FROM m)", "member_id = :key", 1),
+        (
+            "WHERE CAST(:rebuild AS boolean) AND e.programme_id = :p",
+            "WHERE CAST(:rebuild AS boolean) AND e.programme_id = :p AND e.member_id = :key",
+            2,
+        ),
+        (
+            "old.programme_id = :p AND old.member_id = m.member_id",
+            "old.programme_id = :p AND old.member_id = m.member_id AND old.member_id = :key",
+            1,
+        ),
+        ("mm.external_id = :external", "mm.external_id = :external AND mm.id = :key", 1),
+        ("ev.event_id = :event_id", "ev.event_id = :event_id AND ev.member_id = :key", 1),
+        ("old.member_id = mm.id", "old.member_id = mm.id AND old.member_id = :key", 1),
+        ("tl.member_id = mm.id", "tl.member_id = mm.id AND tl.member_id = :key", 1),
+        ("u.member_id = mm.id", "u.member_id = mm.id AND u.member_id = :key", 1),
+    ):
+        assert sql.count(plain) == count, plain
+        sql = sql.replace(plain, routed)
+    return sql
+
+
+_READ_FOR_EVENT_CITUS, _READ_NAMES_CITUS = _positional(_citus_read(_READ_SQL))
 
 
 async def read_for_event(
@@ -916,7 +1026,11 @@ async def read_for_event(
         "u_periods": [u[1] for u in usage],
         "u_starts": [u[2] for u in usage],
     }
-    row = await conn.fetchrow(_READ_FOR_EVENT, *(values[name] for name in _READ_NAMES))
+    sql, names = _READ_FOR_EVENT, _READ_NAMES
+    if Layout.citus:
+        values["key"] = member_key(programme_id, external_id)
+        sql, names = _READ_FOR_EVENT_CITUS, _READ_NAMES_CITUS
+    row = await conn.fetchrow(sql, *(values[name] for name in names))
     assert row is not None  # the caller's programme exists
     return row
 
