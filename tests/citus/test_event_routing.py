@@ -15,8 +15,8 @@ from loyalty.activity import recording
 from loyalty.distribution import member_key
 from loyalty.ledger.verify import verify
 from tests.api.helpers import Api
-from tests.api.test_events import event, order, setup
 from tests.api.test_event_round_trips import statements
+from tests.api.test_events import event, order, setup
 from tests.api.test_tiers import published
 from tests.citus.routing import FannedOut, single_shard_only
 from tests.support import make_programme

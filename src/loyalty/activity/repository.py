@@ -55,7 +55,7 @@ async def put_settings(conn: AsyncConnection, programme_id: int, values: dict[st
             ON CONFLICT (programme_id) DO UPDATE SET
                 window_kind = excluded.window_kind, window_months = excluded.window_months,
                 rfm = excluded.rfm, lifecycle = excluded.lifecycle,
-                custom_event_types = excluded.custom_event_types, updated_at = now()
+                custom_event_types = excluded.custom_event_types, updated_at = excluded.updated_at
             """
         ),
         {
@@ -416,7 +416,7 @@ async def add_points_and_activity(
             VALUES (:p, :m, greatest(:l, 0), greatest(:wq, 0))
             ON CONFLICT (programme_id, member_id) DO UPDATE SET
                 lifetime_points = member_facts.lifetime_points + :l,
-                qualifying_points = member_facts.qualifying_points + :wq, updated_at = now()
+                qualifying_points = member_facts.qualifying_points + :wq, updated_at = excluded.updated_at
             """
         ),
         {
@@ -503,7 +503,7 @@ _REFRESH_SQL = """
         programme_id, member_id, qualifying_points, spend, orders, lifetime_points, lifetime_spend,
         lifetime_orders, first_order_at, last_order_at, recency_score, frequency_score, monetary_score,
         lifecycle, window_start, updated_at)
-    SELECT :p, g.member_id, g.qualifying, g.spend, g.orders, g.lifetime_points, g.lifetime_spend,
+    SELECT CAST(:p AS bigint), g.member_id, g.qualifying, g.spend, g.orders, g.lifetime_points, g.lifetime_spend,
            g.lifetime_orders, g.first_order_at, g.last_order_at,
            CASE WHEN s.rfm ? 'recency_days' THEN
                CASE WHEN g.recency_days IS NULL THEN 1
@@ -539,8 +539,16 @@ _REFRESH_SQL = """
     """
 # Two statements rather than one "(:m IS NULL OR m.id = :m)": one member's refresh, after every
 # event, must keep its plan on the primary key instead of a generic plan over the programme.
-_REFRESH_ALL = text(_REFRESH_SQL.replace("{member_filter}", ""))
-_REFRESH_ONE = text(_REFRESH_SQL.replace("{member_filter}", "AND m.id = :m"))
+# Both type their parameters: Citus plans an INSERT ... SELECT's parts one by one.
+
+
+def _typed(sql: str) -> str:
+    sql = re.sub(r":p\b", "CAST(:p AS bigint)", sql)
+    return sql.replace("WHEN :rebuild THEN", "WHEN CAST(:rebuild AS boolean) THEN")
+
+
+_REFRESH_ALL = text(_typed(_REFRESH_SQL.replace("{member_filter}", "")))
+_REFRESH_ONE = text(_typed(_REFRESH_SQL.replace("{member_filter}", "AND m.id = :m")))
 
 
 _REFRESH_HEAD, _REFRESH_TAIL = _REFRESH_ONE.text.split("INSERT INTO member_facts AS mf", 1)
@@ -700,9 +708,34 @@ async def tags(conn: AsyncConnection, programme_id: int, member_id: int) -> list
     return list(found or [])
 
 
+# A member's tags on Citus, where an upsert's DO UPDATE may hold no subquery: the row is made
+# if need be and taken, the new set computed (in SQL, so that it sorts as the upsert does), then
+# stored.
+_TAGS_ROW = text(
+    "INSERT INTO member_facts (programme_id, member_id) VALUES (:p, :m) ON CONFLICT (programme_id, member_id) "
+    "DO NOTHING"
+)
+_TAGS_HELD = text("SELECT tags FROM member_facts WHERE programme_id = :p AND member_id = :m FOR UPDATE")
+_TAGS_NEW = text(
+    "SELECT ARRAY(SELECT DISTINCT x FROM unnest(CAST(:old AS text[]) || CAST(:add AS text[])) x "
+    "WHERE x <> ALL (CAST(:rm AS text[])) ORDER BY x)"
+)
+_TAGS_STORE = text(
+    "UPDATE member_facts SET tags = CAST(:tags AS text[]), updated_at = now() "
+    "WHERE programme_id = :p AND member_id = :m"
+)
+
+
 async def update_tags(
     conn: AsyncConnection, programme_id: int, member_id: int, add: list[str], remove: list[str]
 ) -> list[str]:
+    if Layout.citus:
+        params = {"p": programme_id, "m": member_id}
+        await conn.execute(_TAGS_ROW, params)
+        old = (await conn.execute(_TAGS_HELD, params)).scalar_one()
+        tags = list((await conn.execute(_TAGS_NEW, {"old": old, "add": add, "rm": remove})).scalar_one())
+        await conn.execute(_TAGS_STORE, {**params, "tags": tags})
+        return tags
     return list(
         (
             await conn.execute(

@@ -293,7 +293,8 @@ async def save_member_tier(conn: AsyncConnection, programme_id: int, member_id: 
     await conn.execute(
         stmt.on_conflict_do_update(
             index_elements=[tiers.c.programme_id, tiers.c.member_id],
-            set_={**values, "updated_at": func.now()},
+            # The insert's own updated_at (its default, now()): Citus takes no function call here.
+            set_={**values, "updated_at": stmt.excluded.updated_at},
         )
     )
 

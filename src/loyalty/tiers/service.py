@@ -18,6 +18,7 @@ from loyalty.http.principal import Principal
 from loyalty.ledger import schemas as ledger_schemas
 from loyalty.ledger import service as ledger
 from loyalty.outbox import repository as outbox
+from loyalty.programmes import repository as programmes
 from loyalty.rules.facts import Facts
 from loyalty.tiers import core, repository
 from loyalty.tiers import schemas as s
@@ -125,6 +126,8 @@ async def _view(conn: AsyncConnection, programme_id: int, row: dict[str, Any]) -
 
 async def create_version(conn: AsyncConnection, who: Principal, req: s.LadderCreate) -> s.VersionView:
     row = await repository.create_version(conn, who.programme_id, _definition(req), req.note, who.actor)
+    # The config tables carry no config_version trigger on Citus (docs/scaling.md).
+    await programmes.bump_config_version(conn, who.programme_id)
     view = await _view(conn, who.programme_id, row)
     await audit.record(
         conn, who, action="tier_ladder.draft", entity="tier_ladder", entity_id=view.version, after=view
@@ -211,6 +214,7 @@ async def update_draft(
     before = await _view(conn, who.programme_id, row)
     updated = await repository.update_draft(conn, who.programme_id, version, _definition(req), req.note)
     assert updated is not None  # locked above as a draft
+    await programmes.bump_config_version(conn, who.programme_id)
     view = await _view(conn, who.programme_id, updated)
     await audit.record(
         conn,
@@ -239,6 +243,7 @@ async def publish(
     if latest is not None and effective_at < latest:
         raise InvalidInput("effective_at", f"must not be before the current ladder's ({latest.isoformat()})")
     await repository.publish(conn, who.programme_id, version, effective_at, now)
+    await programmes.bump_config_version(conn, who.programme_id)
     view = await _view(conn, who.programme_id, await _version_row(conn, who, version))
     before = await _view(conn, who.programme_id, row)
     await audit.record(
