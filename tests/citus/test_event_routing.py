@@ -98,3 +98,16 @@ async def test_the_proof_fails_when_the_event_takes_the_transactional_way(
         async with single_shard_only(database_url):
             promoted = await event(api, order("m1", 150_000))
     assert promoted["tier"]["to_tier"] == "silver"  # the event itself went through
+
+
+async def test_a_changed_rule_or_ladder_is_seen_by_the_next_event(api: Api) -> None:
+    """The config tables carry no config_version trigger on Citus: their writers move it, or
+    the event path would keep planning on the configuration it cached."""
+    await setup(api)  # 1 point per 100
+    assert (await event(api, order("m1", 10_000)))["points"] == 100
+    assert (await event(api, order("m1", 10_000)))["points"] == 100  # now from the cache
+    await api.patch("/v1/earning-rules/base-earn", {"formula": {"kind": "per_unit", "points": 3, "per": 100}})
+    assert (await event(api, order("m1", 10_000)))["points"] == 300
+    await published(api)  # silver from 1,000 qualifying points (the member has 500)
+    promoted = await event(api, order("m1", 20_000))
+    assert promoted["points"] == 600 and promoted["tier"]["to_tier"] == "silver"
