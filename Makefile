@@ -64,7 +64,7 @@ CITUS_DATA_DIR := .loyalty/test/citus
 CITUS_SUITES ?= tests/citus tests/api/test_budgets.py tests/api/test_keys.py tests/api/test_security.py \
 	tests/api/test_docs_offline.py tests/api/test_segments.py tests/api/test_tracing.py \
 	tests/integration/test_benefit_period_sql.py tests/api/test_earning_rules.py \
-	tests/api/test_event_round_trips.py tests/api/test_tier_reassess_api.py
+	tests/api/test_event_round_trips.py tests/api/test_tier_reassess_api.py tests/api/test_facts_agree.py
 # The rebalance tests start a cluster of their own (four more servers on 2 cores): alone, first.
 REBALANCE_TESTS := tests/citus/test_rebalance.py
 CITUS_ALL_SUITES := tests/citus tests/api tests/integration/test_ledger_model.py \

@@ -675,7 +675,18 @@ async def refresh_facts(
 ) -> int:
     """Recompute window figures, RFM and lifecycle; returns how many members were refreshed."""
     params: dict[str, Any] = {"p": programme_id, "now": now, "rebuild": rebuild}
-    if member_id is None:
+    if Layout.citus:
+        # Citus plans this INSERT ... SELECT's parts on their own and loses the parameters'
+        # types there: the values go in as typed literals (ints, an ISO time, a boolean).
+        statement = _REFRESH_ALL if member_id is None else _REFRESH_ONE
+        sql = (
+            statement.text.replace("CAST(:p AS bigint)", f"CAST({int(programme_id)} AS bigint)")
+            .replace("CAST(:now AS timestamptz)", f"CAST('{now.isoformat()}' AS timestamptz)")
+            .replace("CAST(:rebuild AS boolean)", "true" if rebuild else "false")
+            .replace("m.id = :m", f"m.id = {int(member_id or 0)}")
+        )
+        result = await conn.execute(text(sql))
+    elif member_id is None:
         result = await conn.execute(_REFRESH_ALL, params)
     else:
         result = await conn.execute(_REFRESH_ONE, {**params, "m": member_id})
