@@ -68,6 +68,8 @@ CITUS_SUITES ?= tests/citus tests/api/test_budgets.py tests/api/test_keys.py tes
 	tests/api/test_benefit_upgrades.py tests/api/test_consume_agrees_with_check.py \
 	tests/integration/test_benefit_consume_pooled.py tests/integration/test_benefit_concurrency.py \
 	tests/integration/test_benefit_quota_model.py \
+	tests/api/test_earning_rules.py tests/api/test_event_round_trips.py tests/api/test_tier_reassess_api.py \
+	tests/api/test_facts_agree.py \
 	$(CITUS_GROUP_COMMIT_TESTS)
 # Benefit files not yet whole on Citus: test_benefit_consume.py and test_benefits.py (one test
 # each expects an outbox row with no endpoint, which Citus does not write), test_benefit_events.py

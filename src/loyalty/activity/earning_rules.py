@@ -13,6 +13,7 @@ from loyalty.activity import core, repository
 from loyalty.activity import schemas as s
 from loyalty.errors import Conflict, InvalidInput, NotFound
 from loyalty.http.principal import Principal
+from loyalty.programmes import repository as programmes
 from loyalty.rules import parse_rule
 
 
@@ -54,6 +55,8 @@ async def create_rule(conn: AsyncConnection, who: Principal, req: s.EarningRuleI
         raise Conflict(
             "An earning rule with this code exists.", code="earning_rule_exists", extra={"rule": req.code}
         )
+    # The config tables carry no config_version trigger on Citus (docs/scaling.md).
+    await programmes.bump_config_version(conn, who.programme_id)
     view = _rule_view(row)
     await audit.record(
         conn, who, action="earning_rule.create", entity="earning_rule", entity_id=req.code, after=view
@@ -83,6 +86,7 @@ async def update_rule(
     await check_rule(conn, who, values)
     row = await repository.update_rule(conn, who.programme_id, values)
     assert row is not None
+    await programmes.bump_config_version(conn, who.programme_id)
     view = _rule_view(row)
     before = _rule_view(current)
     await audit.record(

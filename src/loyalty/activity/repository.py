@@ -11,6 +11,7 @@ import msgspec
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from loyalty.distribution import Layout, member_key
 from loyalty.idempotency import Posted
 from loyalty.ledger.group_commit import EVENT_WRITE, GroupCommitter, Refused
 from loyalty.tiers.repository import TIER_COLUMNS
@@ -54,7 +55,7 @@ async def put_settings(conn: AsyncConnection, programme_id: int, values: dict[st
             ON CONFLICT (programme_id) DO UPDATE SET
                 window_kind = excluded.window_kind, window_months = excluded.window_months,
                 rfm = excluded.rfm, lifecycle = excluded.lifecycle,
-                custom_event_types = excluded.custom_event_types, updated_at = now()
+                custom_event_types = excluded.custom_event_types, updated_at = excluded.updated_at
             """
         ),
         {
@@ -167,6 +168,18 @@ async def begin_event(
 
     ``order_at`` notes an order's time on the facts; ``spend`` (None: no activity day) is added
     to the day's figures with ``orders``."""
+    if Layout.citus:
+        return await _begin_event_routed(
+            conn,
+            programme_id,
+            external_id,
+            event,
+            payload,
+            order_at=order_at,
+            day=day,
+            orders=orders,
+            spend=spend,
+        )
     row = (
         await conn.execute(
             _BEGIN_EVENT,
@@ -184,6 +197,71 @@ async def begin_event(
         )
     ).one()
     return row[0], row[1], row[2]
+
+
+# begin_event's statements on Citus, each filtered by the member's key (a writable CTE whose
+# INSERT ... SELECT reads a distributed table is not a router query there).
+_BEGIN_MEMBER = text("SELECT id FROM members WHERE programme_id = :p AND external_id = :external AND id = :m")
+_BEGIN_ROW = text(
+    """
+    INSERT INTO member_events (programme_id, member_id, event_id, type, occurred_at, order_ref, amount,
+                               currency, channel, payload)
+    VALUES (:p, :m, :event_id, :type, :occurred_at, :order_ref, :amount, :currency, :channel,
+            CAST(:payload AS jsonb))
+    ON CONFLICT (programme_id, event_id, member_id) DO NOTHING
+    RETURNING id
+    """
+)
+_BEGIN_FACTS = text(
+    """
+    INSERT INTO member_facts AS mf (programme_id, member_id, first_order_at, last_order_at)
+    VALUES (:p, :m, CAST(:order_at AS timestamptz), CAST(:order_at AS timestamptz))
+    ON CONFLICT (programme_id, member_id) DO UPDATE SET
+        first_order_at = least(mf.first_order_at, excluded.first_order_at),
+        last_order_at = greatest(mf.last_order_at, excluded.last_order_at)
+    """
+)
+_BEGIN_DAY = text(
+    """
+    INSERT INTO member_activity_days AS d (programme_id, member_id, day, orders, spend, qualifying_points)
+    VALUES (:p, :m, :day, :orders, :spend, 0)
+    ON CONFLICT (programme_id, member_id, day) DO UPDATE SET
+        orders = d.orders + excluded.orders, spend = d.spend + excluded.spend
+    """
+)
+
+
+async def _begin_event_routed(
+    conn: AsyncConnection,
+    programme_id: int,
+    external_id: str,
+    event: dict[str, Any],
+    payload: dict[str, Any],
+    *,
+    order_at: datetime | None,
+    day: date,
+    orders: int,
+    spend: int | None,
+) -> tuple[int, int | None, int | None]:
+    """begin_event on Citus: the same writes in the same order, on the member's shard."""
+    key = member_key(programme_id, external_id)
+    version = int(
+        (
+            await conn.execute(
+                text("SELECT config_version FROM programmes WHERE id = :p"), {"p": programme_id}
+            )
+        ).scalar_one()
+    )
+    params = {"p": programme_id, "external": external_id, "m": key}
+    if (await conn.execute(_BEGIN_MEMBER, params)).scalar() is None:
+        return version, None, None
+    row_id = (await conn.execute(_BEGIN_ROW, {**params, **event, "payload": _json(payload)})).scalar()
+    if row_id is None:
+        return version, key, None
+    await conn.execute(_BEGIN_FACTS, {**params, "order_at": order_at})
+    if spend is not None:
+        await conn.execute(_BEGIN_DAY, {**params, "day": day, "orders": orders, "spend": spend})
+    return version, key, int(row_id)
 
 
 async def stored_event(conn: AsyncConnection, programme_id: int, event_id: str) -> dict[str, Any] | None:
@@ -338,7 +416,7 @@ async def add_points_and_activity(
             VALUES (:p, :m, greatest(:l, 0), greatest(:wq, 0))
             ON CONFLICT (programme_id, member_id) DO UPDATE SET
                 lifetime_points = member_facts.lifetime_points + :l,
-                qualifying_points = member_facts.qualifying_points + :wq, updated_at = now()
+                qualifying_points = member_facts.qualifying_points + :wq, updated_at = excluded.updated_at
             """
         ),
         {
@@ -425,7 +503,7 @@ _REFRESH_SQL = """
         programme_id, member_id, qualifying_points, spend, orders, lifetime_points, lifetime_spend,
         lifetime_orders, first_order_at, last_order_at, recency_score, frequency_score, monetary_score,
         lifecycle, window_start, updated_at)
-    SELECT :p, g.member_id, g.qualifying, g.spend, g.orders, g.lifetime_points, g.lifetime_spend,
+    SELECT CAST(:p AS bigint), g.member_id, g.qualifying, g.spend, g.orders, g.lifetime_points, g.lifetime_spend,
            g.lifetime_orders, g.first_order_at, g.last_order_at,
            CASE WHEN s.rfm ? 'recency_days' THEN
                CASE WHEN g.recency_days IS NULL THEN 1
@@ -456,12 +534,21 @@ _REFRESH_SQL = """
         last_order_at = CASE WHEN :rebuild THEN excluded.last_order_at ELSE mf.last_order_at END,
         recency_score = excluded.recency_score,
         frequency_score = excluded.frequency_score, monetary_score = excluded.monetary_score,
-        lifecycle = excluded.lifecycle, window_start = excluded.window_start, updated_at = now()
+        -- excluded.updated_at is now() (Citus takes no function call in DO UPDATE SET).
+        lifecycle = excluded.lifecycle, window_start = excluded.window_start, updated_at = excluded.updated_at
     """
 # Two statements rather than one "(:m IS NULL OR m.id = :m)": one member's refresh, after every
 # event, must keep its plan on the primary key instead of a generic plan over the programme.
-_REFRESH_ALL = text(_REFRESH_SQL.replace("{member_filter}", ""))
-_REFRESH_ONE = text(_REFRESH_SQL.replace("{member_filter}", "AND m.id = :m"))
+# Both type their parameters: Citus plans an INSERT ... SELECT's parts one by one.
+
+
+def _typed(sql: str) -> str:
+    sql = re.sub(r":p\b", "CAST(:p AS bigint)", sql)
+    return sql.replace("WHEN :rebuild THEN", "WHEN CAST(:rebuild AS boolean) THEN")
+
+
+_REFRESH_ALL = text(_typed(_REFRESH_SQL.replace("{member_filter}", "")))
+_REFRESH_ONE = text(_typed(_REFRESH_SQL.replace("{member_filter}", "AND m.id = :m")))
 
 
 _REFRESH_HEAD, _REFRESH_TAIL = _REFRESH_ONE.text.split("INSERT INTO member_facts AS mf", 1)
@@ -588,7 +675,18 @@ async def refresh_facts(
 ) -> int:
     """Recompute window figures, RFM and lifecycle; returns how many members were refreshed."""
     params: dict[str, Any] = {"p": programme_id, "now": now, "rebuild": rebuild}
-    if member_id is None:
+    if Layout.citus:
+        # Citus plans this INSERT ... SELECT's parts on their own and loses the parameters'
+        # types there: the values go in as typed literals (ints, an ISO time, a boolean).
+        statement = _REFRESH_ALL if member_id is None else _REFRESH_ONE
+        sql = (
+            statement.text.replace("CAST(:p AS bigint)", f"CAST({int(programme_id)} AS bigint)")
+            .replace("CAST(:now AS timestamptz)", f"CAST('{now.isoformat()}' AS timestamptz)")
+            .replace("CAST(:rebuild AS boolean)", "true" if rebuild else "false")
+            .replace("m.id = :m", f"m.id = {int(member_id or 0)}")
+        )
+        result = await conn.execute(text(sql))
+    elif member_id is None:
         result = await conn.execute(_REFRESH_ALL, params)
     else:
         result = await conn.execute(_REFRESH_ONE, {**params, "m": member_id})
@@ -621,9 +719,34 @@ async def tags(conn: AsyncConnection, programme_id: int, member_id: int) -> list
     return list(found or [])
 
 
+# A member's tags on Citus, where an upsert's DO UPDATE may hold no subquery: the row is made
+# if need be and taken, the new set computed (in SQL, so that it sorts as the upsert does), then
+# stored.
+_TAGS_ROW = text(
+    "INSERT INTO member_facts (programme_id, member_id) VALUES (:p, :m) ON CONFLICT (programme_id, member_id) "
+    "DO NOTHING"
+)
+_TAGS_HELD = text("SELECT tags FROM member_facts WHERE programme_id = :p AND member_id = :m FOR UPDATE")
+_TAGS_NEW = text(
+    "SELECT ARRAY(SELECT DISTINCT x FROM unnest(CAST(:old AS text[]) || CAST(:add AS text[])) x "
+    "WHERE x <> ALL (CAST(:rm AS text[])) ORDER BY x)"
+)
+_TAGS_STORE = text(
+    "UPDATE member_facts SET tags = CAST(:tags AS text[]), updated_at = now() "
+    "WHERE programme_id = :p AND member_id = :m"
+)
+
+
 async def update_tags(
     conn: AsyncConnection, programme_id: int, member_id: int, add: list[str], remove: list[str]
 ) -> list[str]:
+    if Layout.citus:
+        params = {"p": programme_id, "m": member_id}
+        await conn.execute(_TAGS_ROW, params)
+        old = (await conn.execute(_TAGS_HELD, params)).scalar_one()
+        tags = list((await conn.execute(_TAGS_NEW, {"old": old, "add": add, "rm": remove})).scalar_one())
+        await conn.execute(_TAGS_STORE, {**params, "tags": tags})
+        return tags
     return list(
         (
             await conn.execute(
@@ -851,7 +974,7 @@ _READ_REFRESH = (
     )
 )
 assert _READ_REFRESH.count(":order_at") == 2
-_READ_FOR_EVENT, _READ_NAMES = _positional(
+_READ_SQL = (
     _READ_REFRESH
     + f", v({_refresh_columns}) AS ({_refresh_select})"
     + """
@@ -882,6 +1005,37 @@ _READ_FOR_EVENT, _READ_NAMES = _positional(
     WHERE p.id = :p
     """
 )
+_READ_FOR_EVENT, _READ_NAMES = _positional(_READ_SQL)
+
+
+def _citus_read(sql: str) -> str:
+    """The read's Citus form: every member-scoped table filtered by the member's key (its
+    distribution column there), so that the whole read goes to the member's shard."""
+    for plain, routed, count in (
+        ("AND m.external_id = :external", "AND m.external_id = :external AND m.id = :key", 1),
+        ("member_id IN (SELECT member_id FROM m)", "member_id = :key", 1),
+        (
+            "WHERE CAST(:rebuild AS boolean) AND e.programme_id = :p",
+            "WHERE CAST(:rebuild AS boolean) AND e.programme_id = :p AND e.member_id = :key",
+            2,
+        ),
+        (
+            "old.programme_id = :p AND old.member_id = m.member_id",
+            "old.programme_id = :p AND old.member_id = m.member_id AND old.member_id = :key",
+            1,
+        ),
+        ("mm.external_id = :external", "mm.external_id = :external AND mm.id = :key", 1),
+        ("ev.event_id = :event_id", "ev.event_id = :event_id AND ev.member_id = :key", 1),
+        ("old.member_id = mm.id", "old.member_id = mm.id AND old.member_id = :key", 1),
+        ("tl.member_id = mm.id", "tl.member_id = mm.id AND tl.member_id = :key", 1),
+        ("u.member_id = mm.id", "u.member_id = mm.id AND u.member_id = :key", 1),
+    ):
+        assert sql.count(plain) == count, plain
+        sql = sql.replace(plain, routed)
+    return sql
+
+
+_READ_FOR_EVENT_CITUS, _READ_NAMES_CITUS = _positional(_citus_read(_READ_SQL))
 
 
 async def read_for_event(
@@ -916,7 +1070,11 @@ async def read_for_event(
         "u_periods": [u[1] for u in usage],
         "u_starts": [u[2] for u in usage],
     }
-    row = await conn.fetchrow(_READ_FOR_EVENT, *(values[name] for name in _READ_NAMES))
+    sql, names = _READ_FOR_EVENT, _READ_NAMES
+    if Layout.citus:
+        values["key"] = member_key(programme_id, external_id)
+        sql, names = _READ_FOR_EVENT_CITUS, _READ_NAMES_CITUS
+    row = await conn.fetchrow(sql, *(values[name] for name in names))
     assert row is not None  # the caller's programme exists
     return row
 

@@ -14,6 +14,7 @@ from loyalty import audit, rules
 from loyalty.errors import InvalidInput, NotFound
 from loyalty.facts.repository import load_facts
 from loyalty.http.principal import Principal
+from loyalty.programmes import repository as programmes
 from loyalty.segments import repository
 from loyalty.segments import schemas as s
 
@@ -47,6 +48,8 @@ async def create(conn: AsyncConnection, who: Principal, req: s.SegmentCreate) ->
         who.programme_id,
         {"code": req.code, "name": req.name, "description": req.description, "rule": rules.to_json(rule)},
     )
+    # Cached event configurations read segments: their version moves (no trigger does on Citus).
+    await programmes.bump_config_version(conn, who.programme_id)
     view = _view(row)
     await audit.record(conn, who, action="segment.create", entity="segment", entity_id=req.code, after=view)
     return view
@@ -75,6 +78,7 @@ async def update(conn: AsyncConnection, who: Principal, code: str, req: s.Segmen
     row = await repository.update_(conn, who.programme_id, code, values)
     if row is None or before is None:
         raise _not_found(code)
+    await programmes.bump_config_version(conn, who.programme_id)
     view = _view(row)
     await audit.record(
         conn, who, action="segment.update", entity="segment", entity_id=code, before=_view(before), after=view
@@ -86,6 +90,7 @@ async def delete(conn: AsyncConnection, who: Principal, code: str) -> None:
     before = await repository.get(conn, who.programme_id, code)
     if before is None or not await repository.delete_(conn, who.programme_id, code):
         raise _not_found(code)
+    await programmes.bump_config_version(conn, who.programme_id)
     await audit.record(
         conn, who, action="segment.delete", entity="segment", entity_id=code, before=_view(before)
     )

@@ -293,7 +293,8 @@ async def save_member_tier(conn: AsyncConnection, programme_id: int, member_id: 
     await conn.execute(
         stmt.on_conflict_do_update(
             index_elements=[tiers.c.programme_id, tiers.c.member_id],
-            set_={**values, "updated_at": func.now()},
+            # The insert's own updated_at (its default, now()): Citus takes no function call here.
+            set_={**values, "updated_at": stmt.excluded.updated_at},
         )
     )
 
@@ -318,6 +319,19 @@ async def clear_pin(conn: AsyncConnection, programme_id: int, member_id: int) ->
 
 async def add_history(conn: AsyncConnection, programme_id: int, member_id: int, **values: Any) -> None:
     await conn.execute(insert(history_t).values(programme_id=programme_id, member_id=member_id, **values))
+
+
+async def endpoint_wants(conn: AsyncConnection, programme_id: int, event_type: str) -> bool:
+    """Whether an active webhook endpoint of the programme subscribes to ``event_type``."""
+    return bool(
+        await conn.scalar(
+            text(
+                "SELECT EXISTS (SELECT 1 FROM webhook_endpoints WHERE active AND programme_id = :p "
+                "AND ('*' = ANY (event_types) OR :t = ANY (event_types)))"
+            ),
+            {"p": programme_id, "t": event_type},
+        )
+    )
 
 
 async def history(

@@ -12,12 +12,14 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty import audit, rules
+from loyalty.distribution import Layout
 from loyalty.errors import Conflict, DomainError, InvalidInput, NotFound
 from loyalty.facts.repository import facts_to_json, load_facts
 from loyalty.http.principal import Principal
 from loyalty.ledger import schemas as ledger_schemas
 from loyalty.ledger import service as ledger
 from loyalty.outbox import repository as outbox
+from loyalty.programmes import repository as programmes
 from loyalty.rules.facts import Facts
 from loyalty.tiers import core, repository
 from loyalty.tiers import schemas as s
@@ -125,6 +127,8 @@ async def _view(conn: AsyncConnection, programme_id: int, row: dict[str, Any]) -
 
 async def create_version(conn: AsyncConnection, who: Principal, req: s.LadderCreate) -> s.VersionView:
     row = await repository.create_version(conn, who.programme_id, _definition(req), req.note, who.actor)
+    # The config tables carry no config_version trigger on Citus (docs/scaling.md).
+    await programmes.bump_config_version(conn, who.programme_id)
     view = await _view(conn, who.programme_id, row)
     await audit.record(
         conn, who, action="tier_ladder.draft", entity="tier_ladder", entity_id=view.version, after=view
@@ -211,6 +215,7 @@ async def update_draft(
     before = await _view(conn, who.programme_id, row)
     updated = await repository.update_draft(conn, who.programme_id, version, _definition(req), req.note)
     assert updated is not None  # locked above as a draft
+    await programmes.bump_config_version(conn, who.programme_id)
     view = await _view(conn, who.programme_id, updated)
     await audit.record(
         conn,
@@ -239,6 +244,7 @@ async def publish(
     if latest is not None and effective_at < latest:
         raise InvalidInput("effective_at", f"must not be before the current ladder's ({latest.isoformat()})")
     await repository.publish(conn, who.programme_id, version, effective_at, now)
+    await programmes.bump_config_version(conn, who.programme_id)
     view = await _view(conn, who.programme_id, await _version_row(conn, who, version))
     before = await _view(conn, who.programme_id, row)
     await audit.record(
@@ -426,6 +432,10 @@ async def assess_member(
     for values in history:
         await repository.add_history(conn, programme_id, member_id, **values)
     for event in events:
+        # On Citus an event nobody subscribed to stays out of the outbox (as the ledger's and
+        # activity_event_apply's do there): the assessment then writes the member's shard alone.
+        if Layout.citus and not await repository.endpoint_wants(conn, programme_id, event["type"]):
+            continue
         await outbox.add(conn, programme_id, event["type"], event["subject"], event["payload"])
     return tier_change(plan, member_id, bonus)
 
