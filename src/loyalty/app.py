@@ -80,6 +80,10 @@ def create_app(settings: Settings) -> Litestar:
         # (docs/group-commit.md).
         citus = await distribution.detect(app.state.posting_pool)
         app.state.committer = group_commit.for_settings(app.state.posting_pool, settings, citus=citus)
+        if citus and app.state.committer is not None:
+            # The shard map is read now, not by the first request's flush (which reads it then
+            # if the database could not answer at start-up).
+            await app.state.committer.load_shards()
         app.state.redis = redis
         # Benefit definitions and tier maps for the checkout check, stamped with their version.
         app.state.benefit_catalogues = CatalogueCache()

@@ -53,6 +53,21 @@ async def detect(conn: Any, timeout: float = 2.0) -> bool:
     return Layout.citus
 
 
+_CITUS_BY_DATABASE: dict[str, bool] = {}
+
+
+async def on_citus(conn: Any) -> bool:
+    """Whether a SQLAlchemy connection's database is a Citus coordinator, for the code that runs
+    outside the API (the worker's jobs): ``Layout`` when the process detected it, else read once
+    per database."""
+    if Layout.citus:
+        return True
+    key = conn.engine.url.render_as_string(hide_password=True)
+    if key not in _CITUS_BY_DATABASE:
+        _CITUS_BY_DATABASE[key] = bool((await conn.exec_driver_sql(CITUS_PRESENT)).scalar())
+    return _CITUS_BY_DATABASE[key]
+
+
 def route(function: str, params: dict[str, Any], *, citus: bool | None = None) -> dict[str, Any]:
     """The call's parameters with its member's key added, when the call is delegated on Citus
     (``citus``, else as ``detect`` found)."""

@@ -173,6 +173,15 @@ class GroupCommitter:
             task.add_done_callback(self._tasks.discard)
         return await future
 
+    async def load_shards(self, timeout: float = 2.0) -> None:
+        """Read the shard map ahead of the first batch (Citus); a database that cannot answer
+        now leaves it to the first flush."""
+        try:
+            async with self.pool.acquire(timeout=timeout) as conn:
+                self.shards = await distribution.ShardMap.load(conn)
+        except (TimeoutError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            self.shards = None
+
     async def close(self) -> None:
         """Wait for the batches under way (the pool is closed after this)."""
         if self._tasks:

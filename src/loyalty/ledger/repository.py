@@ -468,10 +468,6 @@ async def run_job(conn: AsyncConnection, function: str, limit: int) -> int:
     return int((await conn.execute(text(f"SELECT {function}(:n)"), {"n": limit})).scalar_one())
 
 
-async def is_citus(conn: AsyncConnection) -> bool:
-    return bool((await conn.execute(text(distribution.CITUS_PRESENT))).scalar_one())
-
-
 # What the member-by-member form of a job (on Citus) finds due: (programme, member[, hold]).
 # Reads without locks, across shards; each item is re-checked under its lock when it is done.
 _DUE = {

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from loyalty import distribution
 from loyalty.ledger import repository
 
 log = logging.getLogger("loyalty.ledger.tasks")
@@ -16,7 +17,7 @@ BATCH = 500
 
 async def _drain(engine: AsyncEngine, function: str, job: str, max_batches: int = 200) -> int:
     async with engine.connect() as conn:
-        citus = await repository.is_citus(conn)
+        citus = await distribution.on_citus(conn)
     if citus:
         return await _drain_by_member(engine, job, max_batches)
     total = 0
@@ -92,7 +93,7 @@ async def purge_idempotency_keys(ctx: dict[str, Any]) -> int:
 
     A client retries within minutes or hours; after 30 days a reused key is a new request."""
     async with ctx["engine"].connect() as conn:
-        citus = await repository.is_citus(conn)
+        citus = await distribution.on_citus(conn)
     total = 0
     for _ in range(1000):
         async with ctx["engine"].begin() as conn:

@@ -321,19 +321,6 @@ async def add_history(conn: AsyncConnection, programme_id: int, member_id: int, 
     await conn.execute(insert(history_t).values(programme_id=programme_id, member_id=member_id, **values))
 
 
-async def endpoint_wants(conn: AsyncConnection, programme_id: int, event_type: str) -> bool:
-    """Whether an active webhook endpoint of the programme subscribes to ``event_type``."""
-    return bool(
-        await conn.scalar(
-            text(
-                "SELECT EXISTS (SELECT 1 FROM webhook_endpoints WHERE active AND programme_id = :p "
-                "AND ('*' = ANY (event_types) OR :t = ANY (event_types)))"
-            ),
-            {"p": programme_id, "t": event_type},
-        )
-    )
-
-
 async def history(
     conn: AsyncConnection, programme_id: int, member_id: int, limit: int
 ) -> list[dict[str, Any]]:

@@ -12,7 +12,6 @@ import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty import audit, rules
-from loyalty.distribution import Layout
 from loyalty.errors import Conflict, DomainError, InvalidInput, NotFound
 from loyalty.facts.repository import facts_to_json, load_facts
 from loyalty.http.principal import Principal
@@ -434,9 +433,7 @@ async def assess_member(
     for event in events:
         # On Citus an event nobody subscribed to stays out of the outbox (as the ledger's and
         # activity_event_apply's do there): the assessment then writes the member's shard alone.
-        if Layout.citus and not await repository.endpoint_wants(conn, programme_id, event["type"]):
-            continue
-        await outbox.add(conn, programme_id, event["type"], event["subject"], event["payload"])
+        await outbox.add_if_wanted(conn, programme_id, event["type"], event["subject"], event["payload"])
     return tier_change(plan, member_id, bonus)
 
 

@@ -9,7 +9,6 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from loyalty import distribution
-from loyalty.distribution import CITUS_PRESENT
 
 _ENDPOINT = "id, url, description, event_types, active, created_at, disabled_at"
 _DELIVERY = (
@@ -20,17 +19,8 @@ _DELIVERY = (
 
 # On Citus the outbox is distributed by member (migration 0023): a delivery and its event sit on
 # the member's shard, and the worker's SQL names that shard (a multi-shard query may not lock
-# with FOR UPDATE, and a ctid means nothing across shards). Read once per database.
-_CITUS: dict[str, bool] = {}
-
-
-async def _on_citus(conn: AsyncConnection) -> bool:
-    if distribution.Layout.citus:
-        return True
-    key = conn.engine.url.render_as_string(hide_password=True)
-    if key not in _CITUS:
-        _CITUS[key] = bool((await conn.execute(text(CITUS_PRESENT))).scalar())
-    return _CITUS[key]
+# with FOR UPDATE, and a ctid means nothing across shards).
+_on_citus = distribution.on_citus
 
 
 def _row(result: Any) -> dict[str, Any] | None:

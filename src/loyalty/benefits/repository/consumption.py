@@ -153,20 +153,6 @@ async def route_to_member(conn: AsyncConnection, member_key: int) -> None:
     await conn.execute(text("SELECT set_config('loyalty.owner', :k, true)"), {"k": str(member_key)})
 
 
-async def event_wanted(conn: AsyncConnection, programme_id: int, type_: str) -> bool:
-    """Whether an active endpoint of the programme subscribes to ``type_`` (webhook_endpoints is
-    replicated to every node on Citus)."""
-    return bool(
-        await conn.scalar(
-            text(
-                "SELECT EXISTS (SELECT 1 FROM webhook_endpoints ep WHERE ep.programme_id = :p AND ep.active"
-                " AND (:t = ANY (ep.event_types) OR '*' = ANY (ep.event_types)))"
-            ),
-            {"p": programme_id, "t": type_},
-        )
-    )
-
-
 _RELEASE_DUE = """
             WITH due AS (
                 SELECT programme_id, id FROM benefit_consumptions
