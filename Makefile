@@ -57,37 +57,48 @@ CITUS_FOUND := $(firstword $(wildcard ../shared/citus/install.sh ../../shared/ci
 CITUS_INSTALL ?= $(or $(CITUS_FOUND),../shared/citus/install.sh)
 CITUS_DATA_DIR := .loyalty/test/citus
 # What passes on the distributed schema today: the cluster's own tests (routing proofs of the
-# ledger's hot paths, the rebalance under earns) and the API files that pass whole there. The
-# rest of the suites issue 13 names run with `make test-citus-all`; on 2026-12-07 they passed
-# 353 of 413 tests in the ledger and API files and fewer in the event, tier and benefit ones
-# (docs/scaling.md, "Not yet on Citus").
+# hot paths, the jobs, the outbox, group commit per shard, the rebalance under earns) and the
+# ledger, event, tier, benefit, webhook and API files, less the tests in CITUS_KNOWN_FAILURES.
+# The rest of the suites issue 13 names run with `make test-citus-all` (docs/scaling.md,
+# "Not yet on Citus").
 CITUS_SUITES ?= tests/citus tests/api/test_budgets.py tests/api/test_keys.py tests/api/test_security.py \
 	tests/api/test_docs_offline.py tests/api/test_segments.py tests/api/test_tracing.py \
-	tests/integration/test_benefit_period_sql.py tests/integration/test_ledger_tasks.py \
+	tests/api/test_points.py tests/api/test_holds.py tests/api/test_clawbacks.py tests/api/test_members.py \
+	tests/api/test_idempotency.py tests/api/test_ledger_events.py tests/api/test_group_commit.py \
+	tests/integration/test_ledger_tasks.py tests/integration/test_ledger_concurrency.py \
 	tests/api/test_webhooks.py tests/integration/test_webhooks.py tests/integration/test_webhook_targets.py \
-	tests/api/test_benefit_upgrades.py tests/api/test_consume_agrees_with_check.py \
+	tests/api/test_events.py tests/api/test_earning_rules.py tests/api/test_event_round_trips.py \
+	tests/api/test_event_promotion.py tests/api/test_tiers.py tests/api/test_tier_reassess_api.py \
+	tests/api/test_facts_agree.py \
+	tests/api/test_benefits.py tests/api/test_benefit_consume.py tests/api/test_benefit_upgrades.py \
+	tests/api/test_consume_agrees_with_check.py tests/integration/test_benefit_period_sql.py \
 	tests/integration/test_benefit_consume_pooled.py tests/integration/test_benefit_concurrency.py \
 	tests/integration/test_benefit_quota_model.py \
-	tests/api/test_earning_rules.py tests/api/test_event_round_trips.py tests/api/test_tier_reassess_api.py \
-	tests/api/test_facts_agree.py \
 	$(CITUS_GROUP_COMMIT_TESTS)
-# Benefit files not yet whole on Citus: test_benefit_consume.py and test_benefits.py (one test
-# each expects an outbox row with no endpoint, which Citus does not write), test_benefit_events.py
-# (the tier engine's upsert and the campaign announcement are refused by Citus).
-# Of the single-node group-commit and concurrency suites, the tests that hold on the cluster
-# (group commit per shard: tests/citus/test_group_commit.py). The others of test_group_commit.py
-# count the calls of one mixed batch (per shard there are more) or block a budget with one
-# FOR UPDATE over all its shards, which Citus refuses; the storm makes transfers, not on Citus yet.
+# Of the single-node group-commit suite, the tests that hold on the cluster (group commit per
+# shard: tests/citus/test_group_commit.py). The others count the calls of one mixed batch (per
+# shard there are more) or block a budget with one FOR UPDATE over all its shards, which Citus
+# refuses.
 CITUS_GROUP_COMMIT_TESTS := \
 	tests/integration/test_group_commit.py::test_a_lone_posting_goes_at_once_as_a_batch_of_one \
 	tests/integration/test_group_commit.py::test_a_hot_budget_under_concurrent_batches_stays_consistent \
 	tests/integration/test_group_commit.py::test_the_setting_turns_it_off_and_sizes_it \
-	tests/integration/test_group_commit.py::test_a_batch_holds_at_most_max_batch_postings_worth_of_subtransactions \
-	tests/integration/test_ledger_concurrency.py::test_spends_on_one_member_never_overdraw \
-	tests/integration/test_ledger_concurrency.py::test_earns_on_one_budget_never_exceed_its_cap \
-	tests/integration/test_ledger_concurrency.py::test_partial_earns_issue_exactly_what_remains \
-	tests/integration/test_ledger_concurrency.py::test_one_idempotency_key_one_effect \
-	tests/integration/test_ledger_concurrency.py::test_holds_captures_and_spends_never_double_spend
+	tests/integration/test_group_commit.py::test_a_batch_holds_at_most_max_batch_postings_worth_of_subtransactions
+# Tests of those files that fail on Citus, each for a reason docs/scaling.md lists under "Not yet
+# on Citus": batch earn and the liability report (multi-shard FOR UPDATE, repartitioned rollups),
+# a history import without earning (its bulk INSERT names the single-node event-id key), and
+# three that expect an outbox row (tier.changed, benefit.granted, benefit.consumed) with no
+# endpoint subscribed (Citus writes none: by design).
+CITUS_KNOWN_FAILURES := \
+	tests/api/test_points.py::test_batch_earn \
+	tests/api/test_points.py::test_liability_report \
+	tests/api/test_points.py::test_liability_numbers_are_json_integers \
+	tests/api/test_ledger_events.py::test_batch_earn_writes_one_event_per_item \
+	"tests/api/test_idempotency.py::test_same_key_same_body_replays[/v1/earn/batch-body6]" \
+	tests/api/test_events.py::test_import_rebuilds_facts_without_earning \
+	tests/api/test_tiers.py::test_assess_promotes_in_real_time_with_bonus_event_and_history \
+	tests/api/test_benefits.py::test_grant_revoke_and_outbox \
+	tests/api/test_benefit_consume.py::test_consume_writes_the_outbox_row_and_reserve_does_not
 # The rebalance tests start a cluster of their own (four more servers on 2 cores): alone, first.
 REBALANCE_TESTS := tests/citus/test_rebalance.py
 CITUS_ALL_SUITES := tests/citus tests/api tests/integration/test_ledger_model.py \
@@ -107,12 +118,12 @@ test-citus: citus-install
 	$(BIN)/python -m loyalty.embedded_citus start --data-dir $(CITUS_DATA_DIR) --keep-2pc-records
 	LOYALTY_TEST_CITUS=1 $(BIN)/python -m pytest -n 0 $(REBALANCE_TESTS) $(PYTEST_ARGS) \
 		&& LOYALTY_TEST_CITUS=1 $(BIN)/python -m pytest -n $(TEST_WORKERS) $(CITUS_SUITES) \
-			--ignore=$(REBALANCE_TESTS) $(PYTEST_ARGS); rc=$$?; \
+			--ignore=$(REBALANCE_TESTS) $(addprefix --deselect ,$(CITUS_KNOWN_FAILURES)) $(PYTEST_ARGS); rc=$$?; \
 		$(BIN)/python -m loyalty.embedded_citus stop --data-dir $(CITUS_DATA_DIR); exit $$rc
 
 # Every suite issue 13 names, on the cluster: not all pass yet (see CITUS_SUITES above).
 test-citus-all:
-	$(MAKE) test-citus CITUS_SUITES="$(CITUS_ALL_SUITES)" PYTEST_ARGS="--timeout 120 $(PYTEST_ARGS)"
+	$(MAKE) test-citus CITUS_SUITES="$(CITUS_ALL_SUITES)" CITUS_KNOWN_FAILURES= PYTEST_ARGS="--timeout 120 $(PYTEST_ARGS)"
 
 test-external: $(STAMP)
 	.ci/external-servers
