@@ -7,7 +7,7 @@ from collections.abc import Awaitable
 from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
-from sqlalchemy import MetaData, event
+from sqlalchemy import MetaData
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -81,7 +81,7 @@ def create_engine(
     }
     if command_timeout is not None:
         connect_args["command_timeout"] = command_timeout
-    engine = create_async_engine(
+    return create_async_engine(
         async_url(url),
         pool_size=pool_size,
         max_overflow=max_overflow,
@@ -90,13 +90,6 @@ def create_engine(
         echo=echo,
         connect_args=connect_args,
     )
-    event.listen(engine.sync_engine, "connect", _learn_array_types_on_connect)
-    return engine
-
-
-def _learn_array_types_on_connect(dbapi_connection: Any, _record: Any) -> None:
-    # As the posting pool's connections do (_learn_array_types, below).
-    dbapi_connection.run_async(_learn_array_types)
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
@@ -110,19 +103,6 @@ async def _reset_posting_connection(conn: asyncpg.Connection) -> None:
     # a cancelled call, needs undoing.
     if conn.is_in_transaction():
         await conn.execute("ROLLBACK")
-
-
-# The array types the posting, event and check statements bind. asyncpg learns an array type's
-# codec by a catalogue query on the first statement of each connection that uses it; on a Citus
-# coordinator that query takes about a second (its catalogue holds every shell and shard), so
-# under load the first event or check of every new connection ran into the statement timeout.
-# Each new pooled connection learns them once, before it is handed out.
-_ARRAY_TYPES_WARM_UP = "SELECT $1::int8[], $2::int4[], $3::date[], $4::text[], $5::jsonb[]"
-
-
-async def _learn_array_types(conn: asyncpg.Connection) -> None:
-    # Under the statement timeout, as every statement: a frozen server still gives a quick 503.
-    await conn.fetchrow(_ARRAY_TYPES_WARM_UP, [], [], [], [], [])
 
 
 async def create_posting_pool(
@@ -143,7 +123,6 @@ async def create_posting_pool(
         min_size=0,
         max_size=size,
         reset=_reset_posting_connection,
-        init=_learn_array_types,
         server_settings={"application_name": "loyalty"},
         timeout=connect_timeout,
         command_timeout=command_timeout,
