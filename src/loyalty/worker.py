@@ -16,7 +16,9 @@ import redis.exceptions
 from arq import cron
 from arq.connections import RedisSettings
 from arq.worker import Worker, create_worker
+from sqlalchemy.exc import SQLAlchemyError
 
+from loyalty import distribution
 from loyalty.activity import replay_tasks
 from loyalty.activity import tasks as activity_tasks
 from loyalty.benefits import tasks as benefit_tasks
@@ -54,6 +56,13 @@ def build_worker_settings(settings: Settings) -> dict[str, Any]:
         ctx["settings"] = settings
         if "engine" not in ctx:
             ctx["engine"] = create_engine(settings.database_url or "", pool_size=4)
+        if not distribution.Layout.citus:
+            # The jobs choose their SQL by the layout, as the API does (docs/scaling.md). A
+            # database that cannot answer now is asked again on the next reconnect; the ledger's
+            # and the webhooks' jobs ask it themselves.
+            with contextlib.suppress(OSError, TimeoutError, SQLAlchemyError):
+                async with ctx["engine"].connect() as conn:
+                    distribution.Layout.citus = await distribution.on_citus(conn)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         engine = ctx.pop("engine", None)
